@@ -1,0 +1,184 @@
+"""The classes file: which mask colours or values are which class, and which are ignored.
+
+A classes file is YAML that a user edits (``launch/inspect_masks.py`` writes a draft)::
+
+    encoding: rgb            # rgb: masks hold colours; index: masks hold integer values
+    classes:                 # in class-index order
+      - {name: Land, value: "#8429F6", color: "#8429F6"}
+      - {name: Water, value: ["#E2A929", "#E2A92A"], color: "#E2A929"}   # several values
+      - {name: Unlabeled, value: "#9B9B9B", ignore: true}                # -> 255
+
+Entries with ``ignore: true`` are not classes: their pixels become ``IGNORE_INDEX``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+IGNORE_INDEX = 255
+ENCODINGS = ("rgb", "index")
+
+# Distinct colours for index-coded classes that come without one.
+DEFAULT_PALETTE = (
+    "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2",
+    "#7F7F7F", "#BCBD22", "#17BECF", "#AEC7E8", "#FFBB78", "#98DF8A", "#FF9896",
+)  # fmt: skip
+
+
+class ClassesError(ValueError):
+    """A classes file is malformed; the message names the file and the problem."""
+
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    """Parse ``"#RRGGBB"`` into an (r, g, b) tuple of ints."""
+    value = str(text).strip().lstrip("#")
+    if len(value) != 6:
+        raise ValueError(f"not a #RRGGBB colour: {text!r}")
+    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+def format_color(rgb: tuple[int, int, int] | np.ndarray) -> str:
+    """Format an (r, g, b) triple as ``"#RRGGBB"``."""
+    r, g, b = (int(c) for c in rgb)
+    return f"#{r:02X}{g:02X}{b:02X}"
+
+
+def rgb_code(rgb: tuple[int, int, int]) -> int:
+    """Pack a colour into the 24-bit code used to look colours up (``r << 16 | g << 8 | b``)."""
+    return (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """One class: its name, the mask values that mean it, and its display colour."""
+
+    name: str
+    values: tuple[int, ...]
+    color: str
+
+
+@dataclass
+class ClassesFile:
+    """A parsed classes file.
+
+    Attributes:
+        encoding: ``"rgb"`` (values are 24-bit colour codes) or ``"index"``.
+        classes: The classes in index order.
+        ignore_values: Mask values mapped to ``IGNORE_INDEX``.
+        path: Where it was read from (for messages).
+    """
+
+    encoding: str
+    classes: list[ClassSpec]
+    ignore_values: tuple[int, ...] = ()
+    path: str = "<memory>"
+    _lookup: dict[int, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        lookup: dict[int, int] = {}
+        for index, spec in enumerate(self.classes):
+            for value in spec.values:
+                if value in lookup:
+                    raise ClassesError(f"{self.path}: value {self.describe(value)} is listed twice")
+                lookup[value] = index
+        for value in self.ignore_values:
+            if value in lookup:
+                raise ClassesError(f"{self.path}: value {self.describe(value)} is listed twice")
+            lookup[value] = IGNORE_INDEX
+        if len(self.classes) >= IGNORE_INDEX:
+            raise ClassesError(f"{self.path}: at most {IGNORE_INDEX - 1} classes are supported")
+        self._lookup = lookup
+
+    @property
+    def names(self) -> list[str]:
+        """Class names in index order."""
+        return [spec.name for spec in self.classes]
+
+    @property
+    def lookup(self) -> dict[int, int]:
+        """Mask value (colour code or integer) → class index or ``IGNORE_INDEX``."""
+        return dict(self._lookup)
+
+    def describe(self, value: int) -> str:
+        """Render a mask value the way the user wrote it (``#RRGGBB`` or an integer)."""
+        if self.encoding == "rgb":
+            return format_color(((value >> 16) & 255, (value >> 8) & 255, value & 255))
+        return str(value)
+
+    def manifest_classes(self) -> list[dict]:
+        """The ``classes`` entry of a shard manifest: name and display colour per class."""
+        return [{"name": spec.name, "color": spec.color} for spec in self.classes]
+
+
+def _parse_value(raw: object, encoding: str, where: str) -> int:
+    try:
+        if encoding == "rgb":
+            return rgb_code(parse_color(str(raw)))
+        value = int(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as error:
+        raise ClassesError(f"{where}: bad value {raw!r} for encoding {encoding!r}") from error
+    if not 0 <= value <= 65535:
+        raise ClassesError(f"{where}: index value {value} is outside 0..65535")
+    return value
+
+
+def classes_from_dict(data: dict, path: str = "<memory>") -> ClassesFile:
+    """Build a :class:`ClassesFile` from its parsed YAML mapping.
+
+    Raises:
+        ClassesError: naming ``path`` and the offending entry.
+    """
+    if not isinstance(data, dict) or "classes" not in data:
+        raise ClassesError(f"{path}: expected a mapping with 'encoding' and 'classes'")
+    unknown = set(data) - {"encoding", "classes"}
+    if unknown:
+        raise ClassesError(f"{path}: unknown keys {sorted(unknown)}")
+    encoding = data.get("encoding", "rgb")
+    if encoding not in ENCODINGS:
+        raise ClassesError(f"{path}: encoding must be one of {ENCODINGS}, not {encoding!r}")
+    classes: list[ClassSpec] = []
+    ignore: list[int] = []
+    for number, entry in enumerate(data["classes"] or []):
+        where = f"{path}: classes[{number}]"
+        if not isinstance(entry, dict) or "value" not in entry:
+            raise ClassesError(f"{where}: each class needs at least 'name' and 'value'")
+        extra = set(entry) - {"name", "value", "color", "ignore"}
+        if extra:
+            raise ClassesError(f"{where}: unknown keys {sorted(extra)}")
+        raw_values = entry["value"] if isinstance(entry["value"], list) else [entry["value"]]
+        values = tuple(_parse_value(raw, encoding, where) for raw in raw_values)
+        if entry.get("ignore", False):
+            ignore.extend(values)
+            continue
+        if "name" not in entry:
+            raise ClassesError(f"{where}: a class needs a 'name'")
+        if entry.get("color"):
+            color = format_color(parse_color(entry["color"]))
+        elif encoding == "rgb":
+            color = format_color(parse_color(str(raw_values[0])))
+        else:
+            color = DEFAULT_PALETTE[len(classes) % len(DEFAULT_PALETTE)]
+        classes.append(ClassSpec(str(entry["name"]), values, color))
+    if not classes:
+        raise ClassesError(f"{path}: no classes (every entry is ignored or the list is empty)")
+    return ClassesFile(encoding, classes, tuple(ignore), path)
+
+
+def load_classes(path: str | Path) -> ClassesFile:
+    """Read and validate a classes file.
+
+    Raises:
+        ClassesError: when the file is missing or malformed; the message names it.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as error:
+        raise ClassesError(f"{path}: classes file not found") from error
+    except yaml.YAMLError as error:
+        raise ClassesError(f"{path}: not valid YAML: {error}") from error
+    return classes_from_dict(data, str(path))

@@ -1,0 +1,227 @@
+"""Stream shard samples as uint8 batches, safely on every rank of a distributed job.
+
+Nothing here goes through ``accelerator.prepare``: each rank builds its own loader from
+its rank and the world size.
+
+* Training (:func:`train_batches`): every worker draws shards *with replacement* from the
+  whole split, seeded from ``(seed, rank, worker, epoch)``, and shuffles samples in a
+  buffer. The stream never ends, so no worker can lack a shard and no rank can run out
+  first; each rank takes exactly ``steps`` batches.
+* Evaluation (:func:`eval_batches`): the split's samples, in manifest order, are cut into
+  ``world_size × workers`` contiguous parts, one per (rank, worker). Every sample is read
+  exactly once, and every rank yields :func:`eval_steps` batches, padding with batches
+  whose masks are all ignore.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+from engine.imageio import decode_image
+from engine.manifest import Manifest, SplitInfo
+
+
+class Batch(NamedTuple):
+    """A batch as it leaves the loader.
+
+    Attributes:
+        images: uint8 ``[B, 3, H, W]``.
+        masks: uint8 ``[B, H, W]``; 255 = ignore.
+        keys: Sample keys; empty for padding batches.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    keys: list[str]
+
+
+class Sample(NamedTuple):
+    """One decoded sample."""
+
+    image: torch.Tensor  # uint8 [3, H, W]
+    mask: torch.Tensor  # uint8 [H, W]
+    key: str
+    meta: dict
+
+
+def decode_sample(raw: dict, codec: str) -> Sample:
+    """Decode the raw members of one shard sample (as read from the tar)."""
+    image = decode_image(raw[f"image.{codec}"], codec)
+    mask = decode_image(raw["mask.png"], "png")
+    return Sample(
+        torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+        torch.from_numpy(np.ascontiguousarray(mask)),
+        raw["__key__"],
+        json.loads(raw["meta.json"]) if "meta.json" in raw else {},
+    )
+
+
+def read_samples(shards: list, codec: str) -> Iterator[Sample]:
+    """Decode every sample of the given shard files, in order."""
+    for raw in tarfile_samples({"url": str(s)} for s in shards):
+        yield decode_sample(raw, codec)
+
+
+def collate(samples: list[Sample]) -> Batch:
+    """Stack samples into a :class:`Batch`."""
+    return Batch(
+        torch.stack([s.image for s in samples]),
+        torch.stack([s.mask for s in samples]),
+        [s.key for s in samples],
+    )
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+class _TrainStream(IterableDataset):
+    """An endless, seeded stream of shuffled training samples for one rank."""
+
+    def __init__(self, split: SplitInfo, codec: str, seed: int, rank: int, epoch: int, buffer: int):
+        self.shards = [str(s) for s in split.shards]
+        self.codec, self.seed, self.rank, self.epoch, self.buffer = codec, seed, rank, epoch, buffer
+
+    def __iter__(self) -> Iterator[Sample]:
+        worker, _ = _worker()
+        rng = random.Random(f"terraseg/train/{self.seed}/{self.rank}/{worker}/{self.epoch}")
+
+        def endless_shards() -> Iterator[dict]:
+            while True:
+                yield {"url": rng.choice(self.shards)}
+
+        pool: list[dict] = []
+        for raw in tarfile_samples(endless_shards()):
+            pool.append(raw)
+            if len(pool) < self.buffer:
+                continue
+            index = rng.randrange(len(pool))
+            pool[index], pool[-1] = pool[-1], pool[index]
+            yield decode_sample(pool.pop(), self.codec)
+
+
+def _loader(dataset: IterableDataset, batch_size: int, num_workers: int, pin: bool | None):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available() if pin is None else pin,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def train_batches(
+    manifest: Manifest,
+    batch_size: int,
+    steps: int,
+    *,
+    seed: int,
+    rank: int,
+    epoch: int,
+    num_workers: int = 2,
+    shuffle_buffer: int = 64,
+    split: str = "train",
+    pin_memory: bool | None = None,
+) -> Iterator[Batch]:
+    """Yield exactly ``steps`` training batches for this rank and epoch.
+
+    Args:
+        manifest: The shard folder's manifest.
+        batch_size: Samples per batch (per rank).
+        steps: Batches to yield; the same on every rank.
+        seed: Run seed; with ``rank``, worker and ``epoch`` it seeds shard and sample order.
+        rank: This process's global rank.
+        epoch: Epoch number (or any value that changes when the stream should change, e.g.
+            the step a resumed run starts from).
+        num_workers: DataLoader worker processes.
+        shuffle_buffer: Samples each worker holds to shuffle from.
+        split: The split to stream.
+        pin_memory: Pin host memory (default: when CUDA is available).
+    """
+    dataset = _TrainStream(
+        manifest.split(split), manifest.image_codec, seed, rank, epoch, shuffle_buffer
+    )
+    return itertools.islice(iter(_loader(dataset, batch_size, num_workers, pin_memory)), steps)
+
+
+def partition(total: int, parts: int) -> list[tuple[int, int]]:
+    """Cut ``range(total)`` into ``parts`` contiguous ``(start, stop)`` ranges, sizes ±1."""
+    return [(total * p // parts, total * (p + 1) // parts) for p in range(parts)]
+
+
+def eval_steps(split: SplitInfo, batch_size: int, world_size: int, num_workers: int) -> int:
+    """Batches every rank yields for ``split`` (the most any rank needs)."""
+    workers = max(num_workers, 1)
+    ranges = partition(split.num_samples, world_size * workers)
+    per_rank = [
+        sum(
+            math.ceil((stop - start) / batch_size)
+            for start, stop in ranges[r * workers : (r + 1) * workers]
+        )
+        for r in range(world_size)
+    ]
+    return max(per_rank)
+
+
+class _EvalPart(IterableDataset):
+    """The samples of one (rank, worker) part of a split, read exactly once."""
+
+    def __init__(self, split: SplitInfo, codec: str, rank: int, world_size: int):
+        self.split, self.codec, self.rank, self.world_size = split, codec, rank, world_size
+
+    def __iter__(self) -> Iterator[Sample]:
+        worker, workers = _worker()
+        ranges = partition(self.split.num_samples, self.world_size * workers)
+        start, stop = ranges[self.rank * workers + worker]
+        offset = 0
+        for shard, count in zip(self.split.shards, self.split.shard_samples):
+            if offset < stop and offset + count > start:
+                for index, raw in enumerate(tarfile_samples([{"url": str(shard)}]), offset):
+                    if start <= index < stop:
+                        yield decode_sample(raw, self.codec)
+            offset += count
+
+
+def eval_batches(
+    manifest: Manifest,
+    split: str,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 2,
+    pin_memory: bool | None = None,
+) -> Iterator[Batch]:
+    """Yield this rank's share of ``split``, then padding, for :func:`eval_steps` batches.
+
+    Padding batches hold zero images and all-ignore masks, so metrics are unaffected; every
+    rank steps the same number of times, so collective operations cannot hang.
+    """
+    info = manifest.split(split)
+    steps = eval_steps(info, batch_size, world_size, num_workers)
+    loader = _loader(
+        _EvalPart(info, manifest.image_codec, rank, world_size), batch_size, num_workers, pin_memory
+    )
+    yielded = 0
+    for batch in loader:
+        yielded += 1
+        yield batch
+    size = manifest.tile_size
+    for _ in range(steps - yielded):
+        yield Batch(
+            torch.zeros(batch_size, 3, size, size, dtype=torch.uint8),
+            torch.full((batch_size, size, size), manifest.ignore_index, dtype=torch.uint8),
+            [],
+        )

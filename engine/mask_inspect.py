@@ -1,0 +1,168 @@
+"""Mask inspection: find how masks are encoded and which values occur, then draft a classes file.
+
+The original project's ``get_palette``, made useful: every distinct colour or value with
+its pixel count, its share and the number of files it occurs in.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engine.classes import DEFAULT_PALETTE, format_color
+from engine.imageio import TIFF_SUFFIXES, ImageReadError, read_mask_values
+
+
+@dataclass(frozen=True)
+class ValueStats:
+    """How often one mask value occurs."""
+
+    value: int
+    pixels: int
+    files: int
+
+
+@dataclass
+class MaskReport:
+    """What :func:`inspect_masks` found.
+
+    Attributes:
+        encoding: ``"rgb"`` or ``"index"``.
+        kinds: How many files of each storage kind (``rgb``, ``palette``, ``single-band 8``...).
+        values: Every value with pixel and file counts, most frequent first.
+        palette: For palette-only index masks, value → ``#RRGGBB`` from the files' palette.
+        num_files: Number of masks read.
+    """
+
+    encoding: str
+    kinds: dict[str, int]
+    values: list[ValueStats]
+    palette: dict[int, str]
+    num_files: int
+
+    @property
+    def total_pixels(self) -> int:
+        """All mask pixels read."""
+        return sum(item.pixels for item in self.values)
+
+    def describe(self, value: int) -> str:
+        """Render a value as ``#RRGGBB`` (rgb) or an integer (index)."""
+        if self.encoding == "rgb":
+            return format_color(((value >> 16) & 255, (value >> 8) & 255, value & 255))
+        return str(value)
+
+    def table(self) -> str:
+        """A plain-text table of values, pixel counts, shares and file counts."""
+        total = max(self.total_pixels, 1)
+        lines = [f"{'value':>9}  {'pixels':>12}  {'share':>7}  {'files':>5}"]
+        for item in self.values:
+            share = 100.0 * item.pixels / total
+            value = self.describe(item.value)
+            lines.append(f"{value:>9}  {item.pixels:>12,}  {share:6.2f}%  {item.files:>5}")
+        return "\n".join(lines)
+
+
+def _storage_kind(path: Path) -> tuple[str, dict[int, str]]:
+    """Classify how a mask file stores its values, and return its palette if it has one."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            bands = page.samplesperpixel
+            bits = page.bitspersample
+        return ("rgb" if bands >= 3 else f"single-band {bits}-bit"), {}
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            palette = image.getpalette() if mode == "P" else None
+    except (OSError, SyntaxError) as error:
+        raise ImageReadError(f"{path}: cannot open mask: {error}") from error
+    if mode == "P":
+        colours = np.array(palette, dtype=np.int64).reshape(-1, 3) if palette else np.zeros((0, 3))
+        return "palette", {i: format_color(c) for i, c in enumerate(colours)}
+    if mode in ("RGB", "RGBA"):
+        return "rgb", {}
+    return f"single-band {mode}", {}
+
+
+def _count_values(args: tuple[Path, str]) -> dict[int, int]:
+    path, encoding = args
+    values, counts = np.unique(read_mask_values(path, encoding), return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist()))
+
+
+def inspect_masks(paths: list[Path], workers: int = 1) -> MaskReport:
+    """Detect the mask encoding and count every distinct value over ``paths``.
+
+    Colour masks (any 3-band file) make the encoding ``rgb``; palette files among them are
+    read as colours. Palette-only or single-band sets are ``index`` (palette indices or
+    stored integers are the values; a palette gives the draft colours).
+
+    Raises:
+        ImageReadError: naming a file that cannot be read.
+        ValueError: when ``paths`` is empty.
+    """
+    if not paths:
+        raise ValueError("no mask files to inspect")
+    kinds: Counter[str] = Counter()
+    palette: dict[int, str] = {}
+    for path in paths:
+        kind, file_palette = _storage_kind(path)
+        kinds[kind] += 1
+        palette = palette or file_palette
+    encoding = "rgb" if kinds["rgb"] else "index"
+    pixels: Counter[int] = Counter()
+    files: Counter[int] = Counter()
+    jobs = [(Path(p), encoding) for p in paths]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_count_values, jobs, chunksize=4))
+    else:
+        results = [_count_values(job) for job in jobs]
+    for counts in results:
+        pixels.update(counts)
+        files.update(counts.keys())
+    values = [ValueStats(v, pixels[v], files[v]) for v in pixels]
+    values.sort(key=lambda item: (-item.pixels, item.value))
+    return MaskReport(
+        encoding, dict(kinds), values, palette if encoding == "index" else {}, len(paths)
+    )
+
+
+def draft_classes_yaml(report: MaskReport) -> str:
+    """Write a draft classes file for the user to edit (names, ignore values).
+
+    RGB values are listed most frequent first; index values in numeric order (they are
+    usually class indices already).
+    """
+    total = max(report.total_pixels, 1)
+    ordered = report.values
+    if report.encoding == "index":
+        ordered = sorted(report.values, key=lambda item: item.value)
+    lines = [
+        f"# Draft classes file: {report.num_files} masks, encoding {report.encoding}.",
+        "# Edit the names. Mark no-data / unlabeled values with `ignore: true` (they become 255).",
+        "# Class index = order of the non-ignored entries. `value` may be a list to merge values.",
+        f"encoding: {report.encoding}",
+        "classes:",
+    ]
+    for number, item in enumerate(ordered):
+        if report.encoding == "rgb":
+            value = f'"{report.describe(item.value)}"'
+            color = value
+        else:
+            value = str(item.value)
+            fallback = DEFAULT_PALETTE[number % len(DEFAULT_PALETTE)]
+            color = f'"{report.palette.get(item.value, fallback)}"'
+        share = 100.0 * item.pixels / total
+        lines.append(
+            f"  - {{name: class_{number}, value: {value}, color: {color}}}"
+            f"  # {share:.2f} % of pixels, in {item.files} files"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,345 @@
+"""Build webdataset shards from image/mask pairs (the format is specified in shards/README.md).
+
+The build is reproducible (same inputs and seed → byte-identical shards) and atomic: it
+writes into a temporary sibling folder and renames it into place only when everything
+succeeded, so a failed build leaves no ``*.tar`` behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from engine.classes import IGNORE_INDEX, ClassesFile
+from engine.imageio import IMAGE_CODECS, encode_image, read_image, read_mask_values
+from engine.manifest import MANIFEST_NAME, SPLITS, shard_name
+from engine.pairing import Pair
+
+MEMBER_EXT = {"png": "png", "jpg": "jpg", "webp": "webp", "npy": "npy"}
+
+
+class BuildError(ValueError):
+    """Input that cannot become shards; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to cut, encode and split.
+
+    Attributes:
+        tile: Tile edge in pixels; larger images are cut, smaller ones padded (label 255).
+        val: Fraction of groups for validation.
+        test: Fraction of groups for testing.
+        seed: Seed of the split and of the sample order inside each split.
+        image_codec: One of ``png``, ``jpg``, ``webp``, ``npy`` (masks are always PNG).
+        jpeg_quality: Quality for the ``jpg`` codec.
+        samples_per_shard: Most samples in one tar.
+        unknown: ``error`` (default) or ``ignore`` for mask values not in the classes file.
+        uint16_max: For uint16 images, the value mapped to 255.
+        workers: Processes that decode and encode in parallel.
+        overwrite: Replace an existing output folder.
+    """
+
+    tile: int = 1024
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+    image_codec: str = "png"
+    jpeg_quality: int = 95
+    samples_per_shard: int = 256
+    unknown: str = "error"
+    uint16_max: int | None = None
+    workers: int = 1
+    overwrite: bool = False
+
+
+@dataclass
+class _Sample:
+    key: str
+    image: bytes
+    mask: bytes
+    meta: bytes
+
+
+@dataclass
+class _PairResult:
+    samples: list[_Sample]
+    channel_sum: np.ndarray  # int64 [3], over non-padding pixels
+    channel_sumsq: np.ndarray  # int64 [3]
+    valid_pixels: int
+    class_pixels: np.ndarray  # int64 [num_classes + 1], last = ignore
+
+
+@dataclass
+class _SplitWriter:
+    """Writes one split's samples into consecutive deterministic tars."""
+
+    folder: Path
+    split: str
+    limit: int
+    shards: list[str] = field(default_factory=list)
+    shard_samples: list[int] = field(default_factory=list)
+    _tar: tarfile.TarFile | None = None
+
+    def add(self, sample: _Sample, image_ext: str) -> None:
+        if self._tar is None or self.shard_samples[-1] >= self.limit:
+            self.close()
+            name = shard_name(self.split, len(self.shards))
+            self.shards.append(name)
+            self.shard_samples.append(0)
+            self._tar = tarfile.open(self.folder / name, "w", format=tarfile.GNU_FORMAT)
+        for suffix, data in (
+            (f"image.{image_ext}", sample.image),
+            ("mask.png", sample.mask),
+            ("meta.json", sample.meta),
+        ):
+            info = tarfile.TarInfo(f"{sample.key}.{suffix}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            self._tar.addfile(info, io.BytesIO(data))
+        self.shard_samples[-1] += 1
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+
+
+def split_groups(groups: list[str], val: float, test: float, seed: int) -> dict[str, str]:
+    """Assign whole groups to ``train``/``val``/``test``, seeded and reproducible.
+
+    Each non-zero fraction gets at least one group as long as one is left for training.
+
+    Raises:
+        BuildError: when the fractions are invalid.
+    """
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise BuildError(f"--val {val} and --test {test} must be in [0, 1) and sum below 1")
+    ordered = sorted(set(groups))
+    random.Random(seed).shuffle(ordered)
+    count = len(ordered)
+
+    def share(fraction: float) -> int:
+        return max(1, round(fraction * count)) if fraction > 0 else 0
+
+    n_test = min(share(test), max(count - 1, 0))
+    n_val = min(share(val), max(count - 1 - n_test, 0))
+    assignment = {g: "test" for g in ordered[:n_test]}
+    assignment |= {g: "val" for g in ordered[n_test : n_test + n_val]}
+    assignment |= {g: "train" for g in ordered[n_test + n_val :]}
+    return assignment
+
+
+def tile_windows(height: int, width: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """Cut an image into a grid of ``(row, col, height, width)`` windows of at most ``tile``."""
+    return [
+        (row, col, min(tile, height - row), min(tile, width - col))
+        for row in range(0, height, tile)
+        for col in range(0, width, tile)
+    ]
+
+
+def _member_key(key: str, row: int, col: int) -> str:
+    safe = "".join(c if c.isalnum() or c in "/_-" else "_" for c in key)
+    return f"{safe}/r{row:05d}_c{col:05d}"
+
+
+def _map_mask(values: np.ndarray, classes: ClassesFile, unknown: str, path: Path) -> np.ndarray:
+    found, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    lookup = classes.lookup
+    table = np.array([lookup.get(int(v), -1) for v in found], dtype=np.int16)
+    missing = table < 0
+    if missing.any():
+        if unknown != "ignore":
+            listed = ", ".join(
+                f"{classes.describe(int(v))} ({int(n):,} pixels)"
+                for v, n in zip(found[missing], counts[missing])
+            )
+            raise BuildError(
+                f"{path}: mask value(s) not in the classes file {classes.path}: {listed}. "
+                "Add them to the classes file (ignore: true for no-data) or pass --unknown ignore."
+            )
+        table[missing] = IGNORE_INDEX
+    return table.astype(np.uint8)[inverse.reshape(values.shape)]
+
+
+def _process_pair(args: tuple[Pair, str, ClassesFile, BuildOptions]) -> _PairResult:
+    pair, split, classes, options = args
+    image = read_image(pair.image, options.uint16_max)
+    values = read_mask_values(pair.mask, classes.encoding)
+    if values.shape != image.shape[:2]:
+        raise BuildError(
+            f"{pair.mask}: mask is {values.shape[1]}x{values.shape[0]} (WxH) but its image "
+            f"{pair.image} is {image.shape[1]}x{image.shape[0]}"
+        )
+    mask = _map_mask(values, classes, options.unknown, pair.mask)
+    num_classes = len(classes.classes)
+    class_pixels = np.bincount(np.minimum(mask, num_classes).ravel(), minlength=num_classes + 1)
+    valid = image.reshape(-1, 3).astype(np.int64)
+    result = _PairResult(
+        samples=[],
+        channel_sum=valid.sum(0),
+        channel_sumsq=(valid * valid).sum(0),
+        valid_pixels=valid.shape[0],
+        class_pixels=class_pixels.astype(np.int64),
+    )
+    tile = options.tile
+    for row, col, height, width in tile_windows(*image.shape[:2], tile):
+        image_tile = np.zeros((tile, tile, 3), np.uint8)
+        mask_tile = np.full((tile, tile), IGNORE_INDEX, np.uint8)
+        image_tile[:height, :width] = image[row : row + height, col : col + width]
+        mask_tile[:height, :width] = mask[row : row + height, col : col + width]
+        meta = {
+            "key": pair.key,
+            "image": str(pair.image),
+            "mask": str(pair.mask),
+            "group": pair.group,
+            "split": split,
+            "window": {"row": row, "col": col, "height": height, "width": width},
+            "source_size": {"height": image.shape[0], "width": image.shape[1]},
+        }
+        result.samples.append(
+            _Sample(
+                key=_member_key(pair.key, row, col),
+                image=encode_image(image_tile, options.image_codec, options.jpeg_quality),
+                mask=encode_image(mask_tile, "png"),
+                meta=json.dumps(meta, sort_keys=True).encode(),
+            )
+        )
+    return result
+
+
+def _results(jobs: list, workers: int) -> Iterator[_PairResult]:
+    if workers <= 1:
+        yield from map(_process_pair, jobs)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        try:
+            yield from pool.map(_process_pair, jobs, chunksize=1)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+def _prepare_output(out: Path, overwrite: bool) -> Path:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise BuildError(f"{out}: output folder is not empty (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    staging.chmod(0o755)
+    return staging
+
+
+def _commit_output(staging: Path, out: Path) -> None:
+    """Move the finished staging folder into place; the old output is removed only after."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def build_shards(
+    pairs: list[Pair], classes: ClassesFile, out: str | Path, options: BuildOptions
+) -> dict:
+    """Decode, map, tile, split and write ``pairs`` as shards plus ``dataset.json``.
+
+    Args:
+        pairs: Image/mask pairs with their groups (see :mod:`engine.pairing`).
+        classes: The classes file mapping mask values to class indices.
+        out: Output folder (created; must be empty unless ``options.overwrite``).
+        options: Tiling, codec, split and parallelism settings.
+
+    Returns:
+        The manifest that was written.
+
+    Raises:
+        BuildError, ImageReadError: naming the offending file; nothing is left in ``out``.
+    """
+    if options.image_codec not in IMAGE_CODECS:
+        raise BuildError(f"unknown image codec {options.image_codec!r}; choose from {IMAGE_CODECS}")
+    if options.unknown not in ("error", "ignore"):
+        raise BuildError(f"--unknown must be 'error' or 'ignore', not {options.unknown!r}")
+    if not pairs:
+        raise BuildError("no image/mask pairs to build from")
+    out = Path(out)
+    assignment = split_groups([p.group for p in pairs], options.val, options.test, options.seed)
+    rng = random.Random(options.seed)
+    jobs = []
+    for split in SPLITS:
+        members = [p for p in pairs if assignment[p.group] == split]
+        rng.shuffle(members)
+        jobs += [(pair, split, classes, options) for pair in members]
+
+    num_classes = len(classes.classes)
+    staging = _prepare_output(out, options.overwrite)
+    writers = {s: _SplitWriter(staging, s, options.samples_per_shard) for s in SPLITS}
+    totals = {s: np.zeros(num_classes + 1, np.int64) for s in SPLITS}
+    channel_sum = np.zeros(3, np.int64)
+    channel_sumsq = np.zeros(3, np.int64)
+    valid_pixels = 0
+    try:
+        progress = tqdm(total=len(jobs), desc="building shards", unit="image")
+        for (_, split, _, _), result in zip(jobs, _results(jobs, options.workers)):
+            for sample in result.samples:
+                writers[split].add(sample, MEMBER_EXT[options.image_codec])
+            totals[split] += result.class_pixels
+            if split == "train":
+                channel_sum += result.channel_sum
+                channel_sumsq += result.channel_sumsq
+                valid_pixels += result.valid_pixels
+            progress.update()
+        progress.close()
+        for writer in writers.values():
+            writer.close()
+        if valid_pixels == 0:
+            raise BuildError("the train split is empty: lower --val/--test or add groups")
+        mean = channel_sum / valid_pixels
+        variance = channel_sumsq / valid_pixels - mean * mean
+        manifest = {
+            "format": "terraseg-shards",
+            "version": 1,
+            "classes": classes.manifest_classes(),
+            "num_classes": num_classes,
+            "ignore_index": IGNORE_INDEX,
+            "tile_size": options.tile,
+            "image_codec": options.image_codec,
+            "mean": (mean / 255.0).tolist(),
+            "std": (np.sqrt(np.maximum(variance, 0.0)) / 255.0).tolist(),
+            "seed": options.seed,
+            "class_pixels": {
+                s: totals[s][:num_classes].tolist() for s in SPLITS if writers[s].shards
+            },
+            "ignore_pixels": {s: int(totals[s][num_classes]) for s in SPLITS if writers[s].shards},
+            "splits": {
+                s: {
+                    "shards": w.shards,
+                    "shard_samples": w.shard_samples,
+                    "num_samples": sum(w.shard_samples),
+                    "groups": sorted({g for g, a in assignment.items() if a == s}),
+                }
+                for s, w in writers.items()
+                if w.shards
+            },
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        _commit_output(staging, out)
+    except BaseException:
+        for writer in writers.values():
+            writer.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest

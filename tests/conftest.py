@@ -1,0 +1,96 @@
+"""Shared test fixtures: offline hubs, the real Dubai dataset, small generated data."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def dubai_dir() -> Path:
+    """The real Dubai dataset folder; a missing dataset fails the test, never skips it."""
+    from engine.paths import dubai_dataset_dir
+
+    path = dubai_dataset_dir()
+    if not (path / "Semantic segmentation dataset").is_dir():
+        pytest.fail(f"Dubai dataset not found at {path}; set TERRASEG_DUBAI_DIR")
+    return path / "Semantic segmentation dataset"
+
+
+def write_pair(root: Path, group: str, stem: str, image, mask, image_ext: str = "png") -> None:
+    """Write one image/mask pair in the Dubai layout (``group/images``, ``group/masks``)."""
+    from PIL import Image
+
+    (root / group / "images").mkdir(parents=True, exist_ok=True)
+    (root / group / "masks").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(root / group / "images" / f"{stem}.{image_ext}")
+    Image.fromarray(mask).save(root / group / "masks" / f"{stem}.png")
+
+
+@pytest.fixture(scope="session")
+def dubai_shards(dubai_dir: Path, tmp_path_factory) -> Path:
+    """Dubai shards built the way a user would: inspect, edit the draft, build (tile 512)."""
+    import yaml
+
+    from engine.classes import classes_from_dict
+    from engine.mask_inspect import draft_classes_yaml, inspect_masks
+    from engine.pairing import pair_by_glob
+    from engine.shard_builder import BuildOptions, build_shards
+
+    report = inspect_masks(sorted(dubai_dir.glob("*/masks/*.png")), workers=2)
+    draft = yaml.safe_load(draft_classes_yaml(report))
+    for entry in draft["classes"]:
+        if entry["value"] in ("#9B9B9B", "#000000"):
+            entry["ignore"] = True
+    out = tmp_path_factory.mktemp("dubai") / "shards"
+    pairs = pair_by_glob(str(dubai_dir / "*/images/*.jpg"), str(dubai_dir / "*/masks/*.png"))
+    options = BuildOptions(tile=512, samples_per_shard=48, workers=2)
+    build_shards(pairs, classes_from_dict(draft, "edited-draft.yaml"), out, options)
+    return out
+
+
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+CLASSES = {
+    "encoding": "rgb",
+    "classes": [
+        {"name": "red", "value": "#FF0000"},
+        {"name": "green", "value": "#00FF00"},
+        {"name": "blue", "value": "#0000FF"},
+        {"name": "nodata", "value": "#000000", "ignore": True},
+    ],
+}
+
+
+def make_tiny_dataset(root: Path, groups=4, per_group=2, size=(40, 56), seed=0) -> Path:
+    """Random RGB images with 3-colour masks (a 3x3 no-data corner) in the Dubai layout."""
+    rng = np.random.default_rng(seed)
+    for g in range(groups):
+        for k in range(per_group):
+            index = rng.integers(0, 3, size)
+            mask = np.array(COLOURS, np.uint8)[index]
+            mask[:3, :3] = 0  # a little no-data
+            image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            write_pair(root, f"Tile {g}", f"part_{k}", image, mask)
+    (root / "classes.yaml").write_text(yaml.safe_dump(CLASSES))
+    return root
+
+
+def build_tiny(root: Path, out: Path, **options) -> dict:
+    """Build shards from :func:`make_tiny_dataset` output (tile 32, 5 samples a shard)."""
+    from engine.classes import load_classes
+    from engine.pairing import pair_by_glob
+    from engine.shard_builder import BuildOptions, build_shards
+
+    pairs = pair_by_glob(str(root / "*/images/*.png"), str(root / "*/masks/*.png"))
+    defaults = dict(tile=32, val=0.25, test=0.25, samples_per_shard=5)
+    return build_shards(
+        pairs, load_classes(root / "classes.yaml"), out, BuildOptions(**(defaults | options))
+    )

@@ -1,0 +1,111 @@
+"""Shard loader: seeded endless training streams and exactly-once evaluation, on 2 ranks."""
+
+import json
+import socket
+from collections import Counter
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import build_tiny, make_tiny_dataset
+
+from engine.loader import eval_batches, eval_steps, partition, train_batches
+from engine.manifest import load_manifest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_partition_is_contiguous_and_exact():
+    for total in (0, 1, 7, 10):
+        for parts in (1, 3, 4):
+            ranges = partition(total, parts)
+            flat = [i for start, stop in ranges for i in range(start, stop)]
+            assert flat == list(range(total))
+            assert max(b - a for a, b in ranges) - min(b - a for a, b in ranges) <= 1
+
+
+def test_train_stream_is_seeded_and_yields_exact_steps(tmp_path):
+    build_tiny(make_tiny_dataset(tmp_path / "d"), tmp_path / "s", val=0, test=0)
+    manifest = load_manifest(tmp_path / "s")
+
+    def keys(**kw):
+        return [b.keys for b in train_batches(manifest, 3, 7, num_workers=0, **kw)]
+
+    first = keys(seed=1, rank=0, epoch=0)
+    assert len(first) == 7 and all(len(k) == 3 for k in first)
+    assert first == keys(seed=1, rank=0, epoch=0)
+    assert first != keys(seed=1, rank=1, epoch=0)
+    assert first != keys(seed=1, rank=0, epoch=1)
+    batch = next(iter(train_batches(manifest, 2, 1, seed=0, rank=0, epoch=0, num_workers=1)))
+    assert batch.images.dtype == torch.uint8 and batch.images.shape == (2, 3, 32, 32)
+    assert batch.masks.dtype == torch.uint8 and batch.masks.shape == (2, 32, 32)
+
+
+def _rank_main(rank: int, world: int, port: int, shards: str, out: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    manifest = load_manifest(shards)
+    train = [
+        b.keys for b in train_batches(manifest, 2, 6, seed=0, rank=rank, epoch=0, num_workers=2)
+    ]
+    evals = [
+        b.keys
+        for b in eval_batches(manifest, "train", 2, rank=rank, world_size=world, num_workers=2)
+    ]
+    # A collective per eval step: it would hang if ranks took different numbers of steps.
+    for _ in evals:
+        dist.all_reduce(torch.ones(1))
+    gathered = [None] * world
+    dist.all_gather_object(gathered, {"train": train, "eval": evals})
+    if rank == 0:
+        with open(out, "w") as handle:
+            json.dump(gathered, handle)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_two_workers_uneven_shards(tmp_path):
+    # 3 images of 2x2 tiles → 12 samples in 3 shards of 5/5/2: not divisible by 2 ranks x 2 workers.
+    build_tiny(
+        make_tiny_dataset(tmp_path / "d", groups=1, per_group=3), tmp_path / "s", val=0, test=0
+    )
+    manifest = load_manifest(tmp_path / "s")
+    split = manifest.split("train")
+    assert len(split.shards) == 3 and split.num_samples == 12
+    out = tmp_path / "result.json"
+    mp.spawn(_rank_main, args=(2, free_port(), str(tmp_path / "s"), str(out)), nprocs=2, join=True)
+    ranks = json.loads(out.read_text())
+    assert [len(r["train"]) for r in ranks] == [6, 6]
+    assert all(len(keys) == 2 for r in ranks for keys in r["train"])
+    steps = eval_steps(split, 2, world_size=2, num_workers=2)
+    assert [len(r["eval"]) for r in ranks] == [steps, steps]
+    seen = Counter(k for r in ranks for keys in r["eval"] for k in keys)
+    expected = {
+        b.keys[i] for b in eval_batches(manifest, "train", 1, num_workers=0) for i in range(1)
+    }
+    assert set(seen) == expected and set(seen.values()) == {1}
+
+
+def test_eval_pads_ranks_to_equal_steps(tmp_path):
+    build_tiny(
+        make_tiny_dataset(tmp_path / "d", groups=1, per_group=1), tmp_path / "s", val=0, test=0
+    )
+    manifest = load_manifest(tmp_path / "s")  # 4 samples
+    per_rank = [
+        list(eval_batches(manifest, "train", 3, rank=r, world_size=3, num_workers=0))
+        for r in range(3)
+    ]
+    assert [len(b) for b in per_rank] == [1, 1, 1]
+    keys = [k for batches in per_rank for b in batches for k in b.keys]
+    assert len(keys) == len(set(keys)) == 4
+    per_rank = [
+        list(eval_batches(manifest, "train", 1, rank=r, world_size=3, num_workers=0))
+        for r in range(3)
+    ]
+    assert [len(b) for b in per_rank] == [2, 2, 2]
+    padding = [b for batches in per_rank for b in batches if not b.keys]
+    assert len(padding) == 2 and all((b.masks == 255).all() for b in padding)

@@ -1,0 +1,43 @@
+"""Mask inspection: encodings, counts, draft classes file."""
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from engine.classes import classes_from_dict
+from engine.mask_inspect import draft_classes_yaml, inspect_masks
+
+
+def test_rgb_and_palette_masks_mix_as_colours(tmp_path):
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[:2] = (132, 41, 246)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    palette = Image.fromarray(np.array([[0, 1], [1, 1]], np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 132, 41, 246] + [0] * 762)
+    palette.save(tmp_path / "b.png")
+    report = inspect_masks([tmp_path / "a.png", tmp_path / "b.png"])
+    assert report.encoding == "rgb" and report.kinds == {"rgb": 1, "palette": 1}
+    found = {report.describe(v.value): (v.pixels, v.files) for v in report.values}
+    assert found == {"#8429F6": (13, 2), "#000000": (11, 2)}
+    draft = classes_from_dict(yaml.safe_load(draft_classes_yaml(report)))
+    assert [c.color for c in draft.classes] == ["#8429F6", "#000000"]
+
+
+def test_single_band_and_16_bit_masks_are_index(tmp_path):
+    Image.fromarray(np.array([[0, 3], [3, 3]], np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.array([[1000, 3]], np.uint16)).save(tmp_path / "b.png")
+    report = inspect_masks([tmp_path / "a.png", tmp_path / "b.png"])
+    assert report.encoding == "index"
+    assert {v.value: v.pixels for v in report.values} == {3: 4, 0: 1, 1000: 1}
+    draft = yaml.safe_load(draft_classes_yaml(report))
+    assert [c["value"] for c in draft["classes"]] == [0, 3, 1000]
+
+
+def test_palette_only_masks_keep_indices_and_palette_colours(tmp_path):
+    mask = Image.fromarray(np.array([[0, 2]], np.uint8), mode="P")
+    mask.putpalette([0, 0, 0, 9, 9, 9, 200, 10, 10] + [0] * 759)
+    mask.save(tmp_path / "m.png")
+    report = inspect_masks([tmp_path / "m.png"])
+    assert report.encoding == "index"
+    draft = yaml.safe_load(draft_classes_yaml(report))
+    assert [(c["value"], c["color"]) for c in draft["classes"]] == [(0, "#000000"), (2, "#C80A0A")]

@@ -1,0 +1,259 @@
+"""Shard builder: pairing, tiling, splits, stats, reproducibility and bad input."""
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import build_tiny as build
+from conftest import make_tiny_dataset as make_dataset
+from PIL import Image
+
+from engine.classes import ClassesError, classes_from_dict, load_classes
+from engine.imageio import ImageReadError, decode_image
+from engine.manifest import load_manifest
+from engine.pairing import PairingError, pair_by_glob, pair_from_csv
+from engine.shard_builder import BuildError, BuildOptions, build_shards, split_groups, tile_windows
+
+
+def read_members(tar_path: Path) -> dict[str, bytes]:
+    with tarfile.open(tar_path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_pairing_by_key_in_dubai_layout_and_parallel_trees(tmp_path):
+    make_dataset(tmp_path / "d", groups=2, per_group=2)
+    pairs = pair_by_glob(str(tmp_path / "d/*/images/*.png"), str(tmp_path / "d/*/masks/*.png"))
+    assert [(p.key, p.group) for p in pairs] == [
+        ("Tile 0/part_0", "Tile 0"), ("Tile 0/part_1", "Tile 0"),
+        ("Tile 1/part_0", "Tile 1"), ("Tile 1/part_1", "Tile 1"),
+    ]  # fmt: skip
+    for folder in ("imgs/a", "labels/a"):
+        (tmp_path / folder).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs/a/x.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "labels/a/x.png")
+    (pair,) = pair_by_glob(str(tmp_path / "imgs/**/*.jpg"), str(tmp_path / "labels/**/*.png"))
+    assert (pair.key, pair.group) == ("a/x", "a")
+    (pair,) = pair_by_glob(
+        str(tmp_path / "imgs/**/*.jpg"), str(tmp_path / "labels/**/*.png"), r"^(\w)/"
+    )
+    assert pair.group == "a"
+
+
+def test_pairs_from_csv(tmp_path):
+    make_dataset(tmp_path, groups=1, per_group=2)
+    (tmp_path / "pairs.csv").write_text(
+        "image,mask,group\nTile 0/images/part_0.png,Tile 0/masks/part_0.png,g1\n"
+        "Tile 0/images/part_1.png,Tile 0/masks/part_1.png,g2\n"
+    )
+    pairs = pair_from_csv(tmp_path / "pairs.csv")
+    assert [p.group for p in pairs] == ["g1", "g2"]
+    (tmp_path / "bad.csv").write_text(
+        "image,mask\nTile 0/images/nope.png,Tile 0/masks/part_0.png\n"
+    )
+    with pytest.raises(PairingError, match="nope.png"):
+        pair_from_csv(tmp_path / "bad.csv")
+
+
+def test_split_by_group_is_seeded_and_disjoint():
+    groups = [f"g{i}" for i in range(10)]
+    a = split_groups(groups, 0.2, 0.2, seed=3)
+    assert a == split_groups(list(reversed(groups)), 0.2, 0.2, seed=3)
+    assert a != split_groups(groups, 0.2, 0.2, seed=4)
+    counts = {s: sum(v == s for v in a.values()) for s in ("train", "val", "test")}
+    assert counts == {"train": 6, "val": 2, "test": 2}
+    assert set(split_groups(["only"], 0.2, 0.2, 0).values()) == {"train"}
+
+
+def test_tile_windows_cover_image_once():
+    windows = tile_windows(70, 33, 32)
+    covered = np.zeros((70, 33), int)
+    for row, col, h, w in windows:
+        assert h <= 32 and w <= 32
+        covered[row : row + h, col : col + w] += 1
+    assert (covered == 1).all() and len(windows) == 3 * 2
+
+
+def test_build_writes_tiles_masks_stats_and_manifest(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    manifest = build(root, tmp_path / "out")
+    loaded = load_manifest(tmp_path / "out")
+    assert loaded.class_names == ["red", "green", "blue"] and loaded.tile_size == 32
+    groups = [set(manifest["splits"][s]["groups"]) for s in manifest["splits"]]
+    assert sum(len(g) for g in groups) == len(set().union(*groups)) == 4
+    # 40x56 images at tile 32 → 2x2 tiles each, 8 images in all.
+    assert sum(s["num_samples"] for s in manifest["splits"].values()) == 32
+    mask_pixels = {s: 0 for s in manifest["splits"]}
+    for split in manifest["splits"]:
+        for shard in loaded.split(split).shards:
+            members = read_members(shard)
+            for name, data in members.items():
+                if name.endswith("mask.png"):
+                    mask = decode_image(data, "png")
+                    assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 1, 2, 255}
+                    mask_pixels[split] += np.bincount(mask.ravel(), minlength=256)[:3].sum()
+                if name.endswith("meta.json"):
+                    meta = json.loads(data)
+                    assert (
+                        meta["split"] == split
+                        and meta["group"] in manifest["splits"][split]["groups"]
+                    )
+    for split, pixels in mask_pixels.items():
+        assert sum(manifest["class_pixels"][split]) == pixels
+        # 9 no-data pixels per image, 2 images per group.
+        assert manifest["ignore_pixels"][split] == 9 * 2 * len(manifest["splits"][split]["groups"])
+    train_images = [
+        np.asarray(Image.open(p), dtype=np.float64) / 255
+        for g in manifest["splits"]["train"]["groups"]
+        for p in sorted((root / g / "images").glob("*.png"))
+    ]
+    pixels = np.concatenate([im.reshape(-1, 3) for im in train_images])
+    np.testing.assert_allclose(manifest["mean"], pixels.mean(0), atol=1e-12)
+    np.testing.assert_allclose(manifest["std"], pixels.std(0), atol=1e-9)
+
+
+def test_padding_is_ignore_and_windows_recorded(tmp_path):
+    root = make_dataset(tmp_path / "data", groups=1, per_group=1, size=(20, 45))
+    build(root, tmp_path / "out", tile=32, val=0, test=0)
+    members = read_members(tmp_path / "out" / "train-000000.tar")
+    windows = sorted(
+        (json.loads(v)["window"]["col"], json.loads(v)["window"]["width"])
+        for k, v in members.items()
+        if k.endswith("meta.json")
+    )
+    assert windows == [(0, 32), (32, 13)]
+    right = decode_image(members["Tile_0/part_0/r00000_c00032.mask.png"], "png")
+    assert (right[20:, :] == 255).all() and (right[:, 13:] == 255).all()
+    assert (right[3:20, :13] != 255).all()
+
+
+@pytest.mark.parametrize("codec", ["png", "jpg", "webp", "npy"])
+def test_rebuild_is_byte_identical(tmp_path, codec):
+    root = make_dataset(tmp_path / "data", groups=3, per_group=2)
+    build(root, tmp_path / "a", image_codec=codec)
+    build(root, tmp_path / "b", image_codec=codec, workers=2)
+    files_a = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files_a == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for name in files_a:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def no_tar_left(tmp_path: Path) -> bool:
+    return not list(tmp_path.rglob("*.tar"))
+
+
+def test_truncated_jpeg(tmp_path):
+    root = make_dataset(tmp_path / "data", groups=2)
+    Image.fromarray(np.full((40, 56, 3), 128, np.uint8)).save(root / "Tile 1/images/part_0.jpg")
+    (root / "Tile 1/images/part_0.png").unlink()
+    data = (root / "Tile 1/images/part_0.jpg").read_bytes()
+    (root / "Tile 1/images/part_0.jpg").write_bytes(data[: len(data) // 2])
+    pairs = pair_by_glob(str(root / "*/images/*"), str(root / "*/masks/*.png"))
+    with pytest.raises(ImageReadError, match=r"part_0\.jpg.*(truncated|corrupt)"):
+        build_shards(
+            pairs, load_classes(root / "classes.yaml"), tmp_path / "out", BuildOptions(tile=32)
+        )
+    assert no_tar_left(tmp_path) and not (tmp_path / "out").exists()
+
+
+def test_mask_of_different_size(tmp_path):
+    root = make_dataset(tmp_path / "data", groups=2)
+    Image.fromarray(np.zeros((41, 56, 3), np.uint8)).save(root / "Tile 1/masks/part_1.png")
+    with pytest.raises(BuildError, match=r"Tile 1/masks/part_1\.png: mask is 56x41"):
+        build(root, tmp_path / "out")
+    assert no_tar_left(tmp_path)
+
+
+def test_unknown_colour_names_file_value_and_count(tmp_path):
+    root = make_dataset(tmp_path / "data", groups=2)
+    mask = np.zeros((40, 56, 3), np.uint8)
+    mask[:5, :4] = (18, 52, 86)
+    Image.fromarray(mask).save(root / "Tile 0/masks/part_1.png")
+    with pytest.raises(BuildError, match=r"Tile 0/masks/part_1\.png.*#123456 \(20 pixels\)"):
+        build(root, tmp_path / "out")
+    assert no_tar_left(tmp_path)
+    manifest = build(root, tmp_path / "out2", unknown="ignore")
+    # 4 images: three with 9 no-data pixels, one all no-data or unknown.
+    assert sum(manifest["ignore_pixels"].values()) == 3 * 9 + 40 * 56
+
+
+def test_unpaired_image_is_listed(tmp_path):
+    root = make_dataset(tmp_path / "data", groups=2)
+    (root / "Tile 1/masks/part_1.png").unlink()
+    with pytest.raises(PairingError, match=r"image without mask: .*Tile 1/images/part_1\.png"):
+        build(root, tmp_path / "out")
+    assert no_tar_left(tmp_path)
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PairingError, match="matched no image files"):
+        pair_by_glob(str(tmp_path / "empty/*.png"), str(tmp_path / "empty/*.png"))
+
+
+def test_two_band_tiff_and_tiff_variants(tmp_path):
+    import tifffile
+
+    from engine.imageio import read_image
+
+    tifffile.imwrite(
+        tmp_path / "two.tif",
+        np.zeros((8, 8, 2), np.uint8),
+        photometric="minisblack",
+        planarconfig="contig",
+    )
+    with pytest.raises(ImageReadError, match=r"two\.tif: 2-band image"):
+        read_image(tmp_path / "two.tif")
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[..., 0] = 7
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb")
+    assert read_image(tmp_path / "rgba.tif")[..., 0].max() == 7
+    tifffile.imwrite(tmp_path / "u16.tif", np.full((8, 8, 3), 4095, np.uint16), photometric="rgb")
+    assert read_image(tmp_path / "u16.tif", uint16_max=4095).min() == 255
+    root = make_dataset(tmp_path / "data", groups=2)
+    tifffile.imwrite(
+        root / "Tile 0/images/part_0.tif",
+        np.zeros((40, 56, 2), np.uint8),
+        photometric="minisblack",
+        planarconfig="contig",
+    )
+    (root / "Tile 0/images/part_0.png").unlink()
+    pairs = pair_by_glob(str(root / "*/images/*"), str(root / "*/masks/*.png"))
+    with pytest.raises(ImageReadError, match=r"part_0\.tif: 2-band"):
+        build_shards(
+            pairs, load_classes(root / "classes.yaml"), tmp_path / "out", BuildOptions(tile=32)
+        )
+    assert no_tar_left(tmp_path)
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    root = make_dataset(tmp_path / "data", groups=2)
+    build(root, tmp_path / "out", val=0, test=0)
+    with pytest.raises(BuildError, match="not empty"):
+        build(root, tmp_path / "out", val=0, test=0)
+    build(root, tmp_path / "out", val=0, test=0, overwrite=True)
+    assert load_manifest(tmp_path / "out").split("train").num_samples == 16
+
+
+def test_classes_file_errors(tmp_path):
+    with pytest.raises(ClassesError, match="listed twice"):
+        classes_from_dict(
+            {"classes": [{"name": "a", "value": "#010101"}, {"name": "b", "value": "#010101"}]}
+        )
+    with pytest.raises(ClassesError, match="bad value"):
+        classes_from_dict({"classes": [{"name": "a", "value": "red"}]})
+    with pytest.raises(ClassesError, match="unknown keys"):
+        classes_from_dict(
+            {"classes": [{"name": "a", "value": 1, "colour": "#FFFFFF"}], "encoding": "index"}
+        )
+    with pytest.raises(ClassesError, match="missing.yaml: classes file not found"):
+        load_classes(tmp_path / "missing.yaml")
+    index = classes_from_dict(
+        {
+            "encoding": "index",
+            "classes": [{"name": "a", "value": [1, 2]}, {"name": "x", "value": 0, "ignore": True}],
+        }
+    )
+    assert index.lookup == {1: 0, 2: 0, 0: 255} and index.classes[0].color.startswith("#")
