@@ -67,7 +67,7 @@ def main() -> int:
             f"{name}: {split['num_samples']} samples in {len(split['shards'])} shards, "
             f"groups {split['groups']}"
         )
-    mean, std = (["%.4f" % v for v in manifest[k]] for k in ("mean", "std"))
+    mean, std = ([f"{v:.4f}" for v in manifest[k]] for k in ("mean", "std"))
     print(f"mean {mean} std {std}")
     return 0
 
