@@ -1,0 +1,267 @@
+"""Device-side training augmentation and evaluation normalisation.
+
+Geometry uses plain torch indexing (``gather``, ``flip``, ``transpose``) instead of
+``kornia.augmentation.AugmentationSequential``: a crop, flips and 90-degree rotations are
+pure pixel permutations, so indexing is exact by construction (no interpolation, masks
+stay integer and aligned), per-sample, free of host syncs, and every random draw comes
+from one ``torch.Generator`` for reproducibility. Photometric jitter uses
+``kornia.enhance`` with per-sample factors drawn from the same generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal, overload
+
+import torch
+import torch.nn.functional as F
+from kornia.enhance import (
+    adjust_brightness_accumulative,
+    adjust_contrast_with_mean_subtraction,
+    adjust_hue,
+    adjust_saturation_with_gray_subtraction,
+)
+from torch import nn
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TrainAugment", "normalize"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
+
+
+def normalize(
+    images: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+) -> torch.Tensor:
+    """Scale images to [0, 1] and standardise them per channel (evaluation path).
+
+    Args:
+        images: ``[B, 3, H, W]``, uint8 (divided by 255) or float already in [0, 1].
+        mean: Per-channel mean on the 0-1 scale.
+        std: Per-channel standard deviation on the 0-1 scale.
+
+    Returns:
+        float32 ``[B, 3, H, W]``, ``(images / 255 - mean) / std``.
+    """
+    x = images.float()
+    if images.dtype == torch.uint8:
+        x = x / 255.0
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).to(x.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).to(x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+class TrainAugment(nn.Module):
+    """Random crop, flips, 90-degree rotations and optional colour jitter, per sample.
+
+    Every call draws a fresh crop position and transform for each sample. A tile smaller
+    than the crop is padded (image 0, mask ``ignore_index``) and lands at a random place
+    in the crop. The mask goes through exactly the same pixel permutation as the image.
+    Jitter (fixed order: brightness, contrast, saturation, hue) touches the image only,
+    before normalisation.
+
+    Args:
+        crop_size: Side of the square output crop.
+        mean: Per-channel normalisation mean, 0-1 scale (the dataset's train ``mean``).
+        std: Per-channel normalisation std, 0-1 scale.
+        hflip: Random horizontal flip (p = 0.5).
+        vflip: Random vertical flip (p = 0.5).
+        rot90: Random rotation by 0, 90, 180 or 270 degrees.
+        jitter: Optional ``{"brightness", "contrast", "saturation", "hue", "p"}``. The first
+            three take ``s`` (factor uniform in ``[max(0, 1 - s), 1 + s]``) or a ``(lo, hi)``
+            pair; ``hue`` takes ``h`` in [0, 0.5] (shift uniform in ``[-h, h]`` turns) or a
+            pair; ``p`` is the per-sample probability of jittering (default 1).
+        ignore_index: Mask value of ignored pixels (and of padding).
+        generator: Generator for all random draws; draws happen on its device and are
+            copied to the data's device. Mutually exclusive with ``seed``.
+        seed: Seed for a generator created on the data's device on the first call.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        crop_size: int = 512,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        hflip: bool = True,
+        vflip: bool = True,
+        rot90: bool = True,
+        jitter: Mapping[str, float | Sequence[float]] | None = None,
+        ignore_index: int = 255,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if crop_size < 1:
+            raise ValueError(f"crop_size must be positive, got {crop_size}")
+        if generator is not None and seed is not None:
+            raise ValueError("pass either a generator or a seed, not both")
+        self.crop_size = crop_size
+        self.hflip = hflip
+        self.vflip = vflip
+        self.rot90 = rot90
+        self.ignore_index = ignore_index
+        self.jitter, self.jitter_p = _parse_jitter(jitter)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
+        self._generator = generator
+        self._seed = seed
+
+    def _generator_for(self, device: torch.device) -> torch.Generator | None:
+        if self._seed is not None and (
+            self._generator is None or self._generator.device.type != device.type
+        ):
+            self._generator = torch.Generator(device=device).manual_seed(self._seed)
+        return self._generator
+
+    def _uniform(self, n: int, device: torch.device) -> torch.Tensor:
+        generator = self._generator_for(device)
+        draw_device = generator.device if generator is not None else device
+        return torch.rand(n, generator=generator, device=draw_device).to(device, non_blocking=True)
+
+    @overload
+    def forward(
+        self, images: torch.Tensor, masks: torch.Tensor, return_raw: Literal[False] = False
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @overload
+    def forward(
+        self, images: torch.Tensor, masks: torch.Tensor, return_raw: Literal[True]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def forward(
+        self, images: torch.Tensor, masks: torch.Tensor, return_raw: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """Augment one batch.
+
+        Args:
+            images: uint8 ``[B, 3, H, W]``.
+            masks: Integer ``[B, H, W]`` (uint8 in the loader contract).
+            return_raw: Also return the augmented image in [0, 1] before normalisation
+                (after jitter: what the network sees), e.g. for the colour target.
+
+        Returns:
+            ``(images, masks)`` or ``(images, masks, raw)``: float32 normalised
+            ``[B, 3, c, c]``, int64 ``[B, c, c]`` and float32 ``[B, 3, c, c]``.
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        if masks.shape != (images.shape[0], *images.shape[2:]):
+            raise ValueError(f"masks {tuple(masks.shape)} do not match {tuple(images.shape)}")
+        batch, _, height, width = images.shape
+        device = images.device
+        c = self.crop_size
+        pad_h, pad_w = max(0, c - height), max(0, c - width)
+        # Offsets into the (symmetrically) padded tile; with padding this places the tile
+        # uniformly inside the crop.
+        top = self._offsets(height + 2 * pad_h - c, batch, device)
+        left = self._offsets(width + 2 * pad_w - c, batch, device)
+        k = (self._uniform(batch, device) * 4).long().clamp(max=3)
+        if not self.rot90:
+            k = torch.zeros_like(k)
+        flip_h = self._uniform(batch, device) < (0.5 if self.hflip else 0.0)
+        flip_v = self._uniform(batch, device) < (0.5 if self.vflip else 0.0)
+        # rot90(x, k) = transpose if k odd, then flip rows if k in {1, 2}, columns if k in {2, 3}.
+        transpose = k % 2 == 1
+        flip_rows = flip_v ^ ((k == 1) | (k == 2))
+        flip_cols = flip_h ^ ((k == 2) | (k == 3))
+        params = (top, left, transpose, flip_rows, flip_cols)
+
+        pads = (pad_w, pad_w, pad_h, pad_h)
+        image = self._geometry(F.pad(images, pads, value=0), *params)
+        mask = self._geometry(F.pad(masks.unsqueeze(1), pads, value=self.ignore_index), *params)
+
+        raw = image.float() / 255.0
+        if self.jitter is not None:
+            raw = self._jitter(raw)
+        mean = self.mean.to(device).view(1, -1, 1, 1)
+        normalised = (raw - mean) / self.std.to(device).view(1, -1, 1, 1)
+        if return_raw:
+            return normalised, mask[:, 0].long(), raw
+        return normalised, mask[:, 0].long()
+
+    def _offsets(self, high: int, batch: int, device: torch.device) -> torch.Tensor:
+        return (self._uniform(batch, device) * (high + 1)).long().clamp(max=high)
+
+    def _geometry(
+        self,
+        x: torch.Tensor,
+        top: torch.Tensor,
+        left: torch.Tensor,
+        transpose: torch.Tensor,
+        flip_rows: torch.Tensor,
+        flip_cols: torch.Tensor,
+    ) -> torch.Tensor:
+        """Crop ``[B, C, H, W]`` to ``[B, C, c, c]`` at per-sample offsets, then orient it."""
+        batch, channels, _, width = x.shape
+        c = self.crop_size
+        span = torch.arange(c, device=x.device)
+        rows = (top.view(-1, 1) + span).view(batch, 1, c, 1).expand(batch, channels, c, width)
+        x = x.gather(2, rows)
+        cols = (left.view(-1, 1) + span).view(batch, 1, 1, c).expand(batch, channels, c, c)
+        x = x.gather(3, cols)
+
+        def where(flag: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return torch.where(flag.view(-1, 1, 1, 1), a, b)
+
+        x = where(transpose, x.transpose(-2, -1), x)
+        x = where(flip_rows, x.flip(-2), x)
+        return where(flip_cols, x.flip(-1), x)
+
+    def _jitter(self, raw: torch.Tensor) -> torch.Tensor:
+        ranges = self.jitter
+        assert ranges is not None
+        batch, device = raw.shape[0], raw.device
+        apply = self._uniform(batch, device) < self.jitter_p
+
+        def factor(key: str, identity: float) -> torch.Tensor:
+            lo, hi = ranges[key]
+            value = lo + (hi - lo) * self._uniform(batch, device)
+            return torch.where(apply, value, identity)
+
+        brightness = factor("brightness", 1.0)
+        contrast = factor("contrast", 1.0)
+        saturation = factor("saturation", 1.0)
+        hue = factor("hue", 0.0) * (2 * math.pi)
+        raw = adjust_brightness_accumulative(raw, brightness)
+        raw = adjust_contrast_with_mean_subtraction(raw, contrast)
+        raw = adjust_saturation_with_gray_subtraction(raw, saturation)
+        return adjust_hue(raw, hue).clamp(0.0, 1.0)
+
+    def extra_repr(self) -> str:
+        """Summarise the configuration."""
+        return (
+            f"crop_size={self.crop_size}, hflip={self.hflip}, vflip={self.vflip}, "
+            f"rot90={self.rot90}, jitter={self.jitter}, jitter_p={self.jitter_p}"
+        )
+
+
+def _parse_jitter(
+    jitter: Mapping[str, float | Sequence[float]] | None,
+) -> tuple[dict[str, tuple[float, float]] | None, float]:
+    if not jitter:
+        return None, 0.0
+    unknown = set(jitter) - {*_JITTER_KEYS, "p"}
+    if unknown:
+        raise ValueError(f"unknown jitter keys: {sorted(unknown)}")
+    out: dict[str, tuple[float, float]] = {}
+    for key in _JITTER_KEYS:
+        value = jitter.get(key, 0.0)
+        if isinstance(value, (int, float)):
+            if value < 0:
+                raise ValueError(f"jitter {key} must be non-negative, got {value}")
+            lo, hi = (-value, value) if key == "hue" else (max(0.0, 1.0 - value), 1.0 + value)
+        else:
+            lo, hi = (float(v) for v in value)
+        if lo > hi or (key == "hue" and not -0.5 <= lo <= hi <= 0.5) or (key != "hue" and lo < 0):
+            raise ValueError(f"invalid jitter range for {key}: {(lo, hi)}")
+        out[key] = (float(lo), float(hi))
+    p = float(jitter.get("p", 1.0))  # type: ignore[arg-type]
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"jitter p must be in [0, 1], got {p}")
+    return out, p

@@ -1,0 +1,119 @@
+"""Whole-tile evaluation of a model on a shard split.
+
+The one evaluation path used by training, ``launch/evaluate.py`` and the tests, so that
+their numbers agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archs import segmentation_logits
+from engine.augment import normalize
+from engine.loader import eval_batches
+from engine.manifest import Manifest
+from engine.metrics import ConfusionMatrix, SegmentationMetrics
+
+
+@dataclass
+class Example:
+    """One evaluated tile, kept for panels: uint8 ``HxWx3`` image, truth and prediction."""
+
+    key: str
+    image: np.ndarray
+    truth: np.ndarray
+    prediction: np.ndarray
+
+
+@dataclass
+class EvalResult:
+    """Confusion matrix summed over ranks, its metrics, and a few examples (this rank)."""
+
+    confusion: torch.Tensor
+    metrics: SegmentationMetrics
+    examples: list[Example] = field(default_factory=list)
+
+
+def forward_logits(model: nn.Module, images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Segmentation logits for normalised images of any size (padded to a multiple of 32)."""
+    height, width = images.shape[-2:]
+    pad_h, pad_w = -height % 32, -width % 32
+    if pad_h or pad_w:
+        images = F.pad(images, (0, pad_w, 0, pad_h), mode="reflect")
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return segmentation_logits(model(images))[..., :height, :width]
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: nn.Module,
+    manifest: Manifest,
+    split: str,
+    *,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 2,
+    rank: int = 0,
+    world_size: int = 1,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    examples: int = 0,
+) -> EvalResult:
+    """Evaluate ``model`` on every sample of ``split`` exactly once across all ranks.
+
+    Every rank must call this (it ends with a collective sum when ``world_size > 1``).
+    The model is put in eval mode; the caller restores train mode.
+
+    Args:
+        model: Returns logits (a tensor or a multitask output).
+        manifest: The shard manifest (normalisation, classes, splits).
+        split: Split name.
+        batch_size: Tiles per batch per rank.
+        device: Where to run.
+        num_workers: Loader workers per rank.
+        rank: This process's rank.
+        world_size: Number of processes.
+        autocast_dtype: ``torch.bfloat16``/``torch.float16`` for mixed precision, or None.
+        channels_last: Feed channels-last tensors.
+        examples: How many tiles to keep for panels (from this rank's first batches).
+    """
+    model.eval()
+    confusion = ConfusionMatrix(
+        manifest.num_classes, manifest.ignore_index, manifest.class_names, device
+    )
+    kept: list[Example] = []
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    for batch in eval_batches(
+        manifest, split, batch_size, rank=rank, world_size=world_size, num_workers=num_workers
+    ):
+        images = batch.images.to(device, non_blocking=True)
+        masks = batch.masks.to(device, non_blocking=True)
+        with autocast:
+            logits = forward_logits(
+                model, normalize(images, manifest.mean, manifest.std), channels_last
+            )
+        prediction = logits.argmax(1)
+        confusion.update(prediction, masks)
+        for index in range(min(examples - len(kept), len(batch.keys))):
+            kept.append(
+                Example(
+                    batch.keys[index],
+                    batch.images[index].permute(1, 2, 0).numpy(),
+                    batch.masks[index].numpy(),
+                    prediction[index].to(torch.uint8).cpu().numpy(),
+                )
+            )
+    if world_size > 1:
+        confusion.all_reduce()
+    return EvalResult(confusion.matrix, confusion.compute(), kept)
