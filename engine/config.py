@@ -149,6 +149,8 @@ class TrainConfig:
         keep_checkpoints: How many recent checkpoints to keep.
         max_bad_steps: Stop after this many consecutive non-finite steps.
         dist_timeout_s: Collective-operation timeout: a dead rank fails the job after it.
+        stop_after_steps: End this invocation after N steps with a checkpoint and exit code
+            75, as after a preemption (0 = off); for allocations shorter than the run.
         panels: Prediction panels sent to wandb at each evaluation.
     """
 
@@ -164,6 +166,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_bad_steps: int = 5
     dist_timeout_s: int = 1800
+    stop_after_steps: int = 0
     panels: int = 4
 
 
@@ -217,6 +220,21 @@ CHOICES = {
 }
 
 
+def _coerce(value: Any, hint: str, where: str, source: str) -> Any:
+    """Convert YAML scalars to the field's type (YAML reads ``3e-4`` as a string)."""
+    kinds = {part.strip() for part in hint.split("|")}
+    if value is None and "None" in kinds:
+        return None
+    try:
+        if "float" in kinds and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return float(value)
+        if "int" in kinds and isinstance(value, str):
+            return int(value)
+    except ValueError as error:
+        raise ConfigError(f"{source}: {where} must be {hint}, got {value!r}") from error
+    return value
+
+
 def _merge(target: Any, values: dict, path: tuple[str, ...], source: str) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: {'.'.join(path) or 'the config'} must be a mapping")
@@ -231,7 +249,7 @@ def _merge(target: Any, values: dict, path: tuple[str, ...], source: str) -> Non
         elif isinstance(current, dict) and isinstance(value, dict):
             setattr(target, key, {**current, **value})  # free-form mappings merge key by key
         else:
-            setattr(target, key, value)
+            setattr(target, key, _coerce(value, str(known[key].type), where, source))
 
 
 def _set_path(config: Config, dotted: str, value: Any, source: str) -> None:

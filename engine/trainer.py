@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import random
 import resource
 import signal
 import sys
@@ -226,18 +227,6 @@ def train(config: Config, run_dir: str | Path, resume: str | None = None) -> Tra
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    augment = TrainAugment(
-        config.data.crop_size,
-        manifest.mean,
-        manifest.std,
-        config.data.hflip,
-        config.data.vflip,
-        config.data.rot90,
-        _jitter(config.data.jitter),
-        manifest.ignore_index,
-        seed=config.seed * 1000 + accelerator.process_index,
-    ).to(device)
-
     state = LoopState()
     checkpoint = resolve_resume(run_dir, resume) if resume else None
     if checkpoint is not None:
@@ -350,9 +339,25 @@ def train(config: Config, run_dir: str | Path, resume: str | None = None) -> Tra
     }
     window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
     grad_norm = torch.zeros((), device=device)
+    steps_this_run = 0
     while state.step < total:
         in_epoch = steps_per_epoch - state.step % steps_per_epoch
-        # Seeded by the first step it serves, so a resumed run draws a fresh, reproducible stream.
+        # Data and augmentation are seeded by the first step they serve: a run resumed at an
+        # epoch boundary sees exactly what the uninterrupted run saw, one resumed mid-epoch
+        # a fresh but reproducible stream.
+        augment = TrainAugment(
+            config.data.crop_size,
+            manifest.mean,
+            manifest.std,
+            config.data.hflip,
+            config.data.vflip,
+            config.data.rot90,
+            _jitter(config.data.jitter),
+            manifest.ignore_index,
+            seed=random.Random(
+                f"{config.seed}/{accelerator.process_index}/{state.step}"
+            ).getrandbits(62),
+        ).to(device)
         batches = train_batches(
             manifest,
             config.data.batch_size,
@@ -460,28 +465,27 @@ def train(config: Config, run_dir: str | Path, resume: str | None = None) -> Tra
                     state.best_miou, state.best_step = result.metrics.miou, state.step
                     export_best()
             every = config.train.checkpoint_every
-            if (
-                (every and state.step % every == 0)
-                or (not every and end_of_epoch)
-                or state.step == total
-            ):
+            saved = (every and state.step % every == 0) or (not every and end_of_epoch)
+            saved = saved and not state.bad_steps  # keep the last good checkpoint the latest
+            if saved or state.step == total:
                 checkpoint_now()
 
-            if preemption.signal is not None:
+            steps_this_run += 1
+            stop = config.train.stop_after_steps
+            if preemption.signal is not None or (
+                stop and steps_this_run >= stop and state.step < total
+            ):
                 accelerator.set_trigger()
-            if accelerator.check_trigger():
-                if (
-                    state.step % (config.train.checkpoint_every or steps_per_epoch)
-                    and state.step != total
-                ):
+            if accelerator.check_trigger():  # any rank's flag stops every rank at the same step
+                if not saved:
                     checkpoint_now()
                 progress.close()
                 tracker.finish()
                 accelerator.wait_for_everyone()
                 if main:
                     print(
-                        f"preempted at step {state.step}: checkpoint saved; "
-                        "resume with --resume latest",
+                        f"stopped at step {state.step} (signal or train.stop_after_steps): "
+                        "checkpoint saved; continue with --resume latest",
                         flush=True,
                     )
                 accelerator.end_training()

@@ -94,3 +94,42 @@ def build_tiny(root: Path, out: Path, **options) -> dict:
     return build_shards(
         pairs, load_classes(root / "classes.yaml"), out, BuildOptions(**(defaults | options))
     )
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory) -> Path:
+    """Shards of generated land-cover scenes: 5 groups x 2 scenes of 192x160, tile 64."""
+    from engine.classes import load_classes
+    from engine.pairing import pair_by_glob
+    from engine.shard_builder import BuildOptions, build_shards
+    from engine.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    write_dataset(root / "scenes", num_groups=5, scenes_per_group=2, size=(192, 160), seed=0)
+    pairs = pair_by_glob(str(root / "scenes/*/images/*"), str(root / "scenes/*/masks/*.png"))
+    options = BuildOptions(tile=64, val=0.2, test=0.2, samples_per_shard=7)
+    build_shards(pairs, load_classes(root / "scenes/classes.yaml"), root / "shards", options)
+    return root / "shards"
+
+
+def tiny_config(shards: Path, *overrides: str):
+    """The tiny CPU config pointed at ``shards``, made smaller still for tests."""
+    from engine.config import load_config
+
+    base = [
+        f"data.shards={shards}", "data.crop_size=64", "data.batch_size=2", "data.num_workers=0",
+        "data.eval_batch_size=4", "model.options.base_width=4", "train.epochs=2",
+        "train.steps_per_epoch=4", "train.log_every=2", "schedule.warmup_steps=2",
+    ]  # fmt: skip
+    return load_config(REPO / "launch/configs/tiny-cpu.yaml", base + list(overrides))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each test gets its own accelerate singletons (tests run several trainings in-process)."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()

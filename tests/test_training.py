@@ -1,0 +1,163 @@
+"""The training loop on CPU: run-directory contract, accumulation, exact resume, faults."""
+
+import copy
+import csv
+import json
+
+import pytest
+import torch
+from accelerate import Accelerator
+from conftest import tiny_config
+from torch import nn
+
+from engine.checkpoint import find_latest, list_checkpoints, read_state
+from engine.export import load_exported
+from engine.losses import build_loss
+from engine.trainer import EXIT_PREEMPTED, TrainingDiverged, forward_backward, train
+
+
+def history(run_dir):
+    with open(run_dir / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_directory_contract(synthetic_shards, tmp_path):
+    config = tiny_config(synthetic_shards, "train.keep_checkpoints=1", "log.wandb=offline")
+    result = train(config, tmp_path / "run")
+    run = tmp_path / "run"
+    expected = ["config.yaml", "history.csv", "metrics.json", "loss.png", "miou.png"]
+    expected += [
+        f"best/{n}" for n in ("model.safetensors", "model.json", "config.yaml", "dataset.json")
+    ]
+    for name in expected:
+        assert (run / name).is_file(), name
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000008"]
+    assert read_state(find_latest(run))["step"] == 8
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["steps"] == 8
+    assert {"miou", "overall_accuracy", "kappa", "per_class"} <= set(metrics)
+    assert len(metrics["per_class"]) == 7
+    rows = history(run)
+    keys = [(r["step"], r["split"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    assert [r["step"] for r in rows if r["split"] == "train"] == ["2", "4", "6", "8"]
+    assert [r["step"] for r in rows if r["split"] == "val"] == ["4", "8"]
+    assert all(
+        float(r["images_per_s"]) > 0 and 0 <= float(r["data_wait"]) <= 1
+        for r in rows
+        if r["split"] == "train"
+    )
+    exported = load_exported(run)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(exported.model(x), result.model.eval()(x))
+    assert list((run / "wandb").glob("offline-run-*")), "wandb offline run not written"
+
+
+class PixelNet(nn.Module):
+    """Deterministic and batch-independent (no batch norm): accumulation must be exact."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_gradient_accumulation_4x2_matches_batch_8():
+    # Cross-entropy is a mean over pixels, so with equal micro-batches and no ignored pixels
+    # the mean of the 4 micro-batch gradients is the gradient of the batch of 8.
+    torch.manual_seed(0)
+    model = PixelNet()
+    reference = copy.deepcopy(model)
+    inputs = torch.randn(8, 3, 16, 16)
+    targets = torch.randint(0, 4, (8, 16, 16))
+    loss_fn = build_loss("ce", 4)
+    loss_fn(reference(inputs), targets).backward()
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=4)
+    model = accelerator.prepare(model)
+    for chunk in range(4):
+        part = slice(2 * chunk, 2 * chunk + 2)
+        forward_backward(accelerator, model, loss_fn, inputs[part], targets[part])
+        assert accelerator.sync_gradients == (chunk == 3)
+    for accumulated, full in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(accumulated.grad, full.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_resume_continues_exactly(synthetic_shards, tmp_path):
+    config = tiny_config(synthetic_shards, "train.checkpoint_every=2")
+    train(config, tmp_path / "straight")
+    straight = history(tmp_path / "straight")
+    interrupted = tiny_config(
+        synthetic_shards, "train.checkpoint_every=2", "train.stop_after_steps=4"
+    )
+    with pytest.raises(SystemExit) as stopped:
+        train(interrupted, tmp_path / "resumed")
+    assert stopped.value.code == EXIT_PREEMPTED
+    assert read_state(find_latest(tmp_path / "resumed"))["step"] == 4
+    train(config, tmp_path / "resumed", resume="latest")
+    resumed = history(tmp_path / "resumed")
+    train_rows = [r for r in resumed if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == ["2", "4", "6", "8"]  # no gap, no duplicate
+    reference = [r for r in straight if r["split"] == "train"]
+    for a, b in zip(train_rows, reference):
+        assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-9)
+        # Resumed at an epoch boundary: same data, same augmentation, same states.
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4)
+    final = {r["split"]: r["miou"] for r in resumed if r["step"] == "8" and r["split"] != "train"}
+    assert final == {
+        r["split"]: r["miou"] for r in straight if r["step"] == "8" and r["split"] != "train"
+    }
+
+
+def test_non_finite_steps_stop_training_and_keep_last_checkpoint(
+    synthetic_shards, tmp_path, monkeypatch
+):
+    config = tiny_config(synthetic_shards, "train.checkpoint_every=2", "train.max_bad_steps=3")
+    from engine import trainer
+
+    real = trainer.forward_backward
+    calls = {"n": 0}
+
+    def poisoned(accelerator, model, loss_fn, inputs, targets):
+        calls["n"] += 1
+        if calls["n"] > 2:  # from the third step on, the loss is NaN
+            inputs = inputs * float("nan")
+        return real(accelerator, model, loss_fn, inputs, targets)
+
+    monkeypatch.setattr(trainer, "forward_backward", poisoned)
+    with pytest.raises(TrainingDiverged, match="3 consecutive non-finite steps at step 5"):
+        train(config, tmp_path / "run")
+    latest = find_latest(tmp_path / "run")
+    assert read_state(latest)["step"] == 2
+    from safetensors.torch import load_file
+
+    weights = load_file(str(latest / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def test_corrupt_checkpoint_is_skipped(synthetic_shards, tmp_path):
+    config = tiny_config(synthetic_shards, "train.checkpoint_every=2", "train.keep_checkpoints=3")
+    with pytest.raises(SystemExit):
+        train(
+            tiny_config(
+                synthetic_shards,
+                "train.checkpoint_every=2",
+                "train.keep_checkpoints=3",
+                "train.stop_after_steps=4",
+            ),
+            tmp_path / "run",
+        )
+    newest = find_latest(tmp_path / "run")
+    assert newest.name == "step-00000004"
+    model_file = newest / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:100])  # a write cut short
+    assert find_latest(tmp_path / "run").name == "step-00000002"
+    train(config, tmp_path / "run", resume="latest")
+    assert [r["step"] for r in history(tmp_path / "run") if r["split"] == "train"] == [
+        "2",
+        "4",
+        "6",
+        "8",
+    ]
