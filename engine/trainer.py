@@ -22,12 +22,14 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 import archs
@@ -181,7 +183,10 @@ def forward_backward(
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the final metrics and the trained model (best weights)."""
+    """What :func:`train` returns: the final metrics and the model as training left it.
+
+    The best weights (by validation mIoU) are in ``RUN/best``; the final metrics are theirs.
+    """
 
     metrics: dict[str, Any]
     model: torch.nn.Module
@@ -252,9 +257,9 @@ def train(config: Config, run_dir: str | Path, resume: str | None = None) -> Tra
     steps_per_epoch, total = config.train.steps_per_epoch, config.total_steps
     fp16 = accelerator.mixed_precision == "fp16"
 
-    def evaluate(split: str) -> EvalResult:
+    def evaluate(split: str, network: torch.nn.Module = model) -> EvalResult:
         result = evaluate_split(
-            model,
+            network,
             manifest,
             split,
             batch_size=config.data.eval_batch_size,
@@ -495,8 +500,13 @@ def train(config: Config, run_dir: str | Path, resume: str | None = None) -> Tra
 
     if state.best_step < 0:  # no val split: the final weights are the best we have
         export_best()
+    best, _ = build_model(config, manifest)
+    best.load_state_dict(load_file(str(run_dir / "best" / "model.safetensors")))
+    best = best.to(
+        device, memory_format=torch.channels_last if channels_last else torch.preserve_format
+    )
     final = _final_metrics(
-        config, manifest, accelerator, model, run_dir, evaluate, record_eval, state
+        config, manifest, accelerator, run_dir, partial(evaluate, network=best), record_eval, state
     )
     tracker.finish()
     accelerator.wait_for_everyone()
@@ -504,18 +514,11 @@ def train(config: Config, run_dir: str | Path, resume: str | None = None) -> Tra
     return TrainResult(final, accelerator.unwrap_model(model))
 
 
-def _final_metrics(
-    config, manifest, accelerator, model, run_dir, evaluate, record_eval, state
-) -> dict:
-    """Evaluate the test split (else val) once with the best weights; write metrics.json."""
-    from safetensors.torch import load_file
-
+def _final_metrics(config, manifest, accelerator, run_dir, evaluate, record_eval, state) -> dict:
+    """Evaluate the test split (else val) once with the best model; write metrics.json."""
     split = next(
         (s for s in (config.data.test_split, config.data.val_split) if s and manifest.has_split(s)),
         None,
-    )
-    accelerator.unwrap_model(model).load_state_dict(
-        load_file(str(run_dir / "best" / "model.safetensors"))
     )
     final: dict[str, Any] = {"split": split, "best_step": state.best_step, "steps": state.step}
     if split is not None:

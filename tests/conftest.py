@@ -112,16 +112,21 @@ def synthetic_shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
+def tiny_args(shards: Path, *overrides: str) -> list[str]:
+    """``key=value`` overrides that make the tiny CPU config smaller still, on ``shards``."""
+    return [
+
+        f"data.shards={shards}", "data.crop_size=64", "data.batch_size=2", "data.num_workers=0",
+        "data.eval_batch_size=4", "model.options.base_width=4", "train.epochs=2",
+        "train.steps_per_epoch=4", "train.log_every=2", "schedule.warmup_steps=2",
+    ] + list(overrides)  # fmt: skip
+
+
 def tiny_config(shards: Path, *overrides: str):
     """The tiny CPU config pointed at ``shards``, made smaller still for tests."""
     from engine.config import load_config
 
-    base = [
-        f"data.shards={shards}", "data.crop_size=64", "data.batch_size=2", "data.num_workers=0",
-        "data.eval_batch_size=4", "model.options.base_width=4", "train.epochs=2",
-        "train.steps_per_epoch=4", "train.log_every=2", "schedule.warmup_steps=2",
-    ]  # fmt: skip
-    return load_config(REPO / "launch/configs/tiny-cpu.yaml", base + list(overrides))
+    return load_config(REPO / "launch/configs/tiny-cpu.yaml", tiny_args(shards, *overrides))
 
 
 @pytest.fixture(autouse=True)
