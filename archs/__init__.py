@@ -1,0 +1,41 @@
+"""terraseg networks behind one registry.
+
+>>> import archs
+>>> archs.list_models()
+['fcn32s', 'fcn8s', 'resunet34', 'resuneta_d6', 'resuneta_d6_mtsk', 'resuneta_d7', ...]
+>>> model = archs.create_model("unet", num_classes=8, base_width=32)
+
+Every model returns **logits**: a tensor ``[B, N, H, W]``, or for the multitask models
+(``archs.is_multitask(model)``) an :class:`archs.MultitaskOutput` NamedTuple
+``(segmentation, boundary, distance, colour)`` of logits (colour has 3 channels).
+Losses and inference apply the activations (softmax for segmentation/distance, sigmoid for
+boundary/colour). :func:`archs.segmentation_logits` returns the segmentation tensor of either
+kind. Inputs must have sides that are multiples of ``model.size_divisor`` (32, UNet 16);
+the output has the input's spatial size. See ``docs/archs.md``.
+"""
+
+from . import fcn, resunet34, resuneta, unet  # noqa: F401  (registers the entrypoints)
+from ._registry import (
+    create_model,
+    is_model,
+    list_models,
+    model_entrypoint,
+    model_options,
+    register_model,
+)
+from .outputs import MultitaskOutput, is_multitask, segmentation_logits, unwrap_model
+from .weights import PretrainedWeightsError
+
+__all__ = [
+    "MultitaskOutput",
+    "PretrainedWeightsError",
+    "create_model",
+    "is_model",
+    "is_multitask",
+    "list_models",
+    "model_entrypoint",
+    "model_options",
+    "register_model",
+    "segmentation_logits",
+    "unwrap_model",
+]

@@ -1,0 +1,119 @@
+"""Building blocks shared by several architectures."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SegmentationModel(nn.Module):
+    """Base class of terraseg networks: input checks and the attributes the engine reads.
+
+    Attributes:
+        num_classes: Number of output classes ``N``.
+        in_channels: Number of input channels.
+        size_divisor: Input height and width must be multiples of this.
+        multitask: Whether ``forward`` returns :class:`archs.MultitaskOutput`.
+    """
+
+    multitask: bool = False
+
+    def __init__(self, num_classes: int, in_channels: int, size_divisor: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.size_divisor = size_divisor
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``[B, in_channels, H, W]`` with H, W multiples.
+
+        Args:
+            x: The input batch.
+        """
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected an input of shape [B, {self.in_channels}, H, W], got {list(x.shape)}"
+            )
+        h, w = x.shape[-2], x.shape[-1]
+        d = self.size_divisor
+        if h % d != 0 or w % d != 0:
+            raise ValueError(
+                f"{type(self).__name__} needs input height and width that are multiples of {d}, "
+                f"got {h}x{w}; pad or crop the input (tile sizes must be multiples of {d})"
+            )
+
+
+def conv_bn(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 1,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+) -> nn.Sequential:
+    """Return Conv2d (no bias, 'same' padding for stride 1) followed by BatchNorm2d."""
+    padding = dilation * (kernel_size - 1) // 2
+    return nn.Sequential(
+        nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            bias=False,
+        ),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
+    """Return Conv2d (no bias, 'same' padding) -> BatchNorm2d -> ReLU."""
+    return nn.Sequential(*conv_bn(in_channels, out_channels, kernel_size), nn.ReLU(inplace=True))
+
+
+class DoubleConv(nn.Sequential):
+    """Two (Conv3x3 -> BN -> ReLU) layers, as in each UNet level."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            *conv_bn_relu(in_channels, out_channels), *conv_bn_relu(out_channels, out_channels)
+        )
+
+
+def bilinear_kernel(size: int) -> torch.Tensor:
+    """Return the 2-D bilinear interpolation kernel ``[size, size]`` of a transposed conv.
+
+    With ``kernel_size = 2 * f``, ``stride = f`` and ``padding = f // 2`` a transposed conv
+    holding this kernel on its diagonal is bilinear upsampling by ``f`` (``align_corners=False``)
+    away from the borders.
+    """
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = torch.arange(size, dtype=torch.float32)
+    filt = 1 - (og - center).abs() / factor
+    return filt[:, None] * filt[None, :]
+
+
+@torch.no_grad()
+def init_bilinear_(conv: nn.ConvTranspose2d) -> None:
+    """Initialise a square, channel-preserving transposed conv to bilinear upsampling."""
+    cin, cout, kh, kw = conv.weight.shape
+    if cin != cout or kh != kw or conv.groups != 1:
+        raise ValueError("bilinear init needs in_channels == out_channels and a square kernel")
+    kernel = bilinear_kernel(kh).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    eye = torch.eye(cin, device=conv.weight.device, dtype=conv.weight.dtype)
+    conv.weight.copy_(eye[:, :, None, None] * kernel)
+    if conv.bias is not None:
+        conv.bias.zero_()
+
+
+def upsample_to(x: torch.Tensor, ref: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+    """Resize ``x`` to the spatial size of ``ref`` (a no-op when they already match)."""
+    size = (ref.shape[-2], ref.shape[-1])
+    if x.shape[-2] == size[0] and x.shape[-1] == size[1]:
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)

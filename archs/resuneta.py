@@ -1,0 +1,499 @@
+"""ResUNet-a d6 / d7 (Diakogiannis et al. 2020) and its conditioned multitask head.
+
+Blocks (as in the authors' code):
+
+* ``ResBlockA``: ``y = x + sum_d F_d(x)``, parallel branches
+  ``F_d = BN -> ReLU -> Conv3x3(dilation d) -> BN -> ReLU -> Conv3x3(dilation d)``.
+* ``DownSample``: Conv ``down_kernel_size`` (default 3, pad 1; the paper's table says 1),
+  stride 2, doubling the filters.
+* ``UpSample``: nearest up-sampling to the skip's size (x2) -> Conv1x1 + BN halving the filters.
+* ``Combine(lo, hi)``: ``concat(ReLU(lo), hi) -> Conv1x1 + BN`` to ``hi``'s channels.
+* ``PSPPooling``: branch ``k`` max-pools the input over a ``2**k x 2**k`` grid (``k = 0`` is
+  global), upsamples back (nearest), Conv1x1 + BN to ``C/4``; the output is Conv1x1 + BN over
+  ``concat(x, branches)``. Adaptive grids, so any spatial size works.
+
+Layout (``base_width`` 32): a Conv1x1 + BN first layer, then encoder levels of
+32, 64, ..., 1024 filters (d7: ... 2048) with ResBlock-a dilation sets
+``{1,3,15,31}, {1,3,15,31}, {1,3,15}, {1,3,15}, {1}, {1}`` (d7: one more ``{1}``),
+PSPPooling in the middle (depth 4 for d6, 3 for d7), and a decoder of UpSample -> Combine ->
+ResBlock-a per level. The default decoder dilation sets are chosen to reproduce the parameter
+counts of the authors' code (d6 ~58 M, d7 ~184 M): the decoder level with ``C`` filters uses
+the set of the encoder level with ``C/2`` filters (the one just above it), i.e. ``{1,3,15}`` at
+512 and 256, ``{1,3,15,31}`` at 128, 64 and 32 (d7: ``{1}`` at 1024), giving d6 58.5 M and
+d7 183.3 M. A same-level mirror of the encoder sets would give 48.8 M for d6 and the paper
+table's ``{1}`` everywhere 45.5 M, both far from 58 M. ``decoder_dilations`` overrides it.
+
+Heads: the single-task models end with ``Combine(first layer, last decoder level) ->
+PSPPooling -> ReLU -> Conv1x1`` (logits). The ``_mtsk`` models use the conditioned multitask
+head (distance -> boundary -> segmentation, independent HSV colour) and return
+:class:`archs.MultitaskOutput` of **logits**; inside the head the softmax of the distance and
+the sigmoid of the boundary condition the later branches, as in the authors' code.
+
+Sizes: inputs must have sides that are multiples of 32. d6 has output stride 32. d7 has one
+more level (stride 64): when a side is an odd multiple of 32 that level has ``ceil(side/64)``
+cells and is upsampled back to the stride-32 size, so d7 also accepts any multiple of 32. In
+training with batch size 1, BatchNorm needs more than one value per channel at the deepest
+level (d7 at 64x64 has a 1x1 bottleneck), so use larger crops or batches there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._registry import register_model
+from .layers import SegmentationModel, conv_bn, conv_bn_relu, upsample_to
+from .outputs import MultitaskOutput
+
+Dilations = Sequence[Sequence[int]]
+
+D6_DILATIONS: tuple[tuple[int, ...], ...] = (
+    (1, 3, 15, 31),
+    (1, 3, 15, 31),
+    (1, 3, 15),
+    (1, 3, 15),
+    (1,),
+    (1,),
+)
+D7_DILATIONS: tuple[tuple[int, ...], ...] = (*D6_DILATIONS, (1,))
+
+
+def default_decoder_dilations(dilations: Dilations) -> tuple[tuple[int, ...], ...]:
+    """Return the authors'-code decoder dilation sets for encoder sets ``dilations``.
+
+    The decoder level ``i`` (``0`` = full resolution, up to ``len(dilations) - 2``) uses the
+    encoder set of level ``max(i - 1, 0)``.
+    """
+    return tuple(tuple(dilations[max(i - 1, 0)]) for i in range(len(dilations) - 1))
+
+
+class ResBlockA(nn.Module):
+    """ResBlock-a: identity plus the sum of parallel dilated residual branches.
+
+    Args:
+        channels: Input and output channels.
+        dilations: One branch per dilation rate.
+    """
+
+    def __init__(self, channels: int, dilations: Sequence[int]) -> None:
+        super().__init__()
+        if not dilations:
+            raise ValueError("ResBlockA needs at least one dilation rate")
+        self.dilations = tuple(int(d) for d in dilations)
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                nn.BatchNorm2d(channels),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(channels, channels, 3, padding=d, dilation=d, bias=False),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(channels, channels, 3, padding=d, dilation=d, bias=False),
+            )
+            for d in self.dilations
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x + sum_d F_d(x)``."""
+        out = x
+        for branch in self.branches:
+            out = out + branch(x)
+        return out
+
+
+def _grid_max_pool(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """Max-pool ``x`` over a ``grid x grid`` partition of its spatial extent."""
+    n, c, h, w = x.shape
+    if grid == 1:
+        return x.amax(dim=(2, 3), keepdim=True)
+    if h % grid == 0 and w % grid == 0:
+        # equal cells: a reshape + amax (deterministic backward, unlike CUDA adaptive pooling)
+        return x.reshape(n, c, grid, h // grid, grid, w // grid).amax(dim=(3, 5))
+    return F.adaptive_max_pool2d(x, grid)
+
+
+class PSPPooling(nn.Module):
+    """Pyramid scene parsing pooling with max-pooling over adaptive grids.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels (default ``in_channels``); branches have a quarter.
+        depth: Number of branches; branch ``k`` pools over a ``2**k`` grid.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, depth: int = 4) -> None:
+        super().__init__()
+        out_channels = out_channels or in_channels
+        if out_channels % 4 != 0 or depth < 1:
+            raise ValueError(
+                f"PSPPooling needs out_channels divisible by 4 and depth >= 1, "
+                f"got {out_channels}, {depth}"
+            )
+        self.grids = tuple(2**k for k in range(depth))
+        self.branches = nn.ModuleList(
+            conv_bn(in_channels, out_channels // 4, 1) for _ in self.grids
+        )
+        self.fuse = conv_bn(in_channels + depth * (out_channels // 4), out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the fused pyramid features, same spatial size as ``x``."""
+        feats = [x]
+        for grid, conv in zip(self.grids, self.branches):
+            pooled = upsample_to(_grid_max_pool(x, grid), x)
+            feats.append(conv(pooled))
+        return self.fuse(torch.cat(feats, dim=1))
+
+
+class DownSample(nn.Module):
+    """Stride-2 convolution (no norm), ``out_channels`` usually twice ``in_channels``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=2,
+            padding=(kernel_size - 1) // 2,
+            bias=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the down-sampled features."""
+        return self.conv(x)
+
+
+class UpSample(nn.Module):
+    """Nearest up-sampling to the skip's size, then Conv1x1 + BN."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = conv_bn(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """Upsample ``x`` to ``ref``'s spatial size and project it."""
+        return self.conv(upsample_to(x, ref))
+
+
+class Combine(nn.Module):
+    """``concat(ReLU(lo), hi) -> Conv1x1 + BN`` to ``hi``'s channels."""
+
+    def __init__(self, lo_channels: int, hi_channels: int) -> None:
+        super().__init__()
+        self.conv = conv_bn(lo_channels + hi_channels, hi_channels, 1)
+
+    def forward(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """Fuse ``lo`` (activated) and ``hi``."""
+        return self.conv(torch.cat([F.relu(lo), hi], dim=1))
+
+
+class ConditionedMultitaskHead(nn.Module):
+    """ResUNet-a "cmtsk" head: distance -> boundary -> segmentation, independent colour.
+
+    Args:
+        in_channels: Channels of ``convl`` (first layer and last decoder level concatenated).
+        width: Channels of the hidden layers (the base width).
+        num_classes: Number of classes ``N``.
+        psp_depth: Depth of the head's PSPPooling.
+    """
+
+    def __init__(self, in_channels: int, width: int, num_classes: int, psp_depth: int = 4) -> None:
+        super().__init__()
+        self.psp = PSPPooling(in_channels, width, depth=psp_depth)
+        self.distance = nn.Sequential(
+            *conv_bn_relu(in_channels, width),
+            *conv_bn_relu(width, width),
+            nn.Conv2d(width, num_classes, 1),
+        )
+        self.boundary = nn.Sequential(
+            *conv_bn_relu(width + num_classes, width), nn.Conv2d(width, num_classes, 1)
+        )
+        self.segmentation = nn.Sequential(
+            *conv_bn_relu(width + 2 * num_classes, width),
+            *conv_bn_relu(width, width),
+            nn.Conv2d(width, num_classes, 1),
+        )
+        self.colour = nn.Conv2d(in_channels, 3, 1)
+
+    def forward(self, first: torch.Tensor, last: torch.Tensor) -> MultitaskOutput:
+        """Return the four logits from the first layer and the last decoder level."""
+        convl = torch.cat([F.relu(first), last], dim=1)
+        conv = F.relu(self.psp(convl))
+        distance = self.distance(convl)
+        dist_prob = torch.softmax(distance, dim=1)
+        boundary = self.boundary(torch.cat([conv, dist_prob], dim=1))
+        bound_prob = torch.sigmoid(boundary)
+        segmentation = self.segmentation(torch.cat([conv, bound_prob, dist_prob], dim=1))
+        colour = self.colour(convl)
+        return MultitaskOutput(segmentation, boundary, distance, colour)
+
+
+class ResUNetA(SegmentationModel):
+    """ResUNet-a encoder-decoder with a single-task or conditioned multitask head.
+
+    Args:
+        num_classes: Number of classes.
+        in_channels: Input channels.
+        dilations: Encoder ResBlock-a dilation sets, one per level (the level count is
+            ``len(dilations)``: 6 for d6, 7 for d7).
+        decoder_dilations: Decoder sets for levels ``0 .. len(dilations) - 2`` (full
+            resolution first); default :func:`default_decoder_dilations`.
+        base_width: Filters of the first level (doubling per level); a multiple of 4.
+        down_kernel_size: Kernel of the stride-2 down-sampling convs.
+        psp_depth: Depth of the middle PSPPooling.
+        multitask: Use the conditioned multitask head.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        *,
+        dilations: Dilations = D6_DILATIONS,
+        decoder_dilations: Dilations | None = None,
+        base_width: int = 32,
+        down_kernel_size: int = 3,
+        psp_depth: int = 4,
+        multitask: bool = False,
+    ) -> None:
+        super().__init__(num_classes, in_channels, size_divisor=32)
+        dilations = tuple(tuple(int(d) for d in ds) for ds in dilations)
+        levels = len(dilations)
+        if levels < 2:
+            raise ValueError("ResUNet-a needs at least 2 levels")
+        if decoder_dilations is None:
+            decoder_dilations = default_decoder_dilations(dilations)
+        decoder_dilations = tuple(tuple(int(d) for d in ds) for ds in decoder_dilations)
+        if len(decoder_dilations) != levels - 1:
+            raise ValueError(
+                f"decoder_dilations needs {levels - 1} sets (one per decoder level), "
+                f"got {len(decoder_dilations)}"
+            )
+        if base_width < 4 or base_width % 4 != 0:
+            raise ValueError(f"base_width must be a positive multiple of 4, got {base_width}")
+        if down_kernel_size < 1:
+            raise ValueError(f"down_kernel_size must be positive, got {down_kernel_size}")
+        self.multitask = multitask
+        self.dilations = dilations
+        self.decoder_dilations = decoder_dilations
+        widths = [base_width * 2**i for i in range(levels)]
+
+        self.first = conv_bn(in_channels, base_width, 1)
+        self.encoder = nn.ModuleList(ResBlockA(widths[i], dilations[i]) for i in range(levels))
+        self.downs = nn.ModuleList(
+            DownSample(widths[i], widths[i + 1], down_kernel_size) for i in range(levels - 1)
+        )
+        self.middle = PSPPooling(widths[-1], widths[-1], depth=psp_depth)
+        order = list(reversed(range(levels - 1)))  # decoder levels, deepest first
+        self.ups = nn.ModuleList(UpSample(widths[i + 1], widths[i]) for i in order)
+        self.combines = nn.ModuleList(Combine(widths[i], widths[i]) for i in order)
+        self.decoder = nn.ModuleList(ResBlockA(widths[i], decoder_dilations[i]) for i in order)
+        if multitask:
+            self.head = ConditionedMultitaskHead(2 * base_width, base_width, num_classes)
+        else:
+            self.head_combine = Combine(base_width, base_width)
+            self.head_psp = PSPPooling(base_width, base_width, depth=4)
+            self.classifier = nn.Conv2d(base_width, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | MultitaskOutput:
+        """Return logits ``[B, N, H, W]``, or :class:`MultitaskOutput` for ``multitask``."""
+        self.check_input(x)
+        first = self.first(x)
+        h = first
+        skips = []
+        for i, block in enumerate(self.encoder):
+            if i > 0:
+                h = self.downs[i - 1](h)
+            h = block(h)
+            skips.append(h)
+        h = self.middle(h)
+        skips.pop()  # the deepest level feeds the middle, it is not a skip
+        for up, combine, block in zip(self.ups, self.combines, self.decoder):
+            skip = skips.pop()
+            h = block(combine(up(h, skip), skip))
+        if self.multitask:
+            return self.head(first, h)
+        h = F.relu(self.head_psp(self.head_combine(first, h)))
+        return self.classifier(h)
+
+
+def _check_levels(name: str, dilations: Dilations, levels: int) -> None:
+    if len(dilations) != levels:
+        raise ValueError(f"{name} needs {levels} dilation sets, got {len(dilations)}")
+
+
+def _resuneta(
+    name: str,
+    levels: int,
+    num_classes: int,
+    in_channels: int,
+    multitask: bool,
+    **kwargs: object,
+) -> ResUNetA:
+    _check_levels(name, kwargs["dilations"], levels)  # type: ignore[arg-type]
+    return ResUNetA(num_classes, in_channels, multitask=multitask, **kwargs)  # type: ignore[arg-type]
+
+
+@register_model
+def resuneta_d6(
+    num_classes: int,
+    in_channels: int = 3,
+    *,
+    base_width: int = 32,
+    dilations: Dilations = D6_DILATIONS,
+    decoder_dilations: Dilations | None = None,
+    down_kernel_size: int = 3,
+    psp_depth: int = 4,
+) -> ResUNetA:
+    """ResUNet-a d6, single-task (~58.5 M parameters at ``base_width`` 32).
+
+    Deviation note: the default decoder reuses the encoder dilation sets shifted by one level
+    (see the module docstring), the layout that matches the ~58 M of the authors' code. With
+    the same-level encoder sets the count would be 48.8 M, with the paper table's ``{1}``
+    45.5 M; pass ``decoder_dilations`` for those.
+
+    Args:
+        num_classes: Number of classes.
+        in_channels: Input channels.
+        base_width: Filters of the first level (32 in the paper); a multiple of 4.
+        dilations: 6 encoder dilation sets (the authors' code uses ``(1, 3, 5)`` at level 4).
+        decoder_dilations: 5 decoder sets, full resolution first; default: authors' layout.
+        down_kernel_size: Down-sampling conv kernel (3 in the authors' code, 1 in the paper).
+        psp_depth: Depth of the middle PSPPooling (grids 1, 2, 4, 8).
+
+    Returns:
+        The model; ``forward`` returns logits ``[B, N, H, W]``.
+    """
+    return _resuneta(
+        "resuneta_d6",
+        6,
+        num_classes,
+        in_channels,
+        False,
+        base_width=base_width,
+        dilations=dilations,
+        decoder_dilations=decoder_dilations,
+        down_kernel_size=down_kernel_size,
+        psp_depth=psp_depth,
+    )
+
+
+@register_model
+def resuneta_d6_mtsk(
+    num_classes: int,
+    in_channels: int = 3,
+    *,
+    base_width: int = 32,
+    dilations: Dilations = D6_DILATIONS,
+    decoder_dilations: Dilations | None = None,
+    down_kernel_size: int = 3,
+    psp_depth: int = 4,
+) -> ResUNetA:
+    """ResUNet-a d6 with the conditioned multitask head.
+
+    Args:
+        num_classes: Number of classes.
+        in_channels: Input channels.
+        base_width: Filters of the first level (32 in the paper); a multiple of 4.
+        dilations: 6 encoder dilation sets.
+        decoder_dilations: 5 decoder sets, full resolution first; default: authors' layout.
+        down_kernel_size: Down-sampling conv kernel (3 in the authors' code, 1 in the paper).
+        psp_depth: Depth of the middle PSPPooling.
+
+    Returns:
+        The model; ``forward`` returns :class:`archs.MultitaskOutput` of logits
+        ``(segmentation, boundary, distance, colour)``.
+    """
+    return _resuneta(
+        "resuneta_d6_mtsk",
+        6,
+        num_classes,
+        in_channels,
+        True,
+        base_width=base_width,
+        dilations=dilations,
+        decoder_dilations=decoder_dilations,
+        down_kernel_size=down_kernel_size,
+        psp_depth=psp_depth,
+    )
+
+
+@register_model
+def resuneta_d7(
+    num_classes: int,
+    in_channels: int = 3,
+    *,
+    base_width: int = 32,
+    dilations: Dilations = D7_DILATIONS,
+    decoder_dilations: Dilations | None = None,
+    down_kernel_size: int = 3,
+    psp_depth: int = 3,
+) -> ResUNetA:
+    """ResUNet-a d7, single-task (one more level of 2048 filters; ~183.3 M parameters).
+
+    Args:
+        num_classes: Number of classes.
+        in_channels: Input channels.
+        base_width: Filters of the first level (32 in the paper); a multiple of 4.
+        dilations: 7 encoder dilation sets.
+        decoder_dilations: 6 decoder sets, full resolution first; default: authors' layout.
+        down_kernel_size: Down-sampling conv kernel (3 in the authors' code, 1 in the paper).
+        psp_depth: Depth of the middle PSPPooling (grids 1, 2, 4).
+
+    Returns:
+        The model; ``forward`` returns logits ``[B, N, H, W]``.
+    """
+    return _resuneta(
+        "resuneta_d7",
+        7,
+        num_classes,
+        in_channels,
+        False,
+        base_width=base_width,
+        dilations=dilations,
+        decoder_dilations=decoder_dilations,
+        down_kernel_size=down_kernel_size,
+        psp_depth=psp_depth,
+    )
+
+
+@register_model
+def resuneta_d7_mtsk(
+    num_classes: int,
+    in_channels: int = 3,
+    *,
+    base_width: int = 32,
+    dilations: Dilations = D7_DILATIONS,
+    decoder_dilations: Dilations | None = None,
+    down_kernel_size: int = 3,
+    psp_depth: int = 3,
+) -> ResUNetA:
+    """ResUNet-a d7 with the conditioned multitask head (the paper's best model).
+
+    Args:
+        num_classes: Number of classes.
+        in_channels: Input channels.
+        base_width: Filters of the first level (32 in the paper); a multiple of 4.
+        dilations: 7 encoder dilation sets.
+        decoder_dilations: 6 decoder sets, full resolution first; default: authors' layout.
+        down_kernel_size: Down-sampling conv kernel (3 in the authors' code, 1 in the paper).
+        psp_depth: Depth of the middle PSPPooling.
+
+    Returns:
+        The model; ``forward`` returns :class:`archs.MultitaskOutput` of logits
+        ``(segmentation, boundary, distance, colour)``.
+    """
+    return _resuneta(
+        "resuneta_d7_mtsk",
+        7,
+        num_classes,
+        in_channels,
+        True,
+        base_width=base_width,
+        dilations=dilations,
+        decoder_dilations=decoder_dilations,
+        down_kernel_size=down_kernel_size,
+        psp_depth=psp_depth,
+    )
