@@ -19,13 +19,15 @@ import itertools
 import json
 import math
 import random
-from collections.abc import Iterator
+import signal
+import tarfile
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import tarfile_samples
+from webdataset.tariterators import group_by_keys
 
 from engine.imageio import decode_image
 from engine.manifest import Manifest, SplitInfo
@@ -66,17 +68,52 @@ def decode_sample(raw: dict, codec: str) -> Sample:
     )
 
 
+def _tar_members(shards: Iterable) -> Iterator[dict]:
+    """The regular files of local tar shards, in order, as webdataset's file dicts.
+
+    Random access (``tarfile`` mode ``r:``) reads each member with one ``read``; the
+    streaming reader of ``webdataset.tarfile_samples`` copies it in 10 KiB records, which
+    cost ~5 ms per 1024² ``npy`` sample on a 2-core CPU against ~1 ms here.
+    """
+    for shard in shards:
+        with tarfile.open(str(shard), "r:") as tar:
+            for member in tar:
+                if member.isreg():
+                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    yield {"fname": member.name, "data": data, "__url__": str(shard)}
+        yield {}  # end of shard: the last sample is complete (as webdataset marks it)
+
+
+def raw_samples(shards: Iterable) -> Iterator[dict]:
+    """Raw samples (``__key__`` plus one entry per member suffix) of shard files, in order."""
+    return group_by_keys(_tar_members(shards))
+
+
 def read_samples(shards: list, codec: str) -> Iterator[Sample]:
     """Decode every sample of the given shard files, in order."""
-    for raw in tarfile_samples({"url": str(s)} for s in shards):
+    for raw in raw_samples(shards):
         yield decode_sample(raw, codec)
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``, straight into shared memory inside a DataLoader worker.
+
+    As ``default_collate`` does: the batch then crosses to the main process without the
+    extra copy into shared memory that pickling a private tensor makes.
+    """
+    out = None
+    if get_worker_info() is not None:
+        first = tensors[0]
+        storage = first._typed_storage()._new_shared(len(tensors) * first.numel())
+        out = first.new(storage).resize_(len(tensors), *first.shape)
+    return torch.stack(tensors, out=out)
 
 
 def collate(samples: list[Sample]) -> Batch:
     """Stack samples into a :class:`Batch`."""
     return Batch(
-        torch.stack([s.image for s in samples]),
-        torch.stack([s.mask for s in samples]),
+        _stack([s.image for s in samples]),
+        _stack([s.mask for s in samples]),
         [s.key for s in samples],
     )
 
@@ -97,12 +134,12 @@ class _TrainStream(IterableDataset):
         worker, _ = _worker()
         rng = random.Random(f"terraseg/train/{self.seed}/{self.rank}/{worker}/{self.epoch}")
 
-        def endless_shards() -> Iterator[dict]:
+        def endless_shards() -> Iterator[str]:
             while True:
-                yield {"url": rng.choice(self.shards)}
+                yield rng.choice(self.shards)
 
         pool: list[dict] = []
-        for raw in tarfile_samples(endless_shards()):
+        for raw in raw_samples(endless_shards()):
             pool.append(raw)
             if len(pool) < self.buffer:
                 continue
@@ -111,11 +148,22 @@ class _TrainStream(IterableDataset):
             yield decode_sample(pool.pop(), self.codec)
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGTERM/SIGUSR1 to their rank, which checkpoints and stops them.
+
+    Cluster schedulers signal every process of a job; a worker dying of it would crash its
+    rank before the preemption checkpoint. Workers still exit when their rank exits.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 def _loader(dataset: IterableDataset, batch_size: int, num_workers: int, pin: bool | None):
     return DataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
+        worker_init_fn=_ignore_stop_signals,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available() if pin is None else pin,
         prefetch_factor=4 if num_workers > 0 else None,
@@ -188,7 +236,7 @@ class _EvalPart(IterableDataset):
         offset = 0
         for shard, count in zip(self.split.shards, self.split.shard_samples):
             if offset < stop and offset + count > start:
-                for index, raw in enumerate(tarfile_samples([{"url": str(shard)}]), offset):
+                for index, raw in enumerate(raw_samples([shard]), offset):
                     if start <= index < stop:
                         yield decode_sample(raw, self.codec)
             offset += count

@@ -5,8 +5,9 @@ draws ``grad_accum`` uint8 micro-batches from this rank's shard stream, augments
 the device, runs forward/backward under ``accelerator.accumulate`` and steps the optimiser.
 Every ``log_every`` steps a history row is written; every ``eval_every`` steps the val
 split is evaluated and the best model exported; checkpoints are written for resuming.
-A SIGTERM/SIGUSR1 on any rank makes all ranks checkpoint together and exit with
-:data:`EXIT_PREEMPTED`, so a cluster job can be requeued and resumed with ``--resume latest``.
+A SIGTERM/SIGUSR1 on any rank, or a file ``RUN/STOP``, makes all ranks checkpoint together
+and exit with :data:`EXIT_PREEMPTED`, so a cluster job can be requeued and resumed with
+``--resume latest``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from engine.targets import make_targets
 from engine.tracking import Tracker
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved, run again with --resume latest
+STOP_FILE = "STOP"  # touch RUN/STOP to make a running job checkpoint and exit (any launcher)
 log = logging.getLogger("terraseg.train")
 
 
@@ -251,6 +253,15 @@ def train(config: Config, run_dir: str | Path, resume: str | None = None) -> Tra
     )
     tracker = Tracker(config.log, run_dir, config.name, config.to_dict(), enabled=main)
     preemption = PreemptionFlag()
+    stop_file = run_dir / STOP_FILE
+    if main:
+        stop_file.unlink(missing_ok=True)  # a requeued job must not stop at once
+        print(
+            f"terraseg: {accelerator.num_processes} processes, device {device.type}, "
+            f"precision {accelerator.mixed_precision}, step {state.step}/{config.total_steps}",
+            flush=True,
+        )
+    accelerator.wait_for_everyone()
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
         accelerator.mixed_precision
     )
@@ -471,15 +482,14 @@ def train(config: Config, run_dir: str | Path, resume: str | None = None) -> Tra
                     export_best()
             every = config.train.checkpoint_every
             saved = (every and state.step % every == 0) or (not every and end_of_epoch)
-            saved = saved and not state.bad_steps  # keep the last good checkpoint the latest
-            if saved or state.step == total:
+            saved = (saved and not state.bad_steps) or state.step == total
+            if saved:  # never while non-finite steps run: the last good checkpoint stays latest
                 checkpoint_now()
 
             steps_this_run += 1
             stop = config.train.stop_after_steps
-            if preemption.signal is not None or (
-                stop and steps_this_run >= stop and state.step < total
-            ):
+            asked = preemption.signal is not None or (main and stop_file.exists())
+            if asked or (stop and steps_this_run >= stop and state.step < total):
                 accelerator.set_trigger()
             if accelerator.check_trigger():  # any rank's flag stops every rank at the same step
                 if not saved:

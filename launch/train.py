@@ -9,7 +9,9 @@ Exits with code 75 after a preemption checkpoint (SIGTERM/SIGUSR1): run again wi
 """
 
 import argparse
+import os
 import sys
+import traceback
 
 from engine.config import ConfigError, load_config
 from engine.metrics import summary_line
@@ -37,7 +39,15 @@ def main() -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    metrics = train(config, args.out, resume=args.resume).metrics
+    try:
+        metrics = train(config, args.out, resume=args.resume).metrics
+    except Exception:
+        # A failed rank must exit, not wait in teardown for peers that are gone or stalled
+        # (process-group and loader shutdown can block forever); the launcher then stops
+        # the other ranks.
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
     if metrics["split"] is not None:
         print(f"{metrics['split']}: {summary_line(metrics)}")
     return 0

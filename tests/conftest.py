@@ -97,19 +97,33 @@ def build_tiny(root: Path, out: Path, **options) -> dict:
 
 
 @pytest.fixture(scope="session")
-def synthetic_shards(tmp_path_factory) -> Path:
-    """Shards of generated land-cover scenes: 5 groups x 2 scenes of 192x160, tile 64."""
+def synthetic_scenes(tmp_path_factory) -> Path:
+    """Generated land-cover scenes: 5 groups x 2 scenes of 192x160 (Dubai layout)."""
+    from engine.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("synthetic") / "scenes"
+    write_dataset(root, num_groups=5, scenes_per_group=2, size=(192, 160), seed=0)
+    return root
+
+
+def build_scene_shards(scenes: Path, out: Path, **options) -> Path:
+    """Shards of generated scenes, tile 64 (9 tiles a scene), 3/1/1 groups for train/val/test."""
     from engine.classes import load_classes
     from engine.pairing import pair_by_glob
     from engine.shard_builder import BuildOptions, build_shards
-    from engine.synthetic import write_dataset
 
-    root = tmp_path_factory.mktemp("synthetic")
-    write_dataset(root / "scenes", num_groups=5, scenes_per_group=2, size=(192, 160), seed=0)
-    pairs = pair_by_glob(str(root / "scenes/*/images/*"), str(root / "scenes/*/masks/*.png"))
-    options = BuildOptions(tile=64, val=0.2, test=0.2, samples_per_shard=7)
-    build_shards(pairs, load_classes(root / "scenes/classes.yaml"), root / "shards", options)
-    return root / "shards"
+    pairs = pair_by_glob(str(scenes / "*/images/*"), str(scenes / "*/masks/*.png"))
+    options = dict(tile=64, val=0.2, test=0.2) | options
+    build_shards(pairs, load_classes(scenes / "classes.yaml"), out, BuildOptions(**options))
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(synthetic_scenes, tmp_path_factory) -> Path:
+    """Shards of the generated scenes, 7 samples a shard."""
+    return build_scene_shards(
+        synthetic_scenes, tmp_path_factory.mktemp("shards") / "s", samples_per_shard=7
+    )
 
 
 def tiny_args(shards: Path, *overrides: str) -> list[str]:

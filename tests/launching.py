@@ -19,28 +19,57 @@ def free_port() -> int:
 
 def cpu_env(**extra: str) -> dict[str, str]:
     """Environment for CPU DDP: accelerate must be told, or it starts independent runs."""
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               WANDB_MODE="disabled", PYTHONUNBUFFERED="1")  # fmt: skip
+    env = dict(
+        os.environ,
+        ACCELERATE_USE_CPU="1",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        WANDB_MODE="disabled",
+        PYTHONUNBUFFERED="1",
+    )
     env.update(extra)
     return env
 
 
-def accelerate_command(script: str, *args: str, processes: int = 2, machines: int = 1,
-                       machine_rank: int = 0, port: int | None = None) -> list[str]:  # fmt: skip
+def accelerate_command(
+    script: str,
+    *args: str,
+    processes: int = 2,
+    machines: int = 1,
+    machine_rank: int = 0,
+    port: int | None = None,
+    extra: list[str] | None = None,
+) -> list[str]:
     """``accelerate launch --multi_gpu`` for ``processes`` ranks over ``machines`` nodes."""
     return [
-        str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes),
-        "--num_machines", str(machines), "--machine_rank", str(machine_rank),
-        "--main_process_ip", "127.0.0.1", "--main_process_port", str(port or free_port()),
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(REPO / script), *args,
-    ]  # fmt: skip
+        str(ACCELERATE),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        str(machines),
+        "--machine_rank",
+        str(machine_rank),
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(port or free_port()),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *(extra or []),
+        str(REPO / script),
+        *args,
+    ]
 
 
 def run(command: list[str], timeout: float = 400, **kwargs) -> subprocess.CompletedProcess:
     """Run a launcher to completion, failing with its output on a non-zero exit."""
-    done = subprocess.run(command, cwd=REPO, env=cpu_env(), capture_output=True, text=True,
-                          timeout=timeout, **kwargs)  # fmt: skip
+    done = subprocess.run(
+        command, cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=timeout, **kwargs
+    )
     if done.returncode != 0:
         raise AssertionError(
             f"exit {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"

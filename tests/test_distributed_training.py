@@ -9,8 +9,12 @@ from launching import accelerate_command, run
 
 def test_two_ranks_train_in_lockstep_with_identical_weights(synthetic_shards, tmp_path):
     run_dir = tmp_path / "run"
-    command = accelerate_command("tests/probes/train_fingerprint.py", "launch/configs/tiny-cpu.yaml",
-                                 str(run_dir), *tiny_args(synthetic_shards, "data.num_workers=1"))  # fmt: skip
+    command = accelerate_command(
+        "tests/probes/train_fingerprint.py",
+        "launch/configs/tiny-cpu.yaml",
+        str(run_dir),
+        *tiny_args(synthetic_shards, "data.num_workers=1"),
+    )
     run(command)
     ranks = [json.loads((run_dir / f"fingerprint-{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2], "accelerate started independent runs"

@@ -19,6 +19,10 @@ for name, tensor in sorted(result.model.state_dict().items()):
     digest.update(name.encode())
     digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
 rank = int(os.environ.get("RANK", "0"))
-record = {"rank": rank, "world": int(os.environ.get("WORLD_SIZE", "1")), "steps": result.metrics["steps"],
-          "sha256": digest.hexdigest()}  # fmt: skip
+record = {
+    "rank": rank,
+    "world": int(os.environ.get("WORLD_SIZE", "1")),
+    "steps": result.metrics["steps"],
+    "sha256": digest.hexdigest(),
+}
 Path(sys.argv[2], f"fingerprint-{rank}.json").write_text(json.dumps(record))
