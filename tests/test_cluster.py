@@ -67,10 +67,8 @@ def test_two_node_launch_over_loopback(three_shards, tmp_path):
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     assert "terraseg: 2 processes" in outputs[0]
     assert history_steps(tmp_path / "run") == [2, 4, 6, 8]
-    assert history_steps(tmp_path / "run", "val") == [
-        4,
-        8,
-    ]  # 18 val samples over 2 ranks x 2 workers
+    # 18 val samples over 2 ranks x 2 workers: uneven parts, padded, no hang.
+    assert history_steps(tmp_path / "run", "val") == [4, 8]
     assert json.loads((tmp_path / "run/metrics.json").read_text())["steps"] == 8
 
 
@@ -79,25 +77,9 @@ def rank_processes(launcher: subprocess.Popen) -> dict[int, psutil.Process]:
     return {int(p.environ()["RANK"]): p for p in psutil.Process(launcher.pid).children()}
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def test_sigterm_on_one_rank_checkpoints_all_and_resume_finishes(three_shards, tmp_path):
-    run_dir = tmp_path / "run"
-    args = train_args(
-        three_shards,
-        run_dir,
-        "train.epochs=2",
-        "train.steps_per_epoch=12",
-        "train.log_every=1",
-        "data.val_split=",
-    )
+def start_training(run_dir, shards, *overrides) -> tuple[subprocess.Popen, list[str]]:
+    """Start a 2-process job without validation; return the launcher and its arguments."""
+    args = train_args(shards, run_dir, "train.log_every=1", "data.val_split=", *overrides)
     launcher = subprocess.Popen(
         accelerate_command("launch/train.py", *args),
         cwd=REPO,
@@ -106,12 +88,26 @@ def test_sigterm_on_one_rank_checkpoints_all_and_resume_finishes(three_shards, t
         stderr=subprocess.STDOUT,
         text=True,
     )
+    return launcher, args
+
+
+def wait_for_step(run_dir, step: int, timeout: float = 300) -> None:
+    """Wait until the history shows training step ``step``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run_dir / "history.csv").exists() and history_steps(run_dir)[-1:] >= [step]:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for step {step}")
+
+
+def test_sigterm_on_one_rank_checkpoints_all_and_resume_finishes(three_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    launcher, args = start_training(
+        run_dir, three_shards, "train.epochs=2", "train.steps_per_epoch=12"
+    )
     try:
-        wait_for(
-            lambda: (run_dir / "history.csv").exists() and history_steps(run_dir)[-1:] >= [3],
-            300,
-            "step 3",
-        )
+        wait_for_step(run_dir, 3)
         ranks = rank_processes(launcher)
         assert sorted(ranks) == [0, 1]
         # Like a scheduler: rank 1 and its loader workers; rank 0 must follow on its own.
@@ -131,28 +127,11 @@ def test_sigterm_on_one_rank_checkpoints_all_and_resume_finishes(three_shards, t
 
 def test_stop_file_stops_a_running_job(three_shards, tmp_path):
     run_dir = tmp_path / "run"
-    args = train_args(
-        three_shards,
-        run_dir,
-        "train.epochs=4",
-        "train.steps_per_epoch=10",
-        "train.log_every=1",
-        "data.val_split=",
-    )
-    launcher = subprocess.Popen(
-        accelerate_command("launch/train.py", *args),
-        cwd=REPO,
-        env=cpu_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    launcher, _ = start_training(
+        run_dir, three_shards, "train.epochs=4", "train.steps_per_epoch=10"
     )
     try:
-        wait_for(
-            lambda: (run_dir / "history.csv").exists() and history_steps(run_dir)[-1:] >= [2],
-            300,
-            "step 2",
-        )
+        wait_for_step(run_dir, 2)
         (run_dir / "STOP").touch()
         output = launcher.communicate(timeout=300)[0]
     finally:
@@ -163,30 +142,12 @@ def test_stop_file_stops_a_running_job(three_shards, tmp_path):
 
 def test_stalled_rank_fails_the_job_instead_of_hanging(three_shards, tmp_path):
     run_dir = tmp_path / "run"
-    args = train_args(
-        three_shards,
-        run_dir,
-        "train.epochs=50",
-        "train.dist_timeout_s=15",
-        "train.log_every=1",
-        "data.val_split=",
-    )
-    launcher = subprocess.Popen(
-        accelerate_command("launch/train.py", *args),
-        cwd=REPO,
-        env=cpu_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    launcher, _ = start_training(
+        run_dir, three_shards, "train.epochs=50", "train.dist_timeout_s=15"
     )
     try:
-        wait_for(
-            lambda: (run_dir / "history.csv").exists() and history_steps(run_dir)[-1:] >= [2],
-            300,
-            "step 2",
-        )
-        stalled = rank_processes(launcher)[1]
-        stalled.suspend()  # alive but silent, like a wedged GPU or a lost node
+        wait_for_step(run_dir, 2)
+        rank_processes(launcher)[1].suspend()  # alive but silent, like a wedged GPU or a lost node
         started = time.monotonic()
         output = launcher.communicate(timeout=240)[0]
         elapsed = time.monotonic() - started
@@ -195,4 +156,4 @@ def test_stalled_rank_fails_the_job_instead_of_hanging(three_shards, tmp_path):
             process.kill()
     assert launcher.returncode != 0
     assert elapsed < 200, f"the job took {elapsed:.0f} s to fail"
-    assert "timed out" in output.lower() or "timeout" in output.lower(), output[-3000:]
+    assert "timed out" in output.lower(), output[-3000:]

@@ -1,0 +1,193 @@
+"""Peak memory and speed of strip-streamed prediction on a large synthetic raster.
+
+Writes a ``SIZE x SIZE`` RGB uint8 TIFF strip by strip (tifffile; never held in memory),
+then predicts it in a fresh child process with a tiny pointwise model through
+``open_raster`` -> ``predict_raster`` -> ``PredictionWriter`` (TIFF mask + colour), and
+reports the child's peak resident memory (``ru_maxrss``) and timings as JSON.
+
+    OMP_NUM_THREADS=1 python bench/bench_inference_memory.py --size 20000
+    python bench/bench_inference_memory.py --size 8000 --tile 512 --backend tifffile
+
+The input is 1.2 GB at 20000 and written to --workdir (default: a temporary folder,
+deleted afterwards unless --keep; --reuse skips rewriting an input that is already there).
+Peak memory does not depend on the height, only on the width, tile, batch and classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_raster(path: Path, size: int, compression: str | None, rows: int = 512) -> float:
+    """Write a smooth-plus-noise RGB TIFF of ``size x size`` strip by strip; return seconds."""
+    import tifffile
+
+    start = time.perf_counter()
+    x = np.arange(size, dtype=np.float32)
+    rng = np.random.default_rng(0)
+
+    def strips():
+        for row0 in range(0, size, rows):
+            y = np.arange(row0, min(size, row0 + rows), dtype=np.float32)[:, None]
+            base = 127 + 60 * np.sin(x[None, :] / 300.0) * np.cos(y / 410.0)
+            block = np.empty((y.shape[0], size, 3), np.uint8)
+            for c in range(3):
+                noise = rng.integers(-20, 21, size=(y.shape[0], size), dtype=np.int16)
+                block[..., c] = np.clip(base + 25 * c + noise, 0, 255).astype(np.uint8)
+            for r in range(block.shape[0]):
+                yield block[r]
+
+    if compression:
+        # tiled + compressed: tifffile needs tiles, so write through rows of 256-row bands
+        def tiles():
+            band = []
+            for row in strips():
+                band.append(row)
+                if len(band) == 256:
+                    yield from _band_tiles(np.stack(band))
+                    band = []
+            if band:
+                yield from _band_tiles(np.stack(band))
+
+        tifffile.imwrite(
+            path,
+            tiles(),
+            shape=(size, size, 3),
+            dtype=np.uint8,
+            tile=(256, 256),
+            compression=compression,
+            photometric="rgb",
+            metadata=None,
+            bigtiff=True,
+        )
+    else:
+        # uncompressed: an empty contiguous image, then each strip written at its offset
+        tifffile.imwrite(
+            path,
+            shape=(size, size, 3),
+            dtype=np.uint8,
+            photometric="rgb",
+            metadata=None,
+            bigtiff=size * size * 3 > 2**31,
+        )
+        with tifffile.TiffFile(path) as tif:
+            offset = tif.pages[0].dataoffsets[0]
+        with open(path, "r+b") as handle:
+            handle.seek(offset)
+            for row in strips():
+                handle.write(row.tobytes())
+    return time.perf_counter() - start
+
+
+def _band_tiles(band: np.ndarray):
+    for x in range(0, band.shape[1], 256):
+        yield np.ascontiguousarray(band[:, x : x + 256])
+
+
+CHILD = r"""
+import json, resource, sys, time
+import torch
+from engine.inference import predict_raster
+from engine.raster import open_raster, prediction_writer
+
+torch.manual_seed(0)
+args = json.loads(sys.argv[1])
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 6, 1))
+palette = ["#50E3C2", "#F5A623", "#DE597F", "#D0021B", "#417505", "#9B9B9B"]
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+with open_raster(args["input"], backend=args["backend"]) as reader:
+    with prediction_writer(reader, args["out"], palette, fmt="tif") as writer:
+        predict_raster(model, reader, writer, num_classes=6, mean=[0.5] * 3, std=[0.25] * 3,
+                       tile=args["tile"], overlap=0.25, batch_size=args["batch"],
+                       device="cpu", progress=False)
+elapsed = time.perf_counter() - start
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_after_imports_mb": base / 1024, "predict_s": elapsed,
+                  "paths": {k: str(v) for k, v in writer.paths.items()}}))
+"""
+
+
+def run_child(input_path: Path, out: Path, tile: int, batch: int, backend: str) -> dict:
+    """Predict ``input_path`` in a fresh interpreter; return its JSON report."""
+    args = {
+        "input": str(input_path),
+        "out": str(out),
+        "tile": tile,
+        "batch": batch,
+        "backend": backend,
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"child failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, default=20000)
+    parser.add_argument("--tile", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--backend", default="auto", choices=("auto", "tifffile", "rasterio"))
+    parser.add_argument("--compression", default=None, help="e.g. zlib (default: uncompressed)")
+    parser.add_argument("--workdir", help="folder for the input and outputs")
+    parser.add_argument("--keep", action="store_true", help="keep the files")
+    parser.add_argument("--reuse", action="store_true", help="reuse an input left by --keep")
+    args = parser.parse_args()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="terraseg-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        source = workdir / f"synthetic_{args.size}.tif"
+        if args.reuse and source.is_file():
+            write_s = 0.0
+        else:
+            write_s = write_raster(source, args.size, args.compression)
+        report = run_child(source, workdir / "out", args.tile, args.batch, args.backend)
+        import tifffile
+
+        sizes = {}
+        for kind, path in report["paths"].items():
+            with tifffile.TiffFile(path) as tif:
+                sizes[kind] = list(tif.pages[0].shape)
+        pixels = args.size * args.size
+        report.update(
+            {
+                "size": args.size,
+                "tile": args.tile,
+                "batch": args.batch,
+                "compression": args.compression or "none",
+                "input_mb": source.stat().st_size / 2**20,
+                "write_input_s": write_s,
+                "mpix_per_s": pixels / 1e6 / report["predict_s"],
+                "output_shapes": sizes,
+                "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+                "parent_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+        print(json.dumps(report, indent=2))
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Exported models: ``model.safetensors`` + ``model.json`` + ``config.yaml`` + ``dataset.json``.
+
+An export folder (``RUN/best`` by convention) is everything needed to predict without
+accelerate or the training code: the weights (a plain CPU state dict in safetensors), the
+architecture spec ``{"arch", "num_classes", "in_channels", "options"}`` that rebuilds the
+network through ``archs.create_model``, the run's config and the shard manifest (classes,
+palette, ``mean``/``std``, ``ignore_index``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from archs import unwrap_model
+
+WEIGHTS_NAME = "model.safetensors"
+SPEC_NAME = "model.json"
+CONFIG_NAME = "config.yaml"
+MANIFEST_NAME = "dataset.json"
+EXPORT_DIR = "best"
+
+
+class ExportError(FileNotFoundError):
+    """An export is missing a file or is malformed; the message names the file."""
+
+
+@dataclass
+class ExportedModel:
+    """A loaded export.
+
+    Attributes:
+        model: The network, in eval mode, on the requested device.
+        spec: ``model.json``: ``{"arch", "num_classes", "in_channels", "options"}``.
+        config: ``config.yaml`` contents.
+        manifest: ``dataset.json`` contents (classes, palette, mean/std, ...).
+        path: The export folder.
+    """
+
+    model: torch.nn.Module
+    spec: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def _plain(value: Any) -> Any:
+    """Make config/manifest values YAML/JSON-safe (paths, tuples, numpy and torch scalars)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return _plain(value.item())
+    if hasattr(value, "tolist") and callable(value.tolist):
+        return _plain(value.tolist())
+    return value
+
+
+def _check_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(spec, dict) or "arch" not in spec or "num_classes" not in spec:
+        raise ExportError(f"{where}: model spec needs at least 'arch' and 'num_classes'")
+    options = spec.get("options") or {}
+    if not isinstance(options, dict):
+        raise ExportError(f"{where}: 'options' must be a mapping, got {type(options).__name__}")
+    return {
+        "arch": str(spec["arch"]),
+        "num_classes": int(spec["num_classes"]),
+        "in_channels": int(spec.get("in_channels", 3)),
+        "options": _plain(options),
+    }
+
+
+def save_exported(
+    out_dir: str | Path,
+    model: torch.nn.Module,
+    model_spec: dict[str, Any],
+    config: dict[str, Any],
+    manifest: dict[str, Any],
+) -> Path:
+    """Write an export folder atomically.
+
+    The files are written to a temporary sibling folder which is then renamed into place
+    (an existing ``out_dir`` is moved aside first and deleted after), so readers never see
+    a half-written export.
+
+    Args:
+        out_dir: The export folder (e.g. ``RUN/best``).
+        model: The network (wrappers from ``torch.compile``/DDP are stripped).
+        model_spec: ``{"arch", "num_classes", "in_channels", "options"}``.
+        config: The run configuration (written as YAML).
+        manifest: The shard manifest (written as JSON).
+
+    Returns:
+        ``out_dir``.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    spec = _check_spec(model_spec, str(out_dir / SPEC_NAME))
+    state = {
+        name: tensor.detach().to("cpu", copy=True).contiguous()
+        for name, tensor in unwrap_model(model).state_dict().items()
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.saving-", dir=out_dir.parent))
+    try:
+        save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        (staging / SPEC_NAME).write_text(json.dumps(spec, indent=2) + "\n")
+        (staging / CONFIG_NAME).write_text(yaml.safe_dump(_plain(config), sort_keys=False))
+        (staging / MANIFEST_NAME).write_text(json.dumps(_plain(manifest), indent=2) + "\n")
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            if old.exists():
+                shutil.rmtree(old)
+            out_dir.rename(old)
+        staging.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _locate(path: Path) -> tuple[Path, Path]:
+    """Return ``(folder with model.json etc., weights file)`` for any accepted ``path``.
+
+    Weights without a sibling ``model.json`` (an accelerate checkpoint
+    ``RUN/checkpoints/step-N/model.safetensors``) take the spec, config and manifest of the
+    run's ``best`` export, found up to three folders up.
+    """
+    if path.is_file() or path.suffix == ".safetensors":
+        if not path.is_file():
+            raise ExportError(f"{path}: weights file not found")
+        folder, weights = path.parent, path
+    elif not path.is_dir():
+        raise ExportError(f"{path}: no such run folder, export folder or .safetensors file")
+    elif (path / WEIGHTS_NAME).is_file() or (path / SPEC_NAME).is_file():
+        folder, weights = path, path / WEIGHTS_NAME
+    elif (path / EXPORT_DIR).is_dir():
+        folder, weights = path / EXPORT_DIR, path / EXPORT_DIR / WEIGHTS_NAME
+    else:
+        raise ExportError(
+            f"{path}: neither an export folder (no {WEIGHTS_NAME}) nor a run folder "
+            f"(no {EXPORT_DIR}/{WEIGHTS_NAME}); has the run saved a best model yet?"
+        )
+    if not (folder / SPEC_NAME).is_file():
+        for parent in list(folder.parents)[:3]:
+            if (parent / EXPORT_DIR / SPEC_NAME).is_file():
+                return parent / EXPORT_DIR, weights
+    return folder, weights
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop ``_orig_mod.`` (torch.compile) and ``module.`` (DDP) prefixes shared by all keys."""
+    for prefix in ("_orig_mod.", "module."):
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix) :]: value for key, value in state.items()}
+    return state
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise ExportError(f"{path}: {what} not found") from error
+    except json.JSONDecodeError as error:
+        raise ExportError(f"{path}: {what} is not valid JSON: {error}") from error
+
+
+def load_exported(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
+    """Load an export for inference.
+
+    Args:
+        path: A run folder (uses ``RUN/best``), an export folder, or a ``.safetensors``
+            file whose folder holds ``model.json``, ``config.yaml`` and ``dataset.json``
+            (or, for a checkpoint's weights, whose run has a ``best`` export to take them
+            from).
+        device: Where to put the model (``"auto"`` = CUDA when available).
+
+    Returns:
+        The model in eval mode with its spec, config and manifest.
+
+    Raises:
+        ExportError: naming the missing or malformed file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder, weights = _locate(Path(path))
+    spec = _check_spec(_read_json(folder / SPEC_NAME, "model spec"), str(folder / SPEC_NAME))
+    config_path = folder / CONFIG_NAME
+    try:
+        config = yaml.safe_load(config_path.read_text()) or {}
+    except FileNotFoundError as error:
+        raise ExportError(f"{config_path}: run config not found") from error
+    except yaml.YAMLError as error:
+        raise ExportError(f"{config_path}: not valid YAML: {error}") from error
+    manifest = _read_json(folder / MANIFEST_NAME, "dataset manifest")
+    if not weights.is_file():
+        raise ExportError(f"{weights}: weights file not found")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        state = _strip_prefixes(load_file(str(weights), device="cpu"))
+    except (SafetensorError, OSError) as error:
+        raise ExportError(f"{weights}: cannot read weights: {error}") from error
+    import archs  # lazily: the engine does not depend on the model zoo at import time
+
+    model = archs.create_model(
+        spec["arch"], spec["num_classes"], spec["in_channels"], **spec["options"]
+    )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ExportError(
+            f"{weights}: weights do not match {spec['arch']} {spec['options']}: {error}"
+        ) from error
+    model.to(device).eval()
+    return ExportedModel(model, spec, config, manifest, folder)

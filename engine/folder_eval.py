@@ -1,0 +1,208 @@
+"""Score a folder of predicted masks against a folder of true masks.
+
+Files are paired by *key*: the path relative to its folder, without the extension and
+without a trailing ``_mask`` (so ``predict.py``'s ``tile_07_mask.tif`` pairs with
+``tile_07.png``). When the prediction folder holds ``*_mask.*`` files, only those are read
+(``_color``/``_confidence``/``_overlay`` renderings are skipped). Predictions are
+single-band class-index PNG/TIFF. True masks are class-index masks (255 = ignore) unless a
+classes file is given, in which case its encoding (``rgb`` colours or ``index`` values) is
+mapped to class indices like the shard builder does. Each pair is read whole (masks are
+uint8, so a 20000x20000 pair needs ~0.8 GB).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.classes import IGNORE_INDEX, ClassesFile, load_classes
+from engine.imageio import read_mask_values
+from engine.metrics import ConfusionMatrix
+from engine.raster import read_index_mask
+
+MASK_SUFFIXES = {".png", ".tif", ".tiff", ".bmp"}
+log = logging.getLogger(__name__)
+
+
+class FolderEvalError(ValueError):
+    """Folders cannot be scored; the message names the files."""
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """Result of matching two folders.
+
+    Attributes:
+        pairs: ``(key, prediction, truth)`` sorted by key.
+        missing_truth: Predictions without a true mask.
+        missing_prediction: True masks without a prediction.
+    """
+
+    pairs: list[tuple[str, Path, Path]]
+    missing_truth: list[Path]
+    missing_prediction: list[Path]
+
+
+def _key(path: Path, root: Path) -> str:
+    relative = path.relative_to(root).with_suffix("")
+    name = relative.name
+    if name.endswith("_mask"):
+        name = name[: -len("_mask")]
+    return str(relative.with_name(name))
+
+
+def _index(files: Iterable[Path], root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(files):
+        key = _key(path, root)
+        if key in found:
+            raise FolderEvalError(f"{found[key]} and {path} both pair as {key!r}")
+        found[key] = path
+    return found
+
+
+def pair_folders(pred_dir: str | Path, mask_dir: str | Path, recursive: bool = False) -> Pairing:
+    """Match predicted and true masks by key (see the module notes)."""
+    pred_dir, mask_dir = Path(pred_dir), Path(mask_dir)
+    for folder in (pred_dir, mask_dir):
+        if not folder.is_dir():
+            raise FolderEvalError(f"{folder}: folder not found")
+    pattern = "**/*" if recursive else "*"
+    preds = [p for p in pred_dir.glob(pattern) if p.suffix.lower() in MASK_SUFFIXES and p.is_file()]
+    if any(p.stem.endswith("_mask") for p in preds):
+        preds = [p for p in preds if p.stem.endswith("_mask")]
+    truths = [
+        p for p in mask_dir.glob(pattern) if p.suffix.lower() in MASK_SUFFIXES and p.is_file()
+    ]
+    pred_index, truth_index = _index(preds, pred_dir), _index(truths, mask_dir)
+    pairs = [(k, pred_index[k], truth_index[k]) for k in sorted(pred_index) if k in truth_index]
+    return Pairing(
+        pairs,
+        [pred_index[k] for k in sorted(pred_index) if k not in truth_index],
+        [truth_index[k] for k in sorted(truth_index) if k not in pred_index],
+    )
+
+
+def _num_classes(num_classes: int | None, manifest: Any, classes: ClassesFile | None) -> int:
+    if num_classes is not None:
+        return int(num_classes)
+    if classes is not None:
+        return len(classes.classes)
+    if manifest is not None:
+        if not isinstance(manifest, dict):
+            path = Path(manifest)
+            path = path / "dataset.json" if path.is_dir() else path
+            manifest = json.loads(path.read_text())
+        return len(manifest["classes"])
+    raise ValueError("give num_classes, a manifest or a classes file")
+
+
+def read_truth_mask(
+    path: str | Path,
+    classes: ClassesFile | None,
+    num_classes: int,
+    ignore_index: int = IGNORE_INDEX,
+) -> np.ndarray:
+    """Read a true mask as uint8 class indices (``ignore_index`` = unscored).
+
+    Args:
+        path: The mask file.
+        classes: How the mask encodes classes; ``None`` = it already holds class indices.
+        num_classes: ``N``, to reject out-of-range indices.
+        ignore_index: Value of unscored pixels.
+
+    Raises:
+        FolderEvalError: naming the file when values are unknown or out of range.
+    """
+    path = Path(path)
+    if classes is None:
+        mask = read_index_mask(path)
+        bad = (mask >= num_classes) & (mask != ignore_index)
+        if bad.any():
+            raise FolderEvalError(
+                f"{path}: values {np.unique(mask[bad])[:10].tolist()} are neither a class "
+                f"(0..{num_classes - 1}) nor {ignore_index}; is this a colour mask? "
+                "pass the classes file"
+            )
+        return mask
+    values = read_mask_values(path, classes.encoding)
+    found, inverse = np.unique(values, return_inverse=True)
+    lookup = classes.lookup
+    table = np.array([lookup.get(int(v), -1) for v in found], dtype=np.int16)
+    if (table < 0).any():
+        unknown = [classes.describe(int(v)) for v in found[table < 0]][:10]
+        raise FolderEvalError(f"{path}: mask values {unknown} are not in {classes.path}")
+    table[table == IGNORE_INDEX] = ignore_index
+    return table.astype(np.uint8)[inverse.reshape(values.shape)]
+
+
+def evaluate_folders(
+    pred_dir: str | Path,
+    mask_dir: str | Path,
+    num_classes: int | None = None,
+    *,
+    manifest: dict | str | Path | None = None,
+    classes: ClassesFile | str | Path | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    recursive: bool = False,
+    require_all: bool = False,
+) -> np.ndarray:
+    """Accumulate the confusion matrix of predicted vs true masks, paired by file name.
+
+    Args:
+        pred_dir: Folder of predicted class-index masks (``<stem>_mask.png|tif``).
+        mask_dir: Folder of true masks.
+        num_classes: ``N``; else taken from ``classes`` or ``manifest``.
+        manifest: ``dataset.json`` contents, its path, or its shard folder.
+        classes: A classes file (or its path) describing how true masks encode classes;
+            without it true masks must hold class indices.
+        ignore_index: True-mask value left out of the counts.
+        recursive: Pair files in sub-folders too (keys keep the relative folder).
+        require_all: Fail when some true mask has no prediction (otherwise logged).
+
+    Returns:
+        int64 ``[N, N]`` counts, rows = truth, columns = prediction.
+
+    Raises:
+        FolderEvalError: naming the files when nothing pairs, a prediction has no true
+            mask, sizes differ, or values are out of range.
+    """
+    if classes is not None and not isinstance(classes, ClassesFile):
+        classes = load_classes(classes)
+    n = _num_classes(num_classes, manifest, classes)
+    pairing = pair_folders(pred_dir, mask_dir, recursive)
+    if pairing.missing_truth:
+        names = ", ".join(str(p) for p in pairing.missing_truth[:5])
+        raise FolderEvalError(
+            f"{len(pairing.missing_truth)} prediction(s) without a true mask in {mask_dir}: {names}"
+        )
+    if not pairing.pairs:
+        raise FolderEvalError(f"no predictions in {pred_dir} pair with masks in {mask_dir}")
+    if pairing.missing_prediction:
+        message = (
+            f"{len(pairing.missing_prediction)} true mask(s) in {mask_dir} have no prediction "
+            f"in {pred_dir}, e.g. {pairing.missing_prediction[0]}"
+        )
+        if require_all:
+            raise FolderEvalError(message)
+        log.warning(message)
+    matrix = ConfusionMatrix(n, ignore_index=ignore_index, device="cpu")
+    for _, pred_path, truth_path in pairing.pairs:
+        pred = read_index_mask(pred_path)
+        truth = read_truth_mask(truth_path, classes, n, ignore_index)
+        if pred.shape != truth.shape:
+            raise FolderEvalError(
+                f"{pred_path} is {pred.shape[1]}x{pred.shape[0]} but {truth_path} is "
+                f"{truth.shape[1]}x{truth.shape[0]} (WxH)"
+            )
+        if pred.max(initial=0) >= n:
+            raise FolderEvalError(f"{pred_path}: predicted class {int(pred.max())} >= {n} classes")
+        matrix.update(torch.from_numpy(pred), torch.from_numpy(truth))
+    return matrix.matrix.numpy().astype(np.int64)

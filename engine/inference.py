@@ -1,0 +1,470 @@
+"""Sliding-window prediction over images of any size, streamed in row strips.
+
+How an image is cut (per axis, length ``L``, tile ``T``, stride ``S = T - round(T *
+overlap)``): the axis is reflect-padded to ``Lp = (n - 1) * S + T`` with ``n`` the fewest
+windows that cover ``L`` plus a margin of half the overlap on each side (and at least one
+window, so images smaller than a tile work); the padding is split evenly before and after,
+so pixels at the image border are seen with context instead of at a tile edge. Windows start
+at ``0, S, 2S, ...`` of the padded axis. Every window is a full ``T x T`` tile, so a model
+only ever sees one input size (choose ``T`` as a multiple of the model's stride, e.g. 32).
+
+Blending: each window's softmax probabilities (averaged over the TTA transforms, each
+inverted back onto the tile first) are accumulated with a per-pixel weight and divided by
+the summed weights. ``weighting="gaussian"`` (default) uses ``w(y, x) = g(y) g(x)`` with
+``g`` a Gaussian of sigma ``T / 8`` centred on the tile (as nnU-Net), down-weighting tile
+borders where context is missing; ``"uniform"`` averages overlapping windows equally. For a
+model whose output at a pixel depends only on that pixel (or whose receptive field fits in
+the part of the tile that covers it), the result equals a whole-image pass exactly.
+
+Streaming: windows are processed row of windows by row of windows (a *strip* of ``T``
+input rows, read from the reader with the reflect padding applied on the fly). Tiles are
+batched in fixed batches of ``batch_size`` across strip boundaries, so batching does not
+depend on the raster size. Accumulators cover one strip (``[N, T, Wp]`` on the device);
+when the next strip starts, the ``S`` rows no later window touches are final, divided by
+their weights, cropped to the image and handed on in blocks of at most ``rows_per_block``
+rows. Peak memory is therefore ``O(Wp x T x N)``, independent of the image height.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from archs import segmentation_logits
+from engine.raster import ArrayReader, RasterReader
+
+TTA_MODES = ("none", "flip", "d4")
+WEIGHTINGS = ("gaussian", "uniform")
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+Transform = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None):
+    """Turn ``"auto"``/``None``/a name into a :class:`torch.device`.
+
+    ``None`` means the device of the model's parameters (CPU for a parameterless model);
+    ``"auto"`` means CUDA when available, else CPU.
+    """
+    if device is None and model is not None:
+        parameter = next(iter(model.parameters()), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_amp(amp_dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """Accept ``None``/``"none"``/``"bf16"``/``"fp16"`` or a torch dtype."""
+    if amp_dtype is None or isinstance(amp_dtype, torch.dtype):
+        return amp_dtype
+    if amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"amp dtype must be one of {sorted(AMP_DTYPES)}, not {amp_dtype!r}")
+    return AMP_DTYPES[amp_dtype]
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """Window layout along one axis.
+
+    Attributes:
+        length: Real length ``L``.
+        padded: Padded length ``Lp``.
+        pad_before: Reflect-padded pixels before the first real pixel.
+        starts: Window starts in padded coordinates.
+        tile: Window size ``T``.
+    """
+
+    length: int
+    padded: int
+    pad_before: int
+    starts: tuple[int, ...]
+    tile: int
+
+    def source_index(self, start: int, stop: int) -> np.ndarray:
+        """Real pixel indices of padded positions ``[start, stop)`` (reflect padding)."""
+        index = np.arange(start, stop) - self.pad_before
+        n = self.length
+        if n == 1:
+            return np.zeros_like(index)
+        period = 2 * n - 2
+        folded = np.mod(index, period)
+        return np.where(folded >= n, period - folded, folded)
+
+
+def plan_axis(length: int, tile: int, stride: int) -> AxisPlan:
+    """Lay out windows of ``tile`` every ``stride`` pixels over a reflect-padded axis."""
+    if length < 1:
+        raise ValueError(f"cannot predict an empty axis (length {length})")
+    margin = (tile - stride) // 2
+    need = length + 2 * margin
+    count = 1 if need <= tile else math.ceil((need - tile) / stride) + 1
+    padded = (count - 1) * stride + tile
+    pad_before = (padded - length) // 2
+    return AxisPlan(length, padded, pad_before, tuple(i * stride for i in range(count)), tile)
+
+
+def axis_weights(tile: int, weighting: str = "gaussian") -> torch.Tensor:
+    """1-D blending profile ``g`` of length ``T``; tile weights are ``outer(g, g)``.
+
+    Gaussian: ``exp(-d^2 / (2 sigma^2))`` with ``d`` the distance to the tile centre and
+    ``sigma = T / 8``, scaled to max 1 and floored at ``1e-3`` (so every weight is > 0).
+    Uniform: ones.
+    """
+    if weighting == "uniform":
+        return torch.ones(tile)
+    if weighting != "gaussian":
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, not {weighting!r}")
+    sigma = tile / 8.0
+    position = torch.arange(tile, dtype=torch.float64) - (tile - 1) / 2.0
+    g = torch.exp(-(position**2) / (2 * sigma**2))
+    return (g / g.max()).clamp_min(1e-3).float()
+
+
+def tile_weights(tile: int, weighting: str = "gaussian") -> torch.Tensor:
+    """Per-pixel blending weights ``[T, T]`` = ``outer(g, g)`` (see :func:`axis_weights`)."""
+    g = axis_weights(tile, weighting)
+    return torch.outer(g, g)
+
+
+def _coverage(plan: AxisPlan, g: torch.Tensor) -> torch.Tensor:
+    """Sum of the 1-D profiles of every window along an axis, ``[Lp]`` (float64)."""
+    total = torch.zeros(plan.padded, dtype=torch.float64)
+    for start in plan.starts:
+        total[start : start + plan.tile] += g.double()
+    return total
+
+
+def tta_transforms(mode: str) -> list[Transform]:
+    """``(forward, inverse)`` pairs on ``[B, C, H, W]`` tensors for a TTA mode.
+
+    ``"none"``: identity. ``"flip"``: identity, horizontal flip, vertical flip. ``"d4"``:
+    the 8 symmetries of the square (4 rotations, each with and without a horizontal flip).
+    """
+
+    def identity(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    if mode == "none":
+        return [(identity, identity)]
+    if mode == "flip":
+        return [
+            (identity, identity),
+            (lambda x: x.flip(-1), lambda y: y.flip(-1)),
+            (lambda x: x.flip(-2), lambda y: y.flip(-2)),
+        ]
+    if mode == "d4":
+        pairs: list[Transform] = []
+        for k in range(4):
+            for flip in (False, True):
+
+                def forward(x: torch.Tensor, k: int = k, flip: bool = flip) -> torch.Tensor:
+                    return torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
+
+                def inverse(y: torch.Tensor, k: int = k, flip: bool = flip) -> torch.Tensor:
+                    y = torch.rot90(y, -k, dims=(-2, -1))
+                    return y.flip(-1) if flip else y
+
+                pairs.append((forward, inverse))
+        return pairs
+    raise ValueError(f"tta must be one of {TTA_MODES}, not {mode!r}")
+
+
+def _softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim 1, in place (the logits are not needed afterwards)."""
+    logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim=1, keepdim=True))
+
+
+def _as_reader(image: Any) -> RasterReader:
+    if isinstance(image, RasterReader) or (hasattr(image, "read") and hasattr(image, "shape")):
+        return image
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 HxWx3 image, got {array.dtype} {array.shape}")
+    return ArrayReader(array)
+
+
+def _check_options(tile: int, overlap: float, batch_size: int, num_classes: int) -> int:
+    if tile < 1:
+        raise ValueError(f"tile must be >= 1, got {tile}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return max(1, tile - int(round(tile * overlap)))
+
+
+def iter_probability_rows(
+    model: torch.nn.Module,
+    image: Any,
+    *,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    tile: int = 1024,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    tta: str = "none",
+    device: str | torch.device | None = None,
+    amp_dtype: str | torch.dtype | None = None,
+    weighting: str = "gaussian",
+    rows_per_block: int = 128,
+    progress: bool = False,
+    desc: str | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(row0, probs)`` blocks of final probabilities, top to bottom.
+
+    Arguments are those of :func:`predict_probabilities`, plus ``rows_per_block`` (the most
+    rows per yielded block). Blocks are consecutive and cover the image exactly once.
+
+    Yields:
+        ``row0`` and float32 ``[N, rows, W]`` probabilities (rows sum to 1 over ``N``).
+    """
+    stride = _check_options(tile, overlap, batch_size, num_classes)
+    reader = _as_reader(image)
+    height, width, channels = reader.shape
+    if channels != 3:
+        raise ValueError(f"expected a 3-channel reader, got shape {reader.shape}")
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values, got {list(mean)} and {list(std)}")
+    transforms = tta_transforms(tta)
+    amp = resolve_amp(amp_dtype)
+    device = resolve_device(device, model)
+    model.to(device)
+    was_training = model.training
+    model.eval()
+
+    rows, cols = plan_axis(height, tile, stride), plan_axis(width, tile, stride)
+    col_index = cols.source_index(0, cols.padded)
+    # The windows form a full grid and the weights are separable, so the summed weight at
+    # (y, x) is row_cover[y] * col_cover[x]: no 2-D weight accumulator is needed.
+    g = axis_weights(tile, weighting)
+    weights = torch.outer(g, g).to(device)
+    row_cover = _coverage(rows, g)
+    col_cover = (1.0 / _coverage(cols, g)).float().to(device)
+    std_t = torch.tensor([float(s) for s in std], device=device).view(1, 3, 1, 1)
+    mean_t = torch.tensor([float(m) for m in mean], device=device).view(1, 3, 1, 1)
+    scale, shift = 1.0 / (255.0 * std_t), mean_t / std_t
+    acc = torch.zeros(num_classes, tile, cols.padded, device=device)
+    col0, col1 = cols.pad_before, cols.pad_before + width
+
+    def tiles() -> Iterator[tuple[int, int, np.ndarray]]:
+        for k, y in enumerate(rows.starts):
+            index = rows.source_index(y, y + tile)
+            low, high = int(index.min()), int(index.max()) + 1
+            block = reader.read(low, high, 0, width)
+            strip = block[np.ix_(index - low, col_index)]
+            del block
+            for x in cols.starts:
+                yield k, x, strip[:, x : x + tile]
+
+    @torch.no_grad()
+    def forward(batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float()
+        x.mul_(scale).sub_(shift)
+        shape = tuple(x.shape)
+        total: torch.Tensor | None = None
+        for number, (fwd, inv) in enumerate(transforms):
+            inputs = fwd(x)
+            if number == len(transforms) - 1:
+                del x  # free the batch before the softmax (peak memory)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                output = model(inputs)
+            del inputs
+            logits = segmentation_logits(output)
+            del output
+            if logits.shape[1] != num_classes or tuple(logits.shape[-2:]) != shape[-2:]:
+                raise ValueError(
+                    f"model returned logits {tuple(logits.shape)} for a tile batch "
+                    f"{shape}; expected [B, {num_classes}, {tile}, {tile}] "
+                    "(is the tile a multiple of the model's stride?)"
+                )
+            probs = inv(_softmax_(logits.float().contiguous()))
+            del logits
+            total = probs if total is None else total.add_(probs)
+            del probs
+        assert total is not None
+        return total.div_(len(transforms)) if len(transforms) > 1 else total
+
+    def emit(count: int, top: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield buffer rows ``[0, count)`` (padded rows ``top..``) that hold real rows."""
+        first = max(0, rows.pad_before - top)
+        last = min(count, rows.pad_before + height - top)
+        for a in range(first, last, rows_per_block):
+            b = min(last, a + rows_per_block)
+            inverse = (1.0 / row_cover[top + a : top + b]).float().to(device)
+            probs = acc[:, a:b, col0:col1] * col_cover[col0:col1]
+            probs.mul_(inverse[:, None])
+            yield top + a - rows.pad_before, probs.cpu().numpy()
+
+    def advance(count: int) -> None:
+        """Drop the first ``count`` buffer rows: shift the rest up in place, zero the tail."""
+        keep = tile - count
+        if keep > 0:
+            # copy in chunks whose source and destination rows do not overlap
+            chunk = min(count, keep)
+            for r in range(0, keep, chunk):
+                n = min(chunk, keep - r)
+                acc[:, r : r + n].copy_(acc[:, r + count : r + count + n])
+        acc[:, max(keep, 0) :].zero_()
+
+    from tqdm.auto import tqdm
+
+    total_windows = len(rows.starts) * len(cols.starts)
+    bar = tqdm(total=total_windows, unit="win", desc=desc, disable=not progress, leave=False)
+    current = 0  # window row whose top is buffer row 0
+    try:
+        pending: list[tuple[int, int, np.ndarray]] = []
+        source = tiles()
+        while True:
+            pending.clear()
+            for item in source:
+                pending.append(item)
+                if len(pending) == batch_size:
+                    break
+            if not pending:
+                break
+            probs = forward(np.stack([t for _, _, t in pending]))
+            for (k, x, _), p in zip(pending, probs):
+                while current < k:
+                    step = rows.starts[current + 1] - rows.starts[current]
+                    yield from emit(step, rows.starts[current])
+                    advance(step)
+                    current += 1
+                acc[:, :, x : x + tile].addcmul_(p, weights)
+            del probs, p  # before the next batch's forward pass (peak memory)
+            bar.update(len(pending))
+        yield from emit(tile, rows.starts[current])
+    finally:
+        bar.close()
+        if was_training:
+            model.train()
+
+
+def predict_probabilities(
+    model: torch.nn.Module,
+    image: np.ndarray | torch.Tensor | RasterReader,
+    *,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    tile: int = 1024,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    tta: str = "none",
+    device: str | torch.device | None = None,
+    amp_dtype: str | torch.dtype | None = None,
+    weighting: str = "gaussian",
+    progress: bool = False,
+) -> np.ndarray:
+    """Predict class probabilities of a whole image by blended sliding windows.
+
+    Args:
+        model: Returns logits ``[B, N, T, T]`` (or an object with ``.segmentation``) for a
+            normalised float batch ``[B, 3, T, T]``. Put in eval mode for the call (its
+            previous mode is restored) and moved to ``device``.
+        image: uint8 ``HxWx3`` array or tensor, or a window reader
+            (:func:`engine.raster.open_raster`); the output is held in memory, so use
+            :func:`predict_raster` for rasters too large for that.
+        num_classes: ``N``.
+        mean: Per-channel mean on the 0–1 scale (``dataset.json``).
+        std: Per-channel std on the 0–1 scale.
+        tile: Window edge ``T`` in pixels.
+        overlap: Fraction of ``T`` shared by neighbouring windows, in ``[0, 1)``.
+        batch_size: Tiles per forward pass.
+        tta: ``"none"``, ``"flip"`` (3 passes) or ``"d4"`` (8 passes).
+        device: Where the model runs; ``None`` = where the model is, ``"auto"`` = CUDA if
+            available.
+        amp_dtype: ``None``/``"bf16"``/``"fp16"`` (or a torch dtype) for autocast; the
+            softmax and the blending stay float32.
+        weighting: ``"gaussian"`` or ``"uniform"`` (see the module notes).
+        progress: Show a tqdm bar over windows.
+
+    Returns:
+        float32 ``[N, H, W]`` probabilities.
+    """
+    reader = _as_reader(image)
+    height, width = reader.shape[:2]
+    out = np.empty((num_classes, height, width), np.float32)
+    for row0, probs in iter_probability_rows(
+        model,
+        reader,
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        device=device,
+        amp_dtype=amp_dtype,
+        weighting=weighting,
+        progress=progress,
+        rows_per_block=max(tile, 256),
+    ):
+        out[:, row0 : row0 + probs.shape[1]] = probs
+    return out
+
+
+def predict_mask(model: torch.nn.Module, image: Any, **options: Any) -> np.ndarray:
+    """Class-index ``HxW`` uint8 mask: the argmax of :func:`predict_probabilities`."""
+    return predict_probabilities(model, image, **options).argmax(axis=0).astype(np.uint8)
+
+
+def predict_raster(
+    model: torch.nn.Module,
+    reader: RasterReader,
+    writer: Any,
+    *,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    tile: int = 1024,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    tta: str = "none",
+    device: str | torch.device | None = None,
+    amp_dtype: str | torch.dtype | None = None,
+    weighting: str = "gaussian",
+    rows_per_block: int = 128,
+    progress: bool = True,
+    desc: str | None = None,
+) -> None:
+    """Predict a raster of any size strip by strip, handing finished rows to a writer.
+
+    Only the rows a strip needs are read, and each block of finished rows is passed to
+    ``writer.write(row0, probs)`` (float32 ``[N, rows, W]``, in order, without gaps) as soon
+    as no later window touches it, so peak memory is ``O(W x tile x N)`` whatever the
+    height. The writer is not closed here (use :class:`engine.raster.PredictionWriter` as
+    a context manager). Arguments are those of :func:`predict_probabilities`; ``progress``
+    shows a tqdm bar over windows, labelled ``desc``.
+    """
+    for row0, probs in iter_probability_rows(
+        model,
+        reader,
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        device=device,
+        amp_dtype=amp_dtype,
+        weighting=weighting,
+        rows_per_block=rows_per_block,
+        progress=progress,
+        desc=desc,
+    ):
+        writer.write(row0, probs)
+        del probs  # do not hold the block through the next forward pass

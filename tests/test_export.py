@@ -1,0 +1,243 @@
+"""Export round trip (safetensors + json + yaml), loading errors, and predict.py end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+
+from engine.export import ExportError, load_exported, save_exported
+
+REPO = Path(__file__).resolve().parents[1]
+MANIFEST = {
+    "classes": [
+        {"name": "water", "color": "#1E64E6"},
+        {"name": "land", "color": "#A88C64"},
+        {"name": "road", "color": "#E632C8"},
+    ],
+    "ignore_index": 255,
+    "mean": [0.45, 0.5, 0.4],
+    "std": [0.2, 0.21, 0.22],
+    "tile_size": 64,
+}
+CONFIG = {"model": {"arch": "unet"}, "optim": {"lr": 1e-3}, "data": Path("/data/shards")}
+
+
+class TinyNet(nn.Module):
+    """Stand-in for an archs model: conv + BN (has buffers) + 1x1 head."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 4) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        self.head = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+@pytest.fixture
+def model_factory(monkeypatch):
+    """A tiny model through the real ``archs`` registry when it exists, else a stand-in."""
+    try:
+        import archs
+
+        if archs.is_model("unet"):
+            spec = {
+                "arch": "unet",
+                "num_classes": 3,
+                "in_channels": 3,
+                "options": {"base_width": 4, "depth": 2},
+            }
+            return spec, lambda: archs.create_model("unet", 3, 3, base_width=4, depth=2)
+    except ImportError:
+        pass
+    fake = types.ModuleType("archs")
+    fake.create_model = lambda name, num_classes, in_channels=3, **options: TinyNet(
+        num_classes, in_channels, **options
+    )
+    monkeypatch.setitem(sys.modules, "archs", fake)
+    spec = {"arch": "tiny", "num_classes": 3, "in_channels": 3, "options": {"width": 4}}
+    return spec, lambda: TinyNet(3, 3, width=4)
+
+
+def _trained(make) -> nn.Module:
+    torch.manual_seed(0)
+    model = make()
+    model.train()
+    with torch.no_grad():  # move BN running stats away from their defaults
+        for _ in range(3):
+            model(torch.randn(2, 3, 64, 64) * 2 + 1)
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    return model.eval()
+
+
+def test_round_trip_gives_identical_outputs(tmp_path, model_factory):
+    spec, make = model_factory
+    model = _trained(make)
+    run = tmp_path / "run"
+    best = save_exported(run / "best", model, spec, CONFIG, MANIFEST)
+    assert sorted(p.name for p in best.iterdir()) == [
+        "config.yaml",
+        "dataset.json",
+        "model.json",
+        "model.safetensors",
+    ]
+    assert json.loads((best / "model.json").read_text()) == spec
+    assert yaml.safe_load((best / "config.yaml").read_text())["data"] == "/data/shards"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    for where in (run, best, best / "model.safetensors"):
+        loaded = load_exported(where)
+        assert not loaded.model.training
+        assert loaded.spec == spec and loaded.manifest == MANIFEST
+        assert loaded.config["optim"] == {"lr": 1e-3}
+        with torch.no_grad():
+            assert torch.equal(loaded.model(x), expected)
+    # saving again replaces the export atomically, leaving no staging folders behind
+    save_exported(run / "best", model, spec, CONFIG, MANIFEST)
+    assert sorted(p.name for p in run.iterdir()) == ["best"]
+
+
+def test_checkpoint_weights_take_the_runs_spec(tmp_path, model_factory):
+    from safetensors.torch import save_file
+
+    spec, make = model_factory
+    save_exported(tmp_path / "run" / "best", _trained(make), spec, CONFIG, MANIFEST)
+    later = _trained(make)
+    with torch.no_grad():
+        for parameter in later.parameters():
+            parameter.mul_(1.5)
+    step = tmp_path / "run" / "checkpoints" / "step-00000100"
+    step.mkdir(parents=True)
+    save_file(
+        {f"_orig_mod.{k}": v.contiguous() for k, v in later.state_dict().items()},
+        str(step / "model.safetensors"),
+    )
+    x = torch.randn(1, 3, 32, 32)
+    for where in (step, step / "model.safetensors"):
+        loaded = load_exported(where)
+        assert loaded.spec == spec
+        with torch.no_grad():
+            assert torch.equal(loaded.model(x), later(x))
+
+
+def test_compiled_or_wrapped_models_save_plain_names(tmp_path, model_factory):
+    spec, make = model_factory
+    model = _trained(make)
+    wrapped = nn.DataParallel(model)
+    save_exported(tmp_path / "best", wrapped, spec, {}, MANIFEST)
+    loaded = load_exported(tmp_path / "best")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor)
+
+
+def test_missing_files_are_named(tmp_path, model_factory):
+    spec, make = model_factory
+    with pytest.raises(ExportError, match="nothing"):
+        load_exported(tmp_path / "nothing")
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    with pytest.raises(ExportError, match="best/model.safetensors"):
+        load_exported(empty)
+    best = save_exported(tmp_path / "best", _trained(make), spec, CONFIG, MANIFEST)
+    for name, message in (
+        ("dataset.json", "dataset.json: dataset manifest not found"),
+        ("config.yaml", "config.yaml: run config not found"),
+        ("model.json", "model.json: model spec not found"),
+    ):
+        (best / name).rename(best / f"{name}.bak")
+        with pytest.raises(ExportError, match=message):
+            load_exported(best)
+        (best / f"{name}.bak").rename(best / name)
+    (best / "model.safetensors").unlink()
+    with pytest.raises(ExportError, match="model.safetensors: weights file not found"):
+        load_exported(best)
+    with pytest.raises(ExportError, match="arch"):
+        save_exported(tmp_path / "bad", _trained(make), {"num_classes": 3}, {}, {})
+
+
+def test_mismatched_weights_are_a_clear_error(tmp_path, model_factory):
+    spec, make = model_factory
+    best = save_exported(tmp_path / "best", _trained(make), spec, CONFIG, MANIFEST)
+    other = dict(spec, num_classes=5)
+    (best / "model.json").write_text(json.dumps(other))
+    with pytest.raises(ExportError, match="weights do not match"):
+        load_exported(best)
+
+
+@pytest.mark.slow
+def test_predict_script_end_to_end(tmp_path, model_factory, monkeypatch):
+    import importlib.util
+
+    import tifffile
+
+    spec, make = model_factory
+    model = _trained(make)
+    save_exported(tmp_path / "run" / "best", model, spec, CONFIG, MANIFEST)
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    images.mkdir()
+    png = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    Image.fromarray(png).save(images / "a.png")
+    tif = rng.integers(0, 256, (150, 130, 3), dtype=np.uint8)
+    tifffile.imwrite(images / "b.tif", tif, photometric="rgb")
+    script = importlib.util.spec_from_file_location("predict", REPO / "launch" / "predict.py")
+    module = importlib.util.module_from_spec(script)
+    script.loader.exec_module(module)
+    out = tmp_path / "out"
+    argv = [
+        "--model",
+        str(tmp_path / "run"),
+        "--input",
+        str(images / "*"),
+        "--out",
+        str(out),
+        "--tile",
+        "64",
+        "--tta",
+        "flip",
+        "--device",
+        "cpu",
+        "--confidence",
+        "--overlay",
+        "--no-progress",
+    ]
+    assert module.main(argv) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        [f"a_{k}.png" for k in ("mask", "color", "confidence", "overlay")]
+        + [f"b_{k}.tif" for k in ("mask", "color", "confidence", "overlay")]
+    )
+    from engine.inference import predict_mask
+    from engine.raster import read_index_mask
+
+    for stem, image, ext in (("a", png, "png"), ("b", tif, "tif")):
+        mask = read_index_mask(out / f"{stem}_mask.{ext}")
+        expected = predict_mask(
+            model,
+            image,
+            num_classes=3,
+            mean=MANIFEST["mean"],
+            std=MANIFEST["std"],
+            tile=64,
+            tta="flip",
+        )
+        np.testing.assert_array_equal(mask, expected)
+    assert (
+        module.main(
+            ["--model", str(tmp_path / "nope"), "--input", str(images / "*"), "--out", str(out)]
+        )
+        == 2
+    )
