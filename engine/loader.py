@@ -109,6 +109,23 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors, out=out)
 
 
+def read_sample(manifest: Manifest, split: str, index: int) -> Sample:
+    """Decode sample ``index`` (in manifest order) of ``split``, reading only its shard.
+
+    Raises:
+        IndexError: when the split has no such sample.
+    """
+    info = manifest.split(split)
+    if not 0 <= index < info.num_samples:
+        raise IndexError(f"{split} has {info.num_samples} samples; index {index} is out of range")
+    for shard, count in zip(info.shards, info.shard_samples):
+        if index < count:
+            raw = next(itertools.islice(raw_samples([shard]), index, None))
+            return decode_sample(raw, manifest.image_codec)
+        index -= count
+    raise IndexError(f"{split}: the manifest counts more samples than its shards hold")
+
+
 def collate(samples: list[Sample]) -> Batch:
     """Stack samples into a :class:`Batch`."""
     return Batch(
