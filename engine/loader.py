@@ -4,8 +4,8 @@ Nothing here goes through ``accelerator.prepare``: each rank builds its own load
 its rank and the world size.
 
 * Training (:func:`train_batches`): every worker draws shards *with replacement* from the
-  whole split, seeded from ``(seed, rank, worker, epoch)``, and shuffles samples in a
-  buffer. The stream never ends, so no worker can lack a shard and no rank can run out
+  whole split, seeded from ``(seed, rank, worker, epoch)``, reads several at once and
+  shuffles samples in a buffer. The stream never ends, so no worker can lack a shard and no rank can run out
   first; each rank takes exactly ``steps`` batches.
 * Evaluation (:func:`eval_batches`): the split's samples, in manifest order, are cut into
   ``world_size × workers`` contiguous parts, one per (rank, worker). Every sample is read
@@ -140,6 +140,9 @@ def _worker() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
+OPEN_SHARDS = 4  # shards each training worker reads from at once
+
+
 class _TrainStream(IterableDataset):
     """An endless, seeded stream of shuffled training samples for one rank."""
 
@@ -151,12 +154,21 @@ class _TrainStream(IterableDataset):
         worker, _ = _worker()
         rng = random.Random(f"terraseg/train/{self.seed}/{self.rank}/{worker}/{self.epoch}")
 
-        def endless_shards() -> Iterator[str]:
+        # Several shards are read at once, a random one for each sample: a shard often holds
+        # the tiles of few source images, and a batch from one image is a poor gradient.
+        streams = [raw_samples([rng.choice(self.shards)]) for _ in range(OPEN_SHARDS)]
+
+        def interleaved() -> Iterator[dict]:
             while True:
-                yield rng.choice(self.shards)
+                slot = rng.randrange(len(streams))
+                raw = next(streams[slot], None)
+                if raw is None:
+                    streams[slot] = raw_samples([rng.choice(self.shards)])
+                else:
+                    yield raw
 
         pool: list[dict] = []
-        for raw in raw_samples(endless_shards()):
+        for raw in interleaved():
             pool.append(raw)
             if len(pool) < self.buffer:
                 continue

@@ -46,6 +46,8 @@ class BuildOptions:
         image_codec: One of ``png``, ``jpg``, ``webp``, ``npy`` (masks are always PNG).
         jpeg_quality: Quality for the ``jpg`` codec.
         samples_per_shard: Most samples in one tar.
+        mix_buffer: Samples held back and written in seeded random order, so that a shard
+            mixes tiles of many images (memory: this many encoded samples).
         unknown: ``error`` (default) or ``ignore`` for mask values not in the classes file.
         uint16_max: For uint16 images, the value mapped to 255.
         workers: Processes that decode and encode in parallel.
@@ -59,6 +61,7 @@ class BuildOptions:
     image_codec: str = "png"
     jpeg_quality: int = 95
     samples_per_shard: int = 256
+    mix_buffer: int = 512
     unknown: str = "error"
     uint16_max: int | None = None
     workers: int = 1
@@ -89,11 +92,32 @@ class _SplitWriter:
     folder: Path
     split: str
     limit: int
+    image_ext: str
+    mix: int  # samples held back and written in seeded random order
+    rng: random.Random
     shards: list[str] = field(default_factory=list)
     shard_samples: list[int] = field(default_factory=list)
     _tar: tarfile.TarFile | None = None
+    _held: list[_Sample] = field(default_factory=list)
 
-    def add(self, sample: _Sample, image_ext: str) -> None:
+    def add(self, sample: _Sample) -> None:
+        """Queue a sample; once more than ``mix`` wait, write a random one of them."""
+        self._held.append(sample)
+        if len(self._held) > self.mix:
+            index = self.rng.randrange(len(self._held))
+            self._held[index], self._held[-1] = self._held[-1], self._held[index]
+            self._write(self._held.pop())
+
+    def finish(self) -> None:
+        """Write what is held back, in random order, and close the last tar."""
+        self.rng.shuffle(self._held)
+        for sample in self._held:
+            self._write(sample)
+        self._held.clear()
+        self.close()
+
+    def _write(self, sample: _Sample) -> None:
+        image_ext = self.image_ext
         if self._tar is None or self.shard_samples[-1] >= self.limit:
             self.close()
             name = shard_name(self.split, len(self.shards))
@@ -111,6 +135,7 @@ class _SplitWriter:
         self.shard_samples[-1] += 1
 
     def close(self) -> None:
+        """Close the open tar (after an error too)."""
         if self._tar is not None:
             self._tar.close()
             self._tar = None
@@ -286,7 +311,17 @@ def build_shards(
 
     num_classes = len(classes.classes)
     staging = _prepare_output(out, options.overwrite)
-    writers = {s: _SplitWriter(staging, s, options.samples_per_shard) for s in SPLITS}
+    writers = {
+        s: _SplitWriter(
+            staging,
+            s,
+            options.samples_per_shard,
+            MEMBER_EXT[options.image_codec],
+            options.mix_buffer,
+            random.Random(f"{options.seed}/{s}"),
+        )
+        for s in SPLITS
+    }
     totals = {s: np.zeros(num_classes + 1, np.int64) for s in SPLITS}
     channel_sum = np.zeros(3, np.int64)
     channel_sumsq = np.zeros(3, np.int64)
@@ -295,7 +330,7 @@ def build_shards(
         progress = tqdm(total=len(jobs), desc="building shards", unit="image")
         for (_, split, _, _), result in zip(jobs, _results(jobs, options.workers)):
             for sample in result.samples:
-                writers[split].add(sample, MEMBER_EXT[options.image_codec])
+                writers[split].add(sample)
             totals[split] += result.class_pixels
             if split == "train":
                 channel_sum += result.channel_sum
@@ -304,7 +339,7 @@ def build_shards(
             progress.update()
         progress.close()
         for writer in writers.values():
-            writer.close()
+            writer.finish()
         if valid_pixels == 0:
             raise BuildError("the train split is empty: lower --val/--test or add groups")
         mean = channel_sum / valid_pixels

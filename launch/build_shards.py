@@ -33,6 +33,12 @@ def main() -> int:
     parser.add_argument("--jpeg-quality", type=int, default=95)
     parser.add_argument("--samples-per-shard", type=int, default=256)
     parser.add_argument(
+        "--mix-buffer",
+        type=int,
+        default=512,
+        help="samples held to mix tiles of many images into each shard",
+    )
+    parser.add_argument(
         "--unknown",
         default="error",
         choices=("error", "ignore"),
@@ -47,7 +53,7 @@ def main() -> int:
     options = BuildOptions(
         tile=args.tile, val=args.val, test=args.test, seed=args.seed,
         image_codec=args.image_codec, jpeg_quality=args.jpeg_quality,
-        samples_per_shard=args.samples_per_shard, unknown=args.unknown,
+        samples_per_shard=args.samples_per_shard, mix_buffer=args.mix_buffer, unknown=args.unknown,
         uint16_max=args.uint16_max, workers=args.workers, overwrite=args.overwrite,
     )  # fmt: skip
     try:
