@@ -56,6 +56,7 @@ def test_small_unet_learns_dubai_on_cpu(dubai_shards, tmp_path, capsys, record_p
             record_property(name, f"OA {accuracy:.4f} mIoU {miou:.4f}")
         print("  per-class IoU:", {n: round(v, 3) for n, v in zip(after.class_names, after.iou)})
     assert after.miou == metrics["miou"]  # the run's own final report agrees
-    assert after.overall_accuracy > max(DATASET_MAJORITY, majority_share) + 0.05
+    # Tile 2 alone is val: its own majority share (61 %) is above the dataset's 52 %.
+    assert after.overall_accuracy > max(DATASET_MAJORITY, majority_share) + 0.03
     assert after.overall_accuracy > before.overall_accuracy + 0.1
-    assert after.miou > max(before.miou, majority_miou) + 0.1
+    assert after.miou > max(before.miou, majority_miou) + 0.15
