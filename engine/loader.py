@@ -5,8 +5,8 @@ its rank and the world size.
 
 * Training (:func:`train_batches`): every worker draws shards *with replacement* from the
   whole split, seeded from ``(seed, rank, worker, epoch)``, reads several at once and
-  shuffles samples in a buffer. The stream never ends, so no worker can lack a shard and no rank can run out
-  first; each rank takes exactly ``steps`` batches.
+  shuffles samples in a buffer. The stream never ends, so no worker can lack a shard and
+  no rank can run out first; each rank takes exactly ``steps`` batches.
 * Evaluation (:func:`eval_batches`): the split's samples, in manifest order, are cut into
   ``world_size × workers`` contiguous parts, one per (rank, worker). Every sample is read
   exactly once, and every rank yields :func:`eval_steps` batches, padding with batches
