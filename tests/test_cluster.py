@@ -42,7 +42,7 @@ def history_steps(run_dir, split="train"):
 
 
 def test_two_node_launch_over_loopback(three_shards, tmp_path):
-    """Two node launchers, machine ranks 0 and 1, c10d rendezvous on 127.0.0.1: a cluster's path."""
+    """Two node launchers, machine ranks 0 and 1, rendezvous on 127.0.0.1: a cluster's path."""
     port = free_port()
     nodes = [
         subprocess.Popen(
@@ -53,7 +53,9 @@ def test_two_node_launch_over_loopback(three_shards, tmp_path):
                 machines=2,
                 machine_rank=rank,
                 port=port,
-                extra=["--rdzv_backend", "c10d"],
+                # One host: both agents would match a c10d endpoint and race to host its
+                # store; static rendezvous lets machine rank 0 host it, as the first node does.
+                extra=["--rdzv_backend", "static"],
             ),
             cwd=REPO,
             env=cpu_env(),

@@ -274,7 +274,7 @@ def test_rows_are_emitted_before_the_image_is_finished():
 
 MEMORY_CHILD = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     import torch
     from engine.inference import predict_raster
     from engine.raster import open_raster, prediction_writer
@@ -282,7 +282,14 @@ MEMORY_CHILD = textwrap.dedent(
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(8, 4, 1))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def high_water_mb():
+        # VmHWM is this process's own peak; ru_maxrss would include the parent's RSS at
+        # fork time, which Linux keeps across exec (a big pytest process reads as ours).
+        with open("/proc/self/status") as status:
+            line = next(l for l in status if l.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+
+    base = high_water_mb()
     src, out = sys.argv[1], sys.argv[2]
     with open_raster(src, backend="tifffile") as reader:
         with prediction_writer(reader, out, ["#000000", "#FF0000", "#00FF00", "#0000FF"],
@@ -291,8 +298,8 @@ MEMORY_CHILD = textwrap.dedent(
                            std=[0.25] * 3, tile=1024, overlap=0.25, batch_size=4,
                            progress=False)
     torch.save(model.state_dict(), out + "/model.pt")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mb": peak / 1024, "base_mb": base / 1024,
+    peak = high_water_mb()
+    print(json.dumps({"peak_mb": peak, "base_mb": base,
                       "paths": {k: str(v) for k, v in writer.paths.items()}}))
     """
 )
