@@ -15,22 +15,12 @@ step "2/6 inspect the masks and draft a classes file"
 python launch/inspect_masks.py "$OUT/scenes/*/masks/*.png" --write-classes "$OUT/classes-draft.yaml"
 echo "(the generator also wrote the edited file $OUT/scenes/classes.yaml, with no-data marked ignore)"
 
-step "3/6 build webdataset shards, split by scene"
+step "3/6 build webdataset shards, split by scene (prints the manifest summary)"
 python launch/build_shards.py --images "$OUT/scenes/*/images/*.jpg" --masks "$OUT/scenes/*/masks/*.png" \
   --classes "$OUT/scenes/classes.yaml" --out "$OUT/shards" --tile 192 --val 0.2 --test 0.2 \
   --samples-per-shard 16 --workers 2
-python - "$OUT/shards" <<'PY'
-import sys
-from engine.manifest import load_manifest
-m = load_manifest(sys.argv[1])
-print("classes:", ", ".join(m.class_names))
-for name in ("train", "val", "test"):
-    s = m.split(name)
-    print(f"{name}: {s.num_samples} tiles in {len(s.shards)} shards, groups {list(s.groups)}")
-print("mean", [round(v, 3) for v in m.mean], "std", [round(v, 3) for v in m.std])
-PY
 
-step "4/6 train a tiny UNet on the CPU (accelerate; same command as on GPUs)"
+step "4/6 train a tiny UNet on the CPU (the script `accelerate launch` runs on GPUs)"
 python launch/train.py --config launch/configs/tiny-cpu.yaml --out "$OUT/run" \
   --set data.shards="$OUT/shards"
 
