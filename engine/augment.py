@@ -1,10 +1,11 @@
 """Device-side training augmentation and evaluation normalisation.
 
-Geometry uses plain torch indexing (``gather``, ``flip``, ``transpose``) instead of
-``kornia.augmentation.AugmentationSequential``: a crop, flips and 90-degree rotations are
-pure pixel permutations, so indexing is exact by construction (no interpolation, masks
-stay integer and aligned), per-sample, free of host syncs, and every random draw comes
-from one ``torch.Generator`` for reproducibility. Photometric jitter uses
+Geometry uses plain torch indexing instead of ``kornia.augmentation.AugmentationSequential``:
+a crop, flips and 90-degree rotations are pure pixel permutations, so indexing is exact by
+construction (no interpolation, masks stay integer and aligned), per-sample, free of host
+syncs, and every random draw comes from one ``torch.Generator`` for reproducibility. The
+permutations are composed into one source index, so each tensor takes a single ``gather``
+over the crop's pixels only. Photometric jitter uses
 ``kornia.enhance`` with per-sample factors drawn from the same generator.
 """
 
@@ -172,9 +173,13 @@ class TrainAugment(nn.Module):
         flip_cols = flip_h ^ ((k == 2) | (k == 3))
         params = (top, left, transpose, flip_rows, flip_cols)
 
-        pads = (pad_w, pad_w, pad_h, pad_h)
-        image = self._geometry(F.pad(images, pads, value=0), *params)
-        mask = self._geometry(F.pad(masks.unsqueeze(1), pads, value=self.ignore_index), *params)
+        masks = masks.unsqueeze(1)
+        if pad_h or pad_w:
+            pads = (pad_w, pad_w, pad_h, pad_h)
+            images = F.pad(images, pads, value=0)
+            masks = F.pad(masks, pads, value=self.ignore_index)
+        index = self._source_index(images.shape[-1], *params)
+        image, mask = self._gather(images, index), self._gather(masks, index)
 
         raw = image.float() / 255.0
         if self.jitter is not None:
@@ -188,30 +193,39 @@ class TrainAugment(nn.Module):
     def _offsets(self, high: int, batch: int, device: torch.device) -> torch.Tensor:
         return (self._uniform(batch, device) * (high + 1)).long().clamp(max=high)
 
-    def _geometry(
+    def _source_index(
         self,
-        x: torch.Tensor,
+        width: int,
         top: torch.Tensor,
         left: torch.Tensor,
         transpose: torch.Tensor,
         flip_rows: torch.Tensor,
         flip_cols: torch.Tensor,
     ) -> torch.Tensor:
-        """Crop ``[B, C, H, W]`` to ``[B, C, c, c]`` at per-sample offsets, then orient it."""
-        batch, channels, _, width = x.shape
+        """Flat source pixel ``row * width + col`` of every output pixel, ``[B, 1, c * c]``.
+
+        The crop at ``(top, left)``, then the transpose, then the row and column flips, as
+        one index (the composition of the pixel permutations), so that a single ``gather``
+        applies all of them.
+        """
         c = self.crop_size
-        span = torch.arange(c, device=x.device)
-        rows = (top.view(-1, 1) + span).view(batch, 1, c, 1).expand(batch, channels, c, width)
-        x = x.gather(2, rows)
-        cols = (left.view(-1, 1) + span).view(batch, 1, 1, c).expand(batch, channels, c, c)
-        x = x.gather(3, cols)
+        span = torch.arange(c, device=top.device)
+        along_rows = torch.where(flip_rows.view(-1, 1), c - 1 - span, span)  # [B, c] by i
+        along_cols = torch.where(flip_cols.view(-1, 1), c - 1 - span, span)  # [B, c] by j
+        # out[i, j] = crop[along_rows[i], along_cols[j]], or crop[along_cols[j], along_rows[i]]
+        # when transposed.
+        swap = transpose.view(-1, 1, 1)
+        by_i, by_j = along_rows.view(-1, c, 1), along_cols.view(-1, 1, c)
+        rows = top.view(-1, 1, 1) + torch.where(swap, by_j, by_i)
+        cols = left.view(-1, 1, 1) + torch.where(swap, by_i, by_j)
+        return (rows * width + cols).view(-1, 1, c * c)
 
-        def where(flag: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return torch.where(flag.view(-1, 1, 1, 1), a, b)
-
-        x = where(transpose, x.transpose(-2, -1), x)
-        x = where(flip_rows, x.flip(-2), x)
-        return where(flip_cols, x.flip(-1), x)
+    def _gather(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` → ``[B, C, c, c]``: the pixels at ``index`` (see ``_source_index``)."""
+        batch, channels = x.shape[:2]
+        flat = x.reshape(batch, channels, -1)
+        out = flat.gather(2, index.expand(batch, channels, index.shape[-1]))
+        return out.view(batch, channels, self.crop_size, self.crop_size)
 
     def _jitter(self, raw: torch.Tensor) -> torch.Tensor:
         ranges = self.jitter
