@@ -682,8 +682,12 @@ class _TiffSink(_Sink):
 
     def _put(self, item: object) -> None:
         while True:
-            if self.error is not None or not self.thread.is_alive():
+            if self.error is not None:
                 raise RuntimeError(f"{self.path}: TIFF writer failed: {self.error}") from self.error
+            if not self.thread.is_alive():
+                if item is _END:  # tifffile stops pulling once it has every tile it needs
+                    return
+                raise RuntimeError(f"{self.path}: TIFF writer stopped before all rows arrived")
             try:
                 self.queue.put(item, timeout=0.5)
                 return
