@@ -1,0 +1,50 @@
+"""Every bench script runs with ``--quick`` and writes JSON with its keys (no timing checks)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# script -> {top-level key: keys it must contain}
+EXPECTED = {
+    "bench_data": {
+        "results": {"folder-pil", "shards-png", "shards-jpg", "shards-webp", "shards-npy"},
+    },
+    "bench_train_step": {
+        "results": {"resunet34"},
+        "nonfinite_skip": {"default optimiser, isfinite host sync (trainer)"},
+    },
+    "bench_end_to_end": {"results": {"terraseg-shards", "original-folder"}},
+    "bench_inference": {
+        "speed": {"single pass, tta none", "sliding 0.25, tta none"},
+        "memory": {"1024"},
+    },
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_quick_run_writes_its_json(script, tmp_path):
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / f"{script}.py"), "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    data = json.loads((tmp_path / f"{script}.json").read_text())
+    assert data["name"] == script
+    assert {"date", "versions", "cpu_model", "loadavg_start", "loadavg_end"} <= set(data["env"])
+    assert data["config"]["quick"] is True
+    for key, inner in EXPECTED[script].items():
+        assert inner <= set(data[key]), (key, sorted(data[key]))
+    for name, metrics in data["results" if "results" in data else "speed"].items():
+        assert isinstance(metrics, dict) and metrics, name
