@@ -43,7 +43,8 @@ class BuildOptions:
         val: Fraction of groups for validation.
         test: Fraction of groups for testing.
         seed: Seed of the split and of the sample order inside each split.
-        image_codec: One of ``png``, ``jpg``, ``webp``, ``npy`` (masks are always PNG).
+        image_codec: ``npy`` (default: least CPU per tile, see docs/BENCHMARKS.md), ``png``,
+            ``webp`` (lossless, smaller: for network storage) or ``jpg`` (masks are always PNG).
         jpeg_quality: Quality for the ``jpg`` codec.
         samples_per_shard: Most samples in one tar.
         mix_buffer: Samples held back and written in seeded random order, so that a shard
@@ -58,7 +59,7 @@ class BuildOptions:
     val: float = 0.15
     test: float = 0.15
     seed: int = 0
-    image_codec: str = "png"
+    image_codec: str = "npy"
     jpeg_quality: int = 95
     samples_per_shard: int = 256
     mix_buffer: int = 512

@@ -29,7 +29,12 @@ def main() -> int:
     parser.add_argument("--val", type=float, default=0.15, help="fraction of groups for val")
     parser.add_argument("--test", type=float, default=0.15, help="fraction of groups for test")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-codec", default="png", choices=IMAGE_CODECS)
+    parser.add_argument(
+        "--image-codec",
+        default="npy",
+        choices=IMAGE_CODECS,
+        help="npy: least CPU per tile; webp: lossless, smaller (network storage)",
+    )
     parser.add_argument("--jpeg-quality", type=int, default=95)
     parser.add_argument("--samples-per-shard", type=int, default=256)
     parser.add_argument(
