@@ -52,11 +52,10 @@ from common import (
 )
 from folder_loader import FolderDataset, folder_batches
 from synthetic_data import BenchData, prepare, shard_bytes
-from webdataset.tariterators import tarfile_samples
 
 from engine.augment import TrainAugment
 from engine.imageio import IMAGE_CODECS
-from engine.loader import decode_sample, train_batches
+from engine.loader import Codecs, decode_sample, raw_samples, train_batches
 from engine.manifest import load_manifest
 
 NAME = "bench_data"
@@ -168,11 +167,12 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def decode_ms(shard_dir: Path, codec: str, samples: int) -> float:
+def decode_ms(shard_dir: Path, samples: int) -> float:
     """Median single-thread milliseconds to decode one sample (image + mask), read from RAM."""
     manifest = load_manifest(shard_dir)
+    codecs = Codecs.of(manifest)
     raws = []
-    for raw in tarfile_samples({"url": str(p)} for p in manifest.split("train").shards):
+    for raw in raw_samples(manifest.split("train").shards):
         raws.append(raw)
         if len(raws) == samples:
             break
@@ -180,7 +180,7 @@ def decode_ms(shard_dir: Path, codec: str, samples: int) -> float:
     with one_thread():
         for raw in raws * 2:
             start = time.perf_counter()
-            decode_sample(raw, codec)
+            decode_sample(raw, codecs)
             times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
 
@@ -258,7 +258,7 @@ def main() -> int:
             image.stat().st_size + mask.stat().st_size for image, mask in data.pairs
         )
         sizes = {codec: shard_bytes(data.shards[codec]) for codec in codecs}
-        decode = {codec: decode_ms(data.shards[codec], codec, 8) for codec in codecs}
+        decode = {codec: decode_ms(data.shards[codec], 8) for codec in codecs}
         decode_folder = folder_decode_ms(data, args.crop, 8)
         rows, results = [], {}
         for name, m in summary.items():

@@ -221,11 +221,20 @@ class TrainAugment(nn.Module):
         return (rows * width + cols).view(-1, 1, c * c)
 
     def _gather(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` → ``[B, C, c, c]``: the pixels at ``index`` (see ``_source_index``)."""
+        """``[B, C, H, W]`` → ``[B, C, c, c]``: the pixels at ``index`` (see ``_source_index``).
+
+        Channels-last input (as the loader delivers images) is gathered in that layout,
+        without a copy to contiguous, and the crop comes back channels-last.
+        """
         batch, channels = x.shape[:2]
+        c = self.crop_size
+        if channels > 1 and x.is_contiguous(memory_format=torch.channels_last):
+            flat = x.permute(0, 2, 3, 1).reshape(batch, -1, channels)  # a view
+            out = flat.gather(1, index.view(batch, -1, 1).expand(batch, c * c, channels))
+            return out.view(batch, c, c, channels).permute(0, 3, 1, 2)
         flat = x.reshape(batch, channels, -1)
         out = flat.gather(2, index.expand(batch, channels, index.shape[-1]))
-        return out.view(batch, channels, self.crop_size, self.crop_size)
+        return out.view(batch, channels, c, c)
 
     def _jitter(self, raw: torch.Tensor) -> torch.Tensor:
         ranges = self.jitter

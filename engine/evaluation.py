@@ -40,14 +40,22 @@ class EvalResult:
     examples: list[Example] = field(default_factory=list)
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The layout models are fed: channels-last, or NCHW-contiguous.
+
+    Explicit both ways, because loader batches arrive channels-last and a CPU model fed
+    them would silently switch its convolutions to that layout.
+    """
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def forward_logits(model: nn.Module, images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """Segmentation logits for normalised images of any size (padded to a multiple of 32)."""
     height, width = images.shape[-2:]
     pad_h, pad_w = -height % 32, -width % 32
     if pad_h or pad_w:
         images = F.pad(images, (0, pad_w, 0, pad_h), mode="reflect")
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = images.contiguous(memory_format=memory_format(channels_last))
     return segmentation_logits(model(images))[..., :height, :width]
 
 

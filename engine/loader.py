@@ -24,7 +24,6 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys
@@ -37,7 +36,8 @@ class Batch(NamedTuple):
     """A batch as it leaves the loader.
 
     Attributes:
-        images: uint8 ``[B, 3, H, W]``.
+        images: uint8 ``[B, 3, H, W]`` with channels-last strides (as decoded: stacking
+            ``HxWx3`` tiles needs no transposing copy on the host).
         masks: uint8 ``[B, H, W]``; 255 = ignore.
         keys: Sample keys; empty for padding batches.
     """
@@ -50,22 +50,42 @@ class Batch(NamedTuple):
 class Sample(NamedTuple):
     """One decoded sample."""
 
-    image: torch.Tensor  # uint8 [3, H, W]
+    image: torch.Tensor  # uint8 [3, H, W], a view of the decoded H x W x 3 array
     mask: torch.Tensor  # uint8 [H, W]
     key: str
     meta: dict
 
 
-def decode_sample(raw: dict, codec: str) -> Sample:
+class Codecs(NamedTuple):
+    """Codecs of a shard folder's ``image.*`` and ``mask.*`` members."""
+
+    image: str
+    mask: str
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> Codecs:
+        """The codecs the manifest names."""
+        return cls(manifest.image_codec, manifest.mask_codec)
+
+
+def decode_sample(raw: dict, codecs: Codecs) -> Sample:
     """Decode the raw members of one shard sample (as read from the tar)."""
-    image = decode_image(raw[f"image.{codec}"], codec)
-    mask = decode_image(raw["mask.png"], "png")
+    image = decode_image(raw[f"image.{codecs.image}"], codecs.image)
+    mask = decode_image(raw[f"mask.{codecs.mask}"], codecs.mask)
     return Sample(
-        torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-        torch.from_numpy(np.ascontiguousarray(mask)),
+        torch.from_numpy(image).permute(2, 0, 1),
+        torch.from_numpy(mask),
         raw["__key__"],
         json.loads(raw["meta.json"]) if "meta.json" in raw else {},
     )
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytearray:
+    # A bytearray, so that npy members decode to writable views (torch.from_numpy needs one).
+    data = bytearray(member.size)
+    if tar.extractfile(member).readinto(data) != member.size:  # type: ignore[union-attr]
+        raise OSError(f"{tar.name}: member {member.name} is truncated")
+    return data
 
 
 def _tar_members(shards: Iterable) -> Iterator[dict]:
@@ -79,7 +99,7 @@ def _tar_members(shards: Iterable) -> Iterator[dict]:
         with tarfile.open(str(shard), "r:") as tar:
             for member in tar:
                 if member.isreg():
-                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    data = _read_member(tar, member)
                     yield {"fname": member.name, "data": data, "__url__": str(shard)}
         yield {}  # end of shard: the last sample is complete (as webdataset marks it)
 
@@ -89,10 +109,10 @@ def raw_samples(shards: Iterable) -> Iterator[dict]:
     return group_by_keys(_tar_members(shards))
 
 
-def read_samples(shards: list, codec: str) -> Iterator[Sample]:
+def read_samples(shards: list, codecs: Codecs) -> Iterator[Sample]:
     """Decode every sample of the given shard files, in order."""
     for raw in raw_samples(shards):
-        yield decode_sample(raw, codec)
+        yield decode_sample(raw, codecs)
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -121,15 +141,15 @@ def read_sample(manifest: Manifest, split: str, index: int) -> Sample:
     for shard, count in zip(info.shards, info.shard_samples):
         if index < count:
             raw = next(itertools.islice(raw_samples([shard]), index, None))
-            return decode_sample(raw, manifest.image_codec)
+            return decode_sample(raw, Codecs.of(manifest))
         index -= count
     raise IndexError(f"{split}: the manifest counts more samples than its shards hold")
 
 
 def collate(samples: list[Sample]) -> Batch:
-    """Stack samples into a :class:`Batch`."""
+    """Stack samples into a :class:`Batch` (images stacked as ``HxWx3``, then viewed as CHW)."""
     return Batch(
-        _stack([s.image for s in samples]),
+        _stack([s.image.permute(1, 2, 0) for s in samples]).permute(0, 3, 1, 2),
         _stack([s.mask for s in samples]),
         [s.key for s in samples],
     )
@@ -146,9 +166,12 @@ OPEN_SHARDS = 4  # shards each training worker reads from at once
 class _TrainStream(IterableDataset):
     """An endless, seeded stream of shuffled training samples for one rank."""
 
-    def __init__(self, split: SplitInfo, codec: str, seed: int, rank: int, epoch: int, buffer: int):
+    def __init__(
+        self, split: SplitInfo, codecs: Codecs, seed: int, rank: int, epoch: int, buffer: int
+    ):
         self.shards = [str(s) for s in split.shards]
-        self.codec, self.seed, self.rank, self.epoch, self.buffer = codec, seed, rank, epoch, buffer
+        self.codecs, self.seed, self.rank = codecs, seed, rank
+        self.epoch, self.buffer = epoch, buffer
 
     def __iter__(self) -> Iterator[Sample]:
         worker, _ = _worker()
@@ -174,7 +197,7 @@ class _TrainStream(IterableDataset):
                 continue
             index = rng.randrange(len(pool))
             pool[index], pool[-1] = pool[-1], pool[index]
-            yield decode_sample(pool.pop(), self.codec)
+            yield decode_sample(pool.pop(), self.codecs)
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -228,7 +251,7 @@ def train_batches(
         pin_memory: Pin host memory (default: when CUDA is available).
     """
     dataset = _TrainStream(
-        manifest.split(split), manifest.image_codec, seed, rank, epoch, shuffle_buffer
+        manifest.split(split), Codecs.of(manifest), seed, rank, epoch, shuffle_buffer
     )
     return itertools.islice(iter(_loader(dataset, batch_size, num_workers, pin_memory)), steps)
 
@@ -255,8 +278,8 @@ def eval_steps(split: SplitInfo, batch_size: int, world_size: int, num_workers: 
 class _EvalPart(IterableDataset):
     """The samples of one (rank, worker) part of a split, read exactly once."""
 
-    def __init__(self, split: SplitInfo, codec: str, rank: int, world_size: int):
-        self.split, self.codec, self.rank, self.world_size = split, codec, rank, world_size
+    def __init__(self, split: SplitInfo, codecs: Codecs, rank: int, world_size: int):
+        self.split, self.codecs, self.rank, self.world_size = split, codecs, rank, world_size
 
     def __iter__(self) -> Iterator[Sample]:
         worker, workers = _worker()
@@ -267,7 +290,7 @@ class _EvalPart(IterableDataset):
             if offset < stop and offset + count > start:
                 for index, raw in enumerate(raw_samples([shard]), offset):
                     if start <= index < stop:
-                        yield decode_sample(raw, self.codec)
+                        yield decode_sample(raw, self.codecs)
             offset += count
 
 
@@ -289,7 +312,7 @@ def eval_batches(
     info = manifest.split(split)
     steps = eval_steps(info, batch_size, world_size, num_workers)
     loader = _loader(
-        _EvalPart(info, manifest.image_codec, rank, world_size), batch_size, num_workers, pin_memory
+        _EvalPart(info, Codecs.of(manifest), rank, world_size), batch_size, num_workers, pin_memory
     )
     yielded = 0
     for batch in loader:

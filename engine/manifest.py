@@ -75,6 +75,11 @@ class Manifest:
         return self.data["image_codec"]
 
     @property
+    def mask_codec(self) -> str:
+        """Codec of the ``mask.*`` members (``png`` in manifests that do not say)."""
+        return self.data.get("mask_codec", "png")
+
+    @property
     def mean(self) -> list[float]:
         """Per-channel mean on the 0–1 scale (train split)."""
         return list(self.data["mean"])

@@ -23,7 +23,13 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.classes import IGNORE_INDEX, ClassesFile
-from engine.imageio import IMAGE_CODECS, encode_image, read_image, read_mask_values
+from engine.imageio import (
+    IMAGE_CODECS,
+    encode_image,
+    mask_codec_for,
+    read_image,
+    read_mask_values,
+)
 from engine.manifest import MANIFEST_NAME, SPLITS, shard_name
 from engine.pairing import Pair
 
@@ -43,8 +49,9 @@ class BuildOptions:
         val: Fraction of groups for validation.
         test: Fraction of groups for testing.
         seed: Seed of the split and of the sample order inside each split.
-        image_codec: ``npy`` (default: least CPU per tile, see docs/BENCHMARKS.md), ``png``,
-            ``webp`` (lossless, smaller: for network storage) or ``jpg`` (masks are always PNG).
+        image_codec: ``npy`` (default: least CPU per tile, see docs/BENCHMARKS.md; masks
+            are raw ``npy`` too), ``png``, ``webp`` (lossless, smaller: for network
+            storage) or ``jpg`` (these three store PNG masks).
         jpeg_quality: Quality for the ``jpg`` codec.
         samples_per_shard: Most samples in one tar.
         mix_buffer: Samples held back and written in seeded random order, so that a shard
@@ -94,6 +101,7 @@ class _SplitWriter:
     split: str
     limit: int
     image_ext: str
+    mask_ext: str
     mix: int  # samples held back and written in seeded random order
     rng: random.Random
     shards: list[str] = field(default_factory=list)
@@ -118,7 +126,6 @@ class _SplitWriter:
         self.close()
 
     def _write(self, sample: _Sample) -> None:
-        image_ext = self.image_ext
         if self._tar is None or self.shard_samples[-1] >= self.limit:
             self.close()
             name = shard_name(self.split, len(self.shards))
@@ -126,8 +133,8 @@ class _SplitWriter:
             self.shard_samples.append(0)
             self._tar = tarfile.open(self.folder / name, "w", format=tarfile.GNU_FORMAT)
         for suffix, data in (
-            (f"image.{image_ext}", sample.image),
-            ("mask.png", sample.mask),
+            (f"image.{self.image_ext}", sample.image),
+            (f"mask.{self.mask_ext}", sample.mask),
             ("meta.json", sample.meta),
         ):
             info = tarfile.TarInfo(f"{sample.key}.{suffix}")
@@ -239,7 +246,7 @@ def _process_pair(args: tuple[Pair, str, ClassesFile, BuildOptions]) -> _PairRes
             _Sample(
                 key=_member_key(pair.key, row, col),
                 image=encode_image(image_tile, options.image_codec, options.jpeg_quality),
-                mask=encode_image(mask_tile, "png"),
+                mask=encode_image(mask_tile, mask_codec_for(options.image_codec)),
                 meta=json.dumps(meta, sort_keys=True).encode(),
             )
         )
@@ -318,6 +325,7 @@ def build_shards(
             s,
             options.samples_per_shard,
             MEMBER_EXT[options.image_codec],
+            MEMBER_EXT[mask_codec_for(options.image_codec)],
             options.mix_buffer,
             random.Random(f"{options.seed}/{s}"),
         )
@@ -353,6 +361,7 @@ def build_shards(
             "ignore_index": IGNORE_INDEX,
             "tile_size": options.tile,
             "image_codec": options.image_codec,
+            "mask_codec": mask_codec_for(options.image_codec),
             "mean": (mean / 255.0).tolist(),
             "std": (np.sqrt(np.maximum(variance, 0.0)) / 255.0).tolist(),
             "seed": options.seed,

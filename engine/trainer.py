@@ -37,7 +37,7 @@ import archs
 from engine.augment import TrainAugment
 from engine.checkpoint import read_state, resolve_resume, save_checkpoint
 from engine.config import Config, save_config
-from engine.evaluation import EvalResult, evaluate_split
+from engine.evaluation import EvalResult, evaluate_split, memory_format
 from engine.export import save_exported
 from engine.history import History, history_columns
 from engine.loader import Batch, train_batches
@@ -397,8 +397,7 @@ def train(config: Config, run_dir: str | Path, resume: str | None = None) -> Tra
                     targets = make_targets(
                         raw, targets, manifest.num_classes, manifest.ignore_index
                     )
-                if channels_last:
-                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                inputs = inputs.contiguous(memory_format=memory_format(channels_last))
                 loss, terms = forward_backward(accelerator, model, loss_fn, inputs, targets)
                 running["loss"] += loss / config.train.grad_accum
                 for name, value in terms.items():

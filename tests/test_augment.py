@@ -92,6 +92,20 @@ def test_fresh_crops_each_call_and_reproducible_with_seed():
     assert torch.equal(gen(images, masks)[1], first[1])
 
 
+@pytest.mark.parametrize("height, width, crop", [(48, 40, 24), (20, 14, 32)])
+def test_channels_last_input_gives_the_same_crops(height, width, crop):
+    images, masks = _encoded_batch(8, height, width)
+    channels_last = images.contiguous(memory_format=torch.channels_last)
+    assert not channels_last.is_contiguous()  # the loader's layout, not a copy of NCHW
+    jitter = {"brightness": 0.2, "hue": 0.05}
+    plain = TrainAugment(crop, MEAN, STD, jitter=jitter, seed=3)(images, masks, return_raw=True)
+    strided = TrainAugment(crop, MEAN, STD, jitter=jitter, seed=3)(
+        channels_last, masks, return_raw=True
+    )
+    for a, b in zip(plain, strided):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
 def test_normalize_and_identity_augment():
     images, masks = _encoded_batch(2, 16, 16)
     expected = (images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(

@@ -5,7 +5,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from engine.loader import read_samples
+from engine.loader import Codecs, read_samples
 from engine.manifest import load_manifest
 from engine.mask_inspect import inspect_masks
 
@@ -52,7 +52,7 @@ def test_every_mask_value_is_a_class_or_ignore(dubai_shards):
     found = np.zeros(256, np.int64)
     for name in ("train", "val", "test"):
         split = manifest.split(name)
-        samples = list(read_samples(list(split.shards), manifest.image_codec))
+        samples = list(read_samples(list(split.shards), Codecs.of(manifest)))
         assert len(samples) == split.num_samples
         pixels = np.zeros(256, np.int64)
         for sample in samples:

@@ -9,7 +9,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import build_tiny, make_tiny_dataset
 
-from engine.loader import eval_batches, eval_steps, partition, train_batches
+from engine.loader import (
+    Codecs,
+    eval_batches,
+    eval_steps,
+    partition,
+    read_samples,
+    train_batches,
+)
 from engine.manifest import load_manifest
 
 
@@ -43,6 +50,13 @@ def test_train_stream_is_seeded_and_yields_exact_steps(tmp_path):
     batch = next(iter(train_batches(manifest, 2, 1, seed=0, rank=0, epoch=0, num_workers=1)))
     assert batch.images.dtype == torch.uint8 and batch.images.shape == (2, 3, 32, 32)
     assert batch.masks.dtype == torch.uint8 and batch.masks.shape == (2, 32, 32)
+    # Tiles are stacked as decoded (H x W x 3): channels-last strides, no transposing copy.
+    assert batch.images.is_contiguous(memory_format=torch.channels_last)
+    samples = {
+        s.key: s for s in read_samples(list(manifest.split("train").shards), Codecs.of(manifest))
+    }
+    for key, image, mask in zip(batch.keys, batch.images, batch.masks):
+        assert torch.equal(image, samples[key].image) and torch.equal(mask, samples[key].mask)
 
 
 def _rank_main(rank: int, world: int, port: int, shards: str, out: str) -> None:

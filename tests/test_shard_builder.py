@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import build_tiny as build
 from conftest import make_tiny_dataset as make_dataset
 from PIL import Image
 
 from engine.classes import ClassesError, classes_from_dict, load_classes
 from engine.imageio import ImageReadError, decode_image
+from engine.loader import Codecs, read_samples
 from engine.manifest import load_manifest
 from engine.pairing import PairingError, pair_by_glob, pair_from_csv
 from engine.shard_builder import BuildError, BuildOptions, build_shards, split_groups, tile_windows
@@ -89,8 +91,8 @@ def test_build_writes_tiles_masks_stats_and_manifest(tmp_path):
         for shard in loaded.split(split).shards:
             members = read_members(shard)
             for name, data in members.items():
-                if name.endswith("mask.png"):
-                    mask = decode_image(data, "png")
+                if name.endswith(f"mask.{loaded.mask_codec}"):
+                    mask = decode_image(data, loaded.mask_codec)
                     assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 1, 2, 255}
                     mask_pixels[split] += np.bincount(mask.ravel(), minlength=256)[:3].sum()
                 if name.endswith("meta.json"):
@@ -115,7 +117,7 @@ def test_build_writes_tiles_masks_stats_and_manifest(tmp_path):
 
 def test_padding_is_ignore_and_windows_recorded(tmp_path):
     root = make_dataset(tmp_path / "data", groups=1, per_group=1, size=(20, 45))
-    build(root, tmp_path / "out", tile=32, val=0, test=0)
+    build(root, tmp_path / "out", tile=32, val=0, test=0, image_codec="png")
     members = read_members(tmp_path / "out" / "train-000000.tar")
     windows = sorted(
         (json.loads(v)["window"]["col"], json.loads(v)["window"]["width"])
@@ -137,6 +139,32 @@ def test_rebuild_is_byte_identical(tmp_path, codec):
     assert files_a == sorted(p.name for p in (tmp_path / "b").iterdir())
     for name in files_a:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_codecs_decode_to_the_same_samples(tmp_path):
+    """Lossless codecs give identical pixels; ``npy`` shards store raw masks, the others PNG."""
+    root = make_dataset(tmp_path / "data", groups=2, per_group=2)
+    decoded = {}
+    for codec in ("png", "webp", "npy", "jpg"):
+        build(root, tmp_path / codec, image_codec=codec)
+        manifest = load_manifest(tmp_path / codec)
+        assert manifest.mask_codec == ("npy" if codec == "npy" else "png")
+        members = read_members(manifest.split("train").shards[0])
+        assert {name.split(".", 1)[1] for name in members} == {
+            f"image.{codec}", f"mask.{manifest.mask_codec}", "meta.json"
+        }
+        samples = read_samples(list(manifest.split("train").shards), Codecs.of(manifest))
+        decoded[codec] = {s.key: (s.image, s.mask) for s in samples}
+    reference = decoded["npy"]
+    for codec, samples in decoded.items():
+        assert samples.keys() == reference.keys()
+        for key, (image, mask) in samples.items():
+            assert image.shape == (3, 32, 32) and mask.shape == (32, 32)
+            assert torch.equal(mask, reference[key][1]), (codec, key)
+            if codec != "jpg":
+                assert torch.equal(image, reference[key][0]), (codec, key)
+            else:  # lossy, but the same picture
+                assert (image.float() - reference[key][0].float()).abs().mean() < 4
 
 
 def no_tar_left(tmp_path: Path) -> bool:
