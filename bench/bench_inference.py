@@ -12,13 +12,16 @@ and the speed per computed pixel against the single pass (1.0 = tiling costs not
 beyond the extra pixels).
 
 Memory (peak RSS, one fresh process per size): the streamed path ``open_raster`` →
-``predict_raster`` → ``PredictionWriter`` on square synthetic TIFFs, by running
-``bench/bench_inference_memory.py`` per size (a pointwise model, so the figure is the
-pipeline's memory, not the network's).
+``predict_raster`` → ``PredictionWriter`` on synthetic TIFFs (``N`` for ``N x N``, or
+``HxW``), by running ``bench/bench_inference_memory.py`` per size (a pointwise model, so
+the figure is the pipeline's memory, not the network's), with column bands of
+``--mem-band-width``.
 
     python bench/bench_inference.py                          # CPU: resunet34, 512², tile 256
     python bench/bench_inference.py --device cuda --image 4096 --tile 1024 --batch 8 \\
         --amp bf16 --mem-sizes 4096,8192,16384 --mem-tile 1024
+    python bench/bench_inference.py --no-speed --mem-tile 1024 --mem-band-width 4096 \\
+        --mem-sizes 1024x4096,1024x16384,1024x65536,16384x1024
 """
 
 from __future__ import annotations
@@ -174,44 +177,44 @@ def memory(args) -> dict[str, Any]:
     peak RSS into a child's ``ru_maxrss`` across fork and exec, so a child of this process,
     which holds a model, would report this process's peak instead of its own.
 
-    A failed run is retried up to twice and its error kept in the JSON: the TIFF writer
-    thread of ``engine.raster`` can finish before the producer queues its end marker, which
-    the producer reports as "TIFF writer failed: None" (seen at 512² and 2048² here).
+    A failed run is retried up to twice and its errors are kept in the JSON.
     """
     script = Path(__file__).resolve().parent / "bench_inference_memory.py"
     env = os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
     results: dict[str, Any] = {}
     for size in args.mem_sizes:
-        command = [sys.executable, str(script), "--size", str(size)]
+        height, width = (int(n) for n in size.split("x")) if "x" in size else (int(size),) * 2
+        command = [sys.executable, str(script), "--height", str(height), "--width", str(width)]
         command += ["--tile", str(args.mem_tile), "--batch", str(args.batch)]
+        command += ["--band-width", str(args.mem_band_width)]
         errors = []
         for _ in range(3):
             run = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
             if run.returncode == 0:
                 report = json.loads(run.stdout[run.stdout.index("{") :])
                 report.pop("paths", None)
-                results[str(size)] = report | {"failed_attempts": errors}
+                results[size] = report | {"failed_attempts": errors}
                 break
             errors.append(run.stderr[-1000:])
-            print(f"memory run at {size}² failed:\n{errors[-1][-300:]}", flush=True)
+            print(f"memory run at {size} failed:\n{errors[-1][-300:]}", flush=True)
         else:
-            results[str(size)] = {"error": errors}
-    done = [s for s in args.mem_sizes if "error" not in results[str(s)]]
-    first = results[str(done[0])]["peak_rss_mb"] if done else float("nan")
+            results[size] = {"error": errors}
+    done = [s for s in args.mem_sizes if "error" not in results[s]]
+    first = results[done[0]]["peak_rss_mb"] if done else float("nan")
     print_table(
         f"Streamed prediction memory (pointwise model), tile {args.mem_tile}, overlap 0.25, "
-        "one process per size",
-        ["raster", "megapixels", "peak RSS MB", "Δ vs smallest MB", "Mpix/s", "retries"],
+        f"band width {args.mem_band_width or 'none'}, one process per size",
+        ["raster (HxW)", "megapixels", "peak RSS MB", "Δ vs first MB", "Mpix/s", "retries"],
         [
             [
-                f"{size}²",
-                size * size / 1e6,
+                f"{r['height']}x{r['width']}",
+                r["height"] * r["width"] / 1e6,
                 r["peak_rss_mb"],
                 r["peak_rss_mb"] - first,
                 r["mpix_per_s"],
                 len(r["failed_attempts"]),
             ]
-            for size, r in ((s, results[str(s)]) for s in done)
+            for r in (results[s] for s in done)
         ],
     )
     return results
@@ -228,10 +231,14 @@ def main() -> int:
     parser.add_argument("--overlaps", default="0,0.25,0.5")
     parser.add_argument("--tta", default="none,flip")
     parser.add_argument(
-        "--mem-sizes", help="raster edges (default 1024,2048,4096; quick 1024,1536)"
+        "--mem-sizes", help="N or HxW rasters (default 1024,2048,4096; quick 1024,1536)"
     )
     parser.add_argument("--mem-tile", type=int, help="window edge of the memory runs")
+    parser.add_argument(
+        "--mem-band-width", type=int, default=16384, help="column band width (0: one band)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory sweep")
+    parser.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
     args = parser.parse_args()
     device = setup(args)
     quick = args.quick
@@ -245,7 +252,7 @@ def main() -> int:
     args.tta = args.tta.split(",")
     args.rounds = args.rounds or (1 if quick else 2)
     sizes = args.mem_sizes or ("1024,1536" if quick else "1024,2048,4096")
-    args.mem_sizes = [int(s) for s in sizes.split(",")]
+    args.mem_sizes = sizes.split(",")
     args.mem_tile = args.mem_tile or (256 if quick else 512)
     env = environment(device)
 
@@ -264,10 +271,11 @@ def main() -> int:
             "rounds": args.rounds,
             "mem_sizes": args.mem_sizes,
             "mem_tile": args.mem_tile,
+            "mem_band_width": args.mem_band_width,
             "quick": quick,
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
         },
-        "speed": speed(args, device),
+        "speed": {} if args.no_speed else speed(args, device),
         "memory": {} if args.no_memory else memory(args),
     }
     path = write_results(NAME, payload, args.out)

@@ -1,16 +1,17 @@
-"""Peak memory and speed of strip-streamed prediction on a large synthetic raster.
+"""Peak memory and speed of streamed prediction on a large synthetic raster.
 
-Writes a ``SIZE x SIZE`` RGB uint8 TIFF strip by strip (tifffile; never held in memory),
+Writes a ``HEIGHT x WIDTH`` RGB uint8 TIFF strip by strip (tifffile; never held in memory),
 then predicts it in a fresh child process with a tiny pointwise model through
 ``open_raster`` -> ``predict_raster`` -> ``PredictionWriter`` (TIFF mask + colour), and
-reports the child's peak resident memory (``ru_maxrss``) and timings as JSON.
+reports the child's peak resident memory (``VmHWM``) and timings as JSON.
 
     OMP_NUM_THREADS=1 python bench/bench_inference_memory.py --size 20000
-    python bench/bench_inference_memory.py --size 8000 --tile 512 --backend tifffile
+    python bench/bench_inference_memory.py --height 1024 --width 65536 --band-width 4096
 
-The input is 1.2 GB at 20000 and written to --workdir (default: a temporary folder,
+The input is 1.2 GB at 20000² and written to --workdir (default: a temporary folder,
 deleted afterwards unless --keep; --reuse skips rewriting an input that is already there).
-Peak memory does not depend on the height, only on the width, tile, batch and classes.
+Peak memory depends on neither the height nor, beyond ``--band-width`` columns, the width:
+only on the band width, tile, batch and classes.
 """
 
 from __future__ import annotations
@@ -29,21 +30,23 @@ from pathlib import Path
 import numpy as np
 
 
-def write_raster(path: Path, size: int, compression: str | None, rows: int = 512) -> float:
-    """Write a smooth-plus-noise RGB TIFF of ``size x size`` strip by strip; return seconds."""
+def write_raster(
+    path: Path, height: int, width: int, compression: str | None, rows: int = 512
+) -> float:
+    """Write a smooth-plus-noise RGB TIFF of ``height x width`` strip by strip; return seconds."""
     import tifffile
 
     start = time.perf_counter()
-    x = np.arange(size, dtype=np.float32)
+    x = np.arange(width, dtype=np.float32)
     rng = np.random.default_rng(0)
 
     def strips():
-        for row0 in range(0, size, rows):
-            y = np.arange(row0, min(size, row0 + rows), dtype=np.float32)[:, None]
+        for row0 in range(0, height, rows):
+            y = np.arange(row0, min(height, row0 + rows), dtype=np.float32)[:, None]
             base = 127 + 60 * np.sin(x[None, :] / 300.0) * np.cos(y / 410.0)
-            block = np.empty((y.shape[0], size, 3), np.uint8)
+            block = np.empty((y.shape[0], width, 3), np.uint8)
             for c in range(3):
-                noise = rng.integers(-20, 21, size=(y.shape[0], size), dtype=np.int16)
+                noise = rng.integers(-20, 21, size=(y.shape[0], width), dtype=np.int16)
                 block[..., c] = np.clip(base + 25 * c + noise, 0, 255).astype(np.uint8)
             for r in range(block.shape[0]):
                 yield block[r]
@@ -63,7 +66,7 @@ def write_raster(path: Path, size: int, compression: str | None, rows: int = 512
         tifffile.imwrite(
             path,
             tiles(),
-            shape=(size, size, 3),
+            shape=(height, width, 3),
             dtype=np.uint8,
             tile=(256, 256),
             compression=compression,
@@ -75,11 +78,11 @@ def write_raster(path: Path, size: int, compression: str | None, rows: int = 512
         # uncompressed: an empty contiguous image, then each strip written at its offset
         tifffile.imwrite(
             path,
-            shape=(size, size, 3),
+            shape=(height, width, 3),
             dtype=np.uint8,
             photometric="rgb",
             metadata=None,
-            bigtiff=size * size * 3 > 2**31,
+            bigtiff=height * width * 3 > 2**31,
         )
         with tifffile.TiffFile(path) as tif:
             offset = tif.pages[0].dataoffsets[0]
@@ -96,7 +99,7 @@ def _band_tiles(band: np.ndarray):
 
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
 from engine.inference import predict_raster
 from engine.raster import open_raster, prediction_writer
@@ -105,21 +108,27 @@ torch.manual_seed(0)
 args = json.loads(sys.argv[1])
 model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 6, 1))
 palette = ["#50E3C2", "#F5A623", "#DE597F", "#D0021B", "#417505", "#9B9B9B"]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def high_water_mb():
+    # VmHWM: this process's own peak (ru_maxrss keeps a parent's peak across fork + exec)
+    with open("/proc/self/status") as status:
+        return int(next(l for l in status if l.startswith("VmHWM:")).split()[1]) / 1024
+base = high_water_mb()
 start = time.perf_counter()
 with open_raster(args["input"], backend=args["backend"]) as reader:
     with prediction_writer(reader, args["out"], palette, fmt="tif") as writer:
         predict_raster(model, reader, writer, num_classes=6, mean=[0.5] * 3, std=[0.25] * 3,
                        tile=args["tile"], overlap=0.25, batch_size=args["batch"],
-                       device="cpu", progress=False)
+                       band_width=args["band_width"], device="cpu", progress=False)
 elapsed = time.perf_counter() - start
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "rss_after_imports_mb": base / 1024, "predict_s": elapsed,
+print(json.dumps({"peak_rss_mb": high_water_mb(), "rss_after_imports_mb": base,
+                  "predict_s": elapsed,
                   "paths": {k: str(v) for k, v in writer.paths.items()}}))
 """
 
 
-def run_child(input_path: Path, out: Path, tile: int, batch: int, backend: str) -> dict:
+def run_child(
+    input_path: Path, out: Path, tile: int, batch: int, backend: str, band_width: int | None
+) -> dict:
     """Predict ``input_path`` in a fresh interpreter; return its JSON report."""
     args = {
         "input": str(input_path),
@@ -127,6 +136,7 @@ def run_child(input_path: Path, out: Path, tile: int, batch: int, backend: str) 
         "tile": tile,
         "batch": batch,
         "backend": backend,
+        "band_width": band_width,
     }
     result = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(args)],
@@ -143,7 +153,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", type=int, default=20000)
+    parser.add_argument("--size", type=int, default=20000, help="edge of a square raster")
+    parser.add_argument("--height", type=int, help="raster height (default: --size)")
+    parser.add_argument("--width", type=int, help="raster width (default: --size)")
+    parser.add_argument(
+        "--band-width", type=int, default=16384, help="predict_raster's band width (0: one band)"
+    )
     parser.add_argument("--tile", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--backend", default="auto", choices=("auto", "tifffile", "rasterio"))
@@ -152,25 +167,29 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the files")
     parser.add_argument("--reuse", action="store_true", help="reuse an input left by --keep")
     args = parser.parse_args()
+    height, width = args.height or args.size, args.width or args.size
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="terraseg-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        source = workdir / f"synthetic_{args.size}.tif"
+        source = workdir / f"synthetic_{height}x{width}.tif"
         if args.reuse and source.is_file():
             write_s = 0.0
         else:
-            write_s = write_raster(source, args.size, args.compression)
-        report = run_child(source, workdir / "out", args.tile, args.batch, args.backend)
+            write_s = write_raster(source, height, width, args.compression)
+        band_width = args.band_width or None
+        report = run_child(source, workdir / "out", args.tile, args.batch, args.backend, band_width)
         import tifffile
 
         sizes = {}
         for kind, path in report["paths"].items():
             with tifffile.TiffFile(path) as tif:
                 sizes[kind] = list(tif.pages[0].shape)
-        pixels = args.size * args.size
+        pixels = height * width
         report.update(
             {
-                "size": args.size,
+                "height": height,
+                "width": width,
+                "band_width": band_width,
                 "tile": args.tile,
                 "batch": args.batch,
                 "compression": args.compression or "none",

@@ -19,10 +19,20 @@ the part of the tile that covers it), the result equals a whole-image pass exact
 Streaming: windows are processed row of windows by row of windows (a *strip* of ``T``
 input rows, read from the reader with the reflect padding applied on the fly). Tiles are
 batched in fixed batches of ``batch_size`` across strip boundaries, so batching does not
-depend on the raster size. Accumulators cover one strip (``[N, T, Wp]`` on the device);
+depend on the raster size. Accumulators cover one strip (``[N, T, width]`` on the device);
 when the next strip starts, the ``S`` rows no later window touches are final, divided by
 their weights, cropped to the image and handed on in blocks of at most ``rows_per_block``
-rows. Peak memory is therefore ``O(Wp x T x N)``, independent of the image height.
+rows. Peak memory is therefore independent of the image height.
+
+Column bands make it independent of the width too: a raster wider than ``band_width`` is
+cut into vertical bands of about that many columns, each processed top to bottom on its
+own (:func:`column_bands`), so the accumulators span at most ``band_width + T`` columns
+whatever the raster size. The price is recomputing, per band, the window column that
+overlaps the band to its left (``S / band_width`` more windows: ~5 % at the default 16384
+columns, tile 1024, overlap 0.25); the result is that of one band, since each pixel still
+sums the same windows in the same order (bit for bit on a CPU; batches are composed
+differently, which a GPU's kernels may round differently). Rows then arrive band by band,
+so :class:`engine.raster.PredictionWriter` stages them (see there).
 """
 
 from __future__ import annotations
@@ -204,7 +214,49 @@ def _check_options(tile: int, overlap: float, batch_size: int, num_classes: int)
     return max(1, tile - int(round(tile * overlap)))
 
 
-def iter_probability_rows(
+@dataclass(frozen=True)
+class ColumnBand:
+    """Window columns processed together, and the padded columns they finalise.
+
+    Attributes:
+        first: First window column computed (includes windows from the band to the left
+            that reach into ``[own0, own1)``: those pixels need every window covering them).
+        stop: One past the last window column computed.
+        own0: First padded column finalised by this band.
+        own1: One past the last padded column finalised.
+    """
+
+    first: int
+    stop: int
+    own0: int
+    own1: int
+
+
+def column_bands(cols: AxisPlan, stride: int, band_width: int | None) -> list[ColumnBand]:
+    """Cut the window columns into bands that finalise about ``band_width`` columns each.
+
+    ``None``, or a padded width of at most ``band_width``, gives one band (nothing is
+    computed twice). Otherwise each band owns ``max(1, band_width // stride)`` window
+    columns and recomputes the windows of the band to its left that overlap what it owns
+    (one window column when the overlap is at most half a tile).
+    """
+    count = len(cols.starts)
+    if band_width is None or cols.padded <= band_width:
+        return [ColumnBand(0, count, 0, cols.padded)]
+    owned = max(1, band_width // stride)
+    bands = []
+    for begin in range(0, count, owned):
+        stop = min(count, begin + owned)
+        own0 = cols.starts[begin] if begin else 0
+        own1 = cols.starts[stop] if stop < count else cols.padded
+        first = begin
+        while first > 0 and cols.starts[first - 1] + cols.tile > own0:
+            first -= 1
+        bands.append(ColumnBand(first, stop, own0, own1))
+    return bands
+
+
+def iter_probability_blocks(
     model: torch.nn.Module,
     image: Any,
     *,
@@ -218,19 +270,25 @@ def iter_probability_rows(
     device: str | torch.device | None = None,
     amp_dtype: str | torch.dtype | None = None,
     weighting: str = "gaussian",
+    band_width: int | None = 16384,
     rows_per_block: int = 128,
     progress: bool = False,
     desc: str | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(row0, probs)`` blocks of final probabilities, top to bottom.
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(row0, col0, probs)`` blocks of final probabilities.
 
     Arguments are those of :func:`predict_probabilities`, plus ``rows_per_block`` (the most
-    rows per yielded block). Blocks are consecutive and cover the image exactly once.
+    rows per yielded block). Blocks cover the image exactly once: column band by column
+    band (see :func:`column_bands`), top to bottom within a band. With one band (images
+    no wider than ``band_width`` plus padding) every block spans the full width, so rows
+    arrive in order.
 
     Yields:
-        ``row0`` and float32 ``[N, rows, W]`` probabilities (rows sum to 1 over ``N``).
+        ``row0``, ``col0`` and float32 ``[N, rows, cols]`` probabilities (sum 1 over ``N``).
     """
     stride = _check_options(tile, overlap, batch_size, num_classes)
+    if band_width is not None and band_width < 1:
+        raise ValueError(f"band_width must be >= 1 or None, got {band_width}")
     reader = _as_reader(image)
     height, width, channels = reader.shape
     if channels != 3:
@@ -245,7 +303,11 @@ def iter_probability_rows(
     model.eval()
 
     rows, cols = plan_axis(height, tile, stride), plan_axis(width, tile, stride)
-    col_index = cols.source_index(0, cols.padded)
+    real0, real1 = cols.pad_before, cols.pad_before + width  # real columns, padded coordinates
+    # Bands that finalise only padding are skipped.
+    bands = [
+        b for b in column_bands(cols, stride, band_width) if b.own0 < real1 and b.own1 > real0
+    ]
     # The windows form a full grid and the weights are separable, so the summed weight at
     # (y, x) is row_cover[y] * col_cover[x]: no 2-D weight accumulator is needed.
     g = axis_weights(tile, weighting)
@@ -255,18 +317,20 @@ def iter_probability_rows(
     std_t = torch.tensor([float(s) for s in std], device=device).view(1, 3, 1, 1)
     mean_t = torch.tensor([float(m) for m in mean], device=device).view(1, 3, 1, 1)
     scale, shift = 1.0 / (255.0 * std_t), mean_t / std_t
-    acc = torch.zeros(num_classes, tile, cols.padded, device=device)
-    col0, col1 = cols.pad_before, cols.pad_before + width
 
-    def tiles() -> Iterator[tuple[int, int, np.ndarray]]:
-        for k, y in enumerate(rows.starts):
-            index = rows.source_index(y, y + tile)
-            low, high = int(index.min()), int(index.max()) + 1
-            block = reader.read(low, high, 0, width)
-            strip = block[np.ix_(index - low, col_index)]
-            del block
-            for x in cols.starts:
-                yield k, x, strip[:, x : x + tile]
+    def tiles() -> Iterator[tuple[int, int, int, np.ndarray]]:
+        for number, band in enumerate(bands):
+            left = cols.starts[band.first]
+            col_index = cols.source_index(left, cols.starts[band.stop - 1] + tile)
+            src0, src1 = int(col_index.min()), int(col_index.max()) + 1
+            for k, y in enumerate(rows.starts):
+                index = rows.source_index(y, y + tile)
+                low, high = int(index.min()), int(index.max()) + 1
+                block = reader.read(low, high, src0, src1)
+                strip = block[np.ix_(index - low, col_index - src0)]
+                del block
+                for x in cols.starts[band.first : band.stop]:
+                    yield number, k, x - left, strip[:, x - left : x - left + tile]
 
     @torch.no_grad()
     def forward(batch: np.ndarray) -> torch.Tensor:
@@ -296,35 +360,54 @@ def iter_probability_rows(
         assert total is not None
         return total.div_(len(transforms)) if len(transforms) > 1 else total
 
-    def emit(count: int, top: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield buffer rows ``[0, count)`` (padded rows ``top..``) that hold real rows."""
-        first = max(0, rows.pad_before - top)
-        last = min(count, rows.pad_before + height - top)
-        for a in range(first, last, rows_per_block):
-            b = min(last, a + rows_per_block)
-            inverse = (1.0 / row_cover[top + a : top + b]).float().to(device)
-            probs = acc[:, a:b, col0:col1] * col_cover[col0:col1]
-            probs.mul_(inverse[:, None])
-            yield top + a - rows.pad_before, probs.cpu().numpy()
+    class Accumulator:
+        """One band's ``[N, T, band columns]`` sums; buffer row 0 is padded row ``top``."""
 
-    def advance(count: int) -> None:
-        """Drop the first ``count`` buffer rows: shift the rest up in place, zero the tail."""
-        keep = tile - count
-        if keep > 0:
-            # copy in chunks whose source and destination rows do not overlap
-            chunk = min(count, keep)
-            for r in range(0, keep, chunk):
-                n = min(chunk, keep - r)
-                acc[:, r : r + n].copy_(acc[:, r + count : r + count + n])
-        acc[:, max(keep, 0) :].zero_()
+        def __init__(self, band: ColumnBand) -> None:
+            self.left = cols.starts[band.first]
+            right = cols.starts[band.stop - 1] + tile
+            self.acc = torch.zeros(num_classes, tile, right - self.left, device=device)
+            # The real columns this band finalises, in padded coordinates.
+            self.col0, self.col1 = max(band.own0, real0), min(band.own1, real1)
+            self.current = 0  # window row whose top is buffer row 0
+
+        def emit(self, count: int) -> Iterator[tuple[int, int, np.ndarray]]:
+            """Yield buffer rows ``[0, count)`` that hold real rows."""
+            top = rows.starts[self.current]
+            first = max(0, rows.pad_before - top)
+            last = min(count, rows.pad_before + height - top)
+            c0, c1 = self.col0 - self.left, self.col1 - self.left
+            for a in range(first, last, rows_per_block):
+                b = min(last, a + rows_per_block)
+                inverse = (1.0 / row_cover[top + a : top + b]).float().to(device)
+                probs = self.acc[:, a:b, c0:c1] * col_cover[self.col0 : self.col1]
+                probs.mul_(inverse[:, None])
+                yield top + a - rows.pad_before, self.col0 - real0, probs.cpu().numpy()
+
+        def advance_to(self, k: int) -> Iterator[tuple[int, int, np.ndarray]]:
+            """Finalise the rows no window row from ``k`` on touches; make ``k`` current."""
+            while self.current < k:
+                step = rows.starts[self.current + 1] - rows.starts[self.current]
+                yield from self.emit(step)
+                keep = tile - step
+                if keep > 0:  # shift up in chunks whose source and destination do not overlap
+                    chunk = min(step, keep)
+                    for r in range(0, keep, chunk):
+                        n = min(chunk, keep - r)
+                        self.acc[:, r : r + n].copy_(self.acc[:, r + step : r + step + n])
+                self.acc[:, max(keep, 0) :].zero_()
+                self.current += 1
+
+        def finish(self) -> Iterator[tuple[int, int, np.ndarray]]:
+            yield from self.emit(tile)
 
     from tqdm.auto import tqdm
 
-    total_windows = len(rows.starts) * len(cols.starts)
+    total_windows = len(rows.starts) * sum(b.stop - b.first for b in bands)
     bar = tqdm(total=total_windows, unit="win", desc=desc, disable=not progress, leave=False)
-    current = 0  # window row whose top is buffer row 0
+    band_number, state = -1, None
     try:
-        pending: list[tuple[int, int, np.ndarray]] = []
+        pending: list[tuple[int, int, int, np.ndarray]] = []
         source = tiles()
         while True:
             pending.clear()
@@ -334,17 +417,20 @@ def iter_probability_rows(
                     break
             if not pending:
                 break
-            probs = forward(np.stack([t for _, _, t in pending]))
-            for (k, x, _), p in zip(pending, probs):
-                while current < k:
-                    step = rows.starts[current + 1] - rows.starts[current]
-                    yield from emit(step, rows.starts[current])
-                    advance(step)
-                    current += 1
-                acc[:, :, x : x + tile].addcmul_(p, weights)
+            probs = forward(np.stack([t for *_, t in pending]))
+            for (number, k, x, _), p in zip(pending, probs):
+                if number != band_number:
+                    if state is not None:
+                        yield from state.finish()
+                    state = None  # free the finished band's sums before allocating the next
+                    band_number, state = number, Accumulator(bands[number])
+                assert state is not None
+                yield from state.advance_to(k)
+                state.acc[:, :, x : x + tile].addcmul_(p, weights)
             del probs, p  # before the next batch's forward pass (peak memory)
             bar.update(len(pending))
-        yield from emit(tile, rows.starts[current])
+        if state is not None:
+            yield from state.finish()
     finally:
         bar.close()
         if was_training:
@@ -365,6 +451,7 @@ def predict_probabilities(
     device: str | torch.device | None = None,
     amp_dtype: str | torch.dtype | None = None,
     weighting: str = "gaussian",
+    band_width: int | None = 16384,
     progress: bool = False,
 ) -> np.ndarray:
     """Predict class probabilities of a whole image by blended sliding windows.
@@ -388,6 +475,8 @@ def predict_probabilities(
         amp_dtype: ``None``/``"bf16"``/``"fp16"`` (or a torch dtype) for autocast; the
             softmax and the blending stay float32.
         weighting: ``"gaussian"`` or ``"uniform"`` (see the module notes).
+        band_width: Columns finalised per column band (see the module notes); ``None``:
+            one band whatever the width.
         progress: Show a tqdm bar over windows.
 
     Returns:
@@ -396,7 +485,7 @@ def predict_probabilities(
     reader = _as_reader(image)
     height, width = reader.shape[:2]
     out = np.empty((num_classes, height, width), np.float32)
-    for row0, probs in iter_probability_rows(
+    for row0, col0, probs in iter_probability_blocks(
         model,
         reader,
         num_classes=num_classes,
@@ -409,10 +498,11 @@ def predict_probabilities(
         device=device,
         amp_dtype=amp_dtype,
         weighting=weighting,
+        band_width=band_width,
         progress=progress,
         rows_per_block=max(tile, 256),
     ):
-        out[:, row0 : row0 + probs.shape[1]] = probs
+        out[:, row0 : row0 + probs.shape[1], col0 : col0 + probs.shape[2]] = probs
     return out
 
 
@@ -436,20 +526,23 @@ def predict_raster(
     device: str | torch.device | None = None,
     amp_dtype: str | torch.dtype | None = None,
     weighting: str = "gaussian",
+    band_width: int | None = 16384,
     rows_per_block: int = 128,
     progress: bool = True,
     desc: str | None = None,
 ) -> None:
-    """Predict a raster of any size strip by strip, handing finished rows to a writer.
+    """Predict a raster of any size, handing finished blocks to a writer.
 
-    Only the rows a strip needs are read, and each block of finished rows is passed to
-    ``writer.write(row0, probs)`` (float32 ``[N, rows, W]``, in order, without gaps) as soon
-    as no later window touches it, so peak memory is ``O(W x tile x N)`` whatever the
-    height. The writer is not closed here (use :class:`engine.raster.PredictionWriter` as
-    a context manager). Arguments are those of :func:`predict_probabilities`; ``progress``
-    shows a tqdm bar over windows, labelled ``desc``.
+    Only the pixels a strip of windows needs are read, and each block of finished pixels
+    is passed to ``writer.write(row0, probs, col0)`` (float32 ``[N, rows, cols]``) as soon as
+    no later window touches it, so peak memory is bounded by ``band_width x tile x N``
+    whatever the raster size (see the module notes). With one band (rasters up to
+    ``band_width`` wide) blocks are full rows, in order, without gaps. The writer is not
+    closed here (use :class:`engine.raster.PredictionWriter` as a context manager).
+    Arguments are those of :func:`predict_probabilities`; ``progress`` shows a tqdm bar
+    over windows, labelled ``desc``.
     """
-    for row0, probs in iter_probability_rows(
+    for row0, col0, probs in iter_probability_blocks(
         model,
         reader,
         num_classes=num_classes,
@@ -462,9 +555,10 @@ def predict_raster(
         device=device,
         amp_dtype=amp_dtype,
         weighting=weighting,
+        band_width=band_width,
         rows_per_block=rows_per_block,
         progress=progress,
         desc=desc,
     ):
-        writer.write(row0, probs)
+        writer.write(row0, probs, col0)
         del probs  # do not hold the block through the next forward pass

@@ -31,8 +31,9 @@ Writers: :class:`PredictionWriter` turns streamed probability rows into a class-
 (``<stem>_mask``), a colour rendering (``<stem>_color``), and optionally a confidence map
 (``<stem>_confidence``, max probability x 255 as uint8) and an overlay (``<stem>_overlay``).
 PNG outputs are assembled in memory and written on close; TIFF outputs are streamed
-(256x256 tiles, deflate) so a 20000x20000 prediction never holds its mask in memory. The
-format defaults to TIFF for TIFF inputs and for images over :data:`PNG_MAX_PIXELS`, PNG
+(256x256 tiles, deflate) so a 20000x20000 prediction never holds its mask in memory;
+rasters predicted in column bands are staged on disk first (see :class:`PredictionWriter`).
+The format defaults to TIFF for TIFF inputs and for images over :data:`PNG_MAX_PIXELS`, PNG
 otherwise. Every output is written to ``<name>.partial`` and renamed when complete.
 """
 
@@ -365,28 +366,35 @@ class TiffReader(RasterReader):
 
     def _read_raw(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
         if self._contiguous:
-            return self._read_contiguous(row0, row1)[:, col0:col1]
+            return self._read_contiguous(row0, row1, col0, col1)
         return self._read_segments(row0, row1, col0, col1)
 
-    def _read_contiguous(self, row0: int, row1: int) -> np.ndarray:
-        width, bands, item = self._width, self._bands, self._file_dtype.itemsize
-        rows = row1 - row0
-        if not self._separate:
-            data = _pread(
-                self._fd, rows * width * bands * item, self._offset + row0 * width * bands * item
+    def _read_rows(self, first: int, rows: int, row_items: int, col0: int, col1: int) -> bytes:
+        """Items ``[col0, col1)`` of ``rows`` rows of ``row_items`` items from item ``first``."""
+        item = self._file_dtype.itemsize
+        if col1 - col0 == row_items:  # whole rows: one read
+            return _pread(self._fd, rows * row_items * item, self._offset + first * item)
+        return b"".join(
+            _pread(
+                self._fd, (col1 - col0) * item, self._offset + (first + r * row_items + col0) * item
             )
-            array = np.frombuffer(data, self._file_dtype).reshape(rows, width, bands)
+            for r in range(rows)
+        )
+
+    def _read_contiguous(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+        """Read only the window (a column band reads no more than its columns)."""
+        width, bands = self._width, self._bands
+        rows, cols = row1 - row0, col1 - col0
+        if not self._separate:
+            row_items = width * bands
+            data = self._read_rows(row0 * row_items, rows, row_items, col0 * bands, col1 * bands)
+            array = np.frombuffer(data, self._file_dtype).reshape(rows, cols, bands)
         else:
-            plane = self._height * width * item
             planes = [
                 np.frombuffer(
-                    _pread(
-                        self._fd,
-                        rows * width * item,
-                        self._offset + b * plane + row0 * width * item,
-                    ),
+                    self._read_rows((b * self._height + row0) * width, rows, width, col0, col1),
                     self._file_dtype,
-                ).reshape(rows, width)
+                ).reshape(rows, cols)
                 for b in range(bands)
             ]
             array = np.stack(planes, axis=-1)
@@ -767,16 +775,56 @@ class _RasterioSink(_Sink):
         super().abort()
 
 
+class _Staging:
+    """One output's pixels, written in column bands, read back in row order.
+
+    A raw uint8 file beside the output, written and read with positional I/O (no memory
+    map), so staged pixels sit in the page cache rather than in the process's memory.
+    """
+
+    def __init__(self, path: Path, height: int, width: int, channels: int) -> None:
+        self.path, self.width, self.channels = path, width, channels
+        self.row_bytes = width * channels
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(self.fd, height * self.row_bytes)
+        except BaseException:
+            self.remove()
+            raise
+
+    def write(self, row0: int, col0: int, block: np.ndarray) -> None:
+        rows = np.ascontiguousarray(block).reshape(block.shape[0], -1)
+        offset = row0 * self.row_bytes + col0 * self.channels
+        for number, row in enumerate(rows):
+            if os.pwrite(self.fd, row, offset + number * self.row_bytes) != row.nbytes:
+                raise OSError(f"{self.path}: short write (disk full?)")
+
+    def read(self, row0: int, row1: int) -> np.ndarray:
+        data = _pread(self.fd, (row1 - row0) * self.row_bytes, row0 * self.row_bytes)
+        shape = (row1 - row0, self.width) + ((self.channels,) if self.channels > 1 else ())
+        return np.frombuffer(data, np.uint8).reshape(shape)
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
 OUTPUT_KINDS = ("mask", "color", "confidence", "overlay")
 
 
 class PredictionWriter:
     """Writes streamed class probabilities as mask / colour / confidence / overlay images.
 
-    The inference loop calls :meth:`write` with consecutive row blocks of probabilities;
-    nothing is kept beyond what the chosen format needs (see the module notes). Use as a
-    context manager: on an exception the partial files are removed, otherwise
-    :meth:`close` finalises every output and checks that every row was written.
+    The inference loop calls :meth:`write` with blocks of probabilities: full-width row
+    blocks in order (streamed straight to the outputs; nothing is kept beyond what the
+    chosen format needs, see the module notes), or, for rasters predicted in column bands,
+    blocks anywhere. Those are rendered at once and staged as uint8 pixels in a raw file
+    beside each output (``<output>.bands``: the output's uncompressed size on disk, not in
+    memory), which :meth:`close` replays in row order. Use as a context manager: on an
+    exception the partial and staging files are removed, otherwise :meth:`close`
+    finalises every output and checks that every pixel was written.
 
     Args:
         out_dir: Output folder (created).
@@ -818,6 +866,8 @@ class PredictionWriter:
         self.overlay_reader = overlay_reader
         self.overlay_alpha = overlay_alpha
         self.next_row = 0
+        self.staging: dict[str, _Staging] = {}
+        self.staged_pixels = 0
         self.closed = False
         kinds = ["mask"] + (["color"] if color else []) + (["confidence"] if confidence else [])
         if overlay_reader is not None:
@@ -847,20 +897,28 @@ class PredictionWriter:
         """Output kind → file path."""
         return {kind: sink.path for kind, sink in self.sinks.items()}
 
-    def write(self, row0: int, probs: np.ndarray) -> None:
-        """Add the next rows.
+    def write(self, row0: int, probs: np.ndarray, col0: int = 0) -> None:
+        """Add a block of probabilities.
 
         Args:
-            row0: First image row of the block; blocks must arrive in order, without gaps.
-            probs: float ``[N, rows, W]`` class probabilities.
+            row0: First image row of the block. Full-width blocks must arrive in order,
+                without gaps, unless narrower blocks came first.
+            probs: float ``[N, rows, cols]`` class probabilities.
+            col0: First image column of the block.
         """
-        if row0 != self.next_row:
+        if probs.ndim != 3:
+            raise ValueError(f"expected probabilities [N, rows, cols], got {probs.shape}")
+        rows, cols = probs.shape[1:]
+        if row0 < 0 or col0 < 0 or row0 + rows > self.height or col0 + cols > self.width:
+            raise ValueError(
+                f"block rows {row0}:{row0 + rows}, columns {col0}:{col0 + cols} outside the "
+                f"{self.height}x{self.width} image"
+            )
+        streamed = col0 == 0 and cols == self.width and not self.staging
+        if streamed and row0 != self.next_row:
             raise ValueError(f"rows must arrive in order: expected row {self.next_row}, got {row0}")
-        if probs.ndim != 3 or probs.shape[2] != self.width:
-            raise ValueError(f"expected probabilities [N, rows, {self.width}], got {probs.shape}")
-        rows = probs.shape[1]
-        if row0 + rows > self.height:
-            raise ValueError(f"rows {row0}:{row0 + rows} beyond image height {self.height}")
+        if not streamed and self.next_row:
+            raise ValueError("a column block after full-width rows: write one way per image")
         mask = probs.argmax(axis=0).astype(np.uint8)
         rendered = None
         for kind, sink in self.sinks.items():
@@ -875,23 +933,40 @@ class PredictionWriter:
                     block = rendered
                 else:
                     assert self.overlay_reader is not None
-                    image = self.overlay_reader.read(row0, row0 + rows, 0, self.width)
+                    image = self.overlay_reader.read(row0, row0 + rows, col0, col0 + cols)
                     block = overlay(image, rendered, self.overlay_alpha)
-            sink.write(row0, block)
-        self.next_row += rows
+            if streamed:
+                sink.write(row0, block)
+            else:
+                if kind not in self.staging:
+                    path = sink.path.with_name(sink.path.name + ".bands")
+                    self.staging[kind] = _Staging(path, self.height, self.width, sink.channels)
+                self.staging[kind].write(row0, col0, block)
+        if streamed:
+            self.next_row += rows
+        else:
+            self.staged_pixels += rows * cols
 
     def close(self) -> None:
         """Finalise every output.
 
         Raises:
-            RuntimeError: when fewer rows than the image height were written.
+            RuntimeError: when fewer rows (or pixels) than the image holds were written.
         """
         if self.closed:
             return
-        if self.next_row != self.height:
+        total = self.height * self.width
+        if self.staging and self.staged_pixels != total:
+            self.abort()
+            raise RuntimeError(f"{self.staged_pixels} of {total} pixels were written")
+        if not self.staging and self.next_row != self.height:
             self.abort()
             raise RuntimeError(f"only {self.next_row} of {self.height} rows were written")
         try:
+            for kind, staged in self.staging.items():
+                for row0 in range(0, self.height, BLOCK):
+                    self.sinks[kind].write(row0, staged.read(row0, min(row0 + BLOCK, self.height)))
+                staged.remove()
             for sink in self.sinks.values():
                 sink.close()
         except BaseException:
@@ -901,6 +976,8 @@ class PredictionWriter:
 
     def abort(self) -> None:
         """Stop and delete the partial outputs."""
+        for staged in self.staging.values():
+            staged.remove()
         for sink in self.sinks.values():
             with contextlib.suppress(Exception):
                 sink.abort()

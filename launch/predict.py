@@ -3,7 +3,8 @@
 Writes, per input, ``<stem>_mask`` (class indices), ``<stem>_color`` (palette rendering) and
 optionally ``<stem>_confidence`` and ``<stem>_overlay`` into --out: PNG for PNG/JPEG inputs,
 TIFF (GeoTIFF with the input's CRS and transform) for TIFF inputs and very large images.
-Rasters are processed in strips, so memory does not grow with the image height.
+Rasters are processed in strips, and rasters wider than --band-width in column bands, so
+memory does not grow with the raster size.
 
 Example:
     python launch/predict.py --model runs/dubai --input "scenes/*.tif" --out preds --tta flip
@@ -61,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--weighting", default="gaussian", choices=("gaussian", "uniform"))
     parser.add_argument(
+        "--band-width",
+        type=int,
+        default=16384,
+        help="columns per band for wider rasters (bounds memory; 0 = one band)",
+    )
+    parser.add_argument(
         "--format",
         default="auto",
         choices=("auto", "png", "tif"),
@@ -117,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                         device=device,
                         amp_dtype=args.amp,
                         weighting=args.weighting,
+                        band_width=args.band_width or None,
                         progress=not args.no_progress,
                         desc=f"[{number}/{len(inputs)}] {path.name}",
                     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,8 @@ import torch
 from torch import nn
 
 from engine.inference import (
-    iter_probability_rows,
+    column_bands,
+    iter_probability_blocks,
     plan_axis,
     predict_mask,
     predict_probabilities,
@@ -23,7 +25,7 @@ from engine.inference import (
     tile_weights,
     tta_transforms,
 )
-from engine.raster import ArrayReader
+from engine.raster import ArrayReader, PredictionWriter
 
 MEAN = (0.42, 0.47, 0.51)
 STD = (0.21, 0.23, 0.26)
@@ -228,10 +230,12 @@ class CountingReader(ArrayReader):
 
 
 class RecordingWriter:
-    def __init__(self):
+    def __init__(self, width):
+        self.width = width
         self.blocks = []
 
-    def write(self, row0, probs):
+    def write(self, row0, probs, col0=0):
+        assert col0 == 0 and probs.shape[2] == self.width
         self.blocks.append((row0, probs.copy()))
 
 
@@ -239,7 +243,7 @@ def test_streaming_reads_strips_and_writes_rows_in_order():
     height, width, tile = 1000, 600, 128
     image = random_image(height, width, seed=11)
     model = pointwise_model()
-    reader, writer = CountingReader(image), RecordingWriter()
+    reader, writer = CountingReader(image), RecordingWriter(width)
     predict_raster(
         model,
         reader,
@@ -264,12 +268,94 @@ def test_streaming_reads_strips_and_writes_rows_in_order():
 
 def test_rows_are_emitted_before_the_image_is_finished():
     image = random_image(2000, 64, seed=12)
-    blocks = iter_probability_rows(
+    blocks = iter_probability_blocks(
         pointwise_model(), image, num_classes=5, mean=MEAN, std=STD, tile=64, overlap=0.25
     )
-    row0, probs = next(blocks)
-    assert row0 == 0 and probs.shape[1] <= 64
+    row0, col0, probs = next(blocks)
+    assert row0 == col0 == 0 and probs.shape[1] <= 64 and probs.shape[2] == 64
     blocks.close()
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.75])
+def test_column_bands_cover_every_window_each_owned_column_needs(overlap):
+    tile = 64
+    stride = tile - round(tile * overlap)
+    cols = plan_axis(1000, tile, stride)
+    for band_width in (1, stride, 200, 999):
+        bands = column_bands(cols, stride, band_width)
+        assert len(bands) > 1
+        assert bands[0].own0 == 0 and bands[-1].own1 == cols.padded
+        assert all(a.own1 == b.own0 for a, b in zip(bands, bands[1:]))  # a partition
+        for band in bands:
+            computed = set(range(band.first, band.stop))
+            for x in range(band.own0, band.own1):
+                covering = {j for j, start in enumerate(cols.starts) if start <= x < start + tile}
+                assert covering <= computed, (band_width, band, x)
+            assert band.stop - band.first <= max(1, band_width // stride) + math.ceil(
+                (tile - stride) / stride
+            )
+    assert column_bands(cols, stride, None) == column_bands(cols, stride, cols.padded)
+    assert len(column_bands(cols, stride, None)) == 1
+
+
+@pytest.mark.parametrize("overlap", [0.25, 0.6])
+def test_column_bands_give_the_one_band_result_and_read_only_their_columns(overlap):
+    """A model with a receptive field (so windows disagree near their edges and blending
+    matters): any band width gives the one-band probabilities."""
+    image = random_image(300, 1100, seed=21)
+    model = SymmetricConv(num_classes=4)
+    options = dict(num_classes=4, tile=96, overlap=overlap, batch_size=5, tta="flip")
+    one_band = predict(model, image, band_width=None, **options)
+    for band_width in (100, 333):
+        reader = CountingReader(image)
+        banded = predict(model, reader, band_width=band_width, **options)
+        np.testing.assert_allclose(banded, one_band, atol=1e-6, rtol=0)
+        # the widest read: the owned columns plus the windows reaching in from the left
+        assert max(c1 - c0 for _, _, c0, c1 in reader.windows) <= band_width + 2 * 96
+
+
+def test_banded_prediction_writes_the_same_files(tmp_path):
+    """Column bands reach the writer out of row order; it stages them and writes the same
+    outputs as a streamed pass, leaving no staging file behind."""
+    import tifffile
+    from PIL import Image
+
+    image = random_image(200, 700, seed=22)
+    model = SymmetricConv(num_classes=4)
+    palette = ["#000000", "#FF0000", "#00FF00", "#0000FF"]
+    outputs = {}
+    for name, band_width in (("one", None), ("banded", 150)):
+        for fmt in ("png", "tif"):
+            out = tmp_path / f"{name}-{fmt}"
+            with PredictionWriter(
+                out, "x", 200, 700, palette, fmt=fmt, confidence=True,
+                overlay_reader=ArrayReader(image),
+            ) as writer:  # fmt: skip
+                predict_raster(
+                    model, ArrayReader(image), writer, num_classes=4, mean=MEAN, std=STD,
+                    tile=64, overlap=0.25, band_width=band_width, progress=False,
+                )  # fmt: skip
+            assert sorted(p.name for p in out.iterdir()) == sorted(
+                f"x_{kind}.{fmt}" for kind in ("mask", "color", "confidence", "overlay")
+            )
+            for path in out.iterdir():
+                read = tifffile.imread if fmt == "tif" else (lambda p: np.array(Image.open(p)))
+                outputs[name, fmt, path.name] = read(path)
+    for (name, fmt, file), array in outputs.items():
+        if name == "banded":
+            assert np.array_equal(array, outputs["one", fmt, file]), (fmt, file)
+
+
+def test_incomplete_banded_writes_are_an_error_and_leave_nothing(tmp_path):
+    writer = PredictionWriter(tmp_path, "x", 10, 20, ["#000000", "#FFFFFF"], fmt="tif")
+    probs = np.full((2, 10, 12), 0.5, np.float32)
+    writer.write(0, probs, col0=0)
+    assert any(p.name.endswith(".bands") for p in tmp_path.iterdir())
+    with pytest.raises(RuntimeError, match="120 of 200 pixels"):
+        writer.close()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="outside the 10x20 image"):
+        PredictionWriter(tmp_path, "y", 10, 20, ["#000000"], fmt="png").write(0, probs, col0=12)
 
 
 MEMORY_CHILD = textwrap.dedent(
@@ -291,18 +377,64 @@ MEMORY_CHILD = textwrap.dedent(
 
     base = high_water_mb()
     src, out = sys.argv[1], sys.argv[2]
+    tile, band_width = (json.loads(sys.argv[3]) if len(sys.argv) > 3 else [1024, 16384])
     with open_raster(src, backend="tifffile") as reader:
         with prediction_writer(reader, out, ["#000000", "#FF0000", "#00FF00", "#0000FF"],
                                fmt="tif", color=False) as writer:
             predict_raster(model, reader, writer, num_classes=4, mean=[0.5] * 3,
-                           std=[0.25] * 3, tile=1024, overlap=0.25, batch_size=4,
-                           progress=False)
+                           std=[0.25] * 3, tile=tile, overlap=0.25, batch_size=4,
+                           band_width=band_width, progress=False)
     torch.save(model.state_dict(), out + "/model.pt")
     peak = high_water_mb()
     print(json.dumps({"peak_mb": peak, "base_mb": base,
                       "paths": {k: str(v) for k, v in writer.paths.items()}}))
     """
 )
+
+
+def write_random_tiff(path: Path, height: int, width: int) -> None:
+    """An uncompressed RGB TIFF written strip by strip, never whole in memory."""
+    import tifffile
+
+    tifffile.imwrite(
+        path, shape=(height, width, 3), dtype=np.uint8, photometric="rgb", metadata=None
+    )
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].dataoffsets[0]
+    rng = np.random.default_rng(0)
+    with path.open("r+b") as handle:
+        handle.seek(offset)
+        for row in range(0, height, 500):
+            rows = min(500, height - row)
+            handle.write(rng.integers(0, 256, (rows, width, 3), dtype=np.uint8).tobytes())
+
+
+def predict_in_child(source: Path, out: Path, *options) -> dict:
+    """Run MEMORY_CHILD on ``source`` in a fresh interpreter; its JSON report."""
+    out.mkdir()
+    extra = [json.dumps(list(options))] if options else []
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, str(source), str(out), *extra],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_column_bands_keep_memory_flat_in_the_width(tmp_path):
+    """512 x 4096 and 512 x 32768 rasters, bands of 2048 columns: the same peak memory
+    (one band would need ~350 MB more for the wide one's accumulators alone)."""
+    peaks = {}
+    for width in (4096, 32768):
+        source = tmp_path / f"wide-{width}.tif"
+        write_random_tiff(source, 512, width)
+        report = predict_in_child(source, tmp_path / f"out-{width}", 512, 2048)
+        peaks[width] = report["peak_mb"]
+    assert peaks[32768] - peaks[4096] < 100, peaks
 
 
 @pytest.mark.slow
@@ -315,28 +447,8 @@ def test_large_raster_streams_with_bounded_memory(tmp_path):
 
     size = 8000
     source = tmp_path / "big.tif"
-    # written strip by strip into an uncompressed TIFF, never whole in memory
-    tifffile.imwrite(
-        source, shape=(size, size, 3), dtype=np.uint8, photometric="rgb", metadata=None
-    )
-    with tifffile.TiffFile(source) as tif:
-        offset = tif.pages[0].dataoffsets[0]
-    rng = np.random.default_rng(0)
-    with source.open("r+b") as handle:
-        handle.seek(offset)
-        for _ in range(0, size, 500):
-            handle.write(rng.integers(0, 256, (500, size, 3), dtype=np.uint8).tobytes())
-    out = tmp_path / "out"
-    out.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-c", MEMORY_CHILD, str(source), str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    write_random_tiff(source, size, size)
+    report = predict_in_child(source, tmp_path / "out")
     assert report["peak_mb"] < 2048, report
     mask_path = Path(report["paths"]["mask"])
     with tifffile.TiffFile(mask_path) as tif:
@@ -345,7 +457,7 @@ def test_large_raster_streams_with_bounded_memory(tmp_path):
     assert sorted(report["paths"]) == ["mask"]
     # spot-check windows against a direct pass of the same pointwise model
     model = pointwise_model(num_classes=4)
-    model.load_state_dict(torch.load(out / "model.pt"))
+    model.load_state_dict(torch.load(tmp_path / "out" / "model.pt"))
     window = tifffile.memmap(source)
     for row, col in ((0, 0), (3999, 5123), (7900, 7800)):
         image = np.array(window[row : row + 100, col : col + 200])
