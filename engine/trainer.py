@@ -8,6 +8,11 @@ split is evaluated and the best model exported; checkpoints are written for resu
 A SIGTERM/SIGUSR1 on any rank, or a file ``RUN/STOP``, makes all ranks checkpoint together
 and exit with :data:`EXIT_PREEMPTED`, so a cluster job can be requeued and resumed with
 ``--resume latest``.
+
+The host reads device values only at sync points (log, eval and checkpoint steps): steps
+in between queue work without waiting, so the device never idles on the host. Non-finite
+gradients are skipped on the device where the optimiser is fused (:class:`NonFiniteSkip`),
+and stop signals are acted on at the next sync point.
 """
 
 from __future__ import annotations
@@ -78,8 +83,52 @@ class LoopState:
         }
 
 
+class NonFiniteSkip:
+    """Skips optimiser steps whose gradient norm is not finite, without a host sync if it can.
+
+    Fused optimisers (the default on CUDA) take ``found_inf`` on the device, as under a
+    grad scaler, and leave parameters and state untouched when it is 1, so the step needs
+    no host read. Other optimisers need the host to branch; they run on CPUs, where every
+    op is synchronous and the read costs nothing. Under fp16 the grad scaler skips (and
+    lowers its scale) by itself. Counters stay on the device until :meth:`read`.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, fp16: bool, bad_steps: int, device: torch.device
+    ) -> None:
+        self.fp16 = fp16
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+        self.inner = inner if inner.defaults.get("fused") else None
+        self.optimizer = optimizer
+        self.run = torch.tensor(bad_steps, device=device)  # consecutive non-finite steps
+        self.worst = self.run.clone()  # longest run since the last read
+        self.skipped = torch.zeros((), dtype=torch.long, device=device)
+
+    def step(self, nonfinite: torch.Tensor) -> None:
+        """Step the optimiser unless ``nonfinite`` (a bool tensor) is set."""
+        if self.fp16:
+            self.optimizer.step()
+            return
+        if self.inner is not None:
+            self.inner.found_inf = nonfinite.float()
+            self.optimizer.step()
+        elif not bool(nonfinite):
+            self.optimizer.step()
+        bad = nonfinite.long()
+        self.run = (self.run + 1) * bad
+        self.worst = torch.maximum(self.worst, self.run)
+        self.skipped = self.skipped + bad
+
+    def read(self) -> tuple[int, int, int]:
+        """``(current run, skipped, longest run)`` since the last read (one host sync)."""
+        run, skipped, worst = torch.stack([self.run, self.skipped, self.worst]).tolist()
+        self.skipped.zero_()
+        self.worst = self.run.clone()
+        return run, skipped, worst
+
+
 class PreemptionFlag:
-    """Remembers that SIGTERM or SIGUSR1 arrived; the loop acts on it at the next step."""
+    """Remembers that SIGTERM or SIGUSR1 arrived; the loop acts on it at its next sync point."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -355,6 +404,7 @@ def train(config: Config, run_dir: str | Path, resume: str | None = None) -> Tra
     }
     window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
     grad_norm = torch.zeros((), device=device)
+    skip = NonFiniteSkip(optimizer, fp16, state.bad_steps, device)
     steps_this_run = 0
     while state.step < total:
         in_epoch = steps_per_epoch - state.step % steps_per_epoch
@@ -404,32 +454,50 @@ def train(config: Config, run_dir: str | Path, resume: str | None = None) -> Tra
                     running[name] += value / config.train.grad_accum
             clip = config.optim.grad_clip if config.optim.grad_clip > 0 else math.inf
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
-            # Gradients are all-reduced, so every rank sees the same norm and takes the same branch.
-            finite = bool(torch.isfinite(grad_norm))
-            if finite or fp16:  # fp16: the grad scaler skips the step and lowers its scale
-                optimizer.step()
+            # Gradients are all-reduced, so every rank sees the same norm and skips alike.
+            nonfinite = ~torch.isfinite(grad_norm)
+            skip.step(nonfinite)
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            state.bad_steps = 0 if finite else state.bad_steps + 1
             state.step += 1
             window_steps += 1
             progress.update()
-            if state.bad_steps and not fp16:
-                if main:
+
+            end_of_epoch = state.step % steps_per_epoch == 0
+            every = config.train.eval_every
+            evaluating = bool(
+                manifest.has_split(config.data.val_split)
+                and config.data.val_split
+                and (
+                    (every and state.step % every == 0)
+                    or (not every and end_of_epoch)
+                    or state.step == total
+                )
+            )
+            every = config.train.checkpoint_every
+            saving = bool((every and state.step % every == 0) or (not every and end_of_epoch))
+            logging_now = state.step % config.train.log_every == 0 or state.step == total
+            # The host reads device state (losses, the non-finite counters, the stop flag)
+            # only here, not every step: each read waits for the device to finish its queue.
+            sync_point = logging_now or evaluating or saving
+            if sync_point and not fp16:
+                state.bad_steps, skipped, worst = skip.read()
+                if skipped and main:
                     print(
-                        f"step {state.step}: non-finite gradient, step skipped "
-                        f"({state.bad_steps}/{config.train.max_bad_steps})",
+                        f"step {state.step}: {skipped} step(s) with a non-finite gradient "
+                        f"skipped since the last report ({worst} in a row at most; "
+                        f"limit {config.train.max_bad_steps})",
                         flush=True,
                     )
-                if state.bad_steps >= config.train.max_bad_steps:
+                if worst >= config.train.max_bad_steps:
                     accelerator.wait_for_everyone()
                     tracker.finish()
                     raise TrainingDiverged(
-                        f"{state.bad_steps} consecutive non-finite steps at step {state.step}; "
+                        f"{worst} consecutive non-finite steps by step {state.step}; "
                         f"the last good checkpoint in {run_dir / 'checkpoints'} is untouched"
                     )
 
-            if state.step % config.train.log_every == 0 or state.step == total:
+            if logging_now:
                 elapsed = time.perf_counter() - window_start
                 values = (
                     accelerator.reduce(torch.stack(list(running.values())), "mean") / window_steps
@@ -463,34 +531,24 @@ def train(config: Config, run_dir: str | Path, resume: str | None = None) -> Tra
                     value.zero_()
                 window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
 
-            end_of_epoch = state.step % steps_per_epoch == 0
-            every = config.train.eval_every
-            if (
-                manifest.has_split(config.data.val_split)
-                and config.data.val_split
-                and (
-                    (every and state.step % every == 0)
-                    or (not every and end_of_epoch)
-                    or state.step == total
-                )
-            ):
+            if evaluating:
                 result = evaluate(config.data.val_split)
                 record_eval(config.data.val_split, result)
                 if result.metrics.miou > state.best_miou:
                     state.best_miou, state.best_step = result.metrics.miou, state.step
                     export_best()
-            every = config.train.checkpoint_every
-            saved = (every and state.step % every == 0) or (not every and end_of_epoch)
-            saved = (saved and not state.bad_steps) or state.step == total
+            saved = (saving and not state.bad_steps) or state.step == total
             if saved:  # never while non-finite steps run: the last good checkpoint stays latest
                 checkpoint_now()
 
             steps_this_run += 1
             stop = config.train.stop_after_steps
-            asked = preemption.signal is not None or (main and stop_file.exists())
-            if asked or (stop and steps_this_run >= stop and state.step < total):
+            stopping = bool(stop and steps_this_run >= stop and state.step < total)  # all ranks
+            if preemption.signal is not None or (main and stop_file.exists()):
                 accelerator.set_trigger()
-            if accelerator.check_trigger():  # any rank's flag stops every rank at the same step
+            if sync_point:  # any rank's flag stops every rank at the same step
+                stopping = accelerator.check_trigger() or stopping
+            if stopping:
                 if not saved:
                     checkpoint_now()
                 progress.close()

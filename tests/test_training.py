@@ -133,7 +133,9 @@ def test_non_finite_steps_stop_training_and_keep_last_checkpoint(
         return real(accelerator, model, loss_fn, inputs, targets)
 
     monkeypatch.setattr(trainer, "forward_backward", poisoned)
-    with pytest.raises(TrainingDiverged, match="3 consecutive non-finite steps at step 5"):
+    # Steps 3.. are bad; the host looks at sync points only (here every 2 steps, the
+    # checkpoints): at step 4 it sees 2 bad steps (no checkpoint), at step 6 four.
+    with pytest.raises(TrainingDiverged, match="4 consecutive non-finite steps by step 6"):
         train(config, tmp_path / "run")
     latest = find_latest(tmp_path / "run")
     assert read_state(latest)["step"] == 2
@@ -141,6 +143,41 @@ def test_non_finite_steps_stop_training_and_keep_last_checkpoint(
 
     weights = load_file(str(latest / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_non_finite_skip_leaves_parameters_and_state_untouched(fused):
+    """Fused optimisers skip on the device (``found_inf``), others on the host."""
+    from engine.trainer import NonFiniteSkip
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused)
+    skip = NonFiniteSkip(optimizer, fp16=False, bad_steps=0, device=torch.device("cpu"))
+    assert (skip.inner is not None) == fused
+
+    def step(poison: bool) -> None:
+        loss = model(torch.randn(8, 4)).square().mean() * (float("nan") if poison else 1.0)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        skip.step(~torch.isfinite(norm))
+        optimizer.zero_grad(set_to_none=True)
+
+    step(poison=False)
+    before = [p.detach().clone() for p in model.parameters()]
+    moments = [optimizer.state[p]["exp_avg"].clone() for p in model.parameters()]
+    steps = [float(optimizer.state[p]["step"]) for p in model.parameters()]
+    for _ in range(3):
+        step(poison=True)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert all(
+        torch.equal(m, optimizer.state[p]["exp_avg"]) for m, p in zip(moments, model.parameters())
+    )
+    assert [float(optimizer.state[p]["step"]) for p in model.parameters()] == steps
+    assert skip.read() == (3, 3, 3)  # current run, skipped since the last read, longest run
+    step(poison=False)
+    assert not any(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert skip.read() == (0, 0, 3)  # the run was still open at the last read
 
 
 def test_corrupt_checkpoint_is_skipped(synthetic_shards, tmp_path):
