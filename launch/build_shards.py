@@ -33,7 +33,7 @@ def main() -> int:
         "--image-codec",
         default="npy",
         choices=IMAGE_CODECS,
-        help="npy: no decoding, raw masks too (least CPU); webp: lossless, smaller (network storage)",
+        help="npy: no decoding (least CPU); webp: lossless, smaller (network storage)",
     )
     parser.add_argument("--jpeg-quality", type=int, default=95)
     parser.add_argument("--samples-per-shard", type=int, default=256)
