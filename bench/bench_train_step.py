@@ -18,9 +18,10 @@ one forward + backward; MFU = FLOPs / step time / ``--peak-tflops`` (a GPU's den
 peak, e.g. 989 for an H100 SXM). Without a peak (on a CPU) only the achieved GFLOP/s is
 reported.
 
-A second table isolates the host sync of the trainer's non-finite-gradient skip
-(``bool(torch.isfinite(grad_norm))`` every step) against no check and against a sync-free
-skip (fused optimiser with ``found_inf`` set on the device, as ``GradScaler`` does).
+A second table isolates the non-finite-gradient skip: the trainer's
+(:class:`engine.trainer.NonFiniteSkip`: ``found_inf`` on the device with a fused
+optimiser, as ``GradScaler`` does; a host branch on ``bool(isfinite)`` otherwise) against
+no check and against a host branch with a fused optimiser (what the trainer did before).
 
     python bench/bench_train_step.py                      # CPU default: 128², batch 2
     python bench/bench_train_step.py --arch all --no-compile
@@ -55,6 +56,7 @@ from engine.config import OptimConfig
 from engine.losses import build_loss
 from engine.optim import build_optimizer
 from engine.targets import make_targets
+from engine.trainer import NonFiniteSkip
 
 NAME = "bench_train_step"
 NUM_CLASSES = 7
@@ -94,8 +96,8 @@ class TrainStep:
         amp: Autocast dtype, or None for float32.
         channels_last: Model and input in channels_last.
         compile: ``torch.compile`` the model.
-        skip: Non-finite handling: ``sync`` (the trainer's ``bool(isfinite)``), ``none``
-            (no check) or ``found_inf`` (device-side skip; needs a fused optimiser).
+        skip: Non-finite handling: ``trainer`` (:class:`engine.trainer.NonFiniteSkip`),
+            ``sync`` (always a host branch on ``bool(isfinite)``) or ``none`` (no check).
         fused: Fused optimiser (None = the library default: on CUDA).
     """
 
@@ -108,7 +110,7 @@ class TrainStep:
         amp: torch.dtype | None,
         channels_last: bool,
         compile: bool,
-        skip: str = "sync",
+        skip: str = "trainer",
         fused: bool | None = None,
     ) -> None:
         self.device, self.amp, self.skip = device, amp, skip
@@ -117,6 +119,7 @@ class TrainStep:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(model, OptimConfig(fused=fused), device)
+        self.skipper = NonFiniteSkip(self.optimizer, False, 0, device)
         self.model = torch.compile(model) if compile else model
         self.params = [p for p in model.parameters() if p.requires_grad]
         generator = torch.Generator().manual_seed(1)
@@ -143,12 +146,11 @@ class TrainStep:
         loss = self.loss.combine(self.loss.terms(_float(outputs), self.targets))
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        if self.skip == "sync":
+        if self.skip == "trainer":
+            self.skipper.step(~torch.isfinite(norm))
+        elif self.skip == "sync":
             if bool(torch.isfinite(norm)):
                 self.optimizer.step()
-        elif self.skip == "found_inf":
-            self.optimizer.found_inf = (~torch.isfinite(norm)).float()
-            self.optimizer.step()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -317,14 +319,14 @@ def sync_table(
     rounds: int,
     quick: bool,
 ) -> dict[str, Any]:
-    """Step time with the trainer's host-synchronising non-finite check, none, and sync-free."""
+    """Step time with the trainer's non-finite skip, none, and a host branch (fused)."""
     gpu = device.type == "cuda"
     amp, channels_last = (torch.bfloat16, True) if gpu else (None, False)
-    setups = {"default optimiser, isfinite host sync (trainer)": ("sync", None)}
-    setups["default optimiser, no check"] = ("none", None)
-    if not gpu:  # the library default is not fused on CPU: show the fused baseline too
-        setups["fused, isfinite host sync"] = ("sync", True)
-    setups["fused, found_inf on device (sync-free)"] = ("found_inf", True)
+    trainer = "fused (default), NonFiniteSkip: found_inf on the device (trainer)"
+    setups = {trainer: ("trainer", None)}
+    setups["fused, no check"] = ("none", None)
+    setups["fused, bool(isfinite) host branch (trainer before)"] = ("sync", None)
+    setups["foreach (optim.fused: false), host branch"] = ("trainer", False)
     contenders = {
         label: contender(
             lambda s=skip, f=fused: TrainStep(
@@ -338,7 +340,7 @@ def sync_table(
     }
     samples = interleave(contenders, rounds)
     summary = {label: medians(runs) | {"rounds": runs} for label, runs in samples.items()}
-    base = summary["default optimiser, isfinite host sync (trainer)"]["step_s"]
+    base = summary[trainer]["step_s"]
     norm = torch.ones((), device=device)
     check_s = time_calls(lambda: bool(torch.isfinite(norm)), 1000, 10, device)
     summary["isfinite_bool_alone_s"] = check_s

@@ -98,7 +98,7 @@ class OptimConfig:
         momentum: SGD momentum.
         betas: AdamW betas.
         grad_clip: Clip the global gradient norm to this (0 = off).
-        fused: Use the fused implementation (``null`` = when on CUDA).
+        fused: Use the fused implementation (``null`` = on CUDA and CPU).
     """
 
     name: str = "adamw"

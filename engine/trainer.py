@@ -86,11 +86,11 @@ class LoopState:
 class NonFiniteSkip:
     """Skips optimiser steps whose gradient norm is not finite, without a host sync if it can.
 
-    Fused optimisers (the default on CUDA) take ``found_inf`` on the device, as under a
-    grad scaler, and leave parameters and state untouched when it is 1, so the step needs
-    no host read. Other optimisers need the host to branch; they run on CPUs, where every
-    op is synchronous and the read costs nothing. Under fp16 the grad scaler skips (and
-    lowers its scale) by itself. Counters stay on the device until :meth:`read`.
+    Fused optimisers (the default on CUDA and CPU) take ``found_inf`` on the device, as
+    under a grad scaler, and leave parameters and state untouched when it is 1, so the step
+    needs no host read. Others (``optim.fused: false``) need the host to branch, which
+    waits for the device. Under fp16 the grad scaler skips (and lowers its scale) by
+    itself. Counters stay on the device until :meth:`read`.
     """
 
     def __init__(
