@@ -9,7 +9,6 @@ from torch import nn
 
 from engine.config import OptimConfig, ScheduleConfig
 
-
 FUSED_DEVICES = ("cuda", "cpu")
 
 
