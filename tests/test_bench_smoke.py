@@ -17,7 +17,7 @@ EXPECTED = {
     },
     "bench_train_step": {
         "results": {"resunet34"},
-        "nonfinite_skip": {"default optimiser, isfinite host sync (trainer)"},
+        "nonfinite_skip": {"fused (default), NonFiniteSkip: found_inf on the device (trainer)"},
     },
     "bench_end_to_end": {"results": {"terraseg-shards", "original-folder"}},
     "bench_inference": {
