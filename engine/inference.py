@@ -1,11 +1,14 @@
 """Sliding-window prediction over images of any size, streamed in row strips.
 
 How an image is cut (per axis, length ``L``, tile ``T``, stride ``S = T - round(T *
-overlap)``): the axis is reflect-padded to ``Lp = (n - 1) * S + T`` with ``n`` the fewest
-windows that cover ``L`` plus a margin of half the overlap on each side (and at least one
-window, so images smaller than a tile work); the padding is split evenly before and after,
-so pixels at the image border are seen with context instead of at a tile edge. Windows start
-at ``0, S, 2S, ...`` of the padded axis. Every window is a full ``T x T`` tile, so a model
+overlap)``): ``n`` is the fewest windows ``S`` apart that cover ``L`` (at least one, so
+images smaller than a tile work), and the axis is reflect-padded to ``Lp = (n - 1) * S + T``,
+the slack split evenly before and after, so pixels at the image border get what context
+the slack allows (up to ``S / 2``) instead of sitting at a tile edge. Adding windows only
+for border context is not worth it: on a 2048² image in 512² tiles at overlap 0.25 a
+margin of half the overlap took 6 x 6 windows instead of 5 x 5 (1.44x the compute), and a
+whole-image pass has no context at its border either. Windows start at ``0, S, 2S, ...``
+of the padded axis. Every window is a full ``T x T`` tile, so a model
 only ever sees one input size (choose ``T`` as a multiple of the model's stride, e.g. 32).
 
 Blending: each window's softmax probabilities (averaged over the TTA transforms, each
@@ -108,12 +111,10 @@ class AxisPlan:
 
 
 def plan_axis(length: int, tile: int, stride: int) -> AxisPlan:
-    """Lay out windows of ``tile`` every ``stride`` pixels over a reflect-padded axis."""
+    """Lay out the fewest windows of ``tile`` every ``stride`` pixels over a reflect-padded axis."""
     if length < 1:
         raise ValueError(f"cannot predict an empty axis (length {length})")
-    margin = (tile - stride) // 2
-    need = length + 2 * margin
-    count = 1 if need <= tile else math.ceil((need - tile) / stride) + 1
+    count = 1 if length <= tile else math.ceil((length - tile) / stride) + 1
     padded = (count - 1) * stride + tile
     pad_before = (padded - length) // 2
     return AxisPlan(length, padded, pad_before, tuple(i * stride for i in range(count)), tile)

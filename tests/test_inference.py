@@ -96,6 +96,20 @@ def predict(model, image, **options):
     return predict_probabilities(model, image, mean=MEAN, std=STD, **options)
 
 
+@pytest.mark.parametrize("length", [1, 100, 512, 513, 2048, 2049, 5000])
+def test_axis_plan_uses_the_fewest_windows_and_centres_them(length):
+    tile, stride = 512, 384
+    plan = plan_axis(length, tile, stride)
+    count = len(plan.starts)
+    assert plan.starts == tuple(i * stride for i in range(count))
+    assert plan.padded == (count - 1) * stride + tile >= length
+    assert count == 1 or (count - 2) * stride + tile < length  # one window fewer leaves a gap
+    slack = plan.padded - length
+    assert plan.pad_before == slack // 2  # the border context is split evenly
+    if length == 2048:
+        assert count == 5  # 5 x 5 windows for a 2048² image, not 6 x 6
+
+
 def test_sliding_window_equals_whole_image_for_a_pointwise_model():
     image = random_image(2000, 3000)
     model = pointwise_model()
@@ -281,7 +295,7 @@ def test_column_bands_cover_every_window_each_owned_column_needs(overlap):
     tile = 64
     stride = tile - round(tile * overlap)
     cols = plan_axis(1000, tile, stride)
-    for band_width in (1, stride, 200, 999):
+    for band_width in (1, stride, 200, 600):
         bands = column_bands(cols, stride, band_width)
         assert len(bands) > 1
         assert bands[0].own0 == 0 and bands[-1].own1 == cols.padded
