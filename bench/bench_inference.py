@@ -5,9 +5,10 @@ Speed (in this process, contenders interleaved round by round): megapixels/s of
 overlaps 0, 0.25 and 0.5 and TTA ``none``/``flip``, against a single whole-image forward
 pass with the same TTA (normalise, model, softmax, back to the host as float32
 ``[N, H, W]``: the same output). The ratio to the single pass is the price of tiling:
-at overlap ``o`` an interior pixel is covered by ``1 / (1 - o)²`` windows, so the ratio
-cannot exceed ``(1 - o)²`` (0.56 at 0.25), and the reflect-padded margin lowers it further
-on small images. The table therefore also gives the window pixels computed per image pixel
+at overlap ``o`` an interior pixel is covered by ``1 / (1 - o)²`` windows, so unless
+windows compute faster per pixel than a whole-image pass the ratio tends to ``(1 - o)²``
+(0.56 at 0.25) on large images, and on small ones the whole windows needed to cover the
+image weigh more. The table therefore also gives the window pixels computed per image pixel
 and the speed per computed pixel against the single pass (1.0 = tiling costs nothing
 beyond the extra pixels).
 
