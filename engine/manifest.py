@@ -114,6 +114,7 @@ class Manifest:
 
 
 REQUIRED_KEYS = ("classes", "ignore_index", "tile_size", "image_codec", "mean", "std", "splits")
+FORMAT_VERSION = 2  # the newest shard format this code reads (shards/README.md)
 
 
 def load_manifest(folder: str | Path) -> Manifest:
@@ -134,6 +135,11 @@ def load_manifest(folder: str | Path) -> Manifest:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise ManifestError(f"{path}: missing keys {missing}")
+    if int(data.get("version", 1)) > FORMAT_VERSION:
+        raise ManifestError(
+            f"{path}: shard format version {data['version']} is newer than this terraseg reads "
+            f"({FORMAT_VERSION}); upgrade terraseg"
+        )
     manifest = Manifest(root.resolve(), data)
     for name in data["splits"]:
         split = manifest.split(name)

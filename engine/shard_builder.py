@@ -30,7 +30,7 @@ from engine.imageio import (
     read_image,
     read_mask_values,
 )
-from engine.manifest import MANIFEST_NAME, SPLITS, shard_name
+from engine.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
 from engine.pairing import Pair
 
 MEMBER_EXT = {"png": "png", "jpg": "jpg", "webp": "webp", "npy": "npy"}
@@ -355,7 +355,7 @@ def build_shards(
         variance = channel_sumsq / valid_pixels - mean * mean
         manifest = {
             "format": "terraseg-shards",
-            "version": 1,
+            "version": FORMAT_VERSION,
             "classes": classes.manifest_classes(),
             "num_classes": num_classes,
             "ignore_index": IGNORE_INDEX,

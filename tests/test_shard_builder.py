@@ -14,7 +14,7 @@ from PIL import Image
 from engine.classes import ClassesError, classes_from_dict, load_classes
 from engine.imageio import ImageReadError, decode_image
 from engine.loader import Codecs, read_samples
-from engine.manifest import load_manifest
+from engine.manifest import ManifestError, load_manifest
 from engine.pairing import PairingError, pair_by_glob, pair_from_csv
 from engine.shard_builder import BuildError, BuildOptions, build_shards, split_groups, tile_windows
 
@@ -165,6 +165,20 @@ def test_codecs_decode_to_the_same_samples(tmp_path):
                 assert torch.equal(image, reference[key][0]), (codec, key)
             else:  # lossy, but the same picture
                 assert (image.float() - reference[key][0].float()).abs().mean() < 4
+
+
+def test_manifest_versions(tmp_path):
+    """Version 1 manifests (PNG masks, no mask_codec) still load; newer ones are refused."""
+    build(make_dataset(tmp_path / "data", groups=2), tmp_path / "out", image_codec="png")
+    path = tmp_path / "out" / "dataset.json"
+    data = json.loads(path.read_text())
+    assert data["version"] == 2 and data["mask_codec"] == "png"
+    del data["mask_codec"]
+    path.write_text(json.dumps(data | {"version": 1}))
+    assert load_manifest(tmp_path / "out").mask_codec == "png"
+    path.write_text(json.dumps(data | {"version": 3}))
+    with pytest.raises(ManifestError, match="dataset.json: shard format version 3 is newer"):
+        load_manifest(tmp_path / "out")
 
 
 def no_tar_left(tmp_path: Path) -> bool:
