@@ -68,16 +68,32 @@ class Codecs(NamedTuple):
         return cls(manifest.image_codec, manifest.mask_codec)
 
 
+class ShardReadError(ValueError):
+    """A shard sample cannot be decoded; the message names the shard, the sample and why."""
+
+
 def decode_sample(raw: dict, codecs: Codecs) -> Sample:
-    """Decode the raw members of one shard sample (as read from the tar)."""
-    image = decode_image(raw[f"image.{codecs.image}"], codecs.image)
-    mask = decode_image(raw[f"mask.{codecs.mask}"], codecs.mask)
-    return Sample(
-        torch.from_numpy(image).permute(2, 0, 1),
-        torch.from_numpy(mask),
-        raw["__key__"],
-        json.loads(raw["meta.json"]) if "meta.json" in raw else {},
-    )
+    """Decode the raw members of one shard sample (as read from the tar).
+
+    Raises:
+        ShardReadError: naming the shard and sample key when a member is missing or corrupt.
+    """
+    key = raw.get("__key__")
+    try:
+        members = {}
+        for name, codec in (("image", codecs.image), ("mask", codecs.mask)):
+            suffix = f"{name}.{codec}"
+            if suffix not in raw:
+                have = sorted(k for k in raw if not k.startswith("__"))
+                raise ValueError(f"no {suffix} member (has {have})")
+            members[name] = decode_image(raw[suffix], codec)
+        image, mask = members["image"], members["mask"]
+        if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
+            raise ValueError(f"image {image.shape} and mask {mask.shape} do not form a sample")
+        meta = json.loads(raw["meta.json"]) if "meta.json" in raw else {}
+    except (ValueError, OSError, SyntaxError) as error:
+        raise ShardReadError(f"{raw.get('__url__')}: sample {key}: {error}") from error
+    return Sample(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask), key, meta)
 
 
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytearray:

@@ -4,6 +4,7 @@ import json
 import socket
 from collections import Counter
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -123,3 +124,29 @@ def test_eval_pads_ranks_to_equal_steps(tmp_path):
     assert [len(b) for b in per_rank] == [2, 2, 2]
     padding = [b for batches in per_rank for b in batches if not b.keys]
     assert len(padding) == 2 and all((b.masks == 255).all() for b in padding)
+
+
+def test_corrupt_or_missing_members_name_the_shard_and_sample(tmp_path):
+    import io
+    import tarfile
+
+    from engine.loader import ShardReadError
+
+    build_tiny(make_tiny_dataset(tmp_path / "d"), tmp_path / "s", val=0, test=0)
+    manifest = load_manifest(tmp_path / "s")
+    assert manifest.image_codec == "npy"
+    shard = manifest.split("train").shards[0]
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    first_key = members[0][0].name.split(".", 1)[0]
+    for damage, expected in (("truncate", "buffer is smaller"), ("drop", "no mask.npy member")):
+        with tarfile.open(shard, "w") as tar:
+            for member, data in members:
+                if member.name == f"{first_key}.mask.npy":
+                    if damage == "drop":
+                        continue
+                    data = data[:200]
+                    member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+        with pytest.raises(ShardReadError, match=f"{shard.name}: sample {first_key}: .*{expected}"):
+            list(read_samples([shard], Codecs.of(manifest)))
