@@ -2,7 +2,7 @@
 
 Contenders, interleaved round by round in one run, same model, crop, batch and workers:
 
-* ``terraseg-shards``: :func:`engine.trainer.train` with ``launch/configs/resunet34.yaml``
+* ``terraseg-shards``: :func:`engine.train.loop.train` with ``launch/configs/resunet34.yaml``
   (AdamW, ce+dice, jitter; precision ``auto`` = bf16 on GPUs, channels_last on CUDA), fed by
   the shard loader. Images/s and the data-wait share are read from ``RUN/history.csv``.
 * ``terraseg-shards, original recipe``: the same loop and loader with
@@ -48,8 +48,8 @@ from folder_loader import FolderDataset, folder_batches
 from synthetic_data import BenchData, prepare
 
 import archs
-from engine.config import load_config
-from engine.trainer import train
+from engine.train.config import load_config
+from engine.train.loop import train
 
 NAME = "bench_end_to_end"
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def terraseg_config(args, shards: Path, seed: int, recipe: Path | None = None):
 def terraseg_contender(
     data: BenchData, codec: str, args, workdir: Path, recipe: Path | None = None
 ):
-    """A callable that runs :func:`engine.trainer.train` once and reads its history."""
+    """A callable that runs :func:`engine.train.loop.train` once and reads its history."""
     counter = iter(range(1_000_000))
 
     def run() -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Inference: sliding-window speed against one whole-image pass, and memory against size.
 
 Speed (in this process, contenders interleaved round by round): megapixels/s of
-:func:`engine.inference.predict_probabilities` on one ``--image``² synthetic scene, for
+:func:`engine.infer.sliding.predict_probabilities` on one ``--image``² synthetic scene, for
 overlaps 0, 0.25 and 0.5 and TTA ``none``/``flip``, against a single whole-image forward
 pass with the same TTA (normalise, model, softmax, back to the host as float32
 ``[N, H, W]``: the same output). The ratio to the single pass is the price of tiling:
@@ -49,9 +49,11 @@ from common import (
 )
 
 import archs
-from engine.inference import plan_axis, predict_probabilities, resolve_amp, segmentation_logits
-from engine.inference import tta_transforms as transforms_for
-from engine.synthetic import make_scene
+from archs import segmentation_logits
+from engine.data.synthetic.scenes import make_scene
+from engine.infer.sliding import predict_probabilities, resolve_amp
+from engine.infer.windows import plan_axis
+from engine.infer.windows import tta_transforms as transforms_for
 
 NAME = "bench_inference"
 NUM_CLASSES = 7

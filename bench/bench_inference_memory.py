@@ -101,8 +101,9 @@ def _band_tiles(band: np.ndarray):
 CHILD = r"""
 import json, sys, time
 import torch
-from engine.inference import predict_raster
-from engine.raster import open_raster, prediction_writer
+from engine.data.rasters import open_raster
+from engine.infer.sliding import predict_raster
+from engine.infer.writer import prediction_writer
 
 torch.manual_seed(0)
 args = json.loads(sys.argv[1])

@@ -1,10 +1,10 @@
 """Train step: images/s, step time and FLOP rate per precision/layout, and the non-finite check.
 
-One optimiser step as :mod:`engine.trainer` takes it, on a batch already on the device:
+One optimiser step as :mod:`engine.train.step` takes it, on a batch already on the device:
 forward under autocast, the loss in float32 (``ce``; ``multitask`` for multitask models,
-targets from :func:`engine.targets.make_targets`), backward, ``clip_grad_norm_(1.0)``,
+targets from :func:`engine.train.targets.make_targets`), backward, ``clip_grad_norm_(1.0)``,
 the trainer's non-finite check and ``optimizer.step()`` (AdamW from
-:func:`engine.optim.build_optimizer`: fused on CUDA). Variants, interleaved round by round
+:func:`engine.train.optim.build_optimizer`: fused on CUDA). Variants, interleaved round by round
 in one run: ``fp32``, ``bf16`` (autocast), ``bf16+cl`` (+ channels_last),
 ``bf16+cl+compile`` (+ ``torch.compile``), for each architecture and for
 ``segmentation_models_pytorch.Unet("resnet34", encoder_weights=None)``.
@@ -19,7 +19,7 @@ peak, e.g. 989 for an H100 SXM). Without a peak (on a CPU) only the achieved GFL
 reported.
 
 A second table isolates the non-finite-gradient skip: the trainer's
-(:class:`engine.trainer.NonFiniteSkip`: ``found_inf`` on the device with a fused
+(:class:`engine.train.step.NonFiniteSkip`: ``found_inf`` on the device with a fused
 optimiser, as ``GradScaler`` does; a host branch on ``bool(isfinite)`` otherwise) against
 no check and against a host branch with a fused optimiser (what the trainer did before).
 
@@ -52,11 +52,11 @@ from common import (
 from torch.utils.flop_counter import FlopCounterMode
 
 import archs
-from engine.config import OptimConfig
-from engine.losses import build_loss
-from engine.optim import build_optimizer
-from engine.targets import make_targets
-from engine.trainer import NonFiniteSkip
+from engine.train.config import OptimConfig
+from engine.train.loss_factory import build_loss
+from engine.train.optim import build_optimizer
+from engine.train.step import NonFiniteSkip
+from engine.train.targets import make_targets
 
 NAME = "bench_train_step"
 NUM_CLASSES = 7
@@ -96,7 +96,7 @@ class TrainStep:
         amp: Autocast dtype, or None for float32.
         channels_last: Model and input in channels_last.
         compile: ``torch.compile`` the model.
-        skip: Non-finite handling: ``trainer`` (:class:`engine.trainer.NonFiniteSkip`),
+        skip: Non-finite handling: ``trainer`` (:class:`engine.train.step.NonFiniteSkip`),
             ``sync`` (always a host branch on ``bool(isfinite)``) or ``none`` (no check).
         fused: Fused optimiser (None = the library default: on CUDA).
     """

@@ -1,10 +1,10 @@
 """Bench data: one synthetic folder of files, and shards of it in each image codec.
 
 The folder is what the original project trained from: ``Scene N/images/*.jpg`` (JPEG
-quality 90, from :func:`engine.synthetic.write_dataset`) plus, for the folder loader,
+quality 90, from :func:`engine.data.synthetic.scenes.write_dataset`) plus, for the folder loader,
 single-band class-index PNG masks (``masks_index/``), so the folder baseline does *not*
 pay for mapping mask colours to classes (the shards do not either). The shards are built
-from the same files by :func:`engine.shard_builder.build_shards`, one folder per codec,
+from the same files by :func:`engine.data.shard_builder.build_shards`, one folder per codec,
 with every image in the train split.
 """
 
@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.classes import load_classes
-from engine.imageio import read_mask_values
-from engine.manifest import load_manifest
-from engine.pairing import pair_by_glob
-from engine.shard_builder import BuildOptions, build_shards
-from engine.synthetic import write_dataset
+from engine.data.classes import load_classes
+from engine.data.imageio import read_mask_values
+from engine.data.manifest import load_manifest
+from engine.data.pairing import pair_by_glob
+from engine.data.shard_builder import BuildOptions, build_shards
+from engine.data.synthetic.scenes import write_dataset
 
 
 @dataclass

@@ -1,3 +1,14 @@
-"""terraseg engine: data, augmentation, losses, metrics, training, inference, logging."""
+"""terraseg's library, one package per stage a sample passes through.
 
-__version__ = "0.1.0"
+``data`` → ``render`` → ``evaluate`` → ``train`` → ``infer``: a package imports only from
+packages before it in this order (and from :mod:`archs`), never from ``launch/``.
+
+- :mod:`engine.data`: source images and masks, classes, shards, the loader.
+- :mod:`engine.render`: colours, figures and plots of masks and runs.
+- :mod:`engine.evaluate`: metrics, evaluation of shards and folders, reports.
+- :mod:`engine.train`: config, device augmentation, losses, the loop, checkpoints, export.
+- :mod:`engine.infer`: sliding-window prediction over rasters and its writers.
+"""
+
+#: The stages in import order: each may import only the ones before it.
+STAGES = ("data", "render", "evaluate", "train", "infer")

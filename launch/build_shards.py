@@ -8,10 +8,10 @@ Example (the Dubai layout, split by tile):
 import argparse
 import sys
 
-from engine.classes import ClassesError, load_classes
-from engine.imageio import IMAGE_CODECS, ImageReadError
-from engine.pairing import PairingError, pair_by_glob, pair_from_csv
-from engine.shard_builder import BuildError, BuildOptions, build_shards
+from engine.data.classes import ClassesError, load_classes
+from engine.data.imageio import IMAGE_CODECS, ImageReadError
+from engine.data.pairing import PairingError, pair_by_glob, pair_from_csv
+from engine.data.shard_builder import BuildError, BuildOptions, build_shards
 
 
 def main() -> int:

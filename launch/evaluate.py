@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from engine.classes import ClassesError, load_classes
-from engine.evaluation import evaluate_split
-from engine.export import ExportError, load_exported
-from engine.folder_eval import FolderEvalError, evaluate_folders
-from engine.manifest import ManifestError, load_manifest
-from engine.metrics import summary_line
-from engine.report import write_report
+from engine.data.classes import ClassesError, load_classes
+from engine.data.manifest import ManifestError, load_manifest
+from engine.evaluate.folder_eval import FolderEvalError, evaluate_folders
+from engine.evaluate.metrics import summary_line
+from engine.evaluate.report import write_report
+from engine.evaluate.shard_eval import evaluate_split
+from engine.train.export import ExportError, load_exported
 
 
 def main() -> int:

@@ -8,8 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.mask_inspect import draft_classes_yaml, inspect_masks
-from engine.pairing import PairingError, expand_glob
+from engine.data.mask_inspect import draft_classes_yaml, inspect_masks
+from engine.data.pairing import PairingError, expand_glob
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ Examples:
 
 import argparse
 
-from engine.synthetic import IMAGE_FORMATS, parse_size, write_dataset
+from engine.data.synthetic.scenes import IMAGE_FORMATS, parse_size, write_dataset
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from engine.render import class_info, confusion_heatmap, plot_history
+from engine.render.colors import class_info
+from engine.render.figures import confusion_heatmap
+from engine.render.history_plots import plot_history
 
 
 def find_confusions(metrics: dict) -> dict[str, list]:

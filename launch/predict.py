@@ -15,10 +15,13 @@ import glob
 import sys
 from pathlib import Path
 
-from engine.export import ExportError, load_exported
-from engine.inference import AMP_DTYPES, TTA_MODES, predict_raster, resolve_device
-from engine.raster import RasterError, open_raster, prediction_writer
-from engine.render import class_info
+from engine.data.raster_base import RasterError
+from engine.data.rasters import open_raster
+from engine.infer.sliding import AMP_DTYPES, predict_raster, resolve_device
+from engine.infer.windows import TTA_MODES
+from engine.infer.writer import prediction_writer
+from engine.render.colors import class_info
+from engine.train.export import ExportError, load_exported
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:

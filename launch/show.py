@@ -20,13 +20,15 @@ import json
 import sys
 from pathlib import Path
 
-from engine.classes import IGNORE_INDEX, ClassesError, load_classes
-from engine.folder_eval import FolderEvalError, read_truth_mask
-from engine.imageio import ImageReadError
-from engine.loader import read_sample
-from engine.manifest import ManifestError, load_manifest
-from engine.raster import RasterError, open_raster, read_index_mask
-from engine.render import class_info, mask_figure, panel
+from engine.data.classes import IGNORE_INDEX, ClassesError, load_classes
+from engine.data.imageio import ImageReadError
+from engine.data.loader import read_sample
+from engine.data.manifest import ManifestError, load_manifest
+from engine.data.raster_base import RasterError
+from engine.data.rasters import open_raster, read_index_mask
+from engine.evaluate.folder_eval import FolderEvalError, read_truth_mask
+from engine.render.colors import class_info
+from engine.render.figures import mask_figure, panel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         title = args.title
         exported = None
         if args.model:
-            from engine.export import load_exported
-            from engine.inference import resolve_device
+            from engine.infer.sliding import resolve_device
+            from engine.train.export import load_exported
 
             exported = load_exported(args.model, device=resolve_device(args.device))
             manifest = manifest or exported.manifest
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         if exported is not None:
             if image is None:
                 parser.error("--model needs an image (--image or --shards)")
-            from engine.inference import predict_mask
+            from engine.infer.sliding import predict_mask
 
             data = exported.manifest
             prediction = predict_mask(

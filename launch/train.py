@@ -13,9 +13,9 @@ import os
 import sys
 import traceback
 
-from engine.config import ConfigError, load_config
-from engine.metrics import summary_line
-from engine.trainer import train
+from engine.evaluate.metrics import summary_line
+from engine.train.config import ConfigError, load_config
+from engine.train.loop import train
 
 
 def main() -> int:

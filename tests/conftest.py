@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def dubai_dir() -> Path:
     """The real Dubai dataset folder; a missing dataset fails the test, never skips it."""
-    from engine.paths import dubai_dataset_dir
+    from engine.data.paths import dubai_dataset_dir
 
     path = dubai_dataset_dir()
     if not (path / "Semantic segmentation dataset").is_dir():
@@ -43,10 +43,10 @@ def dubai_shards(dubai_dir: Path, tmp_path_factory) -> Path:
     """
     import yaml
 
-    from engine.classes import classes_from_dict
-    from engine.mask_inspect import draft_classes_yaml, inspect_masks
-    from engine.pairing import pair_by_glob
-    from engine.shard_builder import BuildOptions, build_shards
+    from engine.data.classes import classes_from_dict
+    from engine.data.mask_inspect import draft_classes_yaml, inspect_masks
+    from engine.data.pairing import pair_by_glob
+    from engine.data.shard_builder import BuildOptions, build_shards
 
     report = inspect_masks(sorted(dubai_dir.glob("*/masks/*.png")), workers=2)
     draft = yaml.safe_load(draft_classes_yaml(report))
@@ -88,9 +88,9 @@ def make_tiny_dataset(root: Path, groups=4, per_group=2, size=(40, 56), seed=0) 
 
 def build_tiny(root: Path, out: Path, **options) -> dict:
     """Build shards from :func:`make_tiny_dataset` output (tile 32, 5 samples a shard)."""
-    from engine.classes import load_classes
-    from engine.pairing import pair_by_glob
-    from engine.shard_builder import BuildOptions, build_shards
+    from engine.data.classes import load_classes
+    from engine.data.pairing import pair_by_glob
+    from engine.data.shard_builder import BuildOptions, build_shards
 
     pairs = pair_by_glob(str(root / "*/images/*.png"), str(root / "*/masks/*.png"))
     defaults = dict(tile=32, val=0.25, test=0.25, samples_per_shard=5)
@@ -102,7 +102,7 @@ def build_tiny(root: Path, out: Path, **options) -> dict:
 @pytest.fixture(scope="session")
 def synthetic_scenes(tmp_path_factory) -> Path:
     """Generated land-cover scenes: 5 groups x 2 scenes of 192x160 (Dubai layout)."""
-    from engine.synthetic import write_dataset
+    from engine.data.synthetic.scenes import write_dataset
 
     root = tmp_path_factory.mktemp("synthetic") / "scenes"
     write_dataset(root, num_groups=5, scenes_per_group=2, size=(192, 160), seed=0)
@@ -111,9 +111,9 @@ def synthetic_scenes(tmp_path_factory) -> Path:
 
 def build_scene_shards(scenes: Path, out: Path, **options) -> Path:
     """Shards of generated scenes, tile 64 (9 tiles a scene), 3/1/1 groups for train/val/test."""
-    from engine.classes import load_classes
-    from engine.pairing import pair_by_glob
-    from engine.shard_builder import BuildOptions, build_shards
+    from engine.data.classes import load_classes
+    from engine.data.pairing import pair_by_glob
+    from engine.data.shard_builder import BuildOptions, build_shards
 
     pairs = pair_by_glob(str(scenes / "*/images/*"), str(scenes / "*/masks/*.png"))
     options = dict(tile=64, val=0.2, test=0.2) | options
@@ -141,7 +141,7 @@ def tiny_args(shards: Path, *overrides: str) -> list[str]:
 
 def tiny_config(shards: Path, *overrides: str):
     """The tiny CPU config pointed at ``shards``, made smaller still for tests."""
-    from engine.config import load_config
+    from engine.train.config import load_config
 
     return load_config(REPO / "launch/configs/tiny-cpu.yaml", tiny_args(shards, *overrides))
 

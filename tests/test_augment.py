@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from engine.augment import TrainAugment, normalize
+from engine.data.normalize import normalize
+from engine.train.augment import TrainAugment
 
 IGNORE = 255
 MEAN = (0.3, 0.4, 0.5)

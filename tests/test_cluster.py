@@ -11,8 +11,8 @@ import pytest
 from conftest import build_scene_shards, tiny_args
 from launching import REPO, accelerate_command, cpu_env, free_port, run
 
-from engine.checkpoint import find_latest, read_state
-from engine.manifest import load_manifest
+from engine.data.manifest import load_manifest
+from engine.train.checkpoint import find_latest, read_state
 
 
 @pytest.fixture(scope="module")

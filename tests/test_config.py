@@ -2,8 +2,8 @@
 
 import pytest
 
-from engine.config import ConfigError, config_from_dict, load_config
-from engine.optim import lr_factor
+from engine.train.config import ConfigError, config_from_dict, load_config
+from engine.train.optim import lr_factor
 
 TINY = "launch/configs/tiny-cpu.yaml"
 

@@ -4,11 +4,12 @@ import torch
 from accelerate.utils import set_seed
 from conftest import REPO
 
-from engine.config import load_config
-from engine.evaluation import evaluate_split
-from engine.export import load_exported
-from engine.manifest import load_manifest
-from engine.trainer import build_model, train
+from engine.data.manifest import load_manifest
+from engine.evaluate.shard_eval import evaluate_split
+from engine.train.config import load_config
+from engine.train.export import load_exported
+from engine.train.loop import train
+from engine.train.setup import build_model
 
 DATASET_MAJORITY = 0.524  # land, the largest class over all masks (PROVENANCE.md)
 

@@ -5,9 +5,9 @@ import json
 import numpy as np
 from PIL import Image
 
-from engine.loader import Codecs, read_samples
-from engine.manifest import load_manifest
-from engine.mask_inspect import inspect_masks
+from engine.data.loader import Codecs, read_samples
+from engine.data.manifest import load_manifest
+from engine.data.mask_inspect import inspect_masks
 
 PROVENANCE_SHARES = {  # measured from the masks, as PROVENANCE.md lists them
     "#8429F6": 52.4, "#E2A929": 13.6, "#3C1098": 13.3, "#FEDD3A": 10.3,

@@ -9,7 +9,7 @@ from conftest import REPO, tiny_config
 from PIL import Image
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, jaccard_score
 
-from engine.trainer import train
+from engine.train.loop import train
 
 
 def evaluate(*args: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from engine.export import ExportError, load_exported, save_exported
+from engine.train.export import ExportError, load_exported, save_exported
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = {
@@ -220,8 +220,8 @@ def test_predict_script_end_to_end(tmp_path, model_factory, monkeypatch):
         [f"a_{k}.png" for k in ("mask", "color", "confidence", "overlay")]
         + [f"b_{k}.tif" for k in ("mask", "color", "confidence", "overlay")]
     )
-    from engine.inference import predict_mask
-    from engine.raster import read_index_mask
+    from engine.data.rasters import read_index_mask
+    from engine.infer.sliding import predict_mask
 
     for stem, image, ext in (("a", png, "png"), ("b", tif, "tif")):
         mask = read_index_mask(out / f"{stem}_mask.{ext}")

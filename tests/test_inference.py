@@ -15,17 +15,15 @@ import pytest
 import torch
 from torch import nn
 
-from engine.inference import (
-    column_bands,
+from engine.data.raster_base import ArrayReader
+from engine.infer.sliding import (
     iter_probability_blocks,
-    plan_axis,
     predict_mask,
     predict_probabilities,
     predict_raster,
-    tile_weights,
-    tta_transforms,
 )
-from engine.raster import ArrayReader, PredictionWriter
+from engine.infer.windows import column_bands, plan_axis, tile_weights, tta_transforms
+from engine.infer.writer import PredictionWriter
 
 MEAN = (0.42, 0.47, 0.51)
 STD = (0.21, 0.23, 0.26)
@@ -376,8 +374,9 @@ MEMORY_CHILD = textwrap.dedent(
     """
     import json, sys
     import torch
-    from engine.inference import predict_raster
-    from engine.raster import open_raster, prediction_writer
+    from engine.data.rasters import open_raster
+    from engine.infer.sliding import predict_raster
+    from engine.infer.writer import prediction_writer
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(),

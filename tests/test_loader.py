@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import build_tiny, make_tiny_dataset
 
-from engine.loader import (
+from engine.data.loader import (
     Codecs,
     eval_batches,
     eval_steps,
@@ -18,7 +18,7 @@ from engine.loader import (
     read_samples,
     train_batches,
 )
-from engine.manifest import load_manifest
+from engine.data.manifest import load_manifest
 
 
 def free_port() -> int:
@@ -130,7 +130,7 @@ def test_corrupt_or_missing_members_name_the_shard_and_sample(tmp_path):
     import io
     import tarfile
 
-    from engine.loader import ShardReadError
+    from engine.data.loader import ShardReadError
 
     build_tiny(make_tiny_dataset(tmp_path / "d"), tmp_path / "s", val=0, test=0)
     manifest = load_manifest(tmp_path / "s")

@@ -5,17 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.losses import (
+from engine.train.loss_factory import build_loss, class_weights_from_pixels
+from engine.train.losses import (
     CombinedLoss,
     CrossEntropyLoss,
     DiceLoss,
     MultitaskLoss,
     TanimotoLoss,
-    build_loss,
-    class_weights_from_pixels,
     tanimoto_with_complement,
 )
-from engine.targets import make_targets
+from engine.train.targets import make_targets
 
 N = 4
 IGNORE = 255

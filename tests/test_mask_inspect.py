@@ -4,8 +4,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from engine.classes import classes_from_dict
-from engine.mask_inspect import draft_classes_yaml, inspect_masks
+from engine.data.classes import classes_from_dict
+from engine.data.mask_inspect import draft_classes_yaml, inspect_masks
 
 
 def test_rgb_and_palette_masks_mix_as_colours(tmp_path):

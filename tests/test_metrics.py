@@ -16,7 +16,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from engine.metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_confusion
+from engine.evaluate.metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_confusion
 
 N = 6
 IGNORE = 255

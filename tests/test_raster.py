@@ -7,15 +7,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from engine.folder_eval import FolderEvalError, evaluate_folders, pair_folders
-from engine.raster import (
-    PredictionWriter,
-    RasterError,
-    open_raster,
-    prediction_writer,
-    rasterio_available,
-    read_index_mask,
-)
+from engine.data.raster_base import RasterError, rasterio_available
+from engine.data.rasters import open_raster, read_index_mask
+from engine.evaluate.folder_eval import FolderEvalError, evaluate_folders, pair_folders
+from engine.infer.writer import PredictionWriter, prediction_writer
 
 needs_rasterio = pytest.mark.skipif(not rasterio_available(), reason="rasterio not installed")
 PALETTE = ["#FF0000", "#00FF00", "#0000FF", "#FFFF00"]
@@ -253,7 +248,7 @@ def test_geotiff_crs_and_transform_are_kept(tmp_path, rgb, backend):
 def test_end_to_end_tiff_prediction_keeps_size(tmp_path):
     import torch
 
-    from engine.inference import predict_raster
+    from engine.infer.sliding import predict_raster
 
     image = np.random.default_rng(2).integers(0, 256, (333, 517, 3), dtype=np.uint8)
     source = tmp_path / "scene.tif"

@@ -11,19 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.render import (
-    ERROR_COLORS,
-    class_info,
-    colorize,
-    confusion_heatmap,
-    error_map,
-    hex_to_rgb,
-    legend_image,
-    mask_figure,
-    overlay,
-    panel,
-    plot_history,
-)
+from engine.render.colors import ERROR_COLORS, class_info, colorize, error_map, hex_to_rgb, overlay
+from engine.render.figures import confusion_heatmap, legend_image, mask_figure, panel
+from engine.render.history_plots import plot_history
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["Water", "Land (unpaved area)", "Road", "Building"]
@@ -129,7 +119,7 @@ def _write_history(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 
 def test_plot_history_reads_the_columns_present(tmp_path):
-    # the trainer's columns (engine.history); cells not written for a split stay blank
+    # the trainer's columns (engine.train.history); cells not written for a split stay blank
     columns = ["step", "epoch", "split", "time_s", "lr", "loss", "grad_norm", "miou"]
     columns += ["loss/segmentation", "loss/boundary"] + [f"iou/{n}" for n in NAMES]
     rows = []
@@ -183,7 +173,7 @@ def test_plot_history_skips_absent_columns(tmp_path):
 
 
 def test_class_info_from_manifest_and_classes_file(tmp_path):
-    from engine.classes import classes_from_dict
+    from engine.data.classes import classes_from_dict
 
     manifest = {"classes": [{"name": n, "color": c} for n, c in zip(NAMES, PALETTE)]}
     assert class_info(manifest) == (NAMES, PALETTE)
@@ -211,10 +201,10 @@ def _run_script(monkeypatch, name: str, argv: list[str]) -> int:
 
 @pytest.mark.slow
 def test_show_script_renders_a_shard_sample_and_masks(tmp_path, monkeypatch):
-    from engine.classes import load_classes
-    from engine.pairing import pair_by_glob
-    from engine.shard_builder import BuildOptions, build_shards
-    from engine.synthetic import write_dataset
+    from engine.data.classes import load_classes
+    from engine.data.pairing import pair_by_glob
+    from engine.data.shard_builder import BuildOptions, build_shards
+    from engine.data.synthetic.scenes import write_dataset
 
     data = write_dataset(
         tmp_path / "data", num_groups=3, scenes_per_group=1, size=(96, 128), nodata_fraction=0.0

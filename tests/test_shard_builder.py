@@ -11,12 +11,18 @@ from conftest import build_tiny as build
 from conftest import make_tiny_dataset as make_dataset
 from PIL import Image
 
-from engine.classes import ClassesError, classes_from_dict, load_classes
-from engine.imageio import ImageReadError, decode_image
-from engine.loader import Codecs, read_samples
-from engine.manifest import ManifestError, load_manifest
-from engine.pairing import PairingError, pair_by_glob, pair_from_csv
-from engine.shard_builder import BuildError, BuildOptions, build_shards, split_groups, tile_windows
+from engine.data.classes import ClassesError, classes_from_dict, load_classes
+from engine.data.imageio import ImageReadError, decode_image
+from engine.data.loader import Codecs, read_samples
+from engine.data.manifest import ManifestError, load_manifest
+from engine.data.pairing import PairingError, pair_by_glob, pair_from_csv
+from engine.data.shard_builder import (
+    BuildError,
+    BuildOptions,
+    build_shards,
+    split_groups,
+    tile_windows,
+)
 
 
 def read_members(tar_path: Path) -> dict[str, bytes]:
@@ -237,7 +243,7 @@ def test_empty_folder(tmp_path):
 def test_two_band_tiff_and_tiff_variants(tmp_path):
     import tifffile
 
-    from engine.imageio import read_image
+    from engine.data.imageio import read_image
 
     tifffile.imwrite(
         tmp_path / "two.tif",

@@ -11,16 +11,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from engine.synthetic import (
+from engine.data.synthetic.classes import (
     IGNORE_INDEX,
     NODATA_CLASS,
     SYNTHETIC_CLASSES,
-    make_scene,
     mask_to_rgb,
     palette,
-    parse_size,
-    write_dataset,
 )
+from engine.data.synthetic.scenes import make_scene, parse_size, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 N = len(SYNTHETIC_CLASSES)
@@ -116,7 +114,7 @@ def test_classes_yaml_matches_palette(small_dataset):
 
 
 def test_classes_yaml_loads_with_the_engine_reader(small_dataset):
-    from engine.classes import load_classes, rgb_code
+    from engine.data.classes import load_classes, rgb_code
 
     spec = load_classes(small_dataset / "classes.yaml")
     assert spec.encoding == "rgb"

@@ -4,7 +4,7 @@ import torch
 from matplotlib.colors import rgb_to_hsv
 from scipy import ndimage
 
-from engine.targets import (
+from engine.train.targets import (
     MultitaskTargets,
     boundary_targets,
     colour_targets,
@@ -97,7 +97,7 @@ def test_edt_matches_scipy(shape):
 
 
 def test_edt_small_chunks_give_the_same_result(monkeypatch):
-    import engine.targets as targets
+    import engine.train.targets as targets
 
     sources = torch.rand(2, 30, 20, generator=torch.Generator().manual_seed(3)) < 0.05
     full = euclidean_distance_transform(sources)

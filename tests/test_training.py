@@ -10,12 +10,14 @@ from accelerate import Accelerator
 from conftest import tiny_config
 from torch import nn
 
-from engine.checkpoint import find_latest, list_checkpoints, read_state
-from engine.evaluation import evaluate_split
-from engine.export import load_exported
-from engine.losses import build_loss
-from engine.manifest import load_manifest
-from engine.trainer import EXIT_PREEMPTED, TrainingDiverged, forward_backward, train
+from engine.data.manifest import load_manifest
+from engine.evaluate.shard_eval import evaluate_split
+from engine.train.checkpoint import find_latest, list_checkpoints, read_state
+from engine.train.export import load_exported
+from engine.train.loop import train
+from engine.train.loss_factory import build_loss
+from engine.train.step import forward_backward
+from engine.train.stopping import EXIT_PREEMPTED, TrainingDiverged
 
 
 def history(run_dir):
@@ -121,7 +123,7 @@ def test_non_finite_steps_stop_training_and_keep_last_checkpoint(
     synthetic_shards, tmp_path, monkeypatch
 ):
     config = tiny_config(synthetic_shards, "train.checkpoint_every=2", "train.max_bad_steps=3")
-    from engine import trainer
+    from engine.train import step as trainer
 
     real = trainer.forward_backward
     calls = {"n": 0}
@@ -148,7 +150,7 @@ def test_non_finite_steps_stop_training_and_keep_last_checkpoint(
 @pytest.mark.parametrize("fused", [True, False])
 def test_non_finite_skip_leaves_parameters_and_state_untouched(fused):
     """Fused optimisers skip on the device (``found_inf``), others on the host."""
-    from engine.trainer import NonFiniteSkip
+    from engine.train.step import NonFiniteSkip
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)

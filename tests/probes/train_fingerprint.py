@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from engine.config import load_config
-from engine.trainer import train
+from engine.train.config import load_config
+from engine.train.loop import train
 
 config = load_config(sys.argv[1], sys.argv[3:])
 result = train(config, sys.argv[2])

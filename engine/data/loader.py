@@ -28,8 +28,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys
 
-from engine.imageio import decode_image
-from engine.manifest import Manifest, SplitInfo
+from engine.data.imageio import decode_image
+from engine.data.manifest import Manifest, SplitInfo
 
 
 class Batch(NamedTuple):

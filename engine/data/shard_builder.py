@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from engine.classes import IGNORE_INDEX, ClassesFile
-from engine.imageio import (
+from engine.data.classes import IGNORE_INDEX, ClassesFile
+from engine.data.imageio import (
     IMAGE_CODECS,
     encode_image,
     mask_codec_for,
     read_image,
     read_mask_values,
 )
-from engine.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
-from engine.pairing import Pair
+from engine.data.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
+from engine.data.pairing import Pair
 
 MEMBER_EXT = {"png": "png", "jpg": "jpg", "webp": "webp", "npy": "npy"}
 
@@ -291,7 +291,7 @@ def build_shards(
     """Decode, map, tile, split and write ``pairs`` as shards plus ``dataset.json``.
 
     Args:
-        pairs: Image/mask pairs with their groups (see :mod:`engine.pairing`).
+        pairs: Image/mask pairs with their groups (see :mod:`engine.data.pairing`).
         classes: The classes file mapping mask values to class indices.
         out: Output folder (created; must be empty unless ``options.overwrite``).
         options: Tiling, codec, split and parallelism settings.

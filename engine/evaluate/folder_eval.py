@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.classes import IGNORE_INDEX, ClassesFile, load_classes
-from engine.imageio import read_mask_values
-from engine.metrics import ConfusionMatrix
-from engine.raster import read_index_mask
+from engine.data.classes import IGNORE_INDEX, ClassesFile, load_classes
+from engine.data.imageio import read_mask_values
+from engine.data.rasters import read_index_mask
+from engine.evaluate.metrics import ConfusionMatrix
 
 MASK_SUFFIXES = {".png", ".tif", ".tiff", ".bmp"}
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.classes import DEFAULT_PALETTE, format_color
-from engine.imageio import TIFF_SUFFIXES, ImageReadError, read_mask_values
+from engine.data.classes import DEFAULT_PALETTE, format_color
+from engine.data.imageio import TIFF_SUFFIXES, ImageReadError, read_mask_values
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from archs import segmentation_logits
-from engine.augment import normalize
-from engine.loader import eval_batches
-from engine.manifest import Manifest
-from engine.metrics import ConfusionMatrix, SegmentationMetrics
+from engine.data.loader import eval_batches
+from engine.data.manifest import Manifest
+from engine.data.normalize import normalize
+from engine.evaluate.metrics import ConfusionMatrix, SegmentationMetrics
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Images come back as uint8 ``HxWx3`` RGB. Masks come back as an integer ``HxW`` array of
 *values*: 24-bit colour codes (``r << 16 | g << 8 | b``) for colour masks, or the raw
-integer for single-band masks. :mod:`engine.classes` maps values to class indices.
+integer for single-band masks. :mod:`engine.data.classes` maps values to class indices.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def decode_image(data: bytes | bytearray, codec: str) -> np.ndarray:
     """Decode a shard member written by :func:`encode_image` back to a uint8 array.
 
     ``npy`` members are not copied: the array is a view of ``data``, writable when ``data``
-    is a ``bytearray`` (as :mod:`engine.loader` reads them).
+    is a ``bytearray`` (as :mod:`engine.data.loader` reads them).
     """
     if codec == "npy":
         return _npy_view(data)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.metrics import SegmentationMetrics
+from engine.evaluate.metrics import SegmentationMetrics
 
 
 def _pct(value: float | None) -> str:
@@ -55,7 +55,7 @@ def write_report(
     Returns:
         The metrics dict written to ``metrics.json``.
     """
-    from engine.render import confusion_heatmap
+    from engine.render.figures import confusion_heatmap
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Device-side training augmentation and evaluation normalisation.
+"""Device-side training augmentation (evaluation normalisation: :mod:`engine.data.normalize`).
 
 Geometry uses plain torch indexing instead of ``kornia.augmentation.AugmentationSequential``:
 a crop, flips and 90-degree rotations are pure pixel permutations, so indexing is exact by
@@ -25,34 +25,11 @@ from kornia.enhance import (
 )
 from torch import nn
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TrainAugment", "normalize"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TrainAugment"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
-
-
-def normalize(
-    images: torch.Tensor,
-    mean: Sequence[float] | torch.Tensor,
-    std: Sequence[float] | torch.Tensor,
-) -> torch.Tensor:
-    """Scale images to [0, 1] and standardise them per channel (evaluation path).
-
-    Args:
-        images: ``[B, 3, H, W]``, uint8 (divided by 255) or float already in [0, 1].
-        mean: Per-channel mean on the 0-1 scale.
-        std: Per-channel standard deviation on the 0-1 scale.
-
-    Returns:
-        float32 ``[B, 3, H, W]``, ``(images / 255 - mean) / std``.
-    """
-    x = images.float()
-    if images.dtype == torch.uint8:
-        x = x / 255.0
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).to(x.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).to(x.device).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
 
 
 class TrainAugment(nn.Module):

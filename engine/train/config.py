@@ -74,7 +74,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """The training loss (see ``engine.losses.build_loss``).
+    """The training loss (see ``engine.train.loss_factory.build_loss``).
 
     Attributes:
         spec: ``"ce"``, ``"ce+dice"``, ``"tanimoto"``, ``"multitask"``, or a mapping/list

@@ -1,0 +1,425 @@
+"""The layout of a synthetic scene: labels and per-region attributes, before any colour."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from engine.data.synthetic.classes import (
+    ASPHALT_MAIN,
+    ASPHALT_MINOR,
+    BACKGROUND,
+    BUILDING,
+    CROP_P,
+    CROPS,
+    DIRT,
+    FARMLAND,
+    GRASS,
+    ROAD,
+    ROOF_P,
+    ROOFS,
+    WATER,
+    WOODLAND,
+)
+from engine.data.synthetic.primitives import (
+    Coarse,
+    convex_hull,
+    fbm,
+    is_inside,
+    path_through,
+    thick_line,
+    threshold_for,
+    walk,
+)
+
+
+class Layout:
+    """Everything `make_scene` decides before colouring: labels and per-region attributes."""
+
+    def __init__(self, h: int, w: int) -> None:
+        self.h, self.w = h, w
+        self.label = np.zeros((h, w), dtype=np.uint8)
+        self.pid: np.ndarray | None = None  # int32 HxW parcel id
+        self.rows: np.ndarray | None = None  # float32 HxW coordinate across crop rows
+        self.parcel_rgb: np.ndarray | None = None  # per parcel: colour, row frequency,
+        self.parcel_freq: np.ndarray | None = None  # row amplitude and phase
+        self.parcel_amp: np.ndarray | None = None
+        self.parcel_phase: np.ndarray | None = None
+        self.road_kind: np.ndarray | None = None  # uint8 HxW, 0 = none
+        self.marking: np.ndarray | None = None  # bool HxW, lane markings
+        self.roof: np.ndarray | None = None  # uint8 HxWx3 roof colours
+        self.flat_rim: np.ndarray | None = None  # bool HxW, flat-roof parapets
+        self.shadow: np.ndarray | None = None  # bool HxW, cast shadows of buildings
+        self.sun = (1.0, 1.0)  # shadow direction (x, y), unit vector
+        self.tracks: list[list[tuple[float, float]]] = []  # dirt tracks along field strips
+
+
+def _farmland(rng: np.random.Generator, lay: Layout, frac: float, theta: float) -> None:
+    """Rotated strips of parcels; a coarse zone field picks which parcels are farmed."""
+    h, w = lay.h, lay.w
+    c, s = math.cos(theta), math.sin(theta)
+    ys = np.arange(h, dtype=np.float32)[:, None]
+    xs = np.arange(w, dtype=np.float32)[None, :]
+    corners_u = [0.0, w * c, h * s, w * c + h * s]
+    corners_v = [0.0, -w * s, h * c, -w * s + h * c]
+    umin, vmin = min(corners_u), min(corners_v)
+    u = xs * c + ys * s - umin
+    v = ys * c - xs * s - vmin
+    vlen = int(max(corners_v) - vmin) + 2
+    # Strips of random depth along v, found through a 1-D table (no searchsorted).
+    depths = rng.uniform(45, 150, size=vlen // 45 + 2)
+    edges = np.concatenate([[0.0], np.cumsum(depths)])
+    n_strips = int(np.searchsorted(edges, vlen)) + 1
+    vi = np.arange(vlen + 1, dtype=np.float32)
+    strip_of = np.clip(np.searchsorted(edges, vi, side="right") - 1, 0, n_strips - 1)
+    within_of = (vi - edges[strip_of]).astype(np.float32)
+    vint = np.clip(v.astype(np.int32), 0, vlen)
+    iv = strip_of[vint]
+    fv = within_of[vint]
+    depth = depths[np.minimum(iv, len(depths) - 1)].astype(np.float32)
+    # Parcels of random length along u, per strip, with a per-strip offset.
+    lengths = rng.uniform(40, 220, size=n_strips).astype(np.float32)
+    offsets = rng.uniform(0, 1, size=n_strips).astype(np.float32) * lengths
+    uu = u + offsets[iv]
+    plen = lengths[iv]
+    iu = np.floor(uu / plen).astype(np.int32)
+    fu = uu - iu * plen
+    ulen = int(max(corners_u) - umin) + 2
+    n_u = int(ulen / 40) + 3
+    pid = iv * n_u + iu
+
+    # Per-parcel attributes.
+    n_parcels = n_strips * n_u
+    pu = (np.arange(n_parcels) % n_u + 0.5) * np.repeat(lengths, n_u) - np.repeat(offsets, n_u)
+    pv = edges[np.arange(n_parcels) // n_u] + 0.5 * depths[np.arange(n_parcels) // n_u]
+    px = (pu + umin) * c - (pv + vmin) * s
+    py = (pu + umin) * s + (pv + vmin) * c
+    zone = Coarse(rng, h, w, rng.uniform(250, 450))
+    pzone = zone.at(px, py) + rng.normal(0, 0.25, size=n_parcels).astype(np.float32)
+    visible = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+    if visible.any():
+        thr = float(np.quantile(pzone[visible], 1.0 - frac))
+    else:
+        thr = float(np.quantile(pzone, 1.0 - frac))
+    farmed = pzone > thr
+    # Some farmed parcels lie fallow: grass or bare land, with their own shade.
+    fate = rng.random(n_parcels)
+    crop = rng.choice(len(CROPS), size=n_parcels, p=CROP_P)
+    rgb = (
+        CROPS[crop, 0] + rng.normal(0, 1, size=(n_parcels, 3)).astype(np.float32) * (CROPS[crop, 1])
+    )
+    rgb *= rng.uniform(0.85, 1.15, size=(n_parcels, 1)).astype(np.float32)
+    period = rng.uniform(2.6, 9.0, size=n_parcels).astype(np.float32)
+    amp = rng.uniform(0.0, 0.16, size=n_parcels).astype(np.float32)
+    amp[rng.random(n_parcels) < 0.15] = 0.0  # some parcels show no rows
+    along_v = rng.random(n_parcels) < 0.5
+    phase = rng.uniform(0, 2 * math.pi, size=n_parcels).astype(np.float32)
+
+    parcel_label = np.where(
+        farmed, np.where(fate < 0.1, GRASS, np.where(fate < 0.14, BACKGROUND, FARMLAND)), 255
+    ).astype(np.uint8)
+    pl = parcel_label[pid]
+    # Field margins (tracks, hedges) between parcels: thin strips of another class.
+    margin = rng.uniform(1.5, 4.0)
+    margin_cls = GRASS if rng.random() < 0.5 else BACKGROUND
+    edge = (fu < margin) | (fv < margin) | (fu > plen - 0.5) | (fv > depth - 0.5)
+    on = pl != 255
+    lay.label[on] = pl[on]
+    lay.label[on & edge] = margin_cls
+
+    # Per-pixel parcel id and row coordinate; colours are applied after the later layers.
+    lay.pid = pid
+    lay.rows = np.where(along_v[pid], v, u)
+    lay.parcel_rgb = rgb
+    lay.parcel_freq = (2 * math.pi / period).astype(np.float32)
+    lay.parcel_amp = amp
+    lay.parcel_phase = phase
+
+    # Dirt tracks along a few strip edges.
+    for _ in range(rng.poisson(1.2 * frac * 3)):
+        k = int(rng.integers(1, max(2, n_strips)))
+        vv = float(edges[min(k, len(edges) - 1)]) + vmin
+        a = np.array([umin, vv])
+        b = np.array([umin + ulen, vv])
+        p0 = (a[0] * c - a[1] * s, a[0] * s + a[1] * c)
+        p1 = (b[0] * c - b[1] * s, b[0] * s + b[1] * c)
+        lay.tracks.append([p0, p1])
+
+
+def _settlement(
+    rng: np.random.Generator,
+    lay: Layout,
+    theta: float,
+    block: float,
+    origin: tuple[float, float],
+    ragged: np.ndarray,
+) -> list[tuple[list[tuple[float, float]], float]]:
+    """Clear a roughly round village (gardens) and lay out its street grid."""
+    h, w = lay.h, lay.w
+    cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
+    radius = rng.uniform(90, 260)
+    ys = np.arange(h, dtype=np.float32)[:, None]
+    xs = np.arange(w, dtype=np.float32)[None, :]
+    dist = np.sqrt((xs - cx) ** 2 + (ys - cy) ** 2) * (1.0 - 0.25 * ragged)
+    inside = dist < radius
+    garden = GRASS if rng.random() < 0.6 else BACKGROUND
+    lay.label[inside & ((lay.label == FARMLAND) | (lay.label == WOODLAND))] = garden
+    # Streets lie on a lattice shared by all villages of the scene, so they line up.
+    streets = []
+    one_way = rng.random() < 0.3  # some villages have streets one way only
+    for angle in (theta, theta + math.pi / 2)[: 1 if one_way else 2]:
+        tx, ty = math.cos(angle), math.sin(angle)
+        nx, ny = -ty, tx
+        centre_off = (cx - origin[0]) * nx + (cy - origin[1]) * ny
+        centre_along = (cx - origin[0]) * tx + (cy - origin[1]) * ty
+        first = math.ceil((centre_off - radius) / block)
+        for k in range(first, int((centre_off + radius) // block) + 1):
+            off = k * block - centre_off
+            half = math.sqrt(max(radius**2 - off**2, 0.0))
+            if half < 25:
+                continue
+            a = centre_along - half * rng.uniform(0.7, 1.1)
+            b = centre_along + half * rng.uniform(0.7, 1.1)
+            bx, by = origin[0] + nx * k * block, origin[1] + ny * k * block
+            pts = [(bx + tx * a, by + ty * a), (bx + tx * b, by + ty * b)]
+            streets.append((pts, float(rng.uniform(5, 8))))
+    return streets
+
+
+def _roads(
+    rng: np.random.Generator,
+    lay: Layout,
+    theta: float,
+    density: float,
+    streets: list[tuple[list[tuple[float, float]], float]],
+) -> list[tuple[list[tuple[float, float]], float, float]]:
+    """Draw the road network; return asphalt polylines with widths and house densities."""
+    h, w = lay.h, lay.w
+    diag = math.hypot(h, w)
+    area = h * w / 512.0**2
+    img = Image.new("L", (w, h), 0)
+    mark = Image.new("L", (w, h), 0)
+    draw, mdraw = ImageDraw.Draw(img), ImageDraw.Draw(mark)
+    for track in lay.tracks:
+        draw.line(track, fill=DIRT, width=int(rng.integers(3, 6)))
+    asphalt: list[tuple[list[tuple[float, float]], float, float]] = []
+    for pts, width in streets:
+        draw.line(pts, fill=ASPHALT_MINOR, width=int(round(width)))
+        asphalt.append((pts, width, 1.0))
+    n_main = 1 + rng.poisson(0.6 * math.sqrt(area) + 0.3)
+    for _ in range(n_main):
+        point = (rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h)
+        if rng.random() < 0.6:
+            heading = theta + (math.pi / 2) * int(rng.integers(0, 2)) + rng.normal(0, 0.02)
+            wiggle = 0.004
+        else:
+            heading = rng.uniform(0, math.pi)
+            wiggle = 0.03
+        pts = path_through(rng, point, heading, diag, 30.0, wiggle)
+        width = float(rng.uniform(8, 15))
+        thick_line(draw, pts, ASPHALT_MAIN, width)
+        if rng.random() < 0.7:
+            # Dashed centre line.
+            for a, b in zip(pts[::2], pts[1::2]):
+                mid = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)
+                mdraw.line([a, mid], fill=1, width=1)
+        asphalt.append((pts, width, density))
+    n_minor = rng.poisson((1.0 + 4.0 * density) * math.sqrt(area))
+    for _ in range(n_minor):
+        parent = asphalt[int(rng.integers(0, len(asphalt)))][0]
+        inside = [i for i in range(len(parent) - 1) if is_inside(parent[i], h, w)]
+        if not inside:
+            continue
+        i = inside[int(rng.integers(0, len(inside)))]
+        (x0, y0), (x1, y1) = parent[i], parent[i + 1]
+        seg = math.atan2(y1 - y0, x1 - x0)
+        heading = seg + math.copysign(math.pi / 2, rng.random() - 0.5) + rng.normal(0, 0.05)
+        wiggle = 0.003 if rng.random() < 0.6 else 0.04
+        pts = walk(rng, (x0, y0), heading, rng.uniform(0.15, 0.7) * diag, 25.0, wiggle)
+        width = float(rng.uniform(5, 8.5))
+        kind = ASPHALT_MINOR if rng.random() < 0.8 else DIRT
+        thick_line(draw, pts, kind, width)
+        if kind != DIRT:
+            asphalt.append((pts, width, density))
+    lay.road_kind = np.asarray(img)
+    lay.marking = np.asarray(mark).astype(bool) & (lay.road_kind == ASPHALT_MAIN)
+    return asphalt
+
+
+def _buildings(
+    rng: np.random.Generator,
+    lay: Layout,
+    asphalt: list[tuple[list[tuple[float, float]], float, float]],
+) -> None:
+    """Houses along the roads (denser in settlement zones), with roofs and shadows."""
+    h, w = lay.h, lay.w
+    settle = Coarse(rng, h, w, rng.uniform(150, 300))
+    blocked = (lay.road_kind > 0) | (lay.label == WATER)
+    occupied = np.zeros((h, w), dtype=bool)
+    bld = Image.new("L", (w, h), 0)
+    roof = Image.new("RGB", (w, h), (0, 0, 0))
+    rim = Image.new("L", (w, h), 0)
+    shadow = Image.new("L", (w, h), 0)
+    bdraw, rdraw = ImageDraw.Draw(bld), ImageDraw.Draw(roof)
+    idraw, sdraw = ImageDraw.Draw(rim), ImageDraw.Draw(shadow)
+    sun = lay.sun
+    style = rng.choice(len(ROOFS), p=ROOF_P)  # the neighbourhood's favourite roof
+    for pts, road_w, density in asphalt:
+        for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+            seg_len = math.hypot(x1 - x0, y1 - y0)
+            if seg_len < 1 or max(x0, x1) < -40 or min(x0, x1) > w + 40:
+                continue
+            if max(y0, y1) < -40 or min(y0, y1) > h + 40:
+                continue
+            tx, ty = (x1 - x0) / seg_len, (y1 - y0) / seg_len
+            nx, ny = -ty, tx
+            t = rng.uniform(0, 14)
+            while t < seg_len:
+                a = rng.uniform(10, 26)  # frontage
+                b = rng.uniform(10, 24)  # depth
+                px, py = x0 + tx * t, y0 + ty * t
+                t += a + rng.uniform(2, 10)
+                for side in (-1.0, 1.0):
+                    qx, qy = int(px), int(py)
+                    if not (0 <= qx < w and 0 <= qy < h):
+                        continue
+                    p = density * (0.35 + 0.65 / (1.0 + math.exp(-3.0 * settle.value(qx, qy))))
+                    p = min(p, 0.95)
+                    if rng.random() > p:
+                        continue
+                    off = road_w / 2 + rng.uniform(3, 11) + b / 2
+                    cx, cy = px + side * nx * off, py + side * ny * off
+                    ic, jc = int(cy), int(cx)
+                    if 0 <= ic < h and 0 <= jc < w and (blocked[ic, jc] or occupied[ic, jc]):
+                        continue
+                    jit = rng.normal(0, 0.03)
+                    ca, sa = math.cos(jit), math.sin(jit)
+                    ux, uy = tx * ca - ty * sa, tx * sa + ty * ca
+                    vx, vy = -uy, ux
+                    corners = [
+                        (
+                            cx + sx * ux * a / 2 + sy * vx * b / 2,
+                            cy + sx * uy * a / 2 + sy * vy * b / 2,
+                        )
+                        for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))
+                    ]
+                    xs = [q[0] for q in corners]
+                    ys = [q[1] for q in corners]
+                    bx0, bx1 = max(0, int(min(xs)) - 2), min(w, int(max(xs)) + 3)
+                    by0, by1 = max(0, int(min(ys)) - 2), min(h, int(max(ys)) + 3)
+                    if bx0 >= bx1 or by0 >= by1:
+                        continue
+                    # The footprint, a little enlarged, must not touch roads, water or houses.
+                    gx = np.arange(bx0, bx1, dtype=np.float32)[None, :] + (0.5 - cx)
+                    gy = np.arange(by0, by1, dtype=np.float32)[:, None] + (0.5 - cy)
+                    foot = (np.abs(gx * ux + gy * uy) <= 0.58 * a + 1) & (
+                        np.abs(gx * vx + gy * vy) <= 0.58 * b + 1
+                    )
+                    taken = blocked[by0:by1, bx0:bx1] | occupied[by0:by1, bx0:bx1]
+                    if (taken & foot).any():
+                        continue
+                    occupied[by0:by1, bx0:bx1] |= foot
+                    _one_building(
+                        rng,
+                        corners,
+                        (ux, uy),
+                        (vx, vy),
+                        a,
+                        b,
+                        sun,
+                        style,
+                        bdraw,
+                        rdraw,
+                        idraw,
+                        sdraw,
+                    )
+    lay.label[np.asarray(bld) > 0] = BUILDING
+    lay.roof = np.asarray(roof)
+    lay.flat_rim = np.asarray(rim) > 0
+    lay.shadow = np.asarray(shadow) > 0
+
+
+def _one_building(rng, corners, uvec, vvec, a, b, sun, style, bdraw, rdraw, idraw, sdraw) -> None:
+    """Draw one house: footprint, roof colours (gable halves or flat with parapet), shadow."""
+    height = rng.uniform(3, 9)
+    off = (sun[0] * height, sun[1] * height)
+    moved = [(x + off[0], y + off[1]) for x, y in corners]
+    sdraw.polygon(convex_hull(corners + moved), fill=1)
+    bdraw.polygon(corners, fill=1)
+    kind = style if rng.random() < 0.55 else rng.choice(len(ROOFS), p=ROOF_P)
+    base = (ROOFS[kind] + rng.normal(0, 9, size=3) + rng.normal(0, 10)).tolist()
+    lit = tuple(min(255, max(0, int(v))) for v in base)
+    rdraw.polygon(corners, fill=lit)  # the same raster as the footprint: no gaps
+    if rng.random() < 0.6:
+        # Gable roof: the ridge runs along the longer side; the halves differ in light.
+        c0, c1, c2, c3 = corners
+        if a >= b:
+            m0 = ((c0[0] + c3[0]) / 2, (c0[1] + c3[1]) / 2)
+            m1 = ((c1[0] + c2[0]) / 2, (c1[1] + c2[1]) / 2)
+            half1, half2 = [c0, c1, m1, m0], [m0, m1, c2, c3]
+            normal = vvec
+        else:
+            m0 = ((c0[0] + c1[0]) / 2, (c0[1] + c1[1]) / 2)
+            m1 = ((c3[0] + c2[0]) / 2, (c3[1] + c2[1]) / 2)
+            half1, half2 = [c0, m0, m1, c3], [m0, c1, c2, m1]
+            normal = uvec
+        facing = normal[0] * sun[0] + normal[1] * sun[1]  # >0: half2 faces away from sun
+        dark = tuple(min(255, max(0, int(0.72 * v))) for v in base)
+        rdraw.polygon(half2 if facing > 0 else half1, fill=dark)
+    else:
+        cx = sum(p[0] for p in corners) / 4
+        cy = sum(p[1] for p in corners) / 4
+        inner = [(cx + 0.78 * (x - cx), cy + 0.78 * (y - cy)) for x, y in corners]
+        idraw.polygon(corners, fill=1)
+        idraw.polygon(inner, fill=0)
+
+
+def make_layout(rng: np.random.Generator, h: int, w: int) -> Layout:
+    """Decide what is where in an ``h x w`` scene: land cover, water, roads, buildings."""
+    lay = Layout(h, w)
+    phi = rng.uniform(0, 2 * math.pi)
+    lay.sun = (math.cos(phi), math.sin(phi))
+    theta = rng.uniform(0, math.pi)
+    farm_frac = rng.uniform(0.1, 0.65)
+    wood_frac = rng.uniform(0.02, 0.3)
+    grass_frac = rng.uniform(0.1, 0.45)
+    density = rng.uniform(0.4, 1.0)
+
+    grass = fbm(rng, h, w, (rng.uniform(120, 260), 40.0), (1.0, 0.35))
+    lay.label[grass > threshold_for(grass, grass_frac)] = GRASS
+    _farmland(rng, lay, farm_frac, theta)
+    wood = fbm(rng, h, w, (rng.uniform(100, 220), 36.0, 12.0), (1.0, 0.45, 0.2))
+    lay.label[wood > threshold_for(wood, wood_frac)] = WOODLAND
+
+    water_kind = rng.choice(3, p=[0.4, 0.35, 0.25])  # river, lakes, none
+    if water_kind == 0:
+        img = Image.new("L", (w, h), 0)
+        draw = ImageDraw.Draw(img)
+        point = (rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h)
+        pts = path_through(rng, point, rng.uniform(0, math.pi), math.hypot(h, w), 12.0, 0.06)
+        width = int(rng.uniform(14, 55))
+        thick_line(draw, pts, 1, width)
+        if rng.random() < 0.5:  # a side channel
+            side = walk(rng, pts[len(pts) // 2], rng.uniform(0, 2 * math.pi), 0.5 * w, 10, 0.08)
+            thick_line(draw, side, 1, max(6, width // 3))
+        lay.label[np.asarray(img) > 0] = WATER
+    elif water_kind == 1:
+        lakes = fbm(rng, h, w, (rng.uniform(110, 220), 50.0), (1.0, 0.3))
+        lay.label[lakes > threshold_for(lakes, rng.uniform(0.03, 0.16))] = WATER
+
+    streets: list[tuple[list[tuple[float, float]], float]] = []
+    block = rng.uniform(55, 95)
+    origin = (rng.uniform(0, w), rng.uniform(0, h))
+    for _ in range(rng.poisson(0.9 * math.sqrt(h * w) / 512.0)):
+        streets += _settlement(rng, lay, theta, block, origin, grass)
+    # Paved roads cross water (bridges); tracks and dirt roads do not.
+    asphalt = _roads(rng, lay, theta, density, streets)
+    wet_dirt = (lay.road_kind == DIRT) & (lay.label == WATER)
+    if wet_dirt.any():  # dirt roads stop at the water's edge
+        lay.road_kind = np.where(wet_dirt, np.uint8(0), lay.road_kind)
+        lay.marking = lay.marking & ~wet_dirt
+    lay.label[lay.road_kind > 0] = ROAD
+    _buildings(rng, lay, asphalt)
+    return lay

@@ -1,0 +1,253 @@
+"""Setting up a run: accelerator, data manifest, model, loss, optimiser, resume, logging.
+
+:func:`set_up` returns a :class:`Run`: everything the loop needs, in one place, with the
+step counter and best score in :class:`LoopState` (what a checkpoint records besides the
+accelerate states).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, set_seed
+
+import archs
+from engine.data.loader import train_batches
+from engine.data.manifest import Manifest, load_manifest
+from engine.train.augment import TrainAugment
+from engine.train.checkpoint import read_state, resolve_resume
+from engine.train.config import Config, save_config
+from engine.train.history import History, history_columns
+from engine.train.loss_factory import build_loss, class_weights_from_pixels
+from engine.train.losses import MultitaskLoss
+from engine.train.optim import build_optimizer, build_scheduler
+from engine.train.tracking import Tracker
+
+
+@dataclass
+class LoopState:
+    """What a checkpoint records besides the accelerate states."""
+
+    step: int = 0
+    best_miou: float = -1.0
+    best_step: int = -1
+    bad_steps: int = 0
+
+    def to_dict(self, config: Config) -> dict[str, Any]:
+        """The checkpoint's ``trainer_state.json`` content."""
+        return {
+            "step": self.step,
+            "epoch": self.step // config.train.steps_per_epoch,
+            "best_miou": self.best_miou,
+            "best_step": self.best_step,
+            "bad_steps": self.bad_steps,
+            "seed": config.seed,
+        }
+
+
+@dataclass
+class Run:
+    """A run being trained: its config, distributed set-up, data, model and logs."""
+
+    config: Config
+    run_dir: Path
+    accelerator: Accelerator
+    manifest: Manifest
+    model: torch.nn.Module
+    model_spec: dict[str, Any]
+    loss_fn: torch.nn.Module
+    loss_terms: list[str]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    multitask: bool
+    channels_last: bool
+    state: LoopState
+    resumed: bool
+    history: History
+    tracker: Tracker
+
+    @property
+    def main(self) -> bool:
+        """Whether this is the process that writes files and prints."""
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        """The device of this rank."""
+        return self.accelerator.device
+
+    @property
+    def fp16(self) -> bool:
+        """Whether a grad scaler runs (it skips non-finite steps by itself)."""
+        return self.accelerator.mixed_precision == "fp16"
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The evaluation autocast type for the run's precision."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.accelerator.mixed_precision)
+
+
+def resolve_precision(requested: str) -> str:
+    """``auto`` → ``bf16`` on GPUs that support it, else ``no``."""
+    if requested != "auto":
+        return requested
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def build_accelerator(config: Config) -> Accelerator:
+    """An Accelerator with the config's precision, accumulation and collective timeout."""
+    return Accelerator(
+        mixed_precision=resolve_precision(config.train.mixed_precision),
+        gradient_accumulation_steps=config.train.grad_accum,
+        kwargs_handlers=[
+            InitProcessGroupKwargs(timeout=timedelta(seconds=config.train.dist_timeout_s))
+        ],
+        cpu=os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"),
+    )
+
+
+def build_model(config: Config, manifest: Manifest) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The network and its export spec (``arch``, ``num_classes``, ``in_channels``, ``options``)."""
+    options = dict(config.model.options)
+    weights = {}
+    if config.model.pretrained:
+        weights["pretrained"] = True
+    if config.model.weights:
+        weights["weights"] = config.model.weights
+    model = archs.create_model(config.model.arch, manifest.num_classes, 3, **options, **weights)
+    spec = {
+        "arch": config.model.arch,
+        "num_classes": manifest.num_classes,
+        "in_channels": 3,
+        "options": options,
+    }
+    return model, spec
+
+
+def build_training_loss(config: Config, manifest: Manifest, multitask: bool) -> torch.nn.Module:
+    """The configured loss; multitask models default to the multitask Tanimoto loss."""
+    spec = config.loss.spec
+    if multitask and spec == "ce":
+        spec = "multitask"
+    weights = None
+    if config.loss.class_weights != "none":
+        weights = class_weights_from_pixels(
+            manifest.data["class_pixels"][config.data.train_split], config.loss.class_weights
+        )
+    loss = build_loss(spec, manifest.num_classes, manifest.ignore_index, weights)
+    if multitask != isinstance(loss, MultitaskLoss):
+        raise ValueError(
+            f"loss {spec!r} does not fit model {config.model.arch!r}: multitask models need "
+            "loss.spec=multitask and single-task models a single-task loss"
+        )
+    return loss
+
+
+def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
+    """Build everything a run needs, resuming from a checkpoint when asked.
+
+    Args:
+        config: The resolved experiment config.
+        run_dir: The run directory (created; the config is saved into it).
+        resume: ``"latest"`` or a checkpoint folder to continue from, or None.
+
+    Returns:
+        The :class:`Run`, its model and optimiser prepared by accelerate.
+    """
+    run_dir = Path(run_dir)
+    accelerator = build_accelerator(config)
+    main = accelerator.is_main_process
+    device = accelerator.device
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    set_seed(config.seed)
+    manifest = load_manifest(config.data.shards)
+    model, model_spec = build_model(config, manifest)
+    multitask = archs.is_multitask(model)
+    loss_fn = build_training_loss(config, manifest, multitask).to(device)
+    channels_last = config.train.channels_last
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config.optim, device)
+    scheduler = build_scheduler(optimizer, config.schedule, config.total_steps)
+    if config.train.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    state = LoopState()
+    checkpoint = resolve_resume(run_dir, resume) if resume else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        saved = read_state(checkpoint)
+        state = LoopState(saved["step"], saved["best_miou"], saved["best_step"], saved["bad_steps"])
+        if main:
+            print(f"resumed from {checkpoint} at step {state.step}", flush=True)
+    elif resume and main:
+        print(f"--resume {resume}: no checkpoint in {run_dir}, starting fresh", flush=True)
+    loss_terms = list(MultitaskLoss.heads) if multitask else list(loss_fn.losses)
+    history = History(
+        run_dir / "history.csv",
+        history_columns(loss_terms, manifest.class_names),
+        resume_step=state.step if checkpoint is not None else None,
+        enabled=main,
+    )
+    tracker = Tracker(config.log, run_dir, config.name, config.to_dict(), enabled=main)
+    return Run(
+        config, run_dir, accelerator, manifest, model, model_spec, loss_fn, loss_terms,
+        optimizer, scheduler, multitask, bool(channels_last), state, checkpoint is not None,
+        history, tracker,
+    )  # fmt: skip
+
+
+def stream_from_here(run: Run, steps: int) -> tuple[Any, TrainAugment]:
+    """Batches and augmentation of this rank for the next ``steps`` optimiser steps.
+
+    Data and augmentation are seeded by the first step they serve: a run resumed at an
+    epoch boundary sees exactly what the uninterrupted run saw, one resumed mid-epoch a
+    fresh but reproducible stream.
+    """
+    config, manifest, rank = run.config, run.manifest, run.accelerator.process_index
+    augment = TrainAugment(
+        config.data.crop_size,
+        manifest.mean,
+        manifest.std,
+        config.data.hflip,
+        config.data.vflip,
+        config.data.rot90,
+        _jitter(config.data.jitter),
+        manifest.ignore_index,
+        seed=random.Random(f"{config.seed}/{rank}/{run.state.step}").getrandbits(62),
+    ).to(run.device)
+    batches = train_batches(
+        manifest,
+        config.data.batch_size,
+        steps * config.train.grad_accum,
+        seed=config.seed,
+        rank=rank,
+        epoch=run.state.step,
+        num_workers=config.data.num_workers,
+        shuffle_buffer=config.data.shuffle_buffer,
+        split=config.data.train_split,
+    )
+    return batches, augment
+
+
+def _jitter(strength: float) -> dict[str, float] | None:
+    if strength <= 0:
+        return None
+    return {
+        "brightness": strength,
+        "contrast": strength,
+        "saturation": strength,
+        "hue": strength / 10,
+    }

@@ -1,0 +1,124 @@
+"""The package layout: imports point down the stages, modules stay small, packages say what
+they own. An AST scan of every import (function-level ones too), not a grep of strings.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import engine
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_LINES = 450
+
+
+def _modules(package: str) -> dict[str, Path]:
+    out = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(path: Path, name: str, *, top_level_only: bool = False) -> list[tuple[int, str]]:
+    """Absolute names of the modules ``path`` imports, with line numbers."""
+    tree = ast.parse(path.read_text(), str(path))
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module
+            found.append((node.lineno, module))
+            found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names]
+    return found
+
+
+def _stage(module: str) -> int | None:
+    """Index of an ``engine`` module's stage in :data:`engine.STAGES` (None outside one)."""
+    parts = module.split(".")
+    if parts[0] != "engine" or len(parts) < 2 or parts[1] not in engine.STAGES:
+        return None
+    return engine.STAGES.index(parts[1])
+
+
+ALL = _modules("engine") | _modules("archs")
+
+
+def test_every_stage_is_a_package():
+    for stage in engine.STAGES:
+        assert f"engine.{stage}" in ALL, f"engine/{stage}/__init__.py is missing"
+    flat = [n for n in ALL if n.count(".") == 1 and n.startswith("engine.")]
+    assert sorted(flat) == sorted(f"engine.{s}" for s in engine.STAGES), (
+        f"modules outside a stage: {sorted(set(flat) - {f'engine.{s}' for s in engine.STAGES})}"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_imports_point_down_the_stages(name):
+    path = ALL[name]
+    own = _stage(name)
+    for line, module in _imports(path, name):
+        where = f"{path.relative_to(ROOT)}:{line} imports {module}"
+        assert module.split(".")[0] != "launch", f"{where}: nothing imports launch/"
+        if name.startswith("archs"):
+            assert _stage(module) is None and module != "engine", f"{where}: archs is below engine"
+            continue
+        target = _stage(module)
+        if target is not None and own is not None:
+            assert target <= own, (
+                f"{where}: stage {engine.STAGES[own]!r} may not import the later stage "
+                f"{engine.STAGES[target]!r} (order: {' -> '.join(engine.STAGES)})"
+            )
+
+
+def test_the_scan_sees_an_upward_import(tmp_path):
+    """The check above would catch a data module importing training (a relative one too)."""
+    bad = tmp_path / "loader.py"
+    bad.write_text("def f():\n    from ..train.loop import train\n")
+    (module,) = {m for _, m in _imports(bad, "engine.data.loader")} - {"engine.train.loop.train"}
+    assert module == "engine.train.loop"
+    assert _stage(module) > _stage("engine.data.loader")
+
+
+def test_no_import_cycles():
+    graph = {
+        name: {m for _, m in _imports(path, name, top_level_only=True) if m in ALL and m != name}
+        for name, path in ALL.items()
+    }
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = trail[trail.index(nxt) :] if nxt in trail else trail
+                raise AssertionError(f"import cycle: {' -> '.join(cycle + [node, nxt])}")
+            if nxt not in state:
+                visit(nxt, trail + [node])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_modules_stay_small(name):
+    lines = len(ALL[name].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{ALL[name].relative_to(ROOT)} has {lines} lines (> {MAX_LINES})"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, p in ALL.items() if p.name == "__init__.py"))
+def test_packages_say_what_they_own(name):
+    doc = ast.get_docstring(ast.parse(ALL[name].read_text()))
+    assert doc and len(doc.split()) >= 15, f"{name} needs a docstring saying what it owns"
