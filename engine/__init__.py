@@ -1,7 +1,8 @@
 """terraseg's library, one package per stage a sample passes through.
 
 ``data`` → ``render`` → ``evaluate`` → ``train`` → ``infer``: a package imports only from
-packages before it in this order (and from :mod:`archs`), never from ``launch/``.
+packages before it in this order (and from :mod:`archs` and :mod:`engine.errors`, the
+``UserError`` base every stage raises), never from ``launch/``.
 
 - :mod:`engine.data`: source images and masks, classes, shards, the loader.
 - :mod:`engine.render`: colours, figures and plots of masks and runs.

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from engine.errors import UserError
+
 IGNORE_INDEX = 255
 ENCODINGS = ("rgb", "index")
 
@@ -29,7 +31,7 @@ DEFAULT_PALETTE = (
 )  # fmt: skip
 
 
-class ClassesError(ValueError):
+class ClassesError(UserError):
     """A classes file is malformed; the message names the file and the problem."""
 
 

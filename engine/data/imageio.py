@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engine.errors import UserError
+
 TIFF_SUFFIXES = {".tif", ".tiff"}
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError):
     """An image or mask file cannot be used; the message names the file and the problem."""
 
 

@@ -30,6 +30,7 @@ from webdataset.tariterators import group_by_keys
 
 from engine.data.imageio import decode_image
 from engine.data.manifest import Manifest, SplitInfo
+from engine.errors import UserError
 
 
 class Batch(NamedTuple):
@@ -68,7 +69,7 @@ class Codecs(NamedTuple):
         return cls(manifest.image_codec, manifest.mask_codec)
 
 
-class ShardReadError(ValueError):
+class ShardReadError(UserError):
     """A shard sample cannot be decoded; the message names the shard, the sample and why."""
 
 

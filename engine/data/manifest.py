@@ -6,11 +6,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import UserError
+
 MANIFEST_NAME = "dataset.json"
 SPLITS = ("train", "val", "test")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """A shard folder or its manifest is missing or malformed."""
 
 

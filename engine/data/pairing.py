@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from engine.errors import UserError
+
 # Folder names that say "these are the images" or "these are the masks", not where.
 ROLE_FOLDERS = frozenset(
     {"images", "image", "imgs", "img", "masks", "mask", "labels", "label", "gt", "annotations"}
@@ -21,7 +23,7 @@ ROLE_FOLDERS = frozenset(
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"})
 
 
-class PairingError(ValueError):
+class PairingError(UserError):
     """Images and masks do not pair up; the message lists the files."""
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.errors import UserError
+
 TIFF_SUFFIXES = {".tif", ".tiff"}
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 #: Tags copied from a GeoTIFF input to its outputs by the tifffile backend.
@@ -31,7 +33,7 @@ GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
 GDAL_CACHE_BYTES = 32 * 2**20
 
 
-class RasterError(ValueError):
+class RasterError(UserError):
     """A raster cannot be used; the message names the file and the problem."""
 
 

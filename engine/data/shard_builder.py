@@ -32,11 +32,12 @@ from engine.data.imageio import (
 )
 from engine.data.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
 from engine.data.pairing import Pair
+from engine.errors import UserError
 
 MEMBER_EXT = {"png": "png", "jpg": "jpg", "webp": "webp", "npy": "npy"}
 
 
-class BuildError(ValueError):
+class BuildError(UserError):
     """Input that cannot become shards; the message names the file and the problem."""
 
 

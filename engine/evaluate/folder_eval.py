@@ -25,13 +25,14 @@ import torch
 from engine.data.classes import IGNORE_INDEX, ClassesFile, load_classes
 from engine.data.imageio import read_mask_values
 from engine.data.rasters import read_index_mask
+from engine.errors import UserError
 from engine.evaluate.metrics import ConfusionMatrix
 
 MASK_SUFFIXES = {".png", ".tif", ".tiff", ".bmp"}
 log = logging.getLogger(__name__)
 
 
-class FolderEvalError(ValueError):
+class FolderEvalError(UserError):
     """Folders cannot be scored; the message names the files."""
 
 

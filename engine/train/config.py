@@ -14,8 +14,10 @@ from typing import Any
 
 import yaml
 
+from engine.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config file or override is invalid; the message says which key and why."""
 
 

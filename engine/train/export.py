@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from archs import unwrap_model
+from engine.errors import UserError
 
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"
@@ -30,7 +31,7 @@ MANIFEST_NAME = "dataset.json"
 EXPORT_DIR = "best"
 
 
-class ExportError(FileNotFoundError):
+class ExportError(UserError, FileNotFoundError):
     """An export is missing a file or is malformed; the message names the file."""
 
 
