@@ -206,3 +206,51 @@ def test_full_disk_while_exporting_keeps_the_previous_export(trained, tmp_path, 
         save_exported(best, exported.model, exported.spec, exported.config, exported.manifest)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no staging folder left
     assert {p.name: p.read_bytes() for p in best.iterdir()} == before
+
+
+def test_state_round_trip_is_exact(tmp_path):
+    """Weights, optimiser, schedule and the Python/NumPy/torch RNG streams resume exactly."""
+    import random
+
+    import torch
+    from accelerate import Accelerator
+    from torch import nn
+
+    from engine.train.checkpoint import apply_checkpoint, open_checkpoint, save_checkpoint
+
+    def build(seed):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, betas=(0.8, 0.9), fused=True)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (step + 1))
+        return model, optimizer, scheduler
+
+    accelerator = Accelerator(cpu=True)
+    model, optimizer, scheduler = build(0)
+    for _ in range(3):
+        model(torch.randn(2, 3, 8, 8)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+    spec = {"arch": "probe", "num_classes": 4, "in_channels": 3, "options": {}}
+    state = {"step": 3, "best_miou": 0.5, "best_step": 2, "bad_steps": 0, "model": spec}
+    keep = dict(model=model, optimizer=optimizer, scheduler=scheduler)
+    folder = save_checkpoint(accelerator, tmp_path, state, 2, **keep)
+    draws = (torch.rand(4), random.random(), np.random.rand(3))
+    other, other_optimizer, other_scheduler = build(1)
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    checkpoint = open_checkpoint(folder)
+    apply_checkpoint(
+        checkpoint, accelerator, other, other_optimizer, other_scheduler, spec, "shards"
+    )
+    assert torch.equal(torch.rand(4), draws[0]) and random.random() == draws[1]
+    np.testing.assert_array_equal(np.random.rand(3), draws[2])
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(other.state_dict()[name], tensor), name
+    assert other_scheduler.state_dict() == scheduler.state_dict()
+    saved, loaded = optimizer.state_dict(), other_optimizer.state_dict()
+    assert loaded["param_groups"] == saved["param_groups"]
+    for index, entry in saved["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(loaded["state"][index][key], value), (index, key)
+    assert checkpoint.state["step"] == 3 and checkpoint.state["best_miou"] == 0.5
