@@ -2,7 +2,7 @@
 
 :func:`set_up` returns a :class:`Run`: everything the loop needs, in one place, with the
 step counter and best score in :class:`LoopState` (what a checkpoint records besides the
-accelerate states).
+model, optimiser and RNG states).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from engine.train.tracking import Tracker
 
 @dataclass
 class LoopState:
-    """What a checkpoint records besides the accelerate states."""
+    """What a checkpoint records besides the model, optimiser and RNG states."""
 
     step: int = 0
     best_miou: float = -1.0

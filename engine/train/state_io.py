@@ -159,7 +159,10 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
             raise StateFileError(f"{where}: refers to a tensor {name!r} it does not hold")
         if "__tensor__" in value:
             return tensors[name]
-        return tensors[name].numpy().astype(np.dtype(str(value["dtype"])))
+        dtype = np.dtype(str(value["dtype"]))
+        if dtype.kind not in "biuf":
+            raise StateFileError(f"{where}: array of unsupported type {dtype}")
+        return tensors[name].numpy().astype(dtype)
     if "__tuple__" in value:
         return tuple(_decode(v, tensors, where) for v in value["__tuple__"])
     if "__items__" in value:
