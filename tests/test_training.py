@@ -122,7 +122,11 @@ def test_resume_continues_exactly(synthetic_shards, tmp_path):
 def test_non_finite_steps_stop_training_and_keep_last_checkpoint(
     synthetic_shards, tmp_path, monkeypatch
 ):
-    config = tiny_config(synthetic_shards, "train.checkpoint_every=2", "train.max_bad_steps=3")
+    # No validation: NaN inputs also poison the batch-norm statistics, and the export at step 4
+    # would refuse those (see test_huge_learning_rate_...); here the step counter is tested.
+    config = tiny_config(
+        synthetic_shards, "train.checkpoint_every=2", "train.max_bad_steps=3", "data.val_split="
+    )
     from engine.train import step as trainer
 
     real = trainer.forward_backward
@@ -145,6 +149,37 @@ def test_non_finite_steps_stop_training_and_keep_last_checkpoint(
 
     weights = load_file(str(latest / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def test_huge_learning_rate_diverges_without_saving_non_finite_weights(synthetic_shards, tmp_path):
+    """SGD at lr 1e12 without clipping: step 1 is finite (huge), step 2 overflows the weights.
+
+    The gradient norm of step 2 is finite, so only the weight check stops the run: nothing
+    non-finite is written, the step-1 checkpoint stays the latest and ``best`` keeps step 1.
+    """
+    config = tiny_config(
+        synthetic_shards,
+        "optim.name=sgd",
+        "optim.lr=1e12",
+        "optim.grad_clip=0",
+        "train.checkpoint_every=1",
+        "train.eval_every=1",
+        "train.log_every=1",
+    )
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="step 2: .* no longer finite") as diverged:
+        train(config, run)
+    assert "step-00000001" in str(diverged.value)
+    from safetensors.torch import load_file
+
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000001"]
+    latest = load_file(str(find_latest(run) / "model.safetensors"))
+    best = load_file(str(run / "best" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in latest.values() if t.is_floating_point())
+    assert max(float(t.abs().max()) for t in latest.values() if t.is_floating_point()) > 1e6
+    assert best.keys() == latest.keys()
+    assert all(torch.equal(best[k], latest[k]) for k in best)  # best is still step 1
+    assert not list(run.glob("checkpoints/.tmp-*")) and not list(run.glob(".best*"))
 
 
 @pytest.mark.parametrize("fused", [True, False])

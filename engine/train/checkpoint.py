@@ -1,10 +1,24 @@
-"""Resumable checkpoints: accelerate states written atomically, the last K kept.
+"""Resumable checkpoints without pickle, finite or not at all, written atomically, the last K kept.
 
-A checkpoint is ``RUN/checkpoints/step-XXXXXXXX/``: accelerate's ``save_state`` files plus
-``trainer_state.json`` (step, epoch, best score, and the size of every file), written last.
-Every rank writes into ``.tmp-step-XXXXXXXX`` first; the main process renames it when all
-ranks are done. A folder whose state file is missing or whose files do not have the
-recorded sizes is incomplete and skipped by :func:`find_latest` with a warning.
+A checkpoint is ``RUN/checkpoints/step-XXXXXXXX/``:
+
+- ``model.safetensors``: the unwrapped model's state dict (as an export's weights);
+- ``optimizer.safetensors``: the optimiser, scheduler and grad-scaler states and
+  accelerate's accumulation counter (:func:`engine.train.state_io.save_state`);
+- ``rng-<rank>.safetensors``: each rank's Python, NumPy and torch (CPU, CUDA) RNG states;
+- ``trainer_state.json``, written last: step, epoch, best score, the model spec, the format
+  and the size of every file.
+
+Nothing is pickled, so loading cannot run code. Every rank writes into
+``.tmp-step-XXXXXXXX`` first; the main process renames it when all ranks are done. Before
+anything is written the weights and optimiser state are checked finite on the device (one
+host read): a diverged run raises :class:`~engine.train.stopping.TrainingDiverged` and the
+last finite checkpoint stays the latest. A full disk removes the temporary folder and is a
+:class:`~engine.train.state_io.DiskFullError`.
+
+Reading back, :func:`find_latest` checks the state file and the sizes (cheap);
+:func:`open_checkpoint` also parses every file and checks the weights finite, and
+``--resume latest`` takes the newest checkpoint that passes (an error when none does).
 """
 
 from __future__ import annotations
@@ -13,13 +27,30 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from archs import unwrap_model
+from engine.errors import UserError
+from engine.train import state_io
+from engine.train.state_io import DiskFullError, StateFileError
+from engine.train.stopping import TrainingDiverged
+
 STATE_NAME = "trainer_state.json"
+MODEL_NAME = "model.safetensors"
+OPTIMIZER_NAME = "optimizer.safetensors"
+RNG_PREFIX = "rng-"
 PREFIX = "step-"
+FORMAT = 2  # 1: accelerate's save_state (pickles), never loaded
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointError(UserError):
+    """A checkpoint is incomplete, corrupt, unsafe or does not fit the run; names the file."""
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:
@@ -35,26 +66,39 @@ def _step_of(path: Path) -> int | None:
 
 
 def read_state(path: str | Path) -> dict[str, Any]:
-    """Read and verify a checkpoint's ``trainer_state.json``.
+    """Read and verify a checkpoint's ``trainer_state.json`` (format and file sizes).
 
     Raises:
-        ValueError: when the state file is missing or unreadable, or a file it lists is
-            missing or has another size (a partial or corrupt checkpoint).
+        CheckpointError: when the state file is missing or unreadable, the checkpoint has
+            an older (pickled) format, or a file it lists is missing or has another size.
     """
     path = Path(path)
     try:
-        state = json.loads((path / STATE_NAME).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: no readable {STATE_NAME} ({error})") from error
-    for name, size in state.get("files", {}).items():
-        file = path / name
-        if not file.is_file() or file.stat().st_size != size:
-            raise ValueError(f"{path}: {name} is missing or truncated")
+        state = state_io.read_json(path / STATE_NAME, "checkpoint state")
+    except StateFileError as error:
+        raise CheckpointError(str(error)) from error
+    if state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path / STATE_NAME}: checkpoint format {state.get('format', 1)!r}, this terraseg "
+            f"reads format {FORMAT} only (older checkpoints hold pickles and are never loaded)"
+        )
+    for key in ("step", "best_step", "bad_steps"):
+        if type(state.get(key)) is not int:
+            raise CheckpointError(f"{path / STATE_NAME}: {key!r} must be an integer")
+    if not isinstance(state.get("best_miou"), (int, float)):
+        raise CheckpointError(f"{path / STATE_NAME}: 'best_miou' must be a number")
+    files = state.get("files")
+    if not isinstance(files, dict) or MODEL_NAME not in files or OPTIMIZER_NAME not in files:
+        raise CheckpointError(f"{path / STATE_NAME}: no valid list of files")
+    for name, size in files.items():
+        file = path / str(name)
+        if Path(str(name)).name != name or not file.is_file() or file.stat().st_size != size:
+            raise CheckpointError(f"{file}: missing or truncated (size {size} recorded)")
     return state
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete-looking checkpoint folders of a run, oldest first (by step)."""
+    """Checkpoint folders of a run, oldest first (by step)."""
     folder = checkpoints_dir(run_dir)
     if not folder.is_dir():
         return []
@@ -67,57 +111,280 @@ def find_latest(run_dir: str | Path) -> Path | None:
     for path in reversed(list_checkpoints(run_dir)):
         try:
             read_state(path)
-        except ValueError as error:
+        except CheckpointError as error:
             log.warning("skipping incomplete checkpoint: %s", error)
             continue
         return path
     return None
 
 
-def resolve_resume(run_dir: str | Path, resume: str) -> Path | None:
-    """Turn ``--resume latest|DIR`` into a checkpoint folder (``None``: nothing to resume).
+@dataclass
+class Checkpoint:
+    """A checkpoint read and verified (every file parsed, weights and state finite)."""
+
+    path: Path
+    state: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    training: dict[str, Any]
+    rng: dict[str, Any] | None  # this rank's RNG states (None: saved by fewer ranks)
+
+
+def open_checkpoint(path: str | Path, rank: int = 0) -> Checkpoint:
+    """Read and verify a checkpoint folder.
 
     Raises:
-        ValueError: when an explicit folder is not a complete checkpoint.
+        CheckpointError: naming the file that is missing, truncated, not safetensors/JSON,
+            or holds non-finite weights or optimiser state.
     """
-    if resume == "latest":
-        return find_latest(run_dir)
-    path = Path(resume)
-    read_state(path)
-    return path
+    path = Path(path)
+    state = read_state(path)
+    try:
+        model, _ = state_io.load_tensors(path / MODEL_NAME)
+        training = state_io.load_state(path / OPTIMIZER_NAME)
+        rngs = {
+            name: state_io.load_state(path / name)
+            for name in state["files"]
+            if name.startswith(RNG_PREFIX)
+        }
+    except StateFileError as error:
+        raise CheckpointError(str(error)) from error
+    bad = state_io.nonfinite_names(model)
+    if bad:
+        raise CheckpointError(
+            f"{path / MODEL_NAME}: {len(bad)} weight tensor(s) hold NaN or inf "
+            f"(first: {bad[0]}); refusing to resume from it"
+        )
+    if not isinstance(training, dict) or "optimizer" not in training:
+        raise CheckpointError(f"{path / OPTIMIZER_NAME}: no optimiser state")
+    if not state_io.all_finite(state_io.state_tensors(training)):
+        raise CheckpointError(
+            f"{path / OPTIMIZER_NAME}: the optimiser state holds NaN or inf; "
+            "refusing to resume from it"
+        )
+    rng = rngs.get(f"{RNG_PREFIX}{rank}.safetensors")
+    return Checkpoint(path, state, model, training, rng)
+
+
+def resolve_resume(run_dir: str | Path, resume: str, rank: int = 0) -> Checkpoint | None:
+    """Turn ``--resume latest|DIR`` into a verified checkpoint (``None``: nothing to resume).
+
+    ``latest`` takes the newest checkpoint that verifies, skipping broken ones with a
+    warning; when the run has checkpoints but none verifies, that is an error (a fresh
+    start would overwrite the run's history).
+
+    Raises:
+        CheckpointError: when an explicit folder does not verify, or no checkpoint does.
+    """
+    if resume != "latest":
+        return open_checkpoint(resume, rank)
+    problems = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return open_checkpoint(path, rank)
+        except CheckpointError as error:
+            log.warning("skipping checkpoint: %s", error)
+            problems.append(str(error))
+    if problems:
+        raise CheckpointError(
+            f"{checkpoints_dir(run_dir)}: no usable checkpoint among {len(problems)} "
+            f"({'; '.join(problems)}); move them aside to start afresh"
+        )
+    return None
+
+
+def any_rank(accelerator: Any, flag: bool) -> bool:
+    """Whether ``flag`` is set on any rank (a collective call: every rank must make it)."""
+    if accelerator.num_processes == 1:
+        return flag
+    total = accelerator.reduce(torch.tensor([int(flag)], device=accelerator.device), "sum")
+    return bool(total.item())
+
+
+def _write_parts(
+    accelerator: Any, staging: Path, model: Any, optimizer: Any, scheduler: Any
+) -> None:
+    """Write this rank's RNG states, and on the main process the model and training state."""
+    import random
+
+    import numpy as np
+
+    rng = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    state_io.save_state(staging / f"{RNG_PREFIX}{accelerator.process_index}.safetensors", rng)
+    if accelerator.is_main_process:
+        weights = unwrap_model(model).state_dict()
+        state_io.save_tensors(staging / MODEL_NAME, weights, {"format": "pt"})
+        scaler = getattr(accelerator, "scaler", None)
+        training = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "accumulation_step": int(getattr(accelerator, "step", 0)),
+        }
+        state_io.save_state(staging / OPTIMIZER_NAME, training)
+
+
+def _ensure_finite(run_dir: Path, step: int, model: Any, optimizer: Any) -> None:
+    tensors = list(unwrap_model(model).state_dict().values())
+    tensors += state_io.state_tensors(optimizer.state_dict()["state"])
+    if not state_io.all_finite(tensors):
+        latest = find_latest(run_dir)
+        raise TrainingDiverged(
+            f"step {step}: the model's weights or buffers or the optimiser state are no longer "
+            f"finite (diverged), nothing saved; the last finite checkpoint is "
+            f"{latest if latest else 'none'}; lower optim.lr or set optim.grad_clip"
+        )
+
+
+def _finish(staging: Path, final: Path, state: dict[str, Any]) -> None:
+    """Record the sizes in ``trainer_state.json`` (written last) and move the folder in place."""
+    files = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
+    state_io.write_json(staging / f".{STATE_NAME}", {**state, "format": FORMAT, "files": files})
+    os.replace(staging / f".{STATE_NAME}", staging / STATE_NAME)
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
 
 
 def save_checkpoint(
-    accelerator: Any, run_dir: str | Path, state: dict[str, Any], keep: int
+    accelerator: Any,
+    run_dir: str | Path,
+    state: dict[str, Any],
+    keep: int,
+    *,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
 ) -> Path:
     """Save a resumable checkpoint on every rank (a collective call), then prune old ones.
 
     Args:
         accelerator: The run's ``accelerate.Accelerator``.
         run_dir: The run directory.
-        state: Loop state; must hold ``step``.
+        state: Loop state; must hold ``step`` (and ``model``, the spec, to check a resume).
         keep: How many checkpoints to keep (oldest removed first).
+        model: The prepared model (unwrapped before saving).
+        optimizer: The prepared optimiser.
+        scheduler: The learning-rate scheduler.
 
     Returns:
         The checkpoint folder.
+
+    Raises:
+        TrainingDiverged: when the weights or optimiser state are not finite (nothing written).
+        DiskFullError: when the disk fills (the temporary folder is removed).
     """
+    run_dir = Path(run_dir)
+    _ensure_finite(run_dir, state["step"], model, optimizer)
     folder = checkpoints_dir(run_dir)
     final = folder / f"{PREFIX}{state['step']:08d}"
     staging = folder / f".tmp-{final.name}"
+    error: OSError | None = None
+    main = accelerator.is_main_process
+    if main:
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        except OSError as caught:
+            error = caught
+    failed = any_rank(accelerator, error is not None)  # every rank makes each of these calls
+    if not failed:
+        try:
+            _write_parts(accelerator, staging, model, optimizer, scheduler)
+        except OSError as caught:
+            error = caught
+        failed = any_rank(accelerator, error is not None)
+        if not failed and main:
+            try:
+                _finish(staging, final, state)
+            except OSError as caught:
+                error = caught
+        failed = any_rank(accelerator, error is not None)
+    if failed:
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, DiskFullError):
+            raise error
+        if error is not None:
+            raise state_io.disk_full(error, error.filename or staging) or error
+        raise CheckpointError(f"{final}: another rank failed writing its part of the checkpoint")
     if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-        folder.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        files = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
-        (staging / f".{STATE_NAME}").write_text(json.dumps({**state, "files": files}, indent=2))
-        os.replace(staging / f".{STATE_NAME}", staging / STATE_NAME)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def check_fits(checkpoint: Checkpoint, model_spec: dict[str, Any], shards: str | Path) -> None:
+    """Refuse a checkpoint whose model (classes, arch, options) is not the run's.
+
+    Raises:
+        CheckpointError: naming the checkpoint, what it has and what the run has.
+    """
+    path, saved = checkpoint.path, checkpoint.state.get("model") or {}
+    if saved.get("num_classes", model_spec["num_classes"]) != model_spec["num_classes"]:
+        raise CheckpointError(
+            f"{path}: the checkpoint's model has {saved['num_classes']} classes but the shards "
+            f"{shards} have {model_spec['num_classes']}; resume with the shards it was trained "
+            "on, or start a new run folder"
+        )
+    for key in ("arch", "options"):
+        if key in saved and saved[key] != json.loads(json.dumps(model_spec[key], default=str)):
+            raise CheckpointError(
+                f"{path}: the checkpoint's model {key} is {saved[key]!r}, the config asks for "
+                f"{model_spec[key]!r}; resume with the config it was trained with"
+            )
+
+
+def apply_checkpoint(
+    checkpoint: Checkpoint,
+    accelerator: Any,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    model_spec: dict[str, Any],
+    shards: str | Path,
+) -> None:
+    """Load a verified checkpoint into the run (weights, optimiser, schedule, scaler, RNG).
+
+    Raises:
+        CheckpointError: when the checkpoint's model does not fit the run (classes, arch).
+    """
+    import random
+
+    import numpy as np
+
+    check_fits(checkpoint, model_spec, shards)
+    path = checkpoint.path
+    try:
+        unwrap_model(model).load_state_dict(checkpoint.model, strict=True)
+        training = checkpoint.training
+        optimizer.load_state_dict(training["optimizer"])
+        scheduler.load_state_dict(training["scheduler"])
+        scaler = getattr(accelerator, "scaler", None)
+        if scaler is not None and training.get("scaler"):
+            scaler.load_state_dict(training["scaler"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
+        text = str(error).strip().splitlines()
+        raise CheckpointError(
+            f"{path}: does not fit this run's model or optimiser ({text[0] if text else error})"
+        ) from error
+    accelerator.step = int(training.get("accumulation_step", 0))
+    rng = checkpoint.rng
+    if rng is None:
+        log.warning("%s: no RNG state for this rank; its RNG is not restored", path)
+        return
+    try:
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            if len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: malformed RNG state ({error})") from error

@@ -9,7 +9,6 @@ palette, ``mean``/``std``, ``ignore_index``).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -23,6 +22,7 @@ import yaml
 
 from archs import unwrap_model
 from engine.errors import UserError
+from engine.train import state_io
 
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"
@@ -108,33 +108,44 @@ def save_exported(
     Returns:
         ``out_dir``.
     """
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     spec = _check_spec(model_spec, str(out_dir / SPEC_NAME))
-    state = {
-        name: tensor.detach().to("cpu", copy=True).contiguous()
-        for name, tensor in unwrap_model(model).state_dict().items()
-    }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.saving-", dir=out_dir.parent))
+    state = state_io.cpu_tensors(unwrap_model(model).state_dict())
+    bad = state_io.nonfinite_names(state)
+    if bad:
+        raise ExportError(
+            f"{out_dir / WEIGHTS_NAME}: refusing to export: {len(bad)} weight tensor(s) hold "
+            f"NaN or inf (first: {bad[0]})"
+        )
+    old = None
     try:
-        save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
-        (staging / SPEC_NAME).write_text(json.dumps(spec, indent=2) + "\n")
-        (staging / CONFIG_NAME).write_text(yaml.safe_dump(_plain(config), sort_keys=False))
-        (staging / MANIFEST_NAME).write_text(json.dumps(_plain(manifest), indent=2) + "\n")
-        old = None
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.saving-", dir=out_dir.parent))
+    except OSError as error:
+        raise state_io.disk_full(error, out_dir.parent) or error from error
+    try:
+        state_io.save_tensors(staging / WEIGHTS_NAME, state, {"format": "pt"})
+        state_io.write_json(staging / SPEC_NAME, spec)
+        text = yaml.safe_dump(_plain(config), sort_keys=False)
+        state_io.write_bytes(staging / CONFIG_NAME, text.encode())
+        state_io.write_json(staging / MANIFEST_NAME, _plain(manifest))
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             if old.exists():
                 shutil.rmtree(old)
             out_dir.rename(old)
         staging.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and old.exists() and not out_dir.exists():
+            old.rename(out_dir)  # the previous export stays in place
+        if isinstance(error, OSError) and not isinstance(error, state_io.DiskFullError):
+            full = state_io.disk_full(error, error.filename or staging)
+            if full is not None:
+                raise full from error
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return out_dir
 
 
@@ -177,11 +188,9 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise ExportError(f"{path}: {what} not found") from error
-    except json.JSONDecodeError as error:
-        raise ExportError(f"{path}: {what} is not valid JSON: {error}") from error
+        return state_io.read_json(path, what)
+    except state_io.StateFileError as error:
+        raise ExportError(str(error)) from error
 
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
@@ -200,27 +209,38 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> Expor
     Raises:
         ExportError: naming the missing or malformed file.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder, weights = _locate(Path(path))
     spec = _check_spec(_read_json(folder / SPEC_NAME, "model spec"), str(folder / SPEC_NAME))
     config_path = folder / CONFIG_NAME
     try:
-        config = yaml.safe_load(config_path.read_text()) or {}
+        config = yaml.safe_load(config_path.read_bytes().decode("utf-8"))
     except FileNotFoundError as error:
         raise ExportError(f"{config_path}: run config not found") from error
-    except yaml.YAMLError as error:
-        raise ExportError(f"{config_path}: not valid YAML: {error}") from error
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        line = str(error).strip().splitlines()[0]
+        raise ExportError(f"{config_path}: not valid YAML: {line}") from error
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        kind = type(config).__name__
+        raise ExportError(f"{config_path}: run config must be a mapping, got {kind}")
     manifest = _read_json(folder / MANIFEST_NAME, "dataset manifest")
     if not weights.is_file():
         raise ExportError(f"{weights}: weights file not found")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        state = _strip_prefixes(load_file(str(weights), device="cpu"))
-    except (SafetensorError, OSError) as error:
-        raise ExportError(f"{weights}: cannot read weights: {error}") from error
+        tensors, _ = state_io.load_tensors(weights)
+    except state_io.StateFileError as error:
+        problem = str(error).split(": ", 1)[-1]
+        raise ExportError(f"{weights}: cannot read weights: {problem}") from error
+    state = _strip_prefixes(tensors)
+    bad = state_io.nonfinite_names(state)
+    if bad:
+        raise ExportError(
+            f"{weights}: {len(bad)} weight tensor(s) hold NaN or inf (first: {bad[0]}); "
+            "the model would predict garbage"
+        )
     import archs  # lazily: the engine does not depend on the model zoo at import time
 
     model = archs.create_model(

@@ -191,11 +191,15 @@ def _write_train_row(run: Run, window: LogWindow) -> tuple[float, float]:
 
 
 def _checkpoint(run: Run) -> None:
+    """Save a checkpoint (refused, raising TrainingDiverged, when the weights are not finite)."""
     save_checkpoint(
         run.accelerator,
         run.run_dir,
-        run.state.to_dict(run.config),
+        {**run.state.to_dict(run.config), "model": run.model_spec},
         run.config.train.keep_checkpoints,
+        model=run.model,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
     )
 
 

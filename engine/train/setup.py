@@ -2,7 +2,7 @@
 
 :func:`set_up` returns a :class:`Run`: everything the loop needs, in one place, with the
 step counter and best score in :class:`LoopState` (what a checkpoint records besides the
-accelerate states).
+model, optimiser and RNG states).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import archs
 from engine.data.loader import train_batches
 from engine.data.manifest import Manifest, load_manifest
 from engine.train.augment import TrainAugment
-from engine.train.checkpoint import read_state, resolve_resume
+from engine.train.checkpoint import apply_checkpoint, check_fits, resolve_resume
 from engine.train.config import Config, save_config
 from engine.train.history import History, history_columns
 from engine.train.loss_factory import build_loss, class_weights_from_pixels
@@ -33,7 +33,7 @@ from engine.train.tracking import Tracker
 
 @dataclass
 class LoopState:
-    """What a checkpoint records besides the accelerate states."""
+    """What a checkpoint records besides the model, optimiser and RNG states."""
 
     step: int = 0
     best_miou: float = -1.0
@@ -165,12 +165,16 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     accelerator = build_accelerator(config)
     main = accelerator.is_main_process
     device = accelerator.device
+    set_seed(config.seed)
+    manifest = load_manifest(config.data.shards)
+    # Verified before anything is written: a refused resume leaves the run folder as it was.
+    checkpoint = resolve_resume(run_dir, resume, accelerator.process_index) if resume else None
+    model, model_spec = build_model(config, manifest)
+    if checkpoint is not None:
+        check_fits(checkpoint, model_spec, config.data.shards)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
-    set_seed(config.seed)
-    manifest = load_manifest(config.data.shards)
-    model, model_spec = build_model(config, manifest)
     multitask = archs.is_multitask(model)
     loss_fn = build_training_loss(config, manifest, multitask).to(device)
     channels_last = config.train.channels_last
@@ -183,15 +187,15 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     if config.train.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     state = LoopState()
-    checkpoint = resolve_resume(run_dir, resume) if resume else None
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        saved = read_state(checkpoint)
+        apply_checkpoint(
+            checkpoint, accelerator, model, optimizer, scheduler, model_spec, config.data.shards
+        )
+        saved = checkpoint.state
         state = LoopState(saved["step"], saved["best_miou"], saved["best_step"], saved["bad_steps"])
         if main:
-            print(f"resumed from {checkpoint} at step {state.step}", flush=True)
+            print(f"resumed from {checkpoint.path} at step {state.step}", flush=True)
     elif resume and main:
         print(f"--resume {resume}: no checkpoint in {run_dir}, starting fresh", flush=True)
     loss_terms = list(MultitaskLoss.heads) if multitask else list(loss_fn.losses)

@@ -14,10 +14,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from engine.errors import UserError
 from engine.evaluate.metrics import summary_line
 from engine.evaluate.shard_eval import EvalResult, evaluate_split
-from engine.train.export import save_exported
+from engine.train.checkpoint import any_rank
+from engine.train.export import ExportError, save_exported
 from engine.train.setup import Run, build_model
+from engine.train.state_io import all_finite
+from engine.train.stopping import TrainingDiverged
 
 log = logging.getLogger("terraseg.train")
 
@@ -89,16 +93,33 @@ def record_eval(run: Run, split: str, result: EvalResult) -> None:
 
 
 def export_best(run: Run) -> None:
-    """Write the model being trained to ``RUN/best`` (main process; all ranks wait)."""
-    if run.main:
-        save_exported(
-            run.run_dir / "best",
-            run.accelerator.unwrap_model(run.model),
-            run.model_spec,
-            run.config.to_dict(),
-            run.manifest.data,
+    """Write the model being trained to ``RUN/best`` (main process; all ranks wait).
+
+    Raises:
+        TrainingDiverged: when the weights are not finite (checked on every rank, on the
+            device, before anything is written; ``RUN/best`` stays as it was).
+    """
+    if not all_finite(run.accelerator.unwrap_model(run.model).state_dict().values()):
+        run.accelerator.wait_for_everyone()
+        raise TrainingDiverged(
+            f"step {run.state.step}: the model's weights or buffers are no longer finite "
+            f"(diverged); {run.run_dir / 'best'} is left as it was; lower optim.lr or set "
+            "optim.grad_clip"
         )
-    run.accelerator.wait_for_everyone()
+    error: Exception | None = None
+    if run.main:
+        try:
+            save_exported(
+                run.run_dir / "best",
+                run.accelerator.unwrap_model(run.model),
+                run.model_spec,
+                run.config.to_dict(),
+                run.manifest.data,
+            )
+        except (OSError, UserError) as caught:  # every rank must hear of it, or they hang
+            error = caught
+    if any_rank(run.accelerator, error is not None):
+        raise error or ExportError(f"{run.run_dir / 'best'}: the main process failed to export")
 
 
 def validate_and_export(run: Run) -> None:
