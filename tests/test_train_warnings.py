@@ -100,6 +100,8 @@ def test_train_script_help_shows_defaults(capsys):
         (["optim.betas=5"], "--set 'optim.betas=5': optim.betas must be a list of numbers"),
         (["data.num_workers=-1"], "data.num_workers must be ≥ 0, got -1"),
         (["model.arch=unet2"], "model.arch = 'unet2' is not known; choose from ["),
+        (["model.options.depthh=3"], "model.options ['depthh'] not accepted by 'unet'; it takes"),
+        (["model.pretrained=true"], "model.pretrained is set but 'unet' has no encoder weights"),
         (["data.shards="], "data.shards is not set: add --set data.shards=DIR"),
         (["data.shards=/no/such/shards"], "data.shards = /no/such/shards: no such folder"),
         (["model.arch=resuneta_d6_mtsk", "loss.spec=dice"], "add --set loss.spec=multitask"),

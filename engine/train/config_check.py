@@ -175,9 +175,21 @@ def validate(config: Config) -> None:
 
 
 def _check_arch(config: Config) -> None:
-    arch, options = config.model.arch, config.model.options
+    arch = config.model.arch
     if not archs.is_model(arch):
         raise ConfigError(f"model.arch = {arch!r} is not known; choose from {archs.list_models()}")
+
+
+def check_model_options(config: Config) -> None:
+    """The architecture must accept ``model.options`` (and ``pretrained``/``weights`` if set).
+
+    Checked when the model is about to be built, not while loading: a script may load a
+    recipe, switch the architecture and replace the options before training.
+
+    Raises:
+        ConfigError: naming the options the architecture does not take and those it does.
+    """
+    arch, options = config.model.arch, config.model.options
     accepted = archs.model_options(arch)
     unknown = sorted(set(options) - set(accepted))
     if unknown:

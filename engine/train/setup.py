@@ -25,6 +25,7 @@ from engine.data.manifest import Manifest, load_manifest
 from engine.train.augment import TrainAugment
 from engine.train.checkpoint import read_state, resolve_resume
 from engine.train.config import Config, ConfigError, save_config
+from engine.train.config_check import check_model_options
 from engine.train.history import History, history_columns
 from engine.train.loss_factory import build_loss, class_weights_from_pixels
 from engine.train.losses import MultitaskLoss
@@ -154,8 +155,9 @@ def build_training_loss(config: Config, manifest: Manifest, multitask: bool) -> 
 
 
 def check_and_warn(config: Config, manifest: Manifest, main: bool) -> None:
-    """Check the manifest against the config; print the data warnings once (main process)."""
+    """Check the manifest and model options against the config; print the data warnings once."""
     check_splits(config, manifest)
+    check_model_options(config)
     if main:
         for warning in data_warnings(config, manifest):
             print(f"warning: {warning}", file=sys.stderr, flush=True)
