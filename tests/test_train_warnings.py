@@ -117,3 +117,28 @@ def test_train_script_prints_one_line_errors_and_exits_2(
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+
+
+def test_run_folder_rules(tmp_path):
+    from engine.train.preflight import RunDirError, check_run_dir, clear_run
+
+    check_run_dir(tmp_path / "new", None, overwrite=False)  # missing: fine
+    (tmp_path / "empty").mkdir()
+    check_run_dir(tmp_path / "empty", None, overwrite=False)  # empty: fine
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirError, match="is a file, not a folder"):
+        check_run_dir(tmp_path / "file", None, overwrite=True)
+    run = tmp_path / "run"  # a run stopped before its first history row
+    (run / "checkpoints" / "step-00000002").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: x\n")
+    (run / "data.txt").write_text("not ours")
+    with pytest.raises(RunDirError, match="holds a run already; add --resume latest"):
+        check_run_dir(run, None, overwrite=False)
+    check_run_dir(run, "latest", overwrite=False)
+    check_run_dir(run, None, overwrite=True)
+    clear_run(run)
+    assert [p.name for p in run.iterdir()] == ["data.txt"]
+    with pytest.raises(RunDirError, match="not empty and not a terraseg run"):
+        check_run_dir(run, None, overwrite=True)
+    with pytest.raises(RunDirError, match="not a terraseg run; nothing removed"):
+        clear_run(run)

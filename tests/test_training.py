@@ -240,8 +240,9 @@ def test_run_folder_is_never_overwritten(synthetic_shards, tmp_path, capsys):
     other.mkdir()
     (other / "notes.txt").write_text("keep")
     other_args = [*args[:3], str(other), *args[4:]]
-    assert _train_script_main([*other_args, "--overwrite"]) == 2
-    assert "not empty and not a terraseg run" in capsys.readouterr().err
+    for option in ("--overwrite", "--resume=latest"):
+        assert _train_script_main([*other_args, option]) == 2
+        assert "not empty and not a terraseg run" in capsys.readouterr().err
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     # --overwrite replaces the run's own files and keeps the rest.
     (run / "notes.txt").write_text("keep")

@@ -113,8 +113,8 @@ def check_run_dir(run_dir: str | Path, resume: str | None, overwrite: bool) -> N
     """Refuse to train into a folder whose run (or other files) training would overwrite.
 
     A missing or empty folder is fine; one holding a run needs ``resume`` or ``overwrite``;
-    any other non-empty folder is refused (``overwrite`` never replaces what terraseg did
-    not write).
+    any other non-empty folder is refused, even with ``resume`` or ``overwrite`` (training
+    never writes over what terraseg did not write).
 
     Raises:
         RunDirError: naming the folder and the option to add.
@@ -131,8 +131,6 @@ def check_run_dir(run_dir: str | Path, resume: str | None, overwrite: bool) -> N
             f"--out {folder}: holds a run already; add --resume latest to continue it or "
             "--overwrite to replace it, or choose a new folder"
         )
-    if resume:
-        return  # resume finds no checkpoint and says so
     raise RunDirError(
         f"--out {folder}: not empty and not a terraseg run; choose a new or empty folder"
         + (" (--overwrite replaces only a terraseg run)" if overwrite else "")
