@@ -1,4 +1,4 @@
-"""Train a segmentation model on terraseg shards.
+r"""Train a segmentation model on terraseg shards.
 
     accelerate launch launch/train.py --config launch/configs/unet.yaml --out runs/unet \
         --set data.shards=shards/dubai --set optim.lr=3e-4 [--resume latest]
@@ -25,7 +25,12 @@ EXIT_USER_ERROR = 2
 
 
 class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The docstring as written, and each option's default."""
+    """The docstring as written, and each option's default (where it has one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.required:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _rank() -> int:
