@@ -1,7 +1,8 @@
 """Plot a run's training history (loss, learning rate, mIoU, per-class IoU).
 
-Reads RUN/history.csv and writes PNGs into RUN/plots (or --out). When RUN/metrics.json holds
-a confusion matrix (``confusion_matrix`` at the top level or under a split name) it is drawn
+Reads RUN/history.csv and writes PNGs into RUN (or --out), where the trainer writes them at
+the end of a run: running this again redraws the same files. When RUN/metrics.json holds a
+confusion matrix (``confusion_matrix`` at the top level or under a split name) it is drawn
 as a row-normalised heatmap too.
 
 Example:
@@ -50,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run", help="run folder holding history.csv")
-    parser.add_argument("--out", help="output folder (default RUN/plots)")
+    parser.add_argument("--out", help="output folder (default RUN, where the trainer plots)")
     args = parser.parse_args(argv)
     run = Path(args.run)
-    out = Path(args.out) if args.out else run / "plots"
+    out = Path(args.out) if args.out else run
     try:
         written = plot_history(run / "history.csv", out)
     except (FileNotFoundError, ValueError) as error:

@@ -1,11 +1,13 @@
-"""Train a segmentation model on terraseg shards.
+r"""Train a segmentation model on terraseg shards.
 
     accelerate launch launch/train.py --config launch/configs/unet.yaml --out runs/unet \
         --set data.shards=shards/dubai --set optim.lr=3e-4 [--resume latest]
 
 Runs the same on CPU, one GPU, several GPUs and several nodes (see docs/cluster.md).
 Exits with code 75 after a preemption checkpoint (SIGTERM/SIGUSR1): run again with
-``--resume latest``.
+``--resume latest``. A bad setting, file or run folder is one line ``error: ...`` and exit
+code 2. ``--out`` must be new, empty, or a run continued with ``--resume`` or replaced with
+``--overwrite``.
 """
 
 import argparse
@@ -13,15 +15,38 @@ import os
 import sys
 import traceback
 
+from engine.errors import UserError
 from engine.evaluate.metrics import summary_line
-from engine.train.config import ConfigError, load_config
+from engine.train.config import load_config
 from engine.train.loop import train
+from engine.train.preflight import check_run_dir, clear_run, is_run
+
+EXIT_USER_ERROR = 2
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and each option's default (where it has one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.required:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _rank() -> int:
+    """The global rank the launcher gave this process (0 without a launcher)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _exit_now(code: int) -> None:
+    """Exit at once: a failed rank must not wait in teardown for peers that are gone."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
     parser.add_argument("--config", required=True, help="experiment YAML (launch/configs/)")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument(
@@ -33,21 +58,38 @@ def main() -> int:
         help="override a config field, e.g. --set optim.lr=3e-4 (repeatable)",
     )
     parser.add_argument("--resume", help="'latest' or a checkpoint folder")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the terraseg run in --out (never a folder that holds no run)",
+    )
+    args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
     try:
         config = load_config(args.config, args.overrides)
-    except ConfigError as error:
+        if not args.overwrite:
+            check_run_dir(args.out, args.resume, overwrite=False)
+        elif _rank() == 0:  # the other ranks must not see a half-removed folder
+            check_run_dir(args.out, None, overwrite=True)
+            if is_run(args.out):
+                clear_run(args.out)
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     try:
         metrics = train(config, args.out, resume=args.resume).metrics
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _exit_now(EXIT_USER_ERROR)
+        return EXIT_USER_ERROR
     except Exception:
         # A failed rank must exit, not wait in teardown for peers that are gone or stalled
         # (process-group and loader shutdown can block forever); the launcher then stops
         # the other ranks.
         traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
+        _exit_now(1)
     if metrics["split"] is not None:
         print(f"{metrics['split']}: {summary_line(metrics)}")
     return 0

@@ -25,11 +25,71 @@ def test_overrides_parse_yaml_values_and_merge_free_form_options():
         ("data.batch_size=0", "data.batch_size must be a positive integer"),
         ("data.crop_size=100", "divisible by 32"),
         ("optim", "expected key.path=value"),
+        ("optim.lr=-0.01", r"optim\.lr must be > 0, got -0\.01"),
+        ("optim.lr=nan", r"optim\.lr must be > 0"),
+        ("optim.betas=5", r"optim\.betas must be a list of numbers, got 5"),
+        ("optim.betas=[0.9, 1.0]", r"optim\.betas must be two numbers in \[0, 1\)"),
+        ("optim.betas=[0.9]", r"optim\.betas must be two numbers"),
+        ("optim.weight_decay=-1e-4", r"optim\.weight_decay must be ≥ 0"),
+        ("data.num_workers=-1", r"data\.num_workers must be ≥ 0, got -1"),
+        ("data.crop_size=64.5", r"data\.crop_size must be an integer, got 64\.5"),
+        ("train.max_bad_steps=0", "train.max_bad_steps must be a positive integer, got 0"),
+        ("train.grad_accum=0", "train.grad_accum must be a positive integer"),
+        ("train.steps_per_epoch=0", "train.steps_per_epoch must be a positive integer"),
+        ("train.epochs=true", "train.epochs must be an integer, got True"),
+        ("data.hflip=maybe", "data.hflip must be true or false, got 'maybe'"),
+        ("data.hflip=yes", "data.hflip must be true or false, got 'yes'"),
+        ("data.hflip=1", "data.hflip must be true or false, got 1"),
+        ("model.arch=unet3", r"model\.arch = 'unet3' is not known; choose from \[.*'unet'\]"),
+        ("loss.spec=ce+dise", r"loss\.spec = 'ce\+dise': unknown loss 'dise'"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(TINY, [override])
+
+
+def test_every_error_is_one_line_and_a_user_error():
+    from engine.errors import UserError
+
+    for override in ("optim.lr=-0.01", "optim.betas=5", "model.arch=nope", "data.hflip=maybe"):
+        with pytest.raises(UserError) as caught:
+            load_config(TINY, [override])
+        assert "\n" not in str(caught.value), override
+
+
+def test_yaml_1_1_booleans_are_text_for_text_fields(tmp_path):
+    # YAML 1.1 reads no/off/yes/on as booleans: "train.mixed_precision = False" used to fail.
+    assert load_config(TINY, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_config(TINY, ["name=off", "data.shards=001"]).name == "off"
+    assert load_config(TINY, ["data.shards=001"]).data.shards == "001"  # not the number 1
+    assert load_config(TINY, ["train.mixed_precision='bf16'"]).train.mixed_precision == "bf16"
+    path = tmp_path / "c.yaml"
+    path.write_text("name: yes\ntrain:\n  mixed_precision: no\ndata:\n  hflip: false\n")
+    config = load_config(path)
+    assert (config.name, config.train.mixed_precision, config.data.hflip) == ("yes", "no", False)
+    path.write_text("name: true\n")
+    with pytest.raises(ConfigError, match="c.yaml: name = true is read as a boolean.*'\"true\"'"):
+        load_config(path)
+    path.write_text("data:\n  vflip: on\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: data\.vflip must be true or false, got 'on'"):
+        load_config(path)
+    # A YAML 1.1 reader's False (e.g. from another tool) is "no" where "no" is a choice...
+    assert config_from_dict({"train": {"mixed_precision": False}}).train.mixed_precision == "no"
+    # ... and elsewhere refused with the quoting that fixes it.
+    with pytest.raises(ConfigError, match="log.wandb = false is read as a boolean.*'\"false\"'"):
+        config_from_dict({"log": {"wandb": False}})
+
+
+def test_switching_to_a_multitask_arch_picks_the_multitask_loss():
+    assert load_config(TINY).loss.spec == "ce+dice"
+    config = load_config(TINY, ["model.arch=resuneta_d6_mtsk"])
+    assert config.loss.spec == "multitask"
+    back = load_config("launch/configs/resuneta_d6_mtsk.yaml", ["model.arch=unet"])
+    assert back.loss.spec == "ce"
+    # A loss set explicitly is kept (the trainer refuses the mismatch in one line).
+    explicit = load_config(TINY, ["model.arch=resuneta_d6_mtsk", "loss.spec=ce+dice"])
+    assert explicit.loss.spec == "ce+dice"
 
 
 def test_unknown_key_in_file_names_the_file(tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import tiny_config
+from conftest import REPO, tiny_args, tiny_config
 from torch import nn
 
 from engine.data.manifest import load_manifest
@@ -46,6 +46,9 @@ def test_run_directory_contract(synthetic_shards, tmp_path):
     assert len(keys) == len(set(keys))
     assert [r["step"] for r in rows if r["split"] == "train"] == ["2", "4", "6", "8"]
     assert [r["step"] for r in rows if r["split"] == "val"] == ["4", "8"]
+    # The best model's final test evaluation is one row at the best step, marked as such.
+    assert [r["step"] for r in rows if r["split"] == "test@best"] == [str(metrics["best_step"])]
+    assert {r["split"] for r in rows} == {"train", "val", "test@best"}
     assert all(
         float(r["images_per_s"]) > 0 and 0 <= float(r["data_wait"]) <= 1
         for r in rows
@@ -241,3 +244,44 @@ def test_corrupt_checkpoint_is_skipped(synthetic_shards, tmp_path):
         "6",
         "8",
     ]
+
+
+def _train_script_main(argv):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "launch" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+def test_run_folder_is_never_overwritten(synthetic_shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--config", str(REPO / "launch/configs/tiny-cpu.yaml"), "--out", str(run)]
+    for override in tiny_args(synthetic_shards, "train.epochs=1", "train.steps_per_epoch=2"):
+        args += ["--set", override]
+    assert _train_script_main(args) == 0
+    first = (run / "history.csv").read_text()
+    capsys.readouterr()
+    # A second run into the same folder is refused in one line that names the fix.
+    assert _train_script_main(args) == 2
+    assert capsys.readouterr().err == (
+        f"error: --out {run}: holds a run already; add --resume latest to continue it or "
+        "--overwrite to replace it, or choose a new folder\n"
+    )
+    assert (run / "history.csv").read_text() == first
+    # --overwrite never touches a folder that holds no terraseg run.
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    other_args = [*args[:3], str(other), *args[4:]]
+    for option in ("--overwrite", "--resume=latest"):
+        assert _train_script_main([*other_args, option]) == 2
+        assert "not empty and not a terraseg run" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    # --overwrite replaces the run's own files and keeps the rest.
+    (run / "notes.txt").write_text("keep")
+    assert _train_script_main([*args, "--overwrite", "--set", "train.log_every=1"]) == 0
+    assert (run / "notes.txt").read_text() == "keep"
+    assert [r["step"] for r in history(run) if r["split"] == "train"] == ["1", "2"]
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000002"]

@@ -3,22 +3,24 @@
 Loading merges, in order: the dataclass defaults below, the YAML file, then each
 ``key.path=value`` override (values parsed as YAML, so ``3e-4``, ``true``, ``[1, 2]`` work).
 An unknown key anywhere is an error that names it, so a typo never silently does nothing.
+YAML is read with the YAML 1.2 booleans (only ``true``/``false``): ``mixed_precision: no``
+is the string ``"no"``, and a boolean field refuses ``yes``/``maybe``. Types and ranges are
+checked by :mod:`engine.train.config_check`; every problem is a one-line :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from engine.errors import UserError
+from engine.train.config_check import ConfigError, Yaml12Loader, coerce, fit_loss_to_arch, validate
 
-
-class ConfigError(UserError):
-    """A config file or override is invalid; the message says which key and why."""
+__all__ = ["Config", "ConfigError", "config_from_dict", "load_config", "save_config", "validate"]
 
 
 @dataclass
@@ -26,7 +28,8 @@ class DataConfig:
     """Where the shards are and how batches are made.
 
     Attributes:
-        shards: Shard folder (with ``dataset.json``).
+        shards: Shard folder (with ``dataset.json``); required: set it in the config or
+            with ``--set data.shards=DIR``.
         batch_size: Samples per device per micro-batch.
         eval_batch_size: Samples per device per evaluation batch (whole tiles).
         num_workers: Loader processes per rank.
@@ -213,28 +216,18 @@ class Config:
         return dataclasses.asdict(self)
 
 
-CHOICES = {
-    ("optim", "name"): ("adamw", "sgd"),
-    ("schedule", "name"): ("poly", "cosine", "step", "constant"),
-    ("train", "mixed_precision"): ("no", "bf16", "fp16", "auto"),
-    ("log", "wandb"): ("disabled", "offline", "online"),
-    ("loss", "class_weights"): ("none", "inverse", "inverse_sqrt", "median_freq"),
-}
-
-
-def _coerce(value: Any, hint: str, where: str, source: str) -> Any:
-    """Convert YAML scalars to the field's type (YAML reads ``3e-4`` as a string)."""
-    kinds = {part.strip() for part in hint.split("|")}
-    if value is None and "None" in kinds:
-        return None
-    try:
-        if "float" in kinds and isinstance(value, (int, str)) and not isinstance(value, bool):
-            return float(value)
-        if "int" in kinds and isinstance(value, str):
-            return int(value)
-    except ValueError as error:
-        raise ConfigError(f"{source}: {where} must be {hint}, got {value!r}") from error
-    return value
+def _field_hint(dotted: str) -> str | None:
+    """The type hint of a ``Config`` field named by a dotted path (None: not a plain field)."""
+    target: Any = Config()
+    hint = None
+    for key in dotted.split("."):
+        if not dataclasses.is_dataclass(target):
+            return None
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        if key not in fields:
+            return None
+        hint, target = str(fields[key].type), getattr(target, key)
+    return hint
 
 
 def _merge(target: Any, values: dict, path: tuple[str, ...], source: str) -> None:
@@ -251,7 +244,7 @@ def _merge(target: Any, values: dict, path: tuple[str, ...], source: str) -> Non
         elif isinstance(current, dict) and isinstance(value, dict):
             setattr(target, key, {**current, **value})  # free-form mappings merge key by key
         else:
-            setattr(target, key, _coerce(value, str(known[key].type), where, source))
+            setattr(target, key, coerce(value, str(known[key].type), where, source))
 
 
 def _set_path(config: Config, dotted: str, value: Any, source: str) -> None:
@@ -262,33 +255,14 @@ def _set_path(config: Config, dotted: str, value: Any, source: str) -> None:
     _merge(config, nested, (), source)
 
 
-def validate(config: Config) -> None:
-    """Check choices and ranges.
-
-    Raises:
-        ConfigError: naming the key and the allowed values.
-    """
-    for (section, key), allowed in CHOICES.items():
-        value = getattr(getattr(config, section), key)
-        if value not in allowed:
-            raise ConfigError(f"{section}.{key} = {value!r}; choose from {allowed}")
-    positive = {
-        "data.batch_size": config.data.batch_size,
-        "data.eval_batch_size": config.data.eval_batch_size,
-        "data.crop_size": config.data.crop_size,
-        "train.epochs": config.train.epochs,
-        "train.steps_per_epoch": config.train.steps_per_epoch,
-        "train.grad_accum": config.train.grad_accum,
-        "train.log_every": config.train.log_every,
-        "train.keep_checkpoints": config.train.keep_checkpoints,
-    }
-    for key, value in positive.items():
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    if config.data.crop_size % 32:
-        raise ConfigError(f"data.crop_size must be divisible by 32, got {config.data.crop_size}")
-    if not isinstance(config.model.options, dict):
-        raise ConfigError("model.options must be a mapping")
+def _override_value(key: str, raw: str, source: str) -> Any:
+    """The value of ``--set key=raw``: YAML, except that a string field takes the text as is."""
+    if _field_hint(key) == "str" and not raw.startswith(("'", '"')):
+        return raw  # data.shards=001 stays "001", mixed_precision=no stays "no"
+    try:
+        return yaml.load(raw, Loader=Yaml12Loader) if raw else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: cannot parse value: {error}".splitlines()[0]) from error
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -304,22 +278,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     config = Config()
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.load(Path(path).read_text(), Loader=Yaml12Loader) or {}
         except FileNotFoundError as error:
             raise ConfigError(f"{path}: config file not found") from error
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+            message = " ".join(str(error).split())
+            raise ConfigError(f"{path}: not valid YAML: {message}") from error
         _merge(config, data, (), str(path))
+    overridden = set()
     for override in overrides or []:
         if "=" not in override:
             raise ConfigError(f"--set {override!r}: expected key.path=value")
-        key, raw = override.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError as error:
-            raise ConfigError(f"--set {override!r}: cannot parse value: {error}") from error
-        _set_path(config, key.strip(), value, f"--set {override!r}")
+        key, raw = (part.strip() for part in override.split("=", 1))
+        source = f"--set {override!r}"
+        _set_path(config, key, _override_value(key, raw, source), source)
+        overridden.add(key)
     validate(config)
+    if "model.arch" in overridden and "loss.spec" not in overridden:
+        fit_loss_to_arch(config)
     return config
 
 
@@ -332,5 +308,8 @@ def config_from_dict(data: dict) -> Config:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML (to a temporary name, then renamed)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    os.replace(temporary, path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -23,11 +24,13 @@ from engine.data.loader import train_batches
 from engine.data.manifest import Manifest, load_manifest
 from engine.train.augment import TrainAugment
 from engine.train.checkpoint import apply_checkpoint, check_fits, resolve_resume
-from engine.train.config import Config, save_config
+from engine.train.config import Config, ConfigError, save_config
+from engine.train.config_check import check_model_options
 from engine.train.history import History, history_columns
 from engine.train.loss_factory import build_loss, class_weights_from_pixels
 from engine.train.losses import MultitaskLoss
 from engine.train.optim import build_optimizer, build_scheduler
+from engine.train.preflight import check_shards, check_splits, data_warnings
 from engine.train.tracking import Tracker
 
 
@@ -143,11 +146,21 @@ def build_training_loss(config: Config, manifest: Manifest, multitask: bool) -> 
         )
     loss = build_loss(spec, manifest.num_classes, manifest.ignore_index, weights)
     if multitask != isinstance(loss, MultitaskLoss):
-        raise ValueError(
-            f"loss {spec!r} does not fit model {config.model.arch!r}: multitask models need "
-            "loss.spec=multitask and single-task models a single-task loss"
+        kind, fix = ("a multitask", "multitask") if multitask else ("a single-task", "ce")
+        raise ConfigError(
+            f"loss.spec = {spec!r} does not fit model.arch = {config.model.arch!r} ({kind} "
+            f"model): add --set loss.spec={fix}"
         )
     return loss
+
+
+def check_and_warn(config: Config, manifest: Manifest, main: bool) -> None:
+    """Check the manifest and model options against the config; print the data warnings once."""
+    check_splits(config, manifest)
+    check_model_options(config)
+    if main:
+        for warning in data_warnings(config, manifest):
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
@@ -165,18 +178,20 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     accelerator = build_accelerator(config)
     main = accelerator.is_main_process
     device = accelerator.device
+    check_shards(config)
     set_seed(config.seed)
     manifest = load_manifest(config.data.shards)
+    check_and_warn(config, manifest, main)
     # Verified before anything is written: a refused resume leaves the run folder as it was.
     checkpoint = resolve_resume(run_dir, resume, accelerator.process_index) if resume else None
     model, model_spec = build_model(config, manifest)
     if checkpoint is not None:
         check_fits(checkpoint, model_spec, config.data.shards)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
     multitask = archs.is_multitask(model)
     loss_fn = build_training_loss(config, manifest, multitask).to(device)
+    if main:  # after the checks: a run refused for bad settings leaves no folder behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
     channels_last = config.train.channels_last
     if channels_last is None:
         channels_last = device.type == "cuda"

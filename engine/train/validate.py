@@ -46,12 +46,25 @@ def evaluate(run: Run, split: str, network: torch.nn.Module | None = None) -> Ev
     return result
 
 
-def record_eval(run: Run, split: str, result: EvalResult) -> None:
-    """Write an evaluation to the history, the tracker (with panels) and the console."""
+def record_eval(run: Run, split: str, result: EvalResult, *, best: bool = False) -> None:
+    """Write an evaluation to the history, the tracker (with panels) and the console.
+
+    Args:
+        run: The run.
+        split: The evaluated split.
+        result: Its evaluation.
+        best: The final evaluation of the best model: the history row's split is
+            ``"<split>@best"`` and its step the best step (the last step when there was no
+            val split), so that plots draw it as a marker there, not as a jump at the end.
+    """
     m, step, tracker = result.metrics, run.state.step, run.tracker
+    row_step = step
+    if best:
+        split = f"{split}@best"
+        row_step = run.state.best_step if run.state.best_step >= 0 else step
     row = {
-        "step": step,
-        "epoch": step / run.config.train.steps_per_epoch,
+        "step": row_step,
+        "epoch": row_step / run.config.train.steps_per_epoch,
         "split": split,
         "miou": m.miou,
         "mean_f1": m.mean_f1,
@@ -61,6 +74,7 @@ def record_eval(run: Run, split: str, result: EvalResult) -> None:
     row |= {f"iou/{c}": v for c, v in zip(m.class_names, m.iou)}
     row |= {f"f1/{c}": v for c, v in zip(m.class_names, m.f1)}
     run.history.write(row)
+    # The tracker's steps only grow: the best model's scores are logged at the current step.
     tracker.log({f"{split}/{k}": v for k, v in row.items() if k not in ("step", "split")}, step)
     tracker.log_table(
         f"{split}/per_class",
@@ -89,7 +103,7 @@ def record_eval(run: Run, split: str, result: EvalResult) -> None:
         ]
         tracker.log_images(f"{split}/panels", images, [e.key for e in result.examples], step)
     if run.main:
-        print(f"step {step} {split}: {summary_line(m.to_dict())}", flush=True)
+        print(f"step {row_step} {split}: {summary_line(m.to_dict())}", flush=True)
 
 
 def export_best(run: Run) -> None:
@@ -149,7 +163,7 @@ def final_metrics(run: Run) -> dict[str, Any]:
     final: dict[str, Any] = {"split": split, "best_step": state.best_step, "steps": state.step}
     if split is not None:
         result = evaluate(run, split, best)
-        record_eval(run, split, result)
+        record_eval(run, split, result, best=True)
         final |= result.metrics.to_dict()
     if run.main:
         temporary = run.run_dir / ".metrics.json.tmp"

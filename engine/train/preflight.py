@@ -1,0 +1,149 @@
+"""Checks before training: the shard folder, the run directory, and warnings about the data.
+
+Errors are one-line :class:`ConfigError`/:class:`RunDirError` messages (both
+:class:`~engine.errors.UserError`); warnings are returned as one-line texts that the trainer
+prints once, on the main process.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from engine.data.manifest import Manifest
+from engine.errors import UserError
+from engine.train.config import Config, ConfigError
+
+RARE_FRACTION = 0.001  # a class under 0.1 % of the train pixels is as good as absent
+
+# What a training run writes into its folder (removed by --overwrite; nothing else is).
+RUN_FILES = (
+    "config.yaml", "history.csv", "metrics.json", "wandb_id", "STOP", "loss.png", "lr.png",
+    "miou.png", "iou_per_class.png", "loss_terms.png", ".config.yaml.tmp", ".history.csv.tmp",
+    ".metrics.json.tmp",
+)  # fmt: skip
+RUN_FOLDERS = ("checkpoints", "best", "wandb")
+
+
+class RunDirError(UserError):
+    """The run directory holds a run (or other files) that training would overwrite."""
+
+
+def check_shards(config: Config) -> None:
+    """``data.shards`` must be set and be a folder.
+
+    Raises:
+        ConfigError: naming the setting or the folder.
+    """
+    shards = config.data.shards
+    if not shards:
+        raise ConfigError(
+            "data.shards is not set: add --set data.shards=DIR (a folder made by "
+            "launch/build_shards.py)"
+        )
+    if not Path(shards).is_dir():
+        raise ConfigError(f"data.shards = {shards}: no such folder")
+
+
+def check_splits(config: Config, manifest: Manifest) -> None:
+    """The train split must be in the manifest.
+
+    Raises:
+        ConfigError: naming the split, the manifest and the splits it has.
+    """
+    split = config.data.train_split
+    if not manifest.has_split(split):
+        raise ConfigError(
+            f"data.train_split = {split!r}: {manifest.root / 'dataset.json'} has no such split "
+            f"(has {sorted(manifest.data['splits'])})"
+        )
+
+
+def data_warnings(config: Config, manifest: Manifest) -> list[str]:
+    """One-line warnings about what the data will do to this run (empty when all is well)."""
+    data, warnings = config.data, []
+    if not (data.val_split and manifest.has_split(data.val_split)):
+        warnings.append(
+            "no validation split: best/ will be the final weights, not the best ones; build "
+            "shards with a val split (e.g. --split-by blocks:N)"
+        )
+    if data.crop_size > manifest.tile_size:
+        warnings.append(
+            f"data.crop_size = {data.crop_size} is larger than the tiles "
+            f"({manifest.tile_size}): crops are padded with ignored pixels; use a crop of at "
+            f"most {manifest.tile_size}"
+        )
+    rare = _rare_classes(config, manifest)
+    if rare:
+        warnings.append(
+            f"classes absent or under {RARE_FRACTION:.1%} of the {data.train_split!r} pixels "
+            f"but present in {'/'.join(_eval_splits(config, manifest))}: {', '.join(rare)}; "
+            "the model can hardly learn them (rebuild the shards with another split)"
+        )
+    return warnings
+
+
+def _eval_splits(config: Config, manifest: Manifest) -> list[str]:
+    names = (config.data.val_split, config.data.test_split)
+    return [s for s in dict.fromkeys(names) if s and manifest.has_split(s)]
+
+
+def _rare_classes(config: Config, manifest: Manifest) -> list[str]:
+    pixels = manifest.data.get("class_pixels") or {}
+    train = pixels.get(config.data.train_split)
+    if not train or not sum(train):
+        return []
+    total, rare = sum(train), []
+    others = [pixels[s] for s in _eval_splits(config, manifest) if s in pixels]
+    for index, name in enumerate(manifest.class_names):
+        if train[index] / total < RARE_FRACTION and any(o[index] > 0 for o in others):
+            rare.append(f"{name!r} ({train[index] / total:.3%})")
+    return rare
+
+
+def is_run(folder: str | Path) -> bool:
+    """Whether a folder holds a terraseg run (config.yaml and a history or checkpoints)."""
+    folder = Path(folder)
+    return (folder / "config.yaml").is_file() and (
+        (folder / "history.csv").is_file() or (folder / "checkpoints").is_dir()
+    )
+
+
+def check_run_dir(run_dir: str | Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to train into a folder whose run (or other files) training would overwrite.
+
+    A missing or empty folder is fine; one holding a run needs ``resume`` or ``overwrite``;
+    any other non-empty folder is refused, even with ``resume`` or ``overwrite`` (training
+    never writes over what terraseg did not write).
+
+    Raises:
+        RunDirError: naming the folder and the option to add.
+    """
+    folder = Path(run_dir)
+    if folder.exists() and not folder.is_dir():
+        raise RunDirError(f"--out {folder}: is a file, not a folder")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if is_run(folder):
+        if resume or overwrite:
+            return
+        raise RunDirError(
+            f"--out {folder}: holds a run already; add --resume latest to continue it or "
+            "--overwrite to replace it, or choose a new folder"
+        )
+    raise RunDirError(
+        f"--out {folder}: not empty and not a terraseg run; choose a new or empty folder"
+        + (" (--overwrite replaces only a terraseg run)" if overwrite else "")
+    )
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Remove what a training run wrote into ``run_dir`` (for ``--overwrite``); keep the rest."""
+    folder = Path(run_dir)
+    if not is_run(folder):
+        raise RunDirError(f"--overwrite {folder}: not a terraseg run; nothing removed")
+    for name in RUN_FOLDERS:
+        if (folder / name).is_dir():
+            shutil.rmtree(folder / name)
+    for name in RUN_FILES:
+        (folder / name).unlink(missing_ok=True)
