@@ -12,10 +12,17 @@ from engine.data.mask_inspect import draft_classes_yaml, inspect_masks
 from engine.data.pairing import PairingError, expand_glob
 
 
+class HelpFormatter(argparse.RawTextHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the description's line breaks and show every default that is set."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("masks", nargs="+", help="mask files or globs (quote globs)")
     parser.add_argument("--write-classes", type=Path, help="write a draft classes file here")
     parser.add_argument("--workers", type=int, default=1, help="processes reading masks")

@@ -1,12 +1,25 @@
-"""Splits: too few groups is an error naming --split-by blocks:N; block splits keep blocks whole."""
+"""Splits (too few groups is an error naming --split-by blocks:N; block splits keep blocks
+whole) and the builder's warnings (mostly-padding tiles, classes missing from train)."""
 
 import json
+import os
+import subprocess
+import sys
 import tarfile
 
+import numpy as np
 import pytest
-from conftest import build_tiny, make_tiny_dataset
+from conftest import REPO, build_tiny, make_tiny_dataset
+from PIL import Image
 
-from engine.data.splits import SplitBy, SplitError, parse_split_by, suggest_block_tiles
+from engine.data.build_warnings import coverage_warnings, padding_warnings
+from engine.data.splits import (
+    SplitBy,
+    SplitError,
+    parse_split_by,
+    split_groups,
+    suggest_block_tiles,
+)
 
 
 def tile_splits(out) -> dict[tuple[str, int, int], str]:
@@ -91,3 +104,60 @@ def test_suggested_block_size_leaves_enough_blocks():
     assert suggest_block_tiles([(1024, 1024)] * 2, 256, 0.15, 0.15) == 1
     # 34 % wants ≥ 6 blocks: 3x3-tile blocks give 2x2 blocks a scene (8), 4x4 only 2.
     assert suggest_block_tiles([(1024, 1024)] * 2, 256, 0.34, 0.34) == 3
+
+
+def test_padding_warning_names_a_fitting_tile(tmp_path, capsys):
+    assert padding_warnings([(512, 512)] * 3, 1024) == [
+        "tiles are 75 % padding (median image 512x512 px, --tile 1024); --tile 512 would give 0 %"
+    ]
+    assert (
+        padding_warnings([(512, 512)], 512) == [] and padding_warnings([(2000, 3000)], 1024) == []
+    )
+    root = make_tiny_dataset(tmp_path / "d", groups=1, per_group=1, size=(300, 300))
+    build_tiny(root, tmp_path / "out", tile=256, val=0, test=0)
+    printed = capsys.readouterr().err.splitlines()
+    assert (
+        printed.count(
+            "warning: tiles are 66 % padding (median image 300x300 px, --tile 256); "
+            "--tile 320 would give 12 %"
+        )
+        == 1
+    )
+
+
+def test_class_coverage_warnings(tmp_path, capsys):
+    assert coverage_warnings(
+        {"train": [5000, 0, 3, 0], "val": [10, 7, 0, 0]}, ["a", "b", "c", "d"]
+    ) == [
+        "class 1 'b' has no pixels in train (7 in val)",
+        "class 2 'c' is 0.060 % of the train pixels (under 0.1 %)",
+        "class 3 'd' has no pixels in any split",
+    ]
+    root = make_tiny_dataset(tmp_path / "d", groups=3, per_group=1)
+    train = next(g for g, s in split_groups(["Tile 0", "Tile 1", "Tile 2"], 0.3, 0.3, 0).items()
+                 if s == "train")  # fmt: skip
+    mask = np.zeros((40, 56, 3), np.uint8)
+    mask[:, :] = (255, 0, 0)
+    Image.fromarray(mask).save(root / train / "masks/part_0.png")  # no green, no blue in train
+    build_tiny(root, tmp_path / "out", val=0.3, test=0.3)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "class" in line]
+    assert len(warnings) == 2
+    assert warnings[0].startswith("warning: class 1 'green' has no pixels in train (")
+    assert warnings[1].startswith("warning: class 2 'blue' has no pixels in train (")
+
+
+def test_help_shows_defaults():
+    for script, shown in (
+        ("build_shards.py", ["(default: 1024)", "(default: 0.15)", "(default: group)"]),
+        ("inspect_masks.py", ["(default: 1)"]),
+    ):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "launch" / script), "--help"],
+            capture_output=True,
+            text=True,
+            env=os.environ | {"PYTHONPATH": str(REPO), "COLUMNS": "200"},
+            check=True,
+        )
+        for text in shown:
+            assert text in result.stdout, (script, text)
+        assert "(default: None)" not in result.stdout
