@@ -13,6 +13,7 @@ from conftest import REPO, build_tiny, make_tiny_dataset
 from PIL import Image
 
 from engine.data.build_warnings import coverage_warnings, padding_warnings
+from engine.data.manifest import load_manifest
 from engine.data.splits import (
     SplitBy,
     SplitError,
@@ -68,6 +69,7 @@ def test_two_groups_split_by_blocks_fills_every_split_without_straddling(tmp_pat
         "units": {"train": 16, "val": 8, "test": 8},
     }
     assert all(manifest["splits"][s]["num_samples"] > 0 for s in ("train", "val", "test"))
+    assert load_manifest(tmp_path / "a").split_method["block_tiles"] == 2
     splits = tile_splits(tmp_path / "a")
     assert len(splits) == 2 * 8 * 7
     blocks: dict[tuple[str, int, int], set[str]] = {}
