@@ -1,7 +1,12 @@
 """Mask inspection: encodings, counts, draft classes file."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import yaml
+from conftest import REPO
 from PIL import Image
 
 from engine.data.classes import DEFAULT_PALETTE, classes_from_dict, format_color
@@ -78,3 +83,19 @@ def test_grey_coded_masks_draft_palette_colours_but_keep_their_values(tmp_path):
     mask.save(tmp_path / "p.png")
     draft = yaml.safe_load(draft_classes_yaml(inspect_masks([tmp_path / "p.png"])))
     assert [c["color"] for c in draft["classes"]] == list(DEFAULT_PALETTE[:3])
+
+
+def test_script_keeps_an_existing_classes_file(tmp_path):
+    Image.fromarray(np.array([[0, 3], [3, 3]], np.uint8)).save(tmp_path / "a.png")
+    edited = tmp_path / "classes.yaml"
+    edited.write_text("# my edits\n")
+    command = [sys.executable, str(REPO / "launch/inspect_masks.py"), str(tmp_path / "*.png")]
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    run = subprocess.run([*command, "--write-classes", str(edited)], capture_output=True, env=env)
+    assert run.returncode == 2 and b"classes.yaml: already exists" in run.stderr
+    assert edited.read_text() == "# my edits\n"
+    run = subprocess.run(
+        [*command, "--write-classes", str(edited), "--overwrite"], capture_output=True, env=env
+    )
+    assert run.returncode == 0 and yaml.safe_load(edited.read_text())["encoding"] == "index"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "classes.yaml"]
