@@ -1,8 +1,16 @@
-"""Pack image/mask pairs into webdataset shards with a dataset.json manifest.
+r"""Pack image/mask pairs into webdataset shards with a dataset.json manifest.
 
 Example (the Dubai layout, split by tile):
     python launch/build_shards.py --images "data/*/images/*.jpg" --masks "data/*/masks/*.png" \
         --classes classes.yaml --out shards/dubai --tile 512
+
+Images scene_img_3.tif with masks scene_lbl_3.tif (keys from the names):
+    python launch/build_shards.py --images "imgs/*.tif" --masks "lbls/*.tif" \
+        --image-key "(.*)_img(_\d+)" --mask-key "(.*)_lbl(_\d+)" --classes classes.yaml --out s
+
+A key is the file's path under the glob's fixed folder, without folders named images/masks/
+labels/..., without extension (Tile 3/images/x.jpg → "Tile 3/x"); --group matches keys.
+Too few groups for val and test: --split-by blocks:N splits N×N-tile blocks of each image.
 """
 
 import argparse
@@ -12,51 +20,90 @@ from engine.data.classes import ClassesError, load_classes
 from engine.data.imageio import IMAGE_CODECS, ImageReadError
 from engine.data.pairing import PairingError, pair_by_glob, pair_from_csv
 from engine.data.shard_builder import BuildError, BuildOptions, build_shards
+from engine.data.splits import SPLIT_BY_HELP, SplitError
+
+
+class HelpFormatter(argparse.RawTextHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the description's line breaks and show every default that is set."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    defaults = BuildOptions()
     source = parser.add_argument_group("input")
     source.add_argument("--images", help="glob of image files (quote it)")
     source.add_argument("--masks", help="glob of mask files (quote it)")
     source.add_argument("--pairs-csv", help="CSV with columns image,mask[,group] instead of globs")
     source.add_argument("--classes", required=True, help="classes file (see inspect_masks.py)")
     source.add_argument("--group", help="regex on the pair key; first capture group = group")
+    source.add_argument(
+        "--image-key", help="regex on each image's key; its capture groups, joined, = the key"
+    )
+    source.add_argument("--mask-key", help="regex on each mask's key (as --image-key)")
+    source.add_argument(
+        "--mask-from",
+        help="template of the mask key from the image key: {key}, {stem}, {folder}\n"
+        "(e.g. '{key}_mask' pairs x.tif with x_mask.png)",
+    )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--tile", type=int, default=1024, help="tile edge in pixels")
-    parser.add_argument("--val", type=float, default=0.15, help="fraction of groups for val")
-    parser.add_argument("--test", type=float, default=0.15, help="fraction of groups for test")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tile", type=int, default=defaults.tile, help="tile edge in pixels (smaller: padded)"
+    )
+    parser.add_argument(
+        "--val", type=float, default=defaults.val, help="fraction of groups (or blocks) for val"
+    )
+    parser.add_argument(
+        "--test", type=float, default=defaults.test, help="fraction of groups (or blocks) for test"
+    )
+    parser.add_argument(
+        "--split-by",
+        default=defaults.split_by,
+        help=f"{SPLIT_BY_HELP}: whole groups, or N×N-tile blocks of each image",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seed of the split and sample order"
+    )
     parser.add_argument(
         "--image-codec",
-        default="npy",
+        default=defaults.image_codec,
         choices=IMAGE_CODECS,
         help="npy: no decoding (least CPU); webp: lossless, smaller (network storage)",
     )
-    parser.add_argument("--jpeg-quality", type=int, default=95)
-    parser.add_argument("--samples-per-shard", type=int, default=256)
+    parser.add_argument(
+        "--jpeg-quality", type=int, default=defaults.jpeg_quality, help="for --image-codec jpg"
+    )
+    parser.add_argument(
+        "--samples-per-shard", type=int, default=defaults.samples_per_shard, help="per tar file"
+    )
     parser.add_argument(
         "--mix-buffer",
         type=int,
-        default=512,
+        default=defaults.mix_buffer,
         help="samples held to mix tiles of many images into each shard",
     )
     parser.add_argument(
         "--unknown",
-        default="error",
+        default=defaults.unknown,
         choices=("error", "ignore"),
         help="what to do with mask values missing from the classes file",
     )
-    parser.add_argument("--uint16-max", type=int, help="uint16 image value that maps to 255")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--uint16-max", type=int, help="uint16 image value that maps to 255 (unset: 65535)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=defaults.workers, help="processes decoding and encoding"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args()
     if bool(args.pairs_csv) == bool(args.images or args.masks):
         parser.error("give either --images and --masks, or --pairs-csv")
     options = BuildOptions(
-        tile=args.tile, val=args.val, test=args.test, seed=args.seed,
+        tile=args.tile, val=args.val, test=args.test, split_by=args.split_by, seed=args.seed,
         image_codec=args.image_codec, jpeg_quality=args.jpeg_quality,
         samples_per_shard=args.samples_per_shard, mix_buffer=args.mix_buffer, unknown=args.unknown,
         uint16_max=args.uint16_max, workers=args.workers, overwrite=args.overwrite,
@@ -64,15 +111,26 @@ def main() -> int:
     try:
         classes = load_classes(args.classes)
         if args.pairs_csv:
+            if args.image_key or args.mask_key or args.mask_from:
+                parser.error("--image-key/--mask-key/--mask-from go with --images and --masks")
             pairs = pair_from_csv(args.pairs_csv, args.group)
         else:
             if not (args.images and args.masks):
                 parser.error("--images and --masks go together")
-            pairs = pair_by_glob(args.images, args.masks, args.group)
+            pairs = pair_by_glob(
+                args.images, args.masks, args.group, args.image_key, args.mask_key, args.mask_from
+            )
         manifest = build_shards(pairs, classes, args.out, options)
-    except (BuildError, ClassesError, ImageReadError, PairingError) as error:
+    except (BuildError, ClassesError, ImageReadError, PairingError, SplitError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    record = manifest["split"]
+    how = (
+        f"blocks of {record['block_tiles']}x{record['block_tiles']} tiles"
+        if record["by"] == "blocks"
+        else "group"
+    )
+    print(f"split by {how}, seed {record['seed']}")
     for name, split in manifest["splits"].items():
         print(
             f"{name}: {split['num_samples']} samples in {len(split['shards'])} shards, "

@@ -1,11 +1,21 @@
 """Mask inspection: encodings, counts, draft classes file."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import yaml
+from conftest import REPO
 from PIL import Image
 
-from engine.data.classes import classes_from_dict
-from engine.data.mask_inspect import draft_classes_yaml, inspect_masks
+from engine.data.classes import DEFAULT_PALETTE, classes_from_dict, format_color
+from engine.data.mask_inspect import (
+    draft_classes_yaml,
+    inspect_masks,
+    min_color_distance,
+    to_lab,
+)
 
 
 def test_rgb_and_palette_masks_mix_as_colours(tmp_path):
@@ -41,3 +51,51 @@ def test_palette_only_masks_keep_indices_and_palette_colours(tmp_path):
     assert report.encoding == "index"
     draft = yaml.safe_load(draft_classes_yaml(report))
     assert [(c["value"], c["color"]) for c in draft["classes"]] == [(0, "#000000"), (2, "#C80A0A")]
+
+
+def test_default_palette_is_distinct_and_never_the_error_map_colours():
+    from engine.render.colors import ERROR_COLORS
+
+    assert len(set(DEFAULT_PALETTE)) == len(DEFAULT_PALETTE) >= 16
+    assert min_color_distance(list(DEFAULT_PALETTE)) >= 20
+    error_colours = [format_color(c) for c in ERROR_COLORS.values()]
+    lab, error_lab = to_lab(list(DEFAULT_PALETTE)), to_lab(error_colours)
+    assert np.linalg.norm(lab[:, None] - error_lab[None], axis=-1).min() >= 32
+    # Index classes without a colour get the palette, in order.
+    index = classes_from_dict(
+        {"encoding": "index", "classes": [{"name": f"c{i}", "value": i} for i in range(3)]}
+    )
+    assert [c.color for c in index.classes] == list(DEFAULT_PALETTE[:3])
+
+
+def test_grey_coded_masks_draft_palette_colours_but_keep_their_values(tmp_path):
+    greys = np.repeat(np.arange(1, 7, dtype=np.uint8)[:, None], 3, 1)  # (1,1,1) … (6,6,6)
+    Image.fromarray(np.repeat(greys[None], 2, 0)).save(tmp_path / "rgb.png")
+    report = inspect_masks([tmp_path / "rgb.png"])
+    text = draft_classes_yaml(report)
+    assert "the masks' own colours are too alike" in text
+    draft = yaml.safe_load(text)
+    assert sorted(c["value"] for c in draft["classes"]) == [format_color(g) for g in greys]
+    assert [c["color"] for c in draft["classes"]] == list(DEFAULT_PALETTE[:6])
+    # A palette file with near-identical colours: the same.
+    mask = Image.fromarray(np.array([[0, 1, 2]], np.uint8), mode="P")
+    mask.putpalette([10, 10, 10, 12, 12, 12, 14, 14, 14] + [0] * 759)
+    mask.save(tmp_path / "p.png")
+    draft = yaml.safe_load(draft_classes_yaml(inspect_masks([tmp_path / "p.png"])))
+    assert [c["color"] for c in draft["classes"]] == list(DEFAULT_PALETTE[:3])
+
+
+def test_script_keeps_an_existing_classes_file(tmp_path):
+    Image.fromarray(np.array([[0, 3], [3, 3]], np.uint8)).save(tmp_path / "a.png")
+    edited = tmp_path / "classes.yaml"
+    edited.write_text("# my edits\n")
+    command = [sys.executable, str(REPO / "launch/inspect_masks.py"), str(tmp_path / "*.png")]
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    run = subprocess.run([*command, "--write-classes", str(edited)], capture_output=True, env=env)
+    assert run.returncode == 2 and b"classes.yaml: already exists" in run.stderr
+    assert edited.read_text() == "# my edits\n"
+    run = subprocess.run(
+        [*command, "--write-classes", str(edited), "--overwrite"], capture_output=True, env=env
+    )
+    assert run.returncode == 0 and yaml.safe_load(edited.read_text())["encoding"] == "index"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "classes.yaml"]

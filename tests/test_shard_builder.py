@@ -149,7 +149,7 @@ def test_rebuild_is_byte_identical(tmp_path, codec):
 
 def test_codecs_decode_to_the_same_samples(tmp_path):
     """Lossless codecs give identical pixels; ``npy`` shards store raw masks, the others PNG."""
-    root = make_dataset(tmp_path / "data", groups=2, per_group=2)
+    root = make_dataset(tmp_path / "data", groups=3, per_group=2)
     decoded = {}
     for codec in ("png", "webp", "npy", "jpg"):
         build(root, tmp_path / codec, image_codec=codec)
@@ -157,7 +157,9 @@ def test_codecs_decode_to_the_same_samples(tmp_path):
         assert manifest.mask_codec == ("npy" if codec == "npy" else "png")
         members = read_members(manifest.split("train").shards[0])
         assert {name.split(".", 1)[1] for name in members} == {
-            f"image.{codec}", f"mask.{manifest.mask_codec}", "meta.json"
+            f"image.{codec}",
+            f"mask.{manifest.mask_codec}",
+            "meta.json",
         }
         samples = read_samples(list(manifest.split("train").shards), Codecs.of(manifest))
         decoded[codec] = {s.key: (s.image, s.mask) for s in samples}
@@ -175,7 +177,7 @@ def test_codecs_decode_to_the_same_samples(tmp_path):
 
 def test_manifest_versions(tmp_path):
     """Version 1 manifests (PNG masks, no mask_codec) still load; newer ones are refused."""
-    build(make_dataset(tmp_path / "data", groups=2), tmp_path / "out", image_codec="png")
+    build(make_dataset(tmp_path / "data", groups=3), tmp_path / "out", image_codec="png")
     path = tmp_path / "out" / "dataset.json"
     data = json.loads(path.read_text())
     assert data["version"] == 2 and data["mask_codec"] == "png"
@@ -192,7 +194,7 @@ def no_tar_left(tmp_path: Path) -> bool:
 
 
 def test_truncated_jpeg(tmp_path):
-    root = make_dataset(tmp_path / "data", groups=2)
+    root = make_dataset(tmp_path / "data", groups=3)
     Image.fromarray(np.full((40, 56, 3), 128, np.uint8)).save(root / "Tile 1/images/part_0.jpg")
     (root / "Tile 1/images/part_0.png").unlink()
     data = (root / "Tile 1/images/part_0.jpg").read_bytes()
@@ -206,7 +208,7 @@ def test_truncated_jpeg(tmp_path):
 
 
 def test_mask_of_different_size(tmp_path):
-    root = make_dataset(tmp_path / "data", groups=2)
+    root = make_dataset(tmp_path / "data", groups=3)
     Image.fromarray(np.zeros((41, 56, 3), np.uint8)).save(root / "Tile 1/masks/part_1.png")
     with pytest.raises(BuildError, match=r"Tile 1/masks/part_1\.png: mask is 56x41"):
         build(root, tmp_path / "out")
@@ -214,7 +216,7 @@ def test_mask_of_different_size(tmp_path):
 
 
 def test_unknown_colour_names_file_value_and_count(tmp_path):
-    root = make_dataset(tmp_path / "data", groups=2)
+    root = make_dataset(tmp_path / "data", groups=3)
     mask = np.zeros((40, 56, 3), np.uint8)
     mask[:5, :4] = (18, 52, 86)
     Image.fromarray(mask).save(root / "Tile 0/masks/part_1.png")
@@ -222,8 +224,8 @@ def test_unknown_colour_names_file_value_and_count(tmp_path):
         build(root, tmp_path / "out")
     assert no_tar_left(tmp_path)
     manifest = build(root, tmp_path / "out2", unknown="ignore")
-    # 4 images: three with 9 no-data pixels, one all no-data or unknown.
-    assert sum(manifest["ignore_pixels"].values()) == 3 * 9 + 40 * 56
+    # 6 images: five with 9 no-data pixels, one all no-data or unknown.
+    assert sum(manifest["ignore_pixels"].values()) == 5 * 9 + 40 * 56
 
 
 def test_unpaired_image_is_listed(tmp_path):
@@ -260,7 +262,7 @@ def test_two_band_tiff_and_tiff_variants(tmp_path):
     assert read_image(tmp_path / "rgba.tif")[..., 0].max() == 7
     tifffile.imwrite(tmp_path / "u16.tif", np.full((8, 8, 3), 4095, np.uint16), photometric="rgb")
     assert read_image(tmp_path / "u16.tif", uint16_max=4095).min() == 255
-    root = make_dataset(tmp_path / "data", groups=2)
+    root = make_dataset(tmp_path / "data", groups=3)
     tifffile.imwrite(
         root / "Tile 0/images/part_0.tif",
         np.zeros((40, 56, 2), np.uint8),

@@ -24,10 +24,15 @@ from engine.errors import UserError
 IGNORE_INDEX = 255
 ENCODINGS = ("rgb", "index")
 
-# Distinct colours for index-coded classes that come without one.
+# Colours for classes that come without one (index masks, and drafts of masks whose own
+# colours are too alike): colour-blind-safe Okabe–Ito, then Paul Tol's muted and light sets,
+# each at least 20 CIELAB ΔE from the others and 32 from the error map's correct green, wrong
+# red and ignored grey (engine.render.colors.ERROR_COLORS; tests/test_mask_inspect.py checks
+# both), so a prediction panel never looks like an error map. More classes repeat them.
 DEFAULT_PALETTE = (
-    "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2",
-    "#7F7F7F", "#BCBD22", "#17BECF", "#AEC7E8", "#FFBB78", "#98DF8A", "#FF9896",
+    "#E69F00", "#56B4E9", "#F0E442", "#0072B2", "#CC79A7", "#332288", "#44AA99", "#999933",
+    "#882255", "#DDCC77", "#AA4499", "#CC6677", "#EE8866", "#FFAABB", "#DDDDDD", "#997700",
+    "#004488", "#666633",
 )  # fmt: skip
 
 

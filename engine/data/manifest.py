@@ -91,6 +91,15 @@ class Manifest:
         """Per-channel std on the 0–1 scale (train split)."""
         return list(self.data["std"])
 
+    @property
+    def split_method(self) -> dict:
+        """How the splits were made (``{"by": "group"}`` for manifests that do not say).
+
+        Keys: ``by`` (``group`` or ``blocks``), ``block_tiles`` (blocks only), ``seed``,
+        ``fractions`` and ``units`` (see shards/README.md).
+        """
+        return dict(self.data.get("split", {"by": "group"}))
+
     def has_split(self, name: str) -> bool:
         """Whether the manifest lists a non-empty split ``name``."""
         return name in self.data["splits"]

@@ -14,8 +14,31 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.data.classes import DEFAULT_PALETTE, format_color
+from engine.data.classes import DEFAULT_PALETTE, format_color, parse_color
 from engine.data.imageio import TIFF_SUFFIXES, ImageReadError, read_mask_values
+
+DISTINCT_DELTA_E = 20.0  # the masks' own colours are kept when every two differ this much
+
+
+def to_lab(colors: list[str]) -> np.ndarray:
+    """CIELAB (D65) of ``"#RRGGBB"`` colours, float64 ``[N, 3]``."""
+    rgb = np.array([parse_color(c) for c in colors], np.float64).reshape(-1, 3) / 255.0
+    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    to_xyz = np.array(
+        [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]
+    )
+    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
+
+
+def min_color_distance(colors: list[str]) -> float:
+    """The smallest CIE76 ΔE between any two of ``colors`` (inf for fewer than two)."""
+    lab = to_lab(colors)
+    if len(lab) < 2:
+        return float("inf")
+    distances = np.linalg.norm(lab[:, None] - lab[None], axis=-1)
+    return float(distances[np.triu_indices(len(lab), 1)].min())
 
 
 @dataclass(frozen=True)
@@ -139,14 +162,31 @@ def draft_classes_yaml(report: MaskReport) -> str:
     """Write a draft classes file for the user to edit (names, ignore values).
 
     RGB values are listed most frequent first; index values in numeric order (they are
-    usually class indices already).
+    usually class indices already). Display colours are the masks' own (rgb values or a
+    palette file's colours) when every two differ by at least 20 ΔE, else
+    :data:`DEFAULT_PALETTE` in order (grey-coded masks would give near-identical greys).
     """
     total = max(report.total_pixels, 1)
     ordered = report.values
     if report.encoding == "index":
         ordered = sorted(report.values, key=lambda item: item.value)
+    own = [
+        report.describe(item.value) if report.encoding == "rgb" else report.palette.get(item.value)
+        for item in ordered
+    ]
+    distance = min_color_distance([c for c in own if c]) if all(own) else 0.0
+    if distance >= DISTINCT_DELTA_E:
+        colors, note = own, "the masks' own colours"
+    else:
+        colors = [DEFAULT_PALETTE[n % len(DEFAULT_PALETTE)] for n in range(len(ordered))]
+        note = "a colour-blind-safe palette" + (
+            f" (the masks' own colours are too alike: ΔE {distance:.0f} < {DISTINCT_DELTA_E:g})"
+            if all(own)
+            else ""
+        )
     lines = [
         f"# Draft classes file: {report.num_files} masks, encoding {report.encoding}.",
+        f"# Colours (for rendering only): {note}.",
         "# Edit the names. Mark no-data / unlabeled values with `ignore: true` (they become 255).",
         "# Class index = order of the non-ignored entries. `value` may be a list to merge values.",
         f"encoding: {report.encoding}",
@@ -155,11 +195,9 @@ def draft_classes_yaml(report: MaskReport) -> str:
     for number, item in enumerate(ordered):
         if report.encoding == "rgb":
             value = f'"{report.describe(item.value)}"'
-            color = value
         else:
             value = str(item.value)
-            fallback = DEFAULT_PALETTE[number % len(DEFAULT_PALETTE)]
-            color = f'"{report.palette.get(item.value, fallback)}"'
+        color = f'"{colors[number]}"'
         share = 100.0 * item.pixels / total
         lines.append(
             f"  - {{name: class_{number}, value: {value}, color: {color}}}"

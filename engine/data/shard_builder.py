@@ -14,7 +14,7 @@ import random
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from engine.data.build_warnings import coverage_warnings, padding_warnings, print_warning
 from engine.data.classes import IGNORE_INDEX, ClassesFile
 from engine.data.imageio import (
     IMAGE_CODECS,
@@ -31,7 +32,15 @@ from engine.data.imageio import (
     read_mask_values,
 )
 from engine.data.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
-from engine.data.pairing import Pair
+from engine.data.pairing import Pair, check_member_keys, safe_key
+from engine.data.splits import (
+    PairSplit,
+    groups_by_split,
+    image_sizes,
+    parse_split_by,
+    plan_splits,
+    split_groups,  # noqa: F401  (re-exported: it lived here)
+)
 from engine.errors import UserError
 
 MEMBER_EXT = {"png": "png", "jpg": "jpg", "webp": "webp", "npy": "npy"}
@@ -47,8 +56,10 @@ class BuildOptions:
 
     Attributes:
         tile: Tile edge in pixels; larger images are cut, smaller ones padded (label 255).
-        val: Fraction of groups for validation.
-        test: Fraction of groups for testing.
+        val: Fraction of groups (or blocks) for validation.
+        test: Fraction of groups (or blocks) for testing.
+        split_by: ``group`` (whole groups) or ``blocks:N`` (N×N-tile blocks of each image;
+            see :mod:`engine.data.splits`).
         seed: Seed of the split and of the sample order inside each split.
         image_codec: ``npy`` (default: least CPU per tile, see docs/BENCHMARKS.md; masks
             are raw ``npy`` too), ``png``, ``webp`` (lossless, smaller: for network
@@ -66,6 +77,7 @@ class BuildOptions:
     tile: int = 1024
     val: float = 0.15
     test: float = 0.15
+    split_by: str = "group"
     seed: int = 0
     image_codec: str = "npy"
     jpeg_quality: int = 95
@@ -79,6 +91,7 @@ class BuildOptions:
 
 @dataclass
 class _Sample:
+    split: str
     key: str
     image: bytes
     mask: bytes
@@ -88,10 +101,10 @@ class _Sample:
 @dataclass
 class _PairResult:
     samples: list[_Sample]
-    channel_sum: np.ndarray  # int64 [3], over non-padding pixels
+    channel_sum: np.ndarray  # int64 [3], over the non-padding pixels of train tiles
     channel_sumsq: np.ndarray  # int64 [3]
     valid_pixels: int
-    class_pixels: np.ndarray  # int64 [num_classes + 1], last = ignore
+    class_pixels: dict[str, np.ndarray]  # split → int64 [num_classes + 1], last = ignore
 
 
 @dataclass
@@ -150,31 +163,6 @@ class _SplitWriter:
             self._tar = None
 
 
-def split_groups(groups: list[str], val: float, test: float, seed: int) -> dict[str, str]:
-    """Assign whole groups to ``train``/``val``/``test``, seeded and reproducible.
-
-    Each non-zero fraction gets at least one group as long as one is left for training.
-
-    Raises:
-        BuildError: when the fractions are invalid.
-    """
-    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise BuildError(f"--val {val} and --test {test} must be in [0, 1) and sum below 1")
-    ordered = sorted(set(groups))
-    random.Random(seed).shuffle(ordered)
-    count = len(ordered)
-
-    def share(fraction: float) -> int:
-        return max(1, round(fraction * count)) if fraction > 0 else 0
-
-    n_test = min(share(test), max(count - 1, 0))
-    n_val = min(share(val), max(count - 1 - n_test, 0))
-    assignment = {g: "test" for g in ordered[:n_test]}
-    assignment |= {g: "val" for g in ordered[n_test : n_test + n_val]}
-    assignment |= {g: "train" for g in ordered[n_test + n_val :]}
-    return assignment
-
-
 def tile_windows(height: int, width: int, tile: int) -> list[tuple[int, int, int, int]]:
     """Cut an image into a grid of ``(row, col, height, width)`` windows of at most ``tile``."""
     return [
@@ -185,8 +173,7 @@ def tile_windows(height: int, width: int, tile: int) -> list[tuple[int, int, int
 
 
 def _member_key(key: str, row: int, col: int) -> str:
-    safe = "".join(c if c.isalnum() or c in "/_-" else "_" for c in key)
-    return f"{safe}/r{row:05d}_c{col:05d}"
+    return f"{safe_key(key)}/r{row:05d}_c{col:05d}"
 
 
 def _map_mask(values: np.ndarray, classes: ClassesFile, unknown: str, path: Path) -> np.ndarray:
@@ -208,8 +195,8 @@ def _map_mask(values: np.ndarray, classes: ClassesFile, unknown: str, path: Path
     return table.astype(np.uint8)[inverse.reshape(values.shape)]
 
 
-def _process_pair(args: tuple[Pair, str, ClassesFile, BuildOptions]) -> _PairResult:
-    pair, split, classes, options = args
+def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _PairResult:
+    pair, pair_split, classes, options = args
     image = read_image(pair.image, options.uint16_max)
     values = read_mask_values(pair.mask, classes.encoding)
     if values.shape != image.shape[:2]:
@@ -219,17 +206,18 @@ def _process_pair(args: tuple[Pair, str, ClassesFile, BuildOptions]) -> _PairRes
         )
     mask = _map_mask(values, classes, options.unknown, pair.mask)
     num_classes = len(classes.classes)
-    class_pixels = np.bincount(np.minimum(mask, num_classes).ravel(), minlength=num_classes + 1)
-    valid = image.reshape(-1, 3).astype(np.int64)
-    result = _PairResult(
-        samples=[],
-        channel_sum=valid.sum(0),
-        channel_sumsq=(valid * valid).sum(0),
-        valid_pixels=valid.shape[0],
-        class_pixels=class_pixels.astype(np.int64),
-    )
+    result = _PairResult([], np.zeros(3, np.int64), np.zeros(3, np.int64), 0, {})
     tile = options.tile
     for row, col, height, width in tile_windows(*image.shape[:2], tile):
+        split = pair_split.at(row, col, tile)
+        window = mask[row : row + height, col : col + width]
+        counts = np.bincount(np.minimum(window, num_classes).ravel(), minlength=num_classes + 1)
+        result.class_pixels[split] = result.class_pixels.get(split, 0) + counts.astype(np.int64)
+        if split == "train":
+            valid = image[row : row + height, col : col + width].reshape(-1, 3).astype(np.int64)
+            result.channel_sum += valid.sum(0)
+            result.channel_sumsq += (valid * valid).sum(0)
+            result.valid_pixels += valid.shape[0]
         image_tile = np.zeros((tile, tile, 3), np.uint8)
         mask_tile = np.full((tile, tile), IGNORE_INDEX, np.uint8)
         image_tile[:height, :width] = image[row : row + height, col : col + width]
@@ -245,6 +233,7 @@ def _process_pair(args: tuple[Pair, str, ClassesFile, BuildOptions]) -> _PairRes
         }
         result.samples.append(
             _Sample(
+                split=split,
                 key=_member_key(pair.key, row, col),
                 image=encode_image(image_tile, options.image_codec, options.jpeg_quality),
                 mask=encode_image(mask_tile, mask_codec_for(options.image_codec)),
@@ -287,7 +276,11 @@ def _commit_output(staging: Path, out: Path) -> None:
 
 
 def build_shards(
-    pairs: list[Pair], classes: ClassesFile, out: str | Path, options: BuildOptions
+    pairs: list[Pair],
+    classes: ClassesFile,
+    out: str | Path,
+    options: BuildOptions,
+    warn: Callable[[str], None] | None = None,
 ) -> dict:
     """Decode, map, tile, split and write ``pairs`` as shards plus ``dataset.json``.
 
@@ -296,12 +289,15 @@ def build_shards(
         classes: The classes file mapping mask values to class indices.
         out: Output folder (created; must be empty unless ``options.overwrite``).
         options: Tiling, codec, split and parallelism settings.
+        warn: Called once per build-time warning (mostly-padding tiles, classes missing
+            or rare in train); default: print ``warning: …`` on stderr.
 
     Returns:
         The manifest that was written.
 
     Raises:
-        BuildError, ImageReadError: naming the offending file; nothing is left in ``out``.
+        BuildError, ImageReadError, PairingError, SplitError: naming the offending file or
+            setting; nothing is left in ``out``.
     """
     if options.image_codec not in IMAGE_CODECS:
         raise BuildError(f"unknown image codec {options.image_codec!r}; choose from {IMAGE_CODECS}")
@@ -310,13 +306,22 @@ def build_shards(
     if not pairs:
         raise BuildError("no image/mask pairs to build from")
     out = Path(out)
-    assignment = split_groups([p.group for p in pairs], options.val, options.test, options.seed)
+    warn = warn or print_warning
+    check_member_keys(pairs)
+    sizes = image_sizes(pairs)
+    plan, split_record = plan_splits(
+        pairs, sizes, options.tile, parse_split_by(options.split_by),
+        options.val, options.test, options.seed,
+    )  # fmt: skip
+    for message in padding_warnings(list(sizes.values()), options.tile):
+        warn(message)
     rng = random.Random(options.seed)
     jobs = []
-    for split in SPLITS:
-        members = [p for p in pairs if assignment[p.group] == split]
+    for split in (*SPLITS, ""):  # "": pairs whose blocks go to several splits
+        members = [p for p in pairs if plan[p.key].split == split]
         rng.shuffle(members)
-        jobs += [(pair, split, classes, options) for pair in members]
+        jobs += [(pair, plan[pair.key], classes, options) for pair in members]
+    groups = groups_by_split(pairs, plan)
 
     num_classes = len(classes.classes)
     staging = _prepare_output(out, options.overwrite)
@@ -338,14 +343,14 @@ def build_shards(
     valid_pixels = 0
     try:
         progress = tqdm(total=len(jobs), desc="building shards", unit="image")
-        for (_, split, _, _), result in zip(jobs, _results(jobs, options.workers)):
+        for result in _results(jobs, options.workers):
             for sample in result.samples:
-                writers[split].add(sample)
-            totals[split] += result.class_pixels
-            if split == "train":
-                channel_sum += result.channel_sum
-                channel_sumsq += result.channel_sumsq
-                valid_pixels += result.valid_pixels
+                writers[sample.split].add(sample)
+            for split, counts in result.class_pixels.items():
+                totals[split] += counts
+            channel_sum += result.channel_sum
+            channel_sumsq += result.channel_sumsq
+            valid_pixels += result.valid_pixels
             progress.update()
         progress.close()
         for writer in writers.values():
@@ -366,6 +371,7 @@ def build_shards(
             "mean": (mean / 255.0).tolist(),
             "std": (np.sqrt(np.maximum(variance, 0.0)) / 255.0).tolist(),
             "seed": options.seed,
+            "split": split_record,
             "class_pixels": {
                 s: totals[s][:num_classes].tolist() for s in SPLITS if writers[s].shards
             },
@@ -375,7 +381,7 @@ def build_shards(
                     "shards": w.shards,
                     "shard_samples": w.shard_samples,
                     "num_samples": sum(w.shard_samples),
-                    "groups": sorted({g for g, a in assignment.items() if a == s}),
+                    "groups": groups[s],
                 }
                 for s, w in writers.items()
                 if w.shards
@@ -383,6 +389,8 @@ def build_shards(
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         _commit_output(staging, out)
+        for message in coverage_warnings(manifest["class_pixels"], classes.names):
+            warn(message)
     except BaseException:
         for writer in writers.values():
             writer.close()
