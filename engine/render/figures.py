@@ -8,6 +8,7 @@ touched and nothing needs a display.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,7 +42,13 @@ def save_figure(figure, path: str | Path | None, dpi: int) -> np.ndarray:
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=dpi, format="png")
+        partial = path.with_name(path.name + ".partial")
+        try:
+            figure.savefig(partial, dpi=dpi, format="png")
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
     return pixels
 
 
