@@ -1,9 +1,10 @@
 """Plot a run's training history (loss, learning rate, mIoU, per-class IoU).
 
-Reads RUN/history.csv and writes PNGs into RUN (or --out), where the trainer writes them at
-the end of a run: running this again redraws the same files. When RUN/metrics.json holds a
-confusion matrix (``confusion_matrix`` at the top level or under a split name) it is drawn
-as a row-normalised heatmap too.
+Reads RUN/history.csv and writes PNGs into RUN (or --out): the same place and names as the
+trainer's plots, so running it again refreshes them. Per-class IoU uses the class colours of
+RUN/best/dataset.json; the final best-model row (split "<split>@best") is a labelled star.
+When RUN/metrics.json holds a confusion matrix (``confusion_matrix`` at the top level or
+under a split name) it is drawn as a row-normalised heatmap too.
 
 Example:
     python launch/plot_history.py runs/dubai
@@ -14,9 +15,21 @@ import json
 import sys
 from pathlib import Path
 
+from engine.errors import UserError
 from engine.render.colors import class_info
 from engine.render.figures import confusion_heatmap
 from engine.render.history_plots import plot_history
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and shows every option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        hidden = action.default is None or action.default is False
+        if not hidden and action.default != argparse.SUPPRESS and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def find_confusions(metrics: dict) -> dict[str, list]:
@@ -36,7 +49,10 @@ def find_confusions(metrics: dict) -> dict[str, list]:
 def class_names(run: Path, metrics: dict, size: int) -> list[str]:
     for candidate in (run / "best" / "dataset.json", run / "dataset.json"):
         if candidate.is_file():
-            names, _ = class_info(json.loads(candidate.read_text()))
+            try:
+                names, _ = class_info(json.loads(candidate.read_text()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue
             if len(names) == size:
                 return names
     rows = metrics.get("per_class") or []
@@ -47,17 +63,21 @@ def class_names(run: Path, metrics: dict, size: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("run", help="run folder holding history.csv")
-    parser.add_argument("--out", help="output folder (default RUN, where the trainer plots)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
+    parser.add_argument("run", help="run folder holding history.csv (or the CSV itself)")
+    parser.add_argument("--out", help="output folder (default: the run folder)")
     args = parser.parse_args(argv)
     run = Path(args.run)
+    history = run / "history.csv"
+    if run.is_file():
+        run, history = run.parent, run
     out = Path(args.out) if args.out else run
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out}: is a file, not a folder", file=sys.stderr)
+        return 2
     try:
-        written = plot_history(run / "history.csv", out)
-    except (FileNotFoundError, ValueError) as error:
+        written = plot_history(history, out)
+    except (UserError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     metrics_path = run / "metrics.json"
@@ -72,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, matrix in find_confusions(metrics).items():
             path = out / f"confusion_{name}.png"
             names = class_names(run, metrics, len(matrix))
+            if not matrix or any(not isinstance(r, list) or len(r) != len(matrix) for r in matrix):
+                print(f"warning: {metrics_path}: {name} matrix is not square", file=sys.stderr)
+                continue
             confusion_heatmap(
                 matrix, names, path, title=f"Confusion matrix ({name}, row-normalised)"
             )

@@ -6,55 +6,132 @@ TIFF (GeoTIFF with the input's CRS and transform) for TIFF inputs and very large
 Rasters are processed in strips, and rasters wider than --band-width in column bands, so
 memory does not grow with the raster size.
 
+--input takes files, globs and folders (a folder: its .tif/.png/.jpg/... files). Outputs never
+overwrite an input: --out may be the input folder as long as no output name is an input.
+--values original writes the dataset's own label values in <stem>_mask instead of class
+indices (from the model's dataset.json: integer values as uint8/uint16, colour-coded classes
+as RGB; see engine/infer/values.py for ignored pixels).
+
 Example:
     python launch/predict.py --model runs/dubai --input "scenes/*.tif" --out preds --tta flip
+    python launch/predict.py --model runs/dubai/best --input scenes/ --out preds --values original
 """
 
 import argparse
 import glob
+import os
 import sys
 from pathlib import Path
 
-from engine.data.raster_base import RasterError
+from engine.data.raster_base import PIL_SUFFIXES, TIFF_SUFFIXES
 from engine.data.rasters import open_raster
+from engine.errors import UserError
 from engine.infer.sliding import AMP_DTYPES, predict_raster, resolve_device
+from engine.infer.values import VALUE_MODES, original_values
 from engine.infer.windows import TTA_MODES
-from engine.infer.writer import prediction_writer
+from engine.infer.writer import output_paths, planned_format, prediction_writer
 from engine.render.colors import class_info
-from engine.train.export import ExportError, load_exported
+from engine.train.export import load_exported
+
+RASTER_SUFFIXES = TIFF_SUFFIXES | PIL_SUFFIXES
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
+    """Input rasters from files, globs and folders (a folder: its raster files).
+
+    Raises:
+        UserError: when a pattern matches nothing, there are no inputs at all, or two
+            inputs would write the same outputs.
+    """
     paths: list[Path] = []
+    kinds = ", ".join(sorted(RASTER_SUFFIXES))
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern, recursive=True))
-        if not matches and Path(pattern).exists():
-            matches = [pattern]
-        if not matches:
-            raise FileNotFoundError(f"{pattern}: no input matches")
-        paths.extend(Path(m) for m in matches if Path(m).is_file())
-    stems = {}
+        path = Path(pattern)
+        if path.is_dir():
+            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+            matches = [p for p in matches if p.is_file()]
+            if not matches:
+                raise UserError(f"{pattern}: folder holds no raster files ({kinds})")
+        elif path.is_file():
+            matches = [path]
+        else:
+            found = [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
+            matches = [p for p in found if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES]
+            if not matches:
+                raise UserError(f"{pattern}: no raster file matches ({kinds})")
+        paths.extend(matches)
+    unique: dict[Path, Path] = {}
+    for path in paths:
+        unique.setdefault(path.resolve(), path)
+    paths = list(unique.values())
+    if not paths:
+        raise UserError("no input files")
+    stems: dict[str, Path] = {}
     for path in paths:
         if path.stem in stems:
-            raise ValueError(f"{stems[path.stem]} and {path} would write the same outputs")
+            raise UserError(f"{stems[path.stem]} and {path} would write the same outputs")
         stems[path.stem] = path
     return paths
 
 
+def prepare_out(out: str, inputs: list[Path], args: argparse.Namespace) -> Path:
+    """Create --out and check that no output would overwrite an input.
+
+    Raises:
+        UserError: when --out is a file, cannot be created or written, or an output path
+            is one of the inputs.
+    """
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot create the folder ({error.strerror})") from error
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: folder is not writable")
+    resolved = {path.resolve(): path for path in inputs}
+    for path in inputs:
+        for fmt in planned_format(path, args.format):
+            options = {"confidence": args.confidence, "overlay": args.overlay}
+            for target in output_paths(folder, path.stem, fmt, **options):
+                clash = resolved.get(target.resolve())
+                if clash is None and target.exists():
+                    clash = next((p for p in inputs if os.path.samefile(p, target)), None)
+                if clash is not None:
+                    raise UserError(
+                        f"{target}: output of {path} would overwrite the input {clash}; "
+                        "choose another --out"
+                    )
+    return folder
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and shows every option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        hidden = action.default is None or action.default is False
+        if not hidden and action.default != argparse.SUPPRESS and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
     parser.add_argument(
         "--model", required=True, help="run folder, export folder (RUN/best) or model.safetensors"
     )
     parser.add_argument(
-        "--input", required=True, nargs="+", help="image file(s) or glob(s) (quote globs)"
+        "--input",
+        required=True,
+        nargs="+",
+        help="image file(s), glob(s) (quote them) or folder(s) (their raster files)",
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--tile", type=int, default=1024, help="window edge in pixels")
     parser.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
-    parser.add_argument("--tta", default="none", choices=TTA_MODES)
+    parser.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation")
     parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
@@ -63,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(AMP_DTYPES),
         help="autocast dtype for the forward pass",
     )
-    parser.add_argument("--weighting", default="gaussian", choices=("gaussian", "uniform"))
+    parser.add_argument(
+        "--weighting",
+        default="gaussian",
+        choices=("gaussian", "uniform"),
+        help="blending of overlapping windows",
+    )
     parser.add_argument(
         "--band-width",
         type=int,
@@ -81,8 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         "--overlay", action="store_true", help="also write mask-over-image overlays"
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    parser.add_argument(
+        "--values",
+        default="index",
+        choices=VALUE_MODES,
+        help="mask values: class indices, or the dataset's own label values (original)",
+    )
     parser.add_argument("--uint16-max", type=int, help="uint16 input value that maps to 255")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
     try:
@@ -90,13 +178,22 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         exported = load_exported(args.model, device=device)
         manifest = exported.manifest
-        names, palette = class_info(manifest)
+        where = f"{exported.path}/dataset.json"
+        try:
+            names, palette = class_info(manifest)
+        except (KeyError, TypeError, ValueError) as error:
+            raise UserError(f"{where}: bad classes ({error})") from error
         num_classes = int(exported.spec["num_classes"])
         if len(names) != num_classes:
-            raise ValueError(f"model has {num_classes} classes but the manifest lists {len(names)}")
+            raise UserError(
+                f"{exported.path}: the model has {num_classes} classes but dataset.json lists "
+                f"{len(names)}"
+            )
         for key in ("mean", "std"):
             if key not in manifest:
-                raise ValueError(f"{exported.path}/dataset.json: no {key!r} for normalisation")
+                raise UserError(f"{where}: no {key!r} for normalisation")
+        values = original_values(manifest, where) if args.values == "original" else None
+        out = prepare_out(args.out, inputs, args)
         print(
             f"model {exported.spec['arch']} ({num_classes} classes) on {device}; "
             f"{len(inputs)} input(s)"
@@ -106,12 +203,13 @@ def main(argv: list[str] | None = None) -> int:
                 height, width = reader.shape[:2]
                 with prediction_writer(
                     reader,
-                    args.out,
+                    out,
                     palette,
                     fmt=args.format,
                     confidence=args.confidence,
                     overlay=args.overlay,
                     overlay_alpha=args.alpha,
+                    mask_values=values,
                 ) as writer:
                     predict_raster(
                         exported.model,
@@ -133,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
             written = ", ".join(p.name for p in writer.paths.values())
             print(f"[{number}/{len(inputs)}] {path} ({width}x{height}) -> {written}")
-    except (ExportError, RasterError, FileNotFoundError, ValueError) as error:
+    except (UserError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -17,24 +17,83 @@ Examples:
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from engine.data.classes import IGNORE_INDEX, ClassesError, load_classes
-from engine.data.imageio import ImageReadError
+from engine.data.classes import IGNORE_INDEX, load_classes
 from engine.data.loader import read_sample
-from engine.data.manifest import ManifestError, load_manifest
-from engine.data.raster_base import RasterError
+from engine.data.manifest import load_manifest
 from engine.data.rasters import open_raster, read_index_mask
-from engine.evaluate.folder_eval import FolderEvalError, read_truth_mask
-from engine.render.colors import class_info
+from engine.errors import UserError
+from engine.evaluate.folder_eval import read_truth_mask
+from engine.render.colors import RenderError, class_info
 from engine.render.figures import mask_figure, panel
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and shows every option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        hidden = action.default is None or action.default is False
+        if not hidden and action.default != argparse.SUPPRESS and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def read_json(path: str) -> dict:
+    """A ``dataset.json`` (or its shard folder) as a mapping; a named error otherwise."""
+    file = Path(path)
+    file = file / "dataset.json" if file.is_dir() else file
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError as error:
+        raise UserError(f"{file}: manifest not found") from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{file}: not a readable dataset.json ({error})") from error
+    if not isinstance(data, dict):
+        raise UserError(f"{file}: not a dataset.json mapping")
+    return data
+
+
+def shard_sample(folder: str, split: str, index: int):
+    """Sample ``index`` of ``split`` in a shard folder; a named error when there is none."""
+    shards = load_manifest(folder)
+    count = shards.split(split).num_samples
+    if not 0 <= index < count:
+        raise UserError(
+            f"--index {index}: the {split} split of {folder} has {count} samples (0..{count - 1})"
+        )
+    try:
+        return shards, read_sample(shards, split, index)
+    except (StopIteration, IndexError) as error:
+        raise UserError(
+            f"{folder}: the {split} shards hold fewer samples than dataset.json counts "
+            f"(sample {index})"
+        ) from error
+
+
+def check_out(out: str) -> None:
+    """Refuse an output PNG that is a folder or whose folder cannot be written."""
+    path = Path(out)
+    if path.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a PNG file name")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {parent} is not a writable folder")
+
+
+def render(where: str, draw, *args, **kwargs) -> None:
+    """Call a figure function; its complaint about the inputs names them."""
+    try:
+        draw(*args, **kwargs)
+    except RenderError as error:
+        raise UserError(f"{where}: {error}") from error
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
     parser.add_argument("mask", nargs="?", help="a class-index mask to render")
     parser.add_argument("--image", help="the image (for a panel or an overlay)")
     parser.add_argument("--truth", help="true mask (class indices, or colours with --classes)")
@@ -46,16 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", help="dataset.json giving class names and colours")
     parser.add_argument("--classes", help="classes.yaml giving class names and colours")
     parser.add_argument("--tile", type=int, default=1024, help="window edge for --model")
-    parser.add_argument("--tta", default="none", choices=("none", "flip", "d4"))
-    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--tta", default="none", choices=("none", "flip", "d4"), help="test-time augmentation"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     parser.add_argument("--title", help="figure title")
     parser.add_argument("--out", required=True, help="output PNG")
     args = parser.parse_args(argv)
 
     try:
+        check_out(args.out)
         classes = load_classes(args.classes) if args.classes else None
-        manifest = json.loads(Path(args.manifest).read_text()) if args.manifest else None
+        manifest = read_json(args.manifest) if args.manifest else None
         image = truth = prediction = None
         title = args.title
         exported = None
@@ -66,14 +128,16 @@ def main(argv: list[str] | None = None) -> int:
             exported = load_exported(args.model, device=resolve_device(args.device))
             manifest = manifest or exported.manifest
         if args.shards:
-            shards = load_manifest(args.shards)
-            sample = read_sample(shards, args.split, args.index)
+            shards, sample = shard_sample(args.shards, args.split, args.index)
             image, truth = sample.image.permute(1, 2, 0).numpy(), sample.mask.numpy()
             manifest = manifest or shards.data
             title = title or f"{args.split}[{args.index}] {sample.key}"
         if manifest is None and classes is None:
             parser.error("give --manifest or --classes (or --shards/--model) for class names")
-        names, palette = class_info(manifest) if manifest is not None else class_info(None, classes)
+        try:
+            names, palette = class_info(manifest, None if manifest is not None else classes)
+        except (KeyError, TypeError, ValueError) as error:
+            raise UserError(f"{args.manifest or args.shards or args.model}: {error}") from error
         if args.image:
             with open_raster(args.image) as reader:
                 image = reader.read(0, reader.shape[0], 0, reader.shape[1])
@@ -87,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             from engine.infer.sliding import predict_mask
 
             data = exported.manifest
+            if "mean" not in data or "std" not in data:
+                raise UserError(f"{exported.path}/dataset.json: no 'mean'/'std' for normalisation")
             prediction = predict_mask(
                 exported.model,
                 image,
@@ -96,9 +162,13 @@ def main(argv: list[str] | None = None) -> int:
                 tile=args.tile,
                 tta=args.tta,
             )
+        sources = [p for p in (args.mask, args.image, args.truth, args.prediction) if p]
+        where = ", ".join(sources) or f"{args.shards} {args.split}[{args.index}]"
         if args.mask:
             mask = read_index_mask(args.mask)
-            mask_figure(
+            render(
+                where,
+                mask_figure,
                 mask,
                 names,
                 palette,
@@ -108,19 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                 title=title or Path(args.mask).name,
             )
         elif image is not None:
-            panel(image, truth, prediction, names, palette, args.out, title=title)
+            render(where, panel, image, truth, prediction, names, palette, args.out, title=title)
         else:
             parser.error("nothing to show: give a mask, --image or --shards")
-    except (
-        ClassesError,
-        FolderEvalError,
-        ImageReadError,
-        ManifestError,
-        RasterError,
-        FileNotFoundError,
-        ValueError,
-        IndexError,
-    ) as error:
+    except (UserError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}")

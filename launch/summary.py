@@ -1,34 +1,63 @@
-"""Print parameters, MACs/GFLOPs and output shapes of terraseg architectures.
+"""Print parameters, MACs/GFLOPs and output shapes of terraseg architectures, or of a run.
 
-Usage: python launch/summary.py [--arch NAME] [--num-classes 8] [--size 512] [--base-width N]
+Usage:
+    python launch/summary.py [--arch NAME] [--num-classes 8] [--size 512] [--base-width N]
+    python launch/summary.py RUN_DIR [--size 512]     # the trained model (RUN or RUN/best)
 """
 
 import argparse
+import sys
 
 from archs import list_models
-from archs.summary import format_table, summarize
+from archs.summary import RunSummaryError, format_run, format_table, summarize, summarize_run
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and shows every option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        hidden = action.default is None or action.default is False
+        if not hidden and action.default != argparse.SUPPRESS and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
+    parser.add_argument(
+        "run", nargs="?", help="run folder, RUN/best or model.safetensors: summarise that model"
+    )
     parser.add_argument("--arch", choices=list_models(), help="one architecture (default: all)")
-    parser.add_argument("--num-classes", type=int, default=8)
+    parser.add_argument("--num-classes", type=int, default=8, help="classes (without RUN)")
     parser.add_argument("--size", type=int, default=512, help="input side in pixels")
-    parser.add_argument("--in-channels", type=int, default=3)
+    parser.add_argument("--in-channels", type=int, default=3, help="input bands (without RUN)")
     parser.add_argument(
         "--base-width", type=int, default=None, help="for unet and resuneta_* (others ignore it)"
     )
     args = parser.parse_args(argv)
-    rows = summarize(
-        [args.arch] if args.arch else None,
-        num_classes=args.num_classes,
-        size=args.size,
-        in_channels=args.in_channels,
-        base_width=args.base_width,
-    )
-    print(format_table(rows))
+    if args.size < 1 or args.num_classes < 1 or args.in_channels < 1:
+        parser.error("--size, --num-classes and --in-channels must be >= 1")
+    if args.run:
+        if args.arch or args.base_width is not None:
+            parser.error("RUN gives the architecture: drop --arch/--base-width")
+        try:
+            print(format_run(summarize_run(args.run, size=args.size)))
+        except RunSummaryError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    else:
+        rows = summarize(
+            [args.arch] if args.arch else None,
+            num_classes=args.num_classes,
+            size=args.size,
+            in_channels=args.in_channels,
+            base_width=args.base_width,
+        )
+        print(format_table(rows))
     print("MACs count convolutions and matmuls only (meta-device forward, 1 image).")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -241,3 +241,99 @@ def test_predict_script_end_to_end(tmp_path, model_factory, monkeypatch):
         )
         == 2
     )
+
+
+def _predict_module():
+    import importlib.util
+
+    script = importlib.util.spec_from_file_location("predict", REPO / "launch" / "predict.py")
+    module = importlib.util.module_from_spec(script)
+    script.loader.exec_module(module)
+    return module
+
+
+def _export_with(tmp_path, make, spec, manifest) -> Path:
+    return save_exported(tmp_path / "run" / "best", _trained(make), spec, CONFIG, manifest)
+
+
+def _images(folder: Path, *names: str) -> dict[str, np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    out = {}
+    for name in names:
+        out[name] = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+        Image.fromarray(out[name]).save(folder / name)
+    return out
+
+
+def test_predict_folder_input_writes_original_values(tmp_path, model_factory, capsys):
+    spec, make = model_factory
+    manifest = json.loads(json.dumps(MANIFEST))
+    for entry, value in zip(manifest["classes"], (10, [20, 21], 200)):
+        entry["value"] = value
+    best = _export_with(tmp_path, make, spec, manifest)
+    images = _images(tmp_path / "in", "a.png", "b.jpg")
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    module = _predict_module()
+    common = ["--model", str(best), "--input", str(tmp_path / "in"), "--tile", "32"]
+    common += ["--device", "cpu", "--no-progress"]
+    assert module.main(common + ["--out", str(tmp_path / "idx")]) == 0
+    assert module.main(common + ["--out", str(tmp_path / "orig"), "--values", "original"]) == 0
+    assert "2 input(s)" in capsys.readouterr().out
+    for stem in ("a", "b"):
+        index = np.array(Image.open(tmp_path / "idx" / f"{stem}_mask.png"))
+        original = np.array(Image.open(tmp_path / "orig" / f"{stem}_mask.png"))
+        np.testing.assert_array_equal(original, np.array([10, 20, 200], np.uint8)[index])
+    assert set(images) == {"a.png", "b.jpg"}
+
+    # Colour-coded classes write their colour.
+    for entry, value in zip(manifest["classes"], ("#0000FF", "#00FF00", "#FF0000")):
+        entry["value"] = value
+    best = _export_with(tmp_path / "rgb", make, spec, manifest)
+    argv = ["--model", str(best), "--input", str(tmp_path / "in" / "a.png"), "--tile", "32"]
+    argv += ["--device", "cpu", "--no-progress", "--values", "original"]
+    assert module.main(argv + ["--out", str(tmp_path / "rgb_out")]) == 0
+    index = np.array(Image.open(tmp_path / "idx" / "a_mask.png"))
+    rgb = np.array(Image.open(tmp_path / "rgb_out" / "a_mask.png"))
+    colours = np.array([(0, 0, 255), (0, 255, 0), (255, 0, 0)], np.uint8)
+    np.testing.assert_array_equal(rgb, colours[index])
+
+
+def test_predict_refuses_bad_inputs_outputs_and_class_counts(tmp_path, model_factory, capsys):
+    spec, make = model_factory
+    best = _export_with(tmp_path, make, spec, MANIFEST)
+    module = _predict_module()
+    folder = tmp_path / "in"
+    _images(folder, "a.png", "a_mask.png")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    base = ["--model", str(best), "--tile", "32", "--device", "cpu", "--no-progress"]
+
+    def run(*argv: str) -> str:
+        assert module.main(base + list(argv)) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err
+        return err
+
+    (tmp_path / "empty").mkdir()
+    assert "holds no raster files" in run("--input", str(tmp_path / "empty"), "--out", "o")
+    assert "no raster file matches" in run("--input", str(tmp_path / "*.png"), "--out", "o")
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in run("--input", str(folder), "--out", str(tmp_path / "file"))
+    # a.png's mask output would be the input a_mask.png: refused before anything is written.
+    assert "would overwrite the input" in run("--input", str(folder), "--out", str(folder))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    # The input folder as --out is fine when no output name is an input.
+    other = tmp_path / "other"
+    _images(other, "c.png")
+    assert module.main(base + ["--input", str(other), "--out", str(other)]) == 0
+    assert sorted(p.name for p in other.iterdir()) == ["c.png", "c_color.png", "c_mask.png"]
+    capsys.readouterr()
+    # --values original without values in dataset.json, and a class-count mismatch.
+    err = run("--input", str(folder / "a_mask.png"), "--out", str(tmp_path / "o"), "--values",
+              "original")  # fmt: skip
+    assert "has no 'value'" in err
+    two = dict(MANIFEST, classes=MANIFEST["classes"][:2])
+    (best / "dataset.json").write_text(json.dumps(two))
+    assert "the model has 3 classes but dataset.json lists 2" in run(
+        "--input", str(folder / "a_mask.png"), "--out", str(tmp_path / "o")
+    )

@@ -358,6 +358,52 @@ def test_banded_prediction_writes_the_same_files(tmp_path):
             assert np.array_equal(array, outputs["one", fmt, file]), (fmt, file)
 
 
+def test_original_values_are_written_as_uint16_or_rgb_streamed_or_banded(tmp_path):
+    """--values original: the mask holds the dataset's values (uint16 above 255, RGB for
+    colour classes) in PNG and TIFF, streamed or staged in column bands."""
+    import tifffile
+    from PIL import Image
+
+    from engine.infer.values import ValuesError, original_values
+
+    image = random_image(70, 200, seed=23)
+    model = SymmetricConv(num_classes=3)
+    palette = ["#000000", "#FF0000", "#00FF00"]
+    index_values = (("a", 0), ("b", 1000), ("c", [65535, 7]))
+    rgb_values = (("a", "#010203"), ("b", "#FFFFFF"), ("c", "#0A0B0C"))
+    index_manifest = {"classes": [{"name": n, "value": v} for n, v in index_values]}
+    rgb_manifest = {"classes": [{"name": n, "value": v} for n, v in rgb_values]}
+    written = {}
+    for label, manifest in (("index", index_manifest), ("rgb", rgb_manifest)):
+        lut = original_values(manifest)
+        for band_width in (None, 80):
+            for fmt in ("png", "tif"):
+                out = tmp_path / f"{label}-{band_width}-{fmt}"
+                with PredictionWriter(out, "x", 70, 200, palette, fmt=fmt, mask_values=lut) as w:
+                    predict_raster(
+                        model, ArrayReader(image), w, num_classes=3, mean=MEAN, std=STD,
+                        tile=64, band_width=band_width, progress=False,
+                    )  # fmt: skip
+                path = out / f"x_mask.{fmt}"
+                read = tifffile.imread if fmt == "tif" else (lambda p: np.array(Image.open(p)))
+                written[label, band_width, fmt] = read(path)
+                assert sorted(p.name for p in out.iterdir()) == [f"x_color.{fmt}", f"x_mask.{fmt}"]
+    index = predict(model, image, tile=64, num_classes=3).argmax(axis=0)
+    expected = {
+        "index": np.array([0, 1000, 65535], np.uint16)[index],
+        "rgb": np.array([(1, 2, 3), (255, 255, 255), (10, 11, 12)], np.uint8)[index],
+    }
+    for (label, _, _), array in written.items():
+        assert array.dtype == expected[label].dtype
+        np.testing.assert_array_equal(array, expected[label])
+    assert original_values(index_manifest)[255] == 255
+    assert original_values({"classes": [{"name": "a", "value": 3}]}).dtype == np.uint8
+    with pytest.raises(ValuesError, match="class 'a' has no 'value'"):
+        original_values({"classes": [{"name": "a", "color": "#000000"}]})
+    with pytest.raises(ValuesError, match="mix colours and integers"):
+        original_values({"classes": [{"name": "a", "value": 1}, {"name": "b", "value": "#000000"}]})
+
+
 def test_incomplete_banded_writes_are_an_error_and_leave_nothing(tmp_path):
     writer = PredictionWriter(tmp_path, "x", 10, 20, ["#000000", "#FFFFFF"], fmt="tif")
     probs = np.full((2, 10, 12), 0.5, np.float32)

@@ -75,12 +75,38 @@ def test_matches_sklearn_over_accumulated_batches():
     assert m.overall_accuracy == pytest.approx(accuracy_score(y_true, y_pred))
     assert m.kappa == pytest.approx(cohen_kappa_score(y_true, y_pred))
     assert m.miou == pytest.approx(np.nanmean(iou))
-    assert m.mean_f1 == pytest.approx(np.nanmean(f1))
+    # Means of precision/recall/F1: scikit-learn's macro average over the classes in truth.
+    in_truth = sorted(set(y_true.tolist()))
+    mp, mr, mf, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=in_truth, average="macro", zero_division=0
+    )
+    assert m.mean_precision == pytest.approx(mp)
+    assert m.mean_recall == pytest.approx(mr)
+    assert m.mean_f1 == pytest.approx(mf)
     assert m.total == len(y_true)
     # Class 4 is predicted but never true: IoU 0 (in the mean), recall undefined.
     assert m.iou[4] == 0.0 and math.isnan(m.recall[4])
     # Class 5 is absent from truth and prediction: undefined, left out of the means.
     assert math.isnan(m.iou[5]) and math.isnan(m.f1[5])
+
+
+def test_means_count_a_class_never_predicted_as_zero_like_sklearn():
+    # Four classes in truth; the model only ever predicts 0 and 1 (2 and 3 never predicted).
+    y_true = np.array([0] * 40 + [1] * 30 + [2] * 20 + [3] * 10)
+    y_pred = y_true.copy()
+    y_pred[y_true == 2] = 0
+    y_pred[y_true == 3] = 1
+    y_pred[:4] = 1
+    cm = confusion_matrix(y_true, y_pred, labels=[0, 1, 2, 3, 4])
+    m = SegmentationMetrics.from_confusion(cm)
+    p, r, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=[0, 1, 2, 3], average="macro", zero_division=0
+    )
+    assert m.mean_precision == pytest.approx(p) and m.mean_precision < 0.5
+    assert m.mean_recall == pytest.approx(r)
+    assert m.mean_f1 == pytest.approx(f1)
+    # Per class, a never-predicted class still has an undefined (NaN) precision.
+    assert math.isnan(m.precision[2]) and math.isnan(m.precision[4])
 
 
 def test_repeated_pairs_accumulate():
@@ -128,6 +154,7 @@ def test_metrics_from_confusion_is_json_with_names():
 def test_empty_matrix_is_all_undefined():
     out = metrics_from_confusion(np.zeros((3, 3), dtype=np.int64))
     assert out["miou"] is None and out["overall_accuracy"] is None and out["kappa"] is None
+    assert out["mean_precision"] is None and out["mean_f1"] is None
 
 
 def test_all_reduce_with_reduce_fn():

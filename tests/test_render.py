@@ -285,7 +285,45 @@ def test_plot_history_script(tmp_path, monkeypatch):
     )
     (run / "metrics.json").write_text(json.dumps({"val": {"confusion_matrix": [[5, 1], [2, 7]]}}))
     assert _run_script(monkeypatch, "plot_history", [str(run)]) == 0
-    # Into the run folder, where the trainer writes its plots (one place, redrawn in place).
-    written = sorted(p.name for p in run.glob("*.png"))
-    assert written == ["confusion_val.png", "loss.png"] and not (run / "plots").exists()
+    # Into the run folder, where the trainer writes its plots (plot_history(history, run)).
+    assert sorted(p.name for p in run.iterdir()) == [
+        "confusion_val.png", "history.csv", "loss.png", "metrics.json"
+    ]  # fmt: skip
     assert _run_script(monkeypatch, "plot_history", [str(tmp_path / "nowhere")]) == 2
+
+
+def test_per_class_iou_uses_the_palette_and_best_rows_are_stars(tmp_path):
+    from matplotlib.collections import PathCollection
+    from matplotlib.colors import to_hex
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    colors = ["#12AB34", "#C01DEA", "#0F0F70", "#707000"]
+    manifest = {"classes": [{"name": n, "color": c} for n, c in zip(NAMES, colors)]}
+    (run / "best" / "dataset.json").write_text(json.dumps(manifest))
+    columns = ["step", "split", "miou"] + [f"iou/{n}" for n in NAMES]
+    rows = [
+        {"step": s, "split": "val", "miou": s / 100, **{f"iou/{n}": s / 90 for n in NAMES}}
+        for s in (10, 20, 30)
+    ]
+    rows.append({"step": 20, "split": "test@best", "miou": 0.5, **{f"iou/{n}": 0.4 for n in NAMES}})
+    _write_history(run / "history.csv", columns, rows)
+    figures = {}
+    written = plot_history(run / "history.csv", run, figures=figures)
+    assert [p.name for p in written] == ["miou.png", "iou_per_class.png"]
+    assert not list(run.glob("*.partial"))
+
+    (ax,) = figures["miou.png"].axes
+    assert [line.get_label() for line in ax.lines] == ["val"]  # the best row is not a line
+    (star,) = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert star.get_label() == "test@best" and star.get_offsets().tolist() == [[20.0, 0.5]]
+    assert any("test@best 0.5" in text.get_text() for text in ax.texts)
+
+    test, val = figures["iou_per_class.png"].axes  # a panel per split; test@best on test
+    assert val.get_title() == "Per-class IoU (val)" and test.get_title() == "Per-class IoU (test)"
+    line_colors = {line.get_label(): to_hex(line.get_color()).upper() for line in val.lines}
+    assert line_colors == dict(zip(NAMES, colors))
+    assert not test.lines and not [c for c in val.collections if isinstance(c, PathCollection)]
+    stars = [c for c in test.collections if isinstance(c, PathCollection)]
+    assert len(stars) == len(NAMES)
+    assert sorted(to_hex(c.get_facecolor()[0]).upper() for c in stars) == sorted(colors)

@@ -100,9 +100,14 @@ def _num_classes(num_classes: int | None, manifest: Any, classes: ClassesFile | 
         if not isinstance(manifest, dict):
             path = Path(manifest)
             path = path / "dataset.json" if path.is_dir() else path
-            manifest = json.loads(path.read_text())
+            try:
+                manifest = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as error:
+                raise FolderEvalError(f"{path}: cannot read the manifest ({error})") from error
+        if not isinstance(manifest, dict) or not manifest.get("classes"):
+            raise FolderEvalError("the manifest has no 'classes' list")
         return len(manifest["classes"])
-    raise ValueError("give num_classes, a manifest or a classes file")
+    raise FolderEvalError("give num_classes, a manifest or a classes file")
 
 
 def read_truth_mask(
@@ -204,6 +209,10 @@ def evaluate_folders(
                 f"{truth.shape[1]}x{truth.shape[0]} (WxH)"
             )
         if pred.max(initial=0) >= n:
-            raise FolderEvalError(f"{pred_path}: predicted class {int(pred.max())} >= {n} classes")
+            bad = np.unique(pred[pred >= n])[:10].tolist()
+            raise FolderEvalError(
+                f"{pred_path}: predicted values {bad} are not classes (0..{n - 1}); "
+                "predictions must hold class indices (predict.py --values index)"
+            )
         matrix.update(torch.from_numpy(pred), torch.from_numpy(truth))
     return matrix.matrix.numpy().astype(np.int64)

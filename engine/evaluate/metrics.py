@@ -2,8 +2,11 @@
 
 The matrix is ``[N, N]`` int64 with rows = truth and columns = prediction. Per-class
 scores that are undefined (a zero denominator, e.g. a class absent from both truth and
-prediction) are NaN and are left out of the means (``nanmean``); in the JSON form they
-are written as ``null``.
+prediction) are NaN; in the JSON form they are written as ``null``. mIoU is the NaN-ignoring
+mean of the per-class IoU (classes present in the truth or the prediction). Mean precision,
+recall and F1 are scikit-learn's macro averages over the classes present in the truth
+(``precision_recall_fscore_support(average="macro", labels=<classes in truth>,
+zero_division=0)``): a class that occurs but is never predicted counts as precision 0.
 """
 
 from __future__ import annotations
@@ -113,7 +116,10 @@ class SegmentationMetrics:
 
     Per-class lists hold NaN where a score is undefined: IoU and F1 when the class is
     absent from both truth and prediction, precision when it is never predicted, recall
-    when it never occurs in the truth. Means are NaN-ignoring means over classes.
+    when it never occurs in the truth. ``miou`` is the NaN-ignoring mean of ``iou``;
+    ``mean_precision``, ``mean_recall`` and ``mean_f1`` are macro averages over the classes
+    present in the truth, an undefined precision (never predicted) counting as 0, as
+    scikit-learn's ``average="macro", labels=<classes in truth>, zero_division=0``.
 
     Attributes:
         class_names: One name per class.
@@ -122,10 +128,11 @@ class SegmentationMetrics:
         recall: Per-class ``TP / (TP + FN)``.
         f1: Per-class ``2 TP / (2 TP + FP + FN)``.
         support: Per-class number of true pixels.
-        miou: Mean IoU.
-        mean_f1: Mean F1.
-        mean_precision: Mean precision.
-        mean_recall: Mean recall.
+        miou: Mean IoU over the classes in truth or prediction.
+        mean_f1: Macro F1 over the classes present in the truth.
+        mean_precision: Macro precision over the classes present in the truth (0 for one
+            never predicted).
+        mean_recall: Macro recall over the classes present in the truth.
         overall_accuracy: Fraction of counted pixels predicted correctly.
         kappa: Cohen's kappa.
         total: Number of counted pixels.
@@ -176,6 +183,7 @@ class SegmentationMetrics:
         precision = _divide(tp, predicted)
         recall = _divide(tp, support)
         f1 = _divide(2 * tp, support + predicted)
+        present = support > 0
 
         accuracy = float(tp.sum() / total) if total > 0 else math.nan
         kappa = math.nan
@@ -191,9 +199,9 @@ class SegmentationMetrics:
             f1=f1.tolist(),
             support=[int(s) for s in support],
             miou=_nanmean(iou),
-            mean_f1=_nanmean(f1),
-            mean_precision=_nanmean(precision),
-            mean_recall=_nanmean(recall),
+            mean_f1=_mean_in_truth(f1, present),
+            mean_precision=_mean_in_truth(precision, present),
+            mean_recall=_mean_in_truth(recall, present),
             overall_accuracy=accuracy,
             kappa=kappa,
             total=int(total),
@@ -257,6 +265,13 @@ def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 def _nanmean(values: np.ndarray) -> float:
     finite = values[~np.isnan(values)]
     return float(finite.mean()) if finite.size else math.nan
+
+
+def _mean_in_truth(values: np.ndarray, present: np.ndarray) -> float:
+    """Macro mean over the classes present in the truth; undefined scores count as 0."""
+    if not present.any():
+        return math.nan
+    return float(np.nan_to_num(values[present], nan=0.0).mean())
 
 
 def _json_float(value: float) -> float | None:

@@ -22,8 +22,13 @@ def markdown_table(metrics: dict[str, Any], title: str) -> str:
         f"# {title}",
         "",
         f"mIoU **{_pct(metrics['miou'])}**, overall accuracy {_pct(metrics['overall_accuracy'])}, "
-        f"kappa {_pct(metrics['kappa'])}, mean F1 {_pct(metrics['mean_f1'])} "
+        f"kappa {_pct(metrics['kappa'])}, mean F1 {_pct(metrics['mean_f1'])}, "
+        f"mean precision {_pct(metrics.get('mean_precision'))}, "
+        f"mean recall {_pct(metrics.get('mean_recall'))} "
         f"({metrics['total']:,} pixels; ignore excluded)",
+        "",
+        "Means of F1, precision and recall are macro averages over the classes present in the "
+        "truth (a class never predicted counts as precision 0).",
         "",
         "| class | IoU | F1 | precision | recall | pixels |",
         "|---|---:|---:|---:|---:|---:|",

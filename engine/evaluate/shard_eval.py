@@ -18,7 +18,31 @@ from archs import segmentation_logits
 from engine.data.loader import eval_batches
 from engine.data.manifest import Manifest
 from engine.data.normalize import normalize
+from engine.errors import UserError
 from engine.evaluate.metrics import ConfusionMatrix, SegmentationMetrics
+
+
+class ClassCountError(UserError):
+    """A model's class count differs from the data's; the message names both."""
+
+
+def check_class_count(model_classes: int, manifest: Manifest, model: str = "the model") -> None:
+    """Refuse a model whose number of classes differs from the shards' manifest.
+
+    Args:
+        model_classes: Classes the model predicts (``model.json``'s ``num_classes`` or the
+            logits' channel count).
+        manifest: The shard manifest.
+        model: How to name the model in the message (e.g. its path).
+
+    Raises:
+        ClassCountError: naming the model, the manifest and both counts.
+    """
+    if int(model_classes) != manifest.num_classes:
+        raise ClassCountError(
+            f"{model} predicts {model_classes} classes but {manifest.root / 'dataset.json'} "
+            f"lists {manifest.num_classes}; evaluate it on the shards it was trained on"
+        )
 
 
 @dataclass
@@ -91,6 +115,10 @@ def evaluate_split(
         autocast_dtype: ``torch.bfloat16``/``torch.float16`` for mixed precision, or None.
         channels_last: Feed channels-last tensors.
         examples: How many tiles to keep for panels (from this rank's first batches).
+
+    Raises:
+        ClassCountError: when the model's logits have another number of classes than the
+            manifest lists.
     """
     model.eval()
     confusion = ConfusionMatrix(
@@ -111,6 +139,8 @@ def evaluate_split(
             logits = forward_logits(
                 model, normalize(images, manifest.mean, manifest.std), channels_last
             )
+        if logits.shape[1] != manifest.num_classes:
+            check_class_count(logits.shape[1], manifest)
         prediction = logits.argmax(1)
         confusion.update(prediction, masks)
         for index in range(min(examples - len(kept), len(batch.keys))):

@@ -27,10 +27,13 @@ BLOCK = 256
 class Sink:
     """Receives consecutive row blocks of one output image."""
 
-    def __init__(self, path: Path, height: int, width: int, channels: int) -> None:
+    def __init__(
+        self, path: Path, height: int, width: int, channels: int, dtype: Any = np.uint8
+    ) -> None:
         self.path = path
         self.partial = path.with_name(path.name + ".partial")
         self.height, self.width, self.channels = height, width, channels
+        self.dtype = np.dtype(dtype)
 
     def write(self, row0: int, block: np.ndarray) -> None:
         """Write the row block starting at ``row0``."""
@@ -49,10 +52,12 @@ class Sink:
 class PNGSink(Sink):
     """Assembles the image in memory and saves it with PIL on close."""
 
-    def __init__(self, path: Path, height: int, width: int, channels: int) -> None:
-        super().__init__(path, height, width, channels)
+    def __init__(
+        self, path: Path, height: int, width: int, channels: int, dtype: Any = np.uint8
+    ) -> None:
+        super().__init__(path, height, width, channels, dtype)
         shape = (height, width) if channels == 1 else (height, width, channels)
-        self.array = np.zeros(shape, np.uint8)
+        self.array = np.zeros(shape, self.dtype)
 
     def write(self, row0: int, block: np.ndarray) -> None:
         """Write the row block starting at ``row0``."""
@@ -111,9 +116,15 @@ class TiffSink(Sink):
     """
 
     def __init__(
-        self, path: Path, height: int, width: int, channels: int, extratags: Sequence = ()
+        self,
+        path: Path,
+        height: int,
+        width: int,
+        channels: int,
+        extratags: Sequence = (),
+        dtype: Any = np.uint8,
     ) -> None:
-        super().__init__(path, height, width, channels)
+        super().__init__(path, height, width, channels, dtype)
         self.aligner = Aligner(BLOCK)
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
@@ -136,12 +147,12 @@ class TiffSink(Sink):
 
         try:
             shape = (self.height, self.width) + ((self.channels,) if self.channels > 1 else ())
-            big = self.height * self.width * self.channels > 2**32 - 2**26
+            big = self.height * self.width * self.channels * self.dtype.itemsize > 2**32 - 2**26
             with tifffile.TiffWriter(self.partial, bigtiff=big) as tiff:
                 tiff.write(
                     self._tiles(),
                     shape=shape,
-                    dtype=np.uint8,
+                    dtype=self.dtype,
                     tile=(BLOCK, BLOCK),
                     compression="zlib",
                     photometric="rgb" if self.channels == 3 else "minisblack",
@@ -193,11 +204,18 @@ class RasterioSink(Sink):
     """GeoTIFF through rasterio with the input's CRS and transform (256x256 tiles, deflate)."""
 
     def __init__(
-        self, path: Path, height: int, width: int, channels: int, crs: Any, transform: Any
+        self,
+        path: Path,
+        height: int,
+        width: int,
+        channels: int,
+        crs: Any,
+        transform: Any,
+        dtype: Any = np.uint8,
     ) -> None:
         import rasterio
 
-        super().__init__(path, height, width, channels)
+        super().__init__(path, height, width, channels, dtype)
         self.aligner = Aligner(BLOCK)
         self.dataset = rasterio.open(
             self.partial,
@@ -206,7 +224,7 @@ class RasterioSink(Sink):
             height=height,
             width=width,
             count=channels,
-            dtype="uint8",
+            dtype=self.dtype.name,
             crs=crs,
             transform=transform,
             tiled=True,
@@ -247,13 +265,16 @@ class RasterioSink(Sink):
 class Staging:
     """One output's pixels, written in column bands, read back in row order.
 
-    A raw uint8 file beside the output, written and read with positional I/O (no memory
+    A raw file beside the output, written and read with positional I/O (no memory
     map), so staged pixels sit in the page cache rather than in the process's memory.
     """
 
-    def __init__(self, path: Path, height: int, width: int, channels: int) -> None:
+    def __init__(
+        self, path: Path, height: int, width: int, channels: int, dtype: Any = np.uint8
+    ) -> None:
         self.path, self.width, self.channels = path, width, channels
-        self.row_bytes = width * channels
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = width * channels * self.dtype.itemsize
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.ftruncate(self.fd, height * self.row_bytes)
@@ -263,8 +284,8 @@ class Staging:
 
     def write(self, row0: int, col0: int, block: np.ndarray) -> None:
         """Write a block whose top-left pixel is ``(row0, col0)``."""
-        rows = np.ascontiguousarray(block).reshape(block.shape[0], -1)
-        offset = row0 * self.row_bytes + col0 * self.channels
+        rows = np.ascontiguousarray(block, self.dtype).reshape(block.shape[0], -1)
+        offset = row0 * self.row_bytes + col0 * self.channels * self.dtype.itemsize
         for number, row in enumerate(rows):
             if os.pwrite(self.fd, row, offset + number * self.row_bytes) != row.nbytes:
                 raise OSError(f"{self.path}: short write (disk full?)")
@@ -273,7 +294,7 @@ class Staging:
         """Read rows ``[row0, row1)``."""
         data = pread_exact(self.fd, (row1 - row0) * self.row_bytes, row0 * self.row_bytes)
         shape = (row1 - row0, self.width) + ((self.channels,) if self.channels > 1 else ())
-        return np.frombuffer(data, np.uint8).reshape(shape)
+        return np.frombuffer(data, self.dtype).reshape(shape)
 
     def remove(self) -> None:
         """Close and delete the staging file."""

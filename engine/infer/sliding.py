@@ -22,6 +22,7 @@ import torch
 
 from archs import segmentation_logits
 from engine.data.raster_base import ArrayReader, RasterReader
+from engine.errors import UserError
 from engine.infer.windows import (
     ColumnBand,
     axis_weights,
@@ -32,6 +33,10 @@ from engine.infer.windows import (
 )
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class InferenceError(UserError):
+    """Bad prediction settings, or a model whose output does not match its classes."""
 
 
 def resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None):
@@ -45,7 +50,13 @@ def resolve_device(device: str | torch.device | None, model: torch.nn.Module | N
         return parameter.device if parameter is not None else torch.device("cpu")
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError) as error:
+        raise InferenceError(f"device {device!r}: not a device name ({error})") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InferenceError(f"device {device!r}: CUDA is not available on this machine")
+    return resolved
 
 
 def resolve_amp(amp_dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -53,7 +64,7 @@ def resolve_amp(amp_dtype: str | torch.dtype | None) -> torch.dtype | None:
     if amp_dtype is None or isinstance(amp_dtype, torch.dtype):
         return amp_dtype
     if amp_dtype not in AMP_DTYPES:
-        raise ValueError(f"amp dtype must be one of {sorted(AMP_DTYPES)}, not {amp_dtype!r}")
+        raise InferenceError(f"amp dtype must be one of {sorted(AMP_DTYPES)}, not {amp_dtype!r}")
     return AMP_DTYPES[amp_dtype]
 
 
@@ -76,13 +87,13 @@ def _as_reader(image: Any) -> RasterReader:
 
 def _check_options(tile: int, overlap: float, batch_size: int, num_classes: int) -> int:
     if tile < 1:
-        raise ValueError(f"tile must be >= 1, got {tile}")
+        raise InferenceError(f"tile must be >= 1, got {tile}")
     if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        raise InferenceError(f"overlap must be in [0, 1), got {overlap}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InferenceError(f"batch_size must be >= 1, got {batch_size}")
     if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        raise InferenceError(f"num_classes must be >= 1, got {num_classes}")
     return max(1, tile - int(round(tile * overlap)))
 
 
@@ -118,7 +129,7 @@ def iter_probability_blocks(
     """
     stride = _check_options(tile, overlap, batch_size, num_classes)
     if band_width is not None and band_width < 1:
-        raise ValueError(f"band_width must be >= 1 or None, got {band_width}")
+        raise InferenceError(f"band_width must be >= 1 or None, got {band_width}")
     reader = _as_reader(image)
     height, width, channels = reader.shape
     if channels != 3:
@@ -176,7 +187,7 @@ def iter_probability_blocks(
             logits = segmentation_logits(output)
             del output
             if logits.shape[1] != num_classes or tuple(logits.shape[-2:]) != shape[-2:]:
-                raise ValueError(
+                raise InferenceError(
                     f"model returned logits {tuple(logits.shape)} for a tile batch "
                     f"{shape}; expected [B, {num_classes}, {tile}, {tile}] "
                     "(is the tile a multiple of the model's stride?)"

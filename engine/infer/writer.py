@@ -6,7 +6,8 @@
 through the sinks of :mod:`engine.infer.sinks`; rasters predicted in column bands are staged
 on disk first. The format defaults to TIFF for TIFF inputs and for images over
 :data:`PNG_MAX_PIXELS`, PNG otherwise. Every output is written to ``<name>.partial`` and
-renamed when complete.
+renamed when complete. With ``mask_values`` (see :mod:`engine.infer.values`) the mask holds
+the dataset's own label values (uint8 or uint16, or RGB colours) instead of class indices.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.data.raster_base import RasterReader
+from engine.data.raster_base import TIFF_SUFFIXES, RasterReader
 from engine.infer.sinks import BLOCK, PNGSink, RasterioSink, Sink, Staging, TiffSink
 from engine.render.colors import colorize, overlay
 
@@ -55,6 +56,9 @@ class PredictionWriter:
         overlay_reader: When given, write ``<stem>_overlay``: the colour rendering blended
             over the rows read back from this reader.
         overlay_alpha: Opacity of the mask in the overlay.
+        mask_values: Optional lookup table from class index (0..255) to the value written in
+            ``<stem>_mask``: ``[256]`` uint8/uint16 (one band) or ``[256, 3]`` uint8 (RGB).
+            Default: the class index itself.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class PredictionWriter:
         confidence: bool = False,
         overlay_reader: RasterReader | None = None,
         overlay_alpha: float = 0.5,
+        mask_values: np.ndarray | None = None,
     ) -> None:
         if fmt not in ("png", "tif"):
             raise ValueError(f"fmt must be 'png' or 'tif', not {fmt!r}")
@@ -80,6 +85,7 @@ class PredictionWriter:
         self.palette = list(palette)
         self.overlay_reader = overlay_reader
         self.overlay_alpha = overlay_alpha
+        self.mask_values = None if mask_values is None else np.asarray(mask_values)
         self.next_row = 0
         self.staging: dict[str, Staging] = {}
         self.staged_pixels = 0
@@ -90,22 +96,25 @@ class PredictionWriter:
         self.sinks: dict[str, Sink] = {}
         try:
             for kind in kinds:
-                channels = 3 if kind in ("color", "overlay") else 1
+                channels, dtype = (3 if kind in ("color", "overlay") else 1), np.uint8
+                if kind == "mask" and self.mask_values is not None:
+                    lut = self.mask_values
+                    channels, dtype = (lut.shape[1] if lut.ndim == 2 else 1), lut.dtype
                 path = self.out_dir / f"{stem}_{kind}.{fmt}"
-                self.sinks[kind] = self._sink(path, channels, fmt, georef)
+                self.sinks[kind] = self._sink(path, channels, fmt, georef, dtype)
         except BaseException:
             self.abort()
             raise
 
-    def _sink(self, path: Path, channels: int, fmt: str, georef: dict | None) -> Sink:
+    def _sink(self, path: Path, channels: int, fmt: str, georef: dict | None, dtype: Any) -> Sink:
+        h, w = self.height, self.width
         if fmt == "png":
-            return PNGSink(path, self.height, self.width, channels)
+            return PNGSink(path, h, w, channels, dtype)
         if georef and ("crs" in georef or "transform" in georef):
-            return RasterioSink(
-                path, self.height, self.width, channels, georef.get("crs"), georef.get("transform")
-            )
+            crs, transform = georef.get("crs"), georef.get("transform")
+            return RasterioSink(path, h, w, channels, crs, transform, dtype)
         tags = georef.get("geotiff_tags", ()) if georef else ()
-        return TiffSink(path, self.height, self.width, channels, tags)
+        return TiffSink(path, h, w, channels, tags, dtype)
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -138,7 +147,7 @@ class PredictionWriter:
         rendered = None
         for kind, sink in self.sinks.items():
             if kind == "mask":
-                block = mask
+                block = mask if self.mask_values is None else self.mask_values[mask]
             elif kind == "confidence":
                 block = np.rint(np.clip(probs.max(axis=0), 0, 1) * 255).astype(np.uint8)
             else:
@@ -155,7 +164,9 @@ class PredictionWriter:
             else:
                 if kind not in self.staging:
                     path = sink.path.with_name(sink.path.name + ".bands")
-                    self.staging[kind] = Staging(path, self.height, self.width, sink.channels)
+                    self.staging[kind] = Staging(
+                        path, self.height, self.width, sink.channels, sink.dtype
+                    )
                 self.staging[kind].write(row0, col0, block)
         if streamed:
             self.next_row += rows
@@ -225,6 +236,7 @@ def prediction_writer(
     confidence: bool = False,
     overlay: bool = False,
     overlay_alpha: float = 0.5,
+    mask_values: np.ndarray | None = None,
 ) -> PredictionWriter:
     """Make the :class:`PredictionWriter` for one input (stem, format and georef from it).
 
@@ -238,6 +250,7 @@ def prediction_writer(
         confidence: Write the confidence map.
         overlay: Write the overlay (reads the input rows a second time).
         overlay_alpha: Opacity of the mask in the overlay.
+        mask_values: See :class:`PredictionWriter`.
 
     Returns:
         The writer.
@@ -261,4 +274,59 @@ def prediction_writer(
         confidence=confidence,
         overlay_reader=reader if overlay else None,
         overlay_alpha=overlay_alpha,
+        mask_values=mask_values,
     )
+
+
+def output_paths(
+    out_dir: str | Path,
+    stem: str,
+    fmt: str,
+    *,
+    color: bool = True,
+    confidence: bool = False,
+    overlay: bool = False,
+) -> list[Path]:
+    """The files a :class:`PredictionWriter` with these settings writes (``fmt`` resolved).
+
+    Args:
+        out_dir: Output folder.
+        stem: Output stem.
+        fmt: ``"png"`` or ``"tif"``.
+        color: Whether the colour rendering is written.
+        confidence: Whether the confidence map is written.
+        overlay: Whether the overlay is written.
+
+    Returns:
+        The output paths, in :data:`OUTPUT_KINDS` order.
+    """
+    chosen = {"mask": True, "color": color, "confidence": confidence, "overlay": overlay}
+    return [Path(out_dir) / f"{stem}_{kind}.{fmt}" for kind in OUTPUT_KINDS if chosen[kind]]
+
+
+def planned_format(path: str | Path, fmt: str = "auto") -> tuple[str, ...]:
+    """The output format(s) :func:`prediction_writer` will choose for an input, undecoded.
+
+    ``fmt="auto"``: TIFF for TIFF inputs and images over :data:`PNG_MAX_PIXELS` (read from
+    the header); both formats when the header cannot be read.
+
+    Args:
+        path: The input raster.
+        fmt: ``"auto"``, ``"png"`` or ``"tif"``.
+
+    Returns:
+        One format, or ``("png", "tif")`` when it cannot be told.
+    """
+    if fmt != "auto":
+        return (fmt,)
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return ("tif",)
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - unreadable here: open_raster names the problem later
+        return ("png", "tif")
+    return ("tif",) if width * height > PNG_MAX_PIXELS else ("png",)

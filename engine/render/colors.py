@@ -11,7 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from engine.errors import UserError
+
 IGNORE_INDEX = 255
+
+
+class RenderError(UserError):
+    """Inputs that cannot be drawn: a bad colour, mismatched shapes, values that are no class."""
+
 
 #: Colours of the error map: correct pixel, wrong pixel, ignored pixel (no truth).
 ERROR_COLORS = {"correct": (46, 160, 67), "wrong": (214, 39, 40), "ignored": (40, 40, 40)}
@@ -29,21 +36,21 @@ def hex_to_rgb(color: Color) -> tuple[int, int, int]:
         ``(r, g, b)`` with each value in 0..255.
 
     Raises:
-        ValueError: when the text is not a hex colour or a triple is out of range.
+        RenderError: when the text is not a hex colour or a triple is out of range.
     """
     if isinstance(color, str):
         text = color.strip().lstrip("#")
         if len(text) == 3:
             text = "".join(c * 2 for c in text)
         if len(text) != 6:
-            raise ValueError(f"not a #RRGGBB colour: {color!r}")
+            raise RenderError(f"not a #RRGGBB colour: {color!r}")
         try:
             return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
         except ValueError as error:
-            raise ValueError(f"not a #RRGGBB colour: {color!r}") from error
+            raise RenderError(f"not a #RRGGBB colour: {color!r}") from error
     values = tuple(int(c) for c in color)
     if len(values) != 3 or not all(0 <= c <= 255 for c in values):
-        raise ValueError(f"not an (r, g, b) colour in 0..255: {color!r}")
+        raise RenderError(f"not an (r, g, b) colour in 0..255: {color!r}")
     return values  # type: ignore[return-value]
 
 
@@ -70,11 +77,11 @@ def colorize(
         uint8 ``HxWx3``.
 
     Raises:
-        ValueError: when the mask holds values that are neither a class nor ``ignore_index``.
+        RenderError: when the mask holds values that are neither a class nor ``ignore_index``.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
-        raise ValueError(f"colorize expects an HxW mask, got shape {mask.shape}")
+        raise RenderError(f"colorize expects an HxW mask, got shape {mask.shape}")
     colors = palette_array(palette)
     lut_size = max(256, len(colors), ignore_index + 1)
     lut = np.zeros((lut_size, 3), np.uint8)
@@ -85,14 +92,14 @@ def colorize(
         lut[ignore_index] = hex_to_rgb(ignore_color)
         known[ignore_index] = True
     if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
-        raise ValueError(f"colorize expects integer class indices, got {mask.dtype}")
+        raise RenderError(f"colorize expects integer class indices, got {mask.dtype}")
     if mask.size:
         if mask.min() < 0 or mask.max() >= lut_size:
             bad = (mask < 0) | (mask >= lut_size)
         else:
             bad = ~known[mask]
         if bad.any():
-            raise ValueError(
+            raise RenderError(
                 f"mask values {np.unique(mask[bad])[:10].tolist()} are neither a class "
                 f"(0..{len(colors) - 1}) nor ignore_index {ignore_index}"
             )
@@ -111,9 +118,9 @@ def overlay(image: np.ndarray, mask_rgb: np.ndarray, alpha: float = 0.5) -> np.n
         uint8 ``HxWx3``.
     """
     if image.shape != mask_rgb.shape:
-        raise ValueError(f"image {image.shape} and mask {mask_rgb.shape} differ in shape")
+        raise RenderError(f"image {image.shape} and mask {mask_rgb.shape} differ in shape")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise RenderError(f"alpha must be in [0, 1], got {alpha}")
     blended = image.astype(np.float32) * (1.0 - alpha) + mask_rgb.astype(np.float32) * alpha
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
@@ -127,7 +134,7 @@ def error_map(
         uint8 ``HxWx3``.
     """
     if truth.shape != prediction.shape:
-        raise ValueError(f"truth {truth.shape} and prediction {prediction.shape} differ")
+        raise RenderError(f"truth {truth.shape} and prediction {prediction.shape} differ")
     out = np.empty((*truth.shape, 3), np.uint8)
     out[:] = ERROR_COLORS["wrong"]
     out[truth == prediction] = ERROR_COLORS["correct"]
@@ -148,14 +155,14 @@ def class_info(manifest: dict | None = None, classes: Any = None) -> tuple[list[
     if manifest is not None:
         entries = manifest.get("classes")
         if not entries:
-            raise ValueError("manifest has no 'classes' entry")
+            raise RenderError("manifest has no 'classes' entry")
         names = [e["name"] if isinstance(e, dict) else str(e) for e in entries]
         palette = [e.get("color") if isinstance(e, dict) else None for e in entries]
         if any(c is None for c in palette):
             palette = list(manifest.get("palette") or [])
         if len(palette) != len(names):
-            raise ValueError("manifest classes lack colours")
+            raise RenderError("manifest classes lack colours")
         return names, [f"#{''.join(f'{v:02X}' for v in hex_to_rgb(c))}" for c in palette]
     if classes is not None:
         return list(classes.names), [spec.color for spec in classes.classes]
-    raise ValueError("need a manifest or a classes file for class names and colours")
+    raise RenderError("need a manifest or a classes file for class names and colours")

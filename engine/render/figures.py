@@ -8,6 +8,7 @@ touched and nothing needs a display.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from engine.render.colors import (
     ERROR_COLORS,
     IGNORE_INDEX,
     Color,
+    RenderError,
     colorize,
     error_map,
     hex_to_rgb,
@@ -41,7 +43,13 @@ def save_figure(figure, path: str | Path | None, dpi: int) -> np.ndarray:
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=dpi, format="png")
+        partial = path.with_name(path.name + ".partial")
+        try:
+            figure.savefig(partial, dpi=dpi, format="png")
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
     return pixels
 
 
@@ -50,7 +58,7 @@ def legend_handles(class_names: Sequence[str], palette: Sequence[Color]) -> list
     from matplotlib.patches import Patch
 
     if len(class_names) != len(palette):
-        raise ValueError(f"{len(class_names)} class names but {len(palette)} colours")
+        raise RenderError(f"{len(class_names)} class names but {len(palette)} colours")
     return [
         Patch(facecolor=np.array(hex_to_rgb(c)) / 255.0, edgecolor="black", linewidth=0.5, label=n)
         for n, c in zip(class_names, palette)
@@ -115,12 +123,12 @@ def panel(
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be HxWx3, got shape {image.shape}")
+        raise RenderError(f"image must be HxWx3, got shape {image.shape}")
     views: list[tuple[str, np.ndarray]] = [("Image", image)]
     for name, mask in (("Ground truth", truth), ("Prediction", prediction)):
         if mask is not None:
             if mask.shape != image.shape[:2]:
-                raise ValueError(f"{name.lower()} {mask.shape} does not match image {image.shape}")
+                raise RenderError(f"{name.lower()} {mask.shape} does not match image {image.shape}")
             views.append((name, colorize(mask, palette, ignore_index, ERROR_COLORS["ignored"])))
     if truth is not None and prediction is not None:
         scored = truth != ignore_index
@@ -260,7 +268,7 @@ def confusion_heatmap(
     counts = np.asarray(cm, dtype=np.float64)
     n = len(class_names)
     if counts.shape != (n, n):
-        raise ValueError(f"confusion matrix {counts.shape} does not match {n} class names")
+        raise RenderError(f"confusion matrix {counts.shape} does not match {n} class names")
     totals = counts.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         normalised = np.where(totals > 0, counts / totals, np.nan)

@@ -1,20 +1,39 @@
-"""Plots of a run's ``history.csv``: loss, learning rate, mIoU and per-class IoU over steps."""
+"""Plots of a run's ``history.csv``: loss, learning rate, mIoU and per-class IoU over steps.
+
+Rows whose ``split`` ends in ``@best`` (e.g. ``test@best``, written once after training: the
+best model evaluated on that split, at ``step`` = the best step) are single results, not a
+series: they are drawn as a labelled star, never joined to a line. Per-class IoU curves use
+the class colours of the run's ``dataset.json`` (``RUN/best/dataset.json`` or
+``RUN/dataset.json`` beside ``history.csv``) when there is one.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from engine.errors import UserError
+from engine.render.colors import class_info
 from engine.render.figures import new_figure, save_figure
+
+BEST_SUFFIX = "@best"
+
+
+class HistoryError(UserError, FileNotFoundError):
+    """A history file is missing or unreadable; the message names it."""
 
 
 def _read_history(path: Path) -> list[dict[str, Any]]:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+    try:
+        with path.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise HistoryError(f"{path}: cannot read the history ({error})") from error
 
 
 def _number(text: Any) -> float:
@@ -42,28 +61,74 @@ def _series(rows: list[dict[str, Any]], column: str, x_column: str | None) -> di
     return {k: v for k, v in by_split.items() if v[0]}
 
 
-def plot_history(history_csv: str | Path, out_dir: str | Path, *, dpi: int = 100) -> list[Path]:
+def run_palette(history_csv: str | Path) -> dict[str, str]:
+    """``{class name: "#RRGGBB"}`` from the run's ``dataset.json``, or ``{}`` without one."""
+    run = Path(history_csv).parent
+    for candidate in (run / "best" / "dataset.json", run / "dataset.json"):
+        if candidate.is_file():
+            try:
+                names, palette = class_info(json.loads(candidate.read_text()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue
+            return dict(zip(names, palette))
+    return {}
+
+
+def _draw(ax: Any, split: str, xs: list, ys: list, **style: Any) -> Any:
+    """A split's series as a line, or a ``@best`` result as a labelled star."""
+    if split.endswith(BEST_SUFFIX):
+        label = style.pop("label", split)
+        handle = ax.scatter(
+            xs, ys, marker="*", s=180, zorder=3, edgecolors="black", linewidths=0.6,
+            label=label, color=style.get("color"),
+        )  # fmt: skip
+        for x, y in zip(xs, ys):
+            ax.annotate(
+                f"{split} {y:.3g}", (x, y), xytext=(6, 6), textcoords="offset points", fontsize=8
+            )
+        return handle
+    (line,) = ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, **style)
+    return line
+
+
+def _base(split: str) -> str:
+    return split[: -len(BEST_SUFFIX)] if split.endswith(BEST_SUFFIX) else split
+
+
+def plot_history(
+    history_csv: str | Path,
+    out_dir: str | Path,
+    *,
+    dpi: int = 100,
+    palette: dict[str, str] | None = None,
+    figures: dict[str, Any] | None = None,
+) -> list[Path]:
     """Plot a run's ``history.csv``: loss, learning rate, mIoU and per-class IoU over steps.
 
     Reads whichever columns are present: ``step`` (else ``epoch``, else the row number) for
     the x axis, ``split`` to draw one line per split, ``loss``, ``lr``, ``miou`` and every
     ``iou/<class>`` column. Absent or empty columns are skipped; blank cells are ignored.
+    ``<split>@best`` rows are drawn as labelled stars (see the module notes).
 
     Args:
         history_csv: The CSV file.
         out_dir: Folder for ``loss.png``, ``lr.png``, ``miou.png``, ``iou_per_class.png``
             and ``loss_terms.png``.
         dpi: Resolution.
+        palette: ``{class name: colour}`` for the per-class IoU; default
+            :func:`run_palette` of the CSV's folder.
+        figures: When given, receives ``{file name: matplotlib figure}`` (for inspection).
 
     Returns:
         Paths of the PNGs written (only for columns holding data).
 
     Raises:
-        FileNotFoundError: naming the CSV when it is missing.
+        HistoryError: naming the CSV when it is missing or unreadable (a
+            ``FileNotFoundError`` and a :class:`~engine.errors.UserError`).
     """
     history_csv = Path(history_csv)
     if not history_csv.is_file():
-        raise FileNotFoundError(f"{history_csv}: history file not found")
+        raise HistoryError(f"{history_csv}: history file not found")
     rows = _read_history(history_csv)
     columns = list(rows[0].keys()) if rows else []
     x_column = next((c for c in ("step", "epoch") if c in columns), None)
@@ -81,7 +146,7 @@ def plot_history(history_csv: str | Path, out_dir: str | Path, *, dpi: int = 100
         figure = new_figure(8, 4.5, dpi)
         ax = figure.add_subplot(1, 1, 1)
         for split, (xs, ys) in sorted(series.items()):
-            ax.plot(xs, ys, label=split, marker="o" if len(xs) < 30 else None, markersize=3)
+            _draw(ax, split, xs, ys, label=split)
         values = np.concatenate([np.asarray(ys) for _, ys in series.values()])
         positive = values[values > 0]
         if log_if_wide and positive.size and positive.max() / positive.min() > 100:
@@ -95,6 +160,8 @@ def plot_history(history_csv: str | Path, out_dir: str | Path, *, dpi: int = 100
         path = out_dir / name
         save_figure(figure, path, dpi)
         written.append(path)
+        if figures is not None:
+            figures[name] = figure
 
     single("loss", "loss.png", "Loss", "loss", log_if_wide=True)
     single("lr", "lr.png", "Learning rate", "learning rate", log_if_wide=True)
@@ -108,19 +175,20 @@ def plot_history(history_csv: str | Path, out_dir: str | Path, *, dpi: int = 100
                 curves.append((column[len(prefix) :], series))
         if not curves:
             return
-        splits = sorted({s for _, series in curves for s in series})
+        splits = sorted({_base(s) for _, series in curves for s in series})
         width = 6.5 * len(splits) + 2.5
         figure = new_figure(width, 4.8, dpi)
         axes = figure.subplots(1, len(splits), squeeze=False, sharey=True)[0]
         handles: dict[str, Any] = {}
         for ax, split in zip(axes, splits):
             for label, series in curves:
-                if split in series:
-                    xs, ys = series[split]
-                    (line,) = ax.plot(
-                        xs, ys, label=label, marker="o" if len(xs) < 30 else None, markersize=3
-                    )
-                    handles.setdefault(label, line)
+                color = colors.get(label)
+                for key in (split, split + BEST_SUFFIX):
+                    if key in series:
+                        xs, ys = series[key]
+                        handle = _draw(ax, key, xs, ys, label=label, color=color)
+                        if not key.endswith(BEST_SUFFIX):
+                            handles.setdefault(label, handle)
             ax.set_title(f"{title} ({split})")
             ax.set_xlabel(x_label)
             ax.grid(True, alpha=0.3)
@@ -132,7 +200,11 @@ def plot_history(history_csv: str | Path, out_dir: str | Path, *, dpi: int = 100
         path = out_dir / name
         save_figure(figure, path, dpi)
         written.append(path)
+        if figures is not None:
+            figures[name] = figure
 
+    colors = run_palette(history_csv) if palette is None else dict(palette)
     grouped("iou/", "iou_per_class.png", "Per-class IoU", "IoU", "class")
+    colors = {}
     grouped("loss/", "loss_terms.png", "Loss terms", "loss", "term")
     return written
