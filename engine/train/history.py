@@ -38,7 +38,8 @@ class History:
         columns: Column names (see :func:`history_columns`).
         resume_step: When resuming, the checkpoint's step: rows with a larger step (written
             after that checkpoint, before the interruption) are removed so that no step
-            appears twice.
+            appears twice, and so is a final best-model row (split ``<split>@best``): the
+            resumed run writes its own at its end.
         enabled: Write at all (only the main process writes).
     """
 
@@ -51,7 +52,11 @@ class History:
         kept: list[dict] = []
         if resume_step is not None and self.path.exists():
             with self.path.open(newline="") as handle:
-                kept = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
+                kept = [
+                    r
+                    for r in csv.DictReader(handle)
+                    if int(r["step"]) <= resume_step and not r["split"].endswith("@best")
+                ]
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         with temporary.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, columns, extrasaction="ignore")
