@@ -8,10 +8,11 @@ Example (the Dubai layout, split by tile):
 import argparse
 import sys
 
-from engine.data.classes import ClassesError, load_classes
-from engine.data.imageio import IMAGE_CODECS, ImageReadError
-from engine.data.pairing import PairingError, pair_by_glob, pair_from_csv
-from engine.data.shard_builder import BuildError, BuildOptions, build_shards
+from engine.data.classes import load_classes
+from engine.data.imageio import IMAGE_CODECS
+from engine.data.pairing import pair_by_glob, pair_from_csv
+from engine.data.shard_builder import BuildOptions, build_shards
+from engine.errors import UserError
 
 
 def main() -> int:
@@ -70,7 +71,7 @@ def main() -> int:
                 parser.error("--images and --masks go together")
             pairs = pair_by_glob(args.images, args.masks, args.group)
         manifest = build_shards(pairs, classes, args.out, options)
-    except (BuildError, ClassesError, ImageReadError, PairingError) as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for name, split in manifest["splits"].items():

@@ -7,38 +7,34 @@ succeeded, so a failed build leaves no ``*.tar`` behind.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import os
 import random
-import shutil
 import tarfile
-import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from engine.data.build_output import BuildError, BuildOutput, parallel_map
 from engine.data.classes import IGNORE_INDEX, ClassesFile
 from engine.data.imageio import (
     IMAGE_CODECS,
+    TRANSPARENT,
     encode_image,
+    exif_hint,
     mask_codec_for,
     read_image,
     read_mask_values,
 )
 from engine.data.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
 from engine.data.pairing import Pair
-from engine.errors import UserError
 
 MEMBER_EXT = {"png": "png", "jpg": "jpg", "webp": "webp", "npy": "npy"}
-
-
-class BuildError(UserError):
-    """Input that cannot become shards; the message names the file and the problem."""
+__all__ = ["BuildError", "BuildOptions", "build_shards", "split_groups", "tile_windows"]
 
 
 @dataclass(frozen=True)
@@ -132,7 +128,7 @@ class _SplitWriter:
             name = shard_name(self.split, len(self.shards))
             self.shards.append(name)
             self.shard_samples.append(0)
-            self._tar = tarfile.open(self.folder / name, "w", format=tarfile.GNU_FORMAT)
+            self._tar = _open_tar(self.folder / name)
         for suffix, data in (
             (f"image.{self.image_ext}", sample.image),
             (f"mask.{self.mask_ext}", sample.mask),
@@ -148,6 +144,11 @@ class _SplitWriter:
         if self._tar is not None:
             self._tar.close()
             self._tar = None
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    """Create one shard tar (a seam the full-disk test replaces)."""
+    return tarfile.open(path, "w", format=tarfile.GNU_FORMAT)
 
 
 def split_groups(groups: list[str], val: float, test: float, seed: int) -> dict[str, str]:
@@ -192,6 +193,7 @@ def _member_key(key: str, row: int, col: int) -> str:
 def _map_mask(values: np.ndarray, classes: ClassesFile, unknown: str, path: Path) -> np.ndarray:
     found, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
     lookup = classes.lookup
+    lookup[TRANSPARENT] = IGNORE_INDEX  # transparent pixels of RGBA masks (imageio notes)
     table = np.array([lookup.get(int(v), -1) for v in found], dtype=np.int16)
     missing = table < 0
     if missing.any():
@@ -216,6 +218,7 @@ def _process_pair(args: tuple[Pair, str, ClassesFile, BuildOptions]) -> _PairRes
         raise BuildError(
             f"{pair.mask}: mask is {values.shape[1]}x{values.shape[0]} (WxH) but its image "
             f"{pair.image} is {image.shape[1]}x{image.shape[0]}"
+            + exif_hint(pair.image, values.shape)
         )
     mask = _map_mask(values, classes, options.unknown, pair.mask)
     num_classes = len(classes.classes)
@@ -255,35 +258,33 @@ def _process_pair(args: tuple[Pair, str, ClassesFile, BuildOptions]) -> _PairRes
 
 
 def _results(jobs: list, workers: int) -> Iterator[_PairResult]:
-    if workers <= 1:
-        yield from map(_process_pair, jobs)
-        return
-    with ProcessPoolExecutor(workers) as pool:
-        try:
-            yield from pool.map(_process_pair, jobs, chunksize=1)
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
+    """Results of the jobs in order; closing the iterator terminates the worker processes."""
+    return parallel_map(_process_pair, jobs, workers)
 
 
-def _prepare_output(out: Path, overwrite: bool) -> Path:
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise BuildError(f"{out}: output folder is not empty (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    staging.chmod(0o755)
-    return staging
+def check_options(options: BuildOptions) -> None:
+    """Reject settings that cannot build (one line each, naming the option).
 
-
-def _commit_output(staging: Path, out: Path) -> None:
-    """Move the finished staging folder into place; the old output is removed only after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old)
+    Raises:
+        BuildError: naming the option and its value.
+    """
+    if options.image_codec not in IMAGE_CODECS:
+        raise BuildError(f"unknown image codec {options.image_codec!r}; choose from {IMAGE_CODECS}")
+    if options.unknown not in ("error", "ignore"):
+        raise BuildError(f"--unknown must be 'error' or 'ignore', not {options.unknown!r}")
+    for name, value, low in (
+        ("--tile", options.tile, 1),
+        ("--samples-per-shard", options.samples_per_shard, 1),
+        ("--mix-buffer", options.mix_buffer, 0),
+        ("--workers", options.workers, 1),
+        ("--jpeg-quality", options.jpeg_quality, 1),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise BuildError(f"{name} {value!r}: must be an integer >= {low}")
+    if options.jpeg_quality > 100:
+        raise BuildError(f"--jpeg-quality {options.jpeg_quality}: must be at most 100")
+    if options.uint16_max is not None and options.uint16_max < 1:
+        raise BuildError(f"--uint16-max {options.uint16_max}: must be a positive integer")
 
 
 def build_shards(
@@ -303,10 +304,7 @@ def build_shards(
     Raises:
         BuildError, ImageReadError: naming the offending file; nothing is left in ``out``.
     """
-    if options.image_codec not in IMAGE_CODECS:
-        raise BuildError(f"unknown image codec {options.image_codec!r}; choose from {IMAGE_CODECS}")
-    if options.unknown not in ("error", "ignore"):
-        raise BuildError(f"--unknown must be 'error' or 'ignore', not {options.unknown!r}")
+    check_options(options)
     if not pairs:
         raise BuildError("no image/mask pairs to build from")
     out = Path(out)
@@ -319,7 +317,8 @@ def build_shards(
         jobs += [(pair, split, classes, options) for pair in members]
 
     num_classes = len(classes.classes)
-    staging = _prepare_output(out, options.overwrite)
+    output = BuildOutput(out, options.overwrite)
+    staging = output.__enter__()
     writers = {
         s: _SplitWriter(
             staging,
@@ -336,9 +335,10 @@ def build_shards(
     channel_sum = np.zeros(3, np.int64)
     channel_sumsq = np.zeros(3, np.int64)
     valid_pixels = 0
+    stream = _results(jobs, options.workers)
     try:
         progress = tqdm(total=len(jobs), desc="building shards", unit="image")
-        for (_, split, _, _), result in zip(jobs, _results(jobs, options.workers)):
+        for (_, split, _, _), result in zip(jobs, stream):
             for sample in result.samples:
                 writers[split].add(sample)
             totals[split] += result.class_pixels
@@ -347,6 +347,7 @@ def build_shards(
                 channel_sumsq += result.channel_sumsq
                 valid_pixels += result.valid_pixels
             progress.update()
+        stream.close()  # the pool's workers end here
         progress.close()
         for writer in writers.values():
             writer.finish()
@@ -382,10 +383,13 @@ def build_shards(
             },
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        _commit_output(staging, out)
-    except BaseException:
+        output.commit()
+    except BaseException as error:
+        stream.close()
         for writer in writers.values():
-            writer.close()
-        shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):  # a full disk fails the close too
+                writer.close()
+        output.__exit__(type(error), error, error.__traceback__)
         raise
+    output.__exit__(None, None, None)
     return manifest
