@@ -290,8 +290,9 @@ def _tiny_shards(tmp_path: Path) -> Path:
     return tmp_path / "s"
 
 
-def _evaluate(folder: Path) -> int:
-    batches = eval_batches(load_manifest(folder), "train", 4, num_workers=0, pin_memory=False)
+def _evaluate(folder: Path, workers: int = 0) -> int:
+    manifest = load_manifest(folder)
+    batches = eval_batches(manifest, "train", 4, num_workers=workers, pin_memory=False)
     return sum(len(batch.keys) for batch in batches)
 
 
@@ -370,6 +371,9 @@ def test_member_types_shapes_and_mask_values_are_checked(tmp_path):
     pattern = rf"train-000001\.tar: sample {first[0] if first else ''}.*mask values \[77\]"
     with pytest.raises(ShardReadError, match=pattern):
         _evaluate(folder)
+    with pytest.raises(ShardReadError) as caught:  # in a DataLoader worker: still one line
+        _evaluate(folder, workers=1)
+    assert "\n" not in str(caught.value) and str(caught.value).endswith("nor ignore (255)")
     with pytest.raises(ShardReadError, match=r"mask values \[77\] are neither a class \(0\.\.2\)"):
         list(train_batches(load_manifest(folder), 4, 40, seed=0, rank=0, epoch=0, num_workers=0,
                            shuffle_buffer=1, pin_memory=False))  # fmt: skip

@@ -97,8 +97,7 @@ def _check_members(image, mask, codecs: Codecs) -> None:
     tile = codecs.tile
     if tile is not None and image.shape[:2] != (tile, tile):
         raise ValueError(f"image {image.shape} is not {tile}x{tile}x3 (tile_size in the manifest)")
-    count = codecs.num_classes
-    if count is None or mask.size == 0:
+    if (count := codecs.num_classes) is None or mask.size == 0:
         return
     top = int(mask.max())
     if top >= count and top == codecs.ignore_index:  # ignore present: the largest other value
@@ -197,11 +196,8 @@ def raw_samples(shards: Iterable, counts: Iterable[int] | None = None) -> Iterat
         counts: Samples each shard must hold (the manifest's ``shard_samples``); a shard
             holding fewer or more is a :class:`ShardReadError` once it has been read.
     """
-    if counts is None:
-        for shard in shards:
-            yield from _shard_samples(shard, None)
-        return
-    for shard, expected in zip(shards, counts, strict=True):
+    shards = list(shards)
+    for shard, expected in zip(shards, [None] * len(shards) if counts is None else counts):
         yield from _shard_samples(shard, expected)
 
 
@@ -318,6 +314,24 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
+def _one_line_errors(loader: DataLoader) -> Iterator[Batch]:
+    """The loader's batches; a worker's :class:`UserError` keeps its one-line message.
+
+    Workers are shut down however iteration ends: they ignore SIGTERM, so one left running
+    would hang the interpreter's exit.
+    """
+    batches = iter(loader)
+    try:
+        yield from batches
+    except UserError as error:  # from a worker, the message holds the worker's traceback
+        last = str(error).rstrip().splitlines()[-1]
+        if "Original Traceback" not in str(error) or ": " not in last:
+            raise
+        raise type(error)(last.split(": ", 1)[1]) from None
+    finally:
+        getattr(batches, "_shutdown_workers", lambda: None)()
+
+
 def _loader(dataset: IterableDataset, batch_size: int, num_workers: int, pin: bool | None):
     return DataLoader(
         dataset,
@@ -361,7 +375,8 @@ def train_batches(
     dataset = _TrainStream(
         manifest.split(split), Codecs.of(manifest), seed, rank, epoch, shuffle_buffer
     )
-    return itertools.islice(iter(_loader(dataset, batch_size, num_workers, pin_memory)), steps)
+    loader = _loader(dataset, batch_size, num_workers, pin_memory)
+    return itertools.islice(_one_line_errors(loader), steps)
 
 
 def partition(total: int, parts: int) -> list[tuple[int, int]]:
@@ -423,7 +438,7 @@ def eval_batches(
         _EvalPart(info, Codecs.of(manifest), rank, world_size), batch_size, num_workers, pin_memory
     )
     yielded = 0
-    for batch in loader:
+    for batch in _one_line_errors(loader):
         yielded += 1
         yield batch
     size = manifest.tile_size
