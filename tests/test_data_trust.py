@@ -27,7 +27,7 @@ from engine.data.imageio import ImageReadError, read_image, read_mask_values
 from engine.data.loader import ShardReadError, eval_batches, read_split, train_batches
 from engine.data.manifest import ManifestError, load_manifest
 from engine.data.pairing import pair_by_glob
-from engine.data.rasters import RasterError, open_raster
+from engine.data.rasters import RasterError, open_raster, read_index_mask
 from engine.data.shard_builder import BuildError, BuildOptions, build_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -274,6 +274,8 @@ def test_a_huge_header_is_refused_before_decoding_naming_the_file(tmp_path, monk
             read_mask_values(tmp_path / name, "index")
     with pytest.raises(RasterError, match=r"bomb\.png: header claims 100000x100000"):
         open_raster(tmp_path / "bomb.png")
+    with pytest.raises(RasterError, match=r"bomb\.png: header claims 100000x100000"):
+        read_index_mask(tmp_path / "bomb.png")
     Image.new("RGB", (20, 10)).save(tmp_path / "small.png")
     assert read_image(tmp_path / "small.png").shape == (10, 20, 3)
     monkeypatch.setenv("TERRASEG_MAX_PIXELS", "199")

@@ -103,6 +103,15 @@ def _open_pil(path: Path, limit: int | None = None) -> Image.Image:
     return image
 
 
+def open_image(path: str | Path, limit: int | None = None) -> Image.Image:
+    """Open and decode an image with PIL, its header's pixel count checked first.
+
+    Raises:
+        ImageReadError: naming the file when it is missing, over the limit or corrupt.
+    """
+    return _open_pil(Path(path), limit)
+
+
 def exif_orientation(image: Image.Image) -> int:
     """The EXIF orientation tag of an opened image (1 = upright, also when absent)."""
     try:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.data.imageio import ImageReadError, read_pil_pixels
+from engine.data.imageio import ImageReadError, open_image, read_pil_pixels
 from engine.data.raster_base import (
     PIL_SUFFIXES,
     TIFF_SUFFIXES,
@@ -190,9 +190,7 @@ def read_index_mask(path: str | Path) -> np.ndarray:
 
             array = tifffile.imread(path)
         else:
-            from PIL import Image
-
-            with Image.open(path) as image:
+            with open_image(path) as image:  # the header's size checked before decoding
                 if image.mode not in ("L", "P", "I", "I;16"):
                     raise RasterError(
                         f"{path}: mode {image.mode} is not a single-band class-index mask"
@@ -200,6 +198,8 @@ def read_index_mask(path: str | Path) -> np.ndarray:
                 array = np.array(image)
     except RasterError:
         raise
+    except ImageReadError as error:
+        raise RasterError(str(error)) from error
     except Exception as error:
         raise RasterError(f"{path}: cannot read mask: {error}") from error
     if array.ndim != 2:

@@ -2,7 +2,9 @@
 
 The build is reproducible (same inputs and seed → byte-identical shards) and atomic: it
 writes into a temporary sibling folder and renames it into place only when everything
-succeeded, so a failed build leaves no ``*.tar`` behind.
+succeeded, so a failed build leaves no ``*.tar`` behind. The file-system rules (what
+``--overwrite`` may replace, the lock, killed builds, full disks, worker processes) are in
+:mod:`engine.data.build_output`.
 """
 
 from __future__ import annotations
