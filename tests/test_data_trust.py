@@ -255,9 +255,11 @@ def _png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
-def _tiff_header(width: int, height: int) -> bytes:
-    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
-            (273, 4, 8), (277, 3, 1), (278, 4, height), (279, 4, 2**32 - 1)]  # fmt: skip
+def _tiff_header(width: int, height: int, bands: int = 1) -> bytes:
+    """A TIFF header for ``width x height`` uint8 pixels, with no pixel data."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1),
+            (262, 3, 2 if bands == 3 else 1), (273, 4, 8), (277, 3, bands), (278, 4, height),
+            (279, 4, 2**32 - 1)]  # fmt: skip
     ifd = struct.pack("<H", len(tags))
     for code, kind, value in tags:
         ifd += struct.pack("<HHI", code, kind, 1) + struct.pack("<I", value)
@@ -276,6 +278,10 @@ def test_a_huge_header_is_refused_before_decoding_naming_the_file(tmp_path, monk
         open_raster(tmp_path / "bomb.png")
     with pytest.raises(RasterError, match=r"bomb\.png: header claims 100000x100000"):
         read_index_mask(tmp_path / "bomb.png")
+    (tmp_path / "big.tif").write_bytes(_tiff_header(100_000, 100_000, bands=3))
+    with open_raster(tmp_path / "big.tif", backend="tifffile") as reader:  # windowed: no limit
+        with pytest.raises(RasterError, match=r"big\.tif: cannot read rows 0:10 \(truncated"):
+            reader.read(0, 10, 0, 10)
     Image.new("RGB", (20, 10)).save(tmp_path / "small.png")
     assert read_image(tmp_path / "small.png").shape == (10, 20, 3)
     monkeypatch.setenv("TERRASEG_MAX_PIXELS", "199")
