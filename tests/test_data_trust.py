@@ -152,6 +152,19 @@ def test_killed_build_takes_its_workers_and_leftovers_are_cleaned(tmp_path):
     options = BuildOptions(tile=256, val=0, test=0)
     build_shards(pairs, load_classes(root / "classes.yaml"), tmp_path / "out", options)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+    # SIGTERM (a scheduler, `kill`): the build cleans up and the previous output survives.
+    build = subprocess.Popen([*args, "--overwrite"], env=os.environ | {"PYTHONPATH": str(ROOT)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        while len(workers := _children(build.pid)) < 2 and build.poll() is None:
+            time.sleep(0.005)
+        build.terminate()
+        assert build.wait(30) == 128 + signal.SIGTERM
+    finally:
+        build.kill()
+    assert not any(map(_alive, workers))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+    assert load_manifest(tmp_path / "out").tile_size == 256
 
 
 class _FullDisk(io.FileIO):
