@@ -16,11 +16,12 @@ Too few groups for val and test: --split-by blocks:N splits N×N-tile blocks of 
 import argparse
 import sys
 
-from engine.data.classes import ClassesError, load_classes
-from engine.data.imageio import IMAGE_CODECS, ImageReadError
-from engine.data.pairing import PairingError, pair_by_glob, pair_from_csv
-from engine.data.shard_builder import BuildError, BuildOptions, build_shards
-from engine.data.splits import SPLIT_BY_HELP, SplitError
+from engine.data.classes import load_classes
+from engine.data.imageio import IMAGE_CODECS
+from engine.data.pairing import pair_by_glob, pair_from_csv
+from engine.data.shard_builder import BuildOptions, build_shards
+from engine.data.splits import SPLIT_BY_HELP
+from engine.errors import UserError
 
 
 class HelpFormatter(argparse.RawTextHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -121,7 +122,7 @@ def main() -> int:
                 args.images, args.masks, args.group, args.image_key, args.mask_key, args.mask_from
             )
         manifest = build_shards(pairs, classes, args.out, options)
-    except (BuildError, ClassesError, ImageReadError, PairingError, SplitError) as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     record = manifest["split"]

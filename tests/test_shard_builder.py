@@ -11,18 +11,14 @@ from conftest import build_tiny as build
 from conftest import make_tiny_dataset as make_dataset
 from PIL import Image
 
+from engine.data.build_output import BuildError
 from engine.data.classes import ClassesError, classes_from_dict, load_classes
 from engine.data.imageio import ImageReadError, decode_image
 from engine.data.loader import Codecs, read_samples
 from engine.data.manifest import ManifestError, load_manifest
 from engine.data.pairing import PairingError, pair_by_glob, pair_from_csv
-from engine.data.shard_builder import (
-    BuildError,
-    BuildOptions,
-    build_shards,
-    split_groups,
-    tile_windows,
-)
+from engine.data.shard_builder import BuildOptions, build_shards, tile_windows
+from engine.data.splits import split_groups
 
 
 def read_members(tar_path: Path) -> dict[str, bytes]:

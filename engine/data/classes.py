@@ -43,7 +43,7 @@ class ClassesError(UserError):
 def parse_color(text: str) -> tuple[int, int, int]:
     """Parse ``"#RRGGBB"`` into an (r, g, b) tuple of ints."""
     value = str(text).strip().lstrip("#")
-    if len(value) != 6:
+    if len(value) != 6 or any(c not in "0123456789abcdefABCDEF" for c in value):
         raise ValueError(f"not a #RRGGBB colour: {text!r}")
     return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
 
@@ -145,10 +145,14 @@ def classes_from_dict(data: dict, path: str = "<memory>") -> ClassesFile:
     if unknown:
         raise ClassesError(f"{path}: unknown keys {sorted(unknown)}")
     encoding = data.get("encoding", "rgb")
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise ClassesError(f"{path}: encoding must be one of {ENCODINGS}, not {encoding!r}")
     classes: list[ClassSpec] = []
     ignore: list[int] = []
+    if data["classes"] is not None and not isinstance(data["classes"], list):
+        raise ClassesError(
+            f"{path}: 'classes' must be a list of entries, not {type(data['classes']).__name__}"
+        )
     for number, entry in enumerate(data["classes"] or []):
         where = f"{path}: classes[{number}]"
         if not isinstance(entry, dict) or "value" not in entry:
@@ -163,8 +167,13 @@ def classes_from_dict(data: dict, path: str = "<memory>") -> ClassesFile:
             continue
         if "name" not in entry:
             raise ClassesError(f"{where}: a class needs a 'name'")
+        if not isinstance(entry["name"], (str, int)) or not str(entry["name"]).strip():
+            raise ClassesError(f"{where}: 'name' must be a non-empty string")
         if entry.get("color"):
-            color = format_color(parse_color(entry["color"]))
+            try:
+                color = format_color(parse_color(entry["color"]))
+            except ValueError as error:
+                raise ClassesError(f"{where}: bad color {entry['color']!r} (#RRGGBB)") from error
         elif encoding == "rgb":
             color = format_color(parse_color(str(raw_values[0])))
         else:
@@ -186,6 +195,11 @@ def load_classes(path: str | Path) -> ClassesFile:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError as error:
         raise ClassesError(f"{path}: classes file not found") from error
+    except IsADirectoryError as error:
+        raise ClassesError(f"{path}: is a folder, not a classes file") from error
+    except UnicodeDecodeError as error:
+        raise ClassesError(f"{path}: not a text file ({error.reason})") from error
     except yaml.YAMLError as error:
-        raise ClassesError(f"{path}: not valid YAML: {error}") from error
+        message = " ".join(str(error).split())
+        raise ClassesError(f"{path}: not valid YAML: {message}") from error
     return classes_from_dict(data, str(path))

@@ -3,48 +3,196 @@
 Images come back as uint8 ``HxWx3`` RGB. Masks come back as an integer ``HxW`` array of
 *values*: 24-bit colour codes (``r << 16 | g << 8 | b``) for colour masks, or the raw
 integer for single-band masks. :mod:`engine.data.classes` maps values to class indices.
+
+One decoder for building and predicting: :func:`read_pil_pixels` is used by
+:func:`read_image` (the shard builder) and by :class:`engine.data.rasters.PILReader`
+(prediction), so both see the same pixels:
+
+* CMYK, YCbCr and other colour modes are converted to RGB as PIL's ``convert("RGB")`` does.
+* **EXIF orientation** is applied to *images* (``ImageOps.exif_transpose``): a photo is
+  used upright, as viewers and annotation tools show it. **Masks are never rotated**
+  (their own EXIF tag, if any, is ignored): a mask must match the upright image. When an
+  image's EXIF tag swaps its sides and its mask matches only the stored size, the size
+  error says so (:func:`exif_hint`).
+* **Transparent mask pixels** (alpha 0 in an RGBA/LA/palette colour mask) become the value
+  :data:`TRANSPARENT`, which the builder maps to ignore (255); partly transparent pixels
+  (alpha 1..254) are an error, since their colour is a blend.
+* **Size limit**: the pixel count in the header is checked *before* decoding, against
+  :data:`MAX_PIXELS` (1.5 G pixels; override with the ``TERRASEG_MAX_PIXELS`` environment
+  variable or ``max_pixels=``). A file over it is an :class:`ImageReadError` naming it.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from engine.errors import UserError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
+#: Default limit on the pixels (height x width) of one decoded image or mask.
+MAX_PIXELS = 1_500_000_000
+#: Mask value of fully transparent pixels of colour masks (mapped to ignore by the builder).
+TRANSPARENT = -1
+#: EXIF orientations that swap height and width (transpose, 90° and 270° rotations).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 class ImageReadError(UserError):
     """An image or mask file cannot be used; the message names the file and the problem."""
 
 
-def _open_pil(path: Path) -> Image.Image:
+def max_pixels(override: int | None = None) -> int:
+    """The pixel limit in force: ``override``, else ``$TERRASEG_MAX_PIXELS``, else the default.
+
+    Raises:
+        ImageReadError: when ``TERRASEG_MAX_PIXELS`` is not a positive integer.
+    """
+    if override is not None:
+        return int(override)
+    text = os.environ.get("TERRASEG_MAX_PIXELS")
+    if not text:
+        return MAX_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ImageReadError(f"TERRASEG_MAX_PIXELS={text!r}: must be a positive integer")
+    return value
+
+
+def check_pixels(path: Path, height: int, width: int, limit: int | None = None) -> None:
+    """Raise when a header's ``height x width`` exceeds the pixel limit (before decoding).
+
+    Raises:
+        ImageReadError: naming the file, its size and the limit.
+    """
+    allowed = max_pixels(limit)
+    if height <= 0 or width <= 0:
+        raise ImageReadError(f"{path}: header claims an empty {width}x{height} (WxH) image")
+    if height * width > allowed:
+        raise ImageReadError(
+            f"{path}: header claims {width}x{height} (WxH) = {height * width:,} pixels, over "
+            f"the limit of {allowed:,} (raise it with TERRASEG_MAX_PIXELS if the file is real)"
+        )
+
+
+def _open_pil(path: Path, limit: int | None = None) -> Image.Image:
+    """Open with the size checked from the header before any pixel is decoded, then load."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit, which names the file, replaces PIL's
     try:
         image = Image.open(path)
+        check_pixels(path, image.height, image.width, limit)
         image.load()
     except FileNotFoundError as error:
         raise ImageReadError(f"{path}: file not found") from error
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, MemoryError) as error:
+        if isinstance(error, ImageReadError):
+            raise
         raise ImageReadError(
             f"{path}: cannot decode image (truncated or corrupt?): {error}"
         ) from error
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
     return image
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def open_image(path: str | Path, limit: int | None = None) -> Image.Image:
+    """Open and decode an image with PIL, its header's pixel count checked first.
+
+    Raises:
+        ImageReadError: naming the file when it is missing, over the limit or corrupt.
+    """
+    return _open_pil(Path(path), limit)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image (1 = upright, also when absent)."""
+    try:
+        return int(image.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a malformed EXIF block is treated as absent
+        return 1
+
+
+def read_pil_pixels(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, str]:
+    """Decode a PNG/JPEG/WebP/BMP image the way build and predict both use it.
+
+    Applies EXIF orientation, converts palette, CMYK, YCbCr and other colour modes to RGB
+    (RGBA when there is transparency), and keeps uint16 single-band data as uint16.
+
+    Args:
+        path: The image file.
+        limit: Pixel limit (default :func:`max_pixels`).
+
+    Returns:
+        ``(array, mode)``: ``HxWxC`` (C = 3 or 4) uint8, or ``HxW`` for single-band images
+        (uint8 or uint16), and the file's PIL mode.
+
+    Raises:
+        ImageReadError: naming the file when it is missing, too large or cannot be decoded.
+    """
+    path = Path(path)
+    image = _open_pil(path, limit)
+    mode = image.mode
+    try:
+        if exif_orientation(image) != 1:
+            image = ImageOps.exif_transpose(image)
+        if image.mode in ("P", "PA"):
+            transparent = "transparency" in image.info or image.mode == "PA"
+            image = image.convert("RGBA" if transparent else "RGB")
+        elif image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+            return np.asarray(image.convert("I")).astype(np.uint16), mode
+        elif image.mode not in ("RGB", "RGBA", "L", "LA", "I", "F", "1"):
+            image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, RGBa
+        return np.asarray(image), mode
+    except (OSError, ValueError) as error:
+        raise ImageReadError(f"{path}: cannot decode image: {error}") from error
+
+
+def exif_hint(image_path: str | Path, mask_shape: tuple[int, ...]) -> str:
+    """Why a mask may not match its image: the image's EXIF rotation, or ``""``.
+
+    Returns a sentence to append to a size-mismatch error when the image carries an EXIF
+    orientation that swaps its sides and ``mask_shape`` matches the image's *stored* size.
+    """
+    path = Path(image_path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return ""
+    try:
+        with Image.open(path) as image:
+            orientation = exif_orientation(image)
+            stored = (image.height, image.width)
+    except Exception:
+        return ""
+    if orientation in _SWAPPING_ORIENTATIONS and tuple(mask_shape[:2]) == stored:
+        return (
+            f" The image has EXIF orientation {orientation} (shown rotated; terraseg uses it "
+            "upright, as displayed) and the mask matches its stored, unrotated size: masks are "
+            "never rotated, so save the mask in the upright orientation (or strip the EXIF tag "
+            "from the image if the mask is right for the stored pixels)."
+        )
+    return ""
+
+
+def _read_tiff(path: Path, limit: int | None = None) -> np.ndarray:
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
+            check_pixels(path, int(page.imagelength), int(page.imagewidth), limit)
             array = page.asarray()
             planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
     except FileNotFoundError as error:
         raise ImageReadError(f"{path}: file not found") from error
+    except ImageReadError:
+        raise
     except Exception as error:  # tifffile raises many types for corrupt files
         raise ImageReadError(
             f"{path}: cannot decode TIFF (truncated or corrupt?): {error}"
@@ -64,32 +212,30 @@ def _to_uint8(array: np.ndarray, path: Path, uint16_max: int | None) -> np.ndarr
     raise ImageReadError(f"{path}: pixel type {array.dtype} is not supported (uint8 or uint16)")
 
 
-def read_image(path: str | Path, uint16_max: int | None = None) -> np.ndarray:
-    """Read an image as uint8 RGB ``HxWx3``.
+def read_image(
+    path: str | Path, uint16_max: int | None = None, *, limit: int | None = None
+) -> np.ndarray:
+    """Read an image as uint8 RGB ``HxWx3``, upright (EXIF orientation applied).
 
-    Accepts JPEG, PNG (RGB, RGBA with a constant alpha, palette), WebP and TIFF (3-band,
-    or 4-band with a constant alpha; uint8 or uint16).
+    Accepts JPEG (RGB, CMYK, YCbCr), PNG (RGB, RGBA with a constant alpha, palette), WebP and
+    TIFF (3-band, or 4-band with a constant alpha; uint8 or uint16). Non-TIFF files go
+    through :func:`read_pil_pixels`, the decoder prediction uses too.
 
     Args:
         path: The image file.
         uint16_max: For uint16 input, the value that maps to 255 (default 65535; 4095 for
             12-bit sensors, 10000 for reflectance products).
+        limit: Pixel limit (default :func:`max_pixels`).
 
     Raises:
-        ImageReadError: naming the file, when it cannot be decoded or is not 3-band RGB.
+        ImageReadError: naming the file, when it cannot be decoded, is over the pixel limit
+            or is not 3-band RGB.
     """
     path = Path(path)
     if path.suffix.lower() in TIFF_SUFFIXES:
-        array = _read_tiff(path)
+        array = _read_tiff(path, limit)
     else:
-        image = _open_pil(path)
-        if image.mode == "P":
-            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        elif image.mode == "I;16":
-            image = image.convert("I")
-        array = np.asarray(image)
-        if image.mode == "I":
-            array = array.astype(np.uint16)
+        array, _ = read_pil_pixels(path, limit)
     bands = 1 if array.ndim == 2 else array.shape[2]
     if bands == 4:
         alpha = array[..., 3]
@@ -104,39 +250,64 @@ def read_image(path: str | Path, uint16_max: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(_to_uint8(array, path, uint16_max))
 
 
-def read_mask_values(path: str | Path, encoding: str) -> np.ndarray:
+def _mask_colours(array: np.ndarray, path: Path) -> np.ndarray:
+    """24-bit codes of a uint8 RGB(A) mask; alpha 0 → :data:`TRANSPARENT`, 1..254 → error."""
+    alpha = None
+    if array.ndim == 3 and array.shape[2] == 4:
+        alpha, array = array[..., 3], array[..., :3]
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ImageReadError(
+            f"{path}: expected an 8-bit colour mask for encoding 'rgb', got shape "
+            f"{array.shape} {array.dtype}"
+        )
+    rgb = array.astype(np.int32)
+    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    if alpha is not None and alpha.min() < 255:
+        partial = int(np.count_nonzero((alpha > 0) & (alpha < 255)))
+        if partial:
+            raise ImageReadError(
+                f"{path}: {partial:,} partly transparent mask pixels (alpha 1..254) have no "
+                "single class; use alpha 0 (ignored) or 255 only"
+            )
+        codes[alpha == 0] = TRANSPARENT
+    return codes
+
+
+def read_mask_values(path: str | Path, encoding: str, *, limit: int | None = None) -> np.ndarray:
     """Read a mask as an ``HxW`` array of values for the given encoding.
+
+    Masks are used as stored: EXIF orientation is *not* applied (see the module notes).
 
     Args:
         path: The mask file (PNG, palette PNG, TIFF; 8 or 16 bit).
         encoding: ``"rgb"``: 3-band colour masks (palette masks are converted to colours),
-            values are 24-bit colour codes. ``"index"``: single-band masks (palette masks
-            keep their palette indices), values are the integers stored.
+            values are 24-bit colour codes; fully transparent pixels of RGBA, LA and
+            palette masks with transparency are :data:`TRANSPARENT` (the builder maps them
+            to ignore). ``"index"``: single-band masks (palette masks keep their palette
+            indices), values are the integers stored.
+        limit: Pixel limit (default :func:`max_pixels`).
 
     Raises:
-        ImageReadError: naming the file, when it cannot be decoded or does not fit the
-            encoding.
+        ImageReadError: naming the file, when it cannot be decoded, is over the pixel limit
+            or does not fit the encoding.
     """
     path = Path(path)
     if path.suffix.lower() in TIFF_SUFFIXES:
-        array = _read_tiff(path)
+        array = _read_tiff(path, limit)
     else:
-        image = _open_pil(path)
-        if encoding == "rgb" and image.mode in ("P", "RGBA", "LA", "L"):
-            image = image.convert("RGB")
-        elif encoding == "index" and image.mode == "I;16":
+        image = _open_pil(path, limit)
+        if encoding == "rgb":
+            if image.mode in ("RGBA", "LA", "PA") or (
+                image.mode == "P" and "transparency" in image.info
+            ):
+                image = image.convert("RGBA")
+            elif image.mode in ("P", "L", "1", "CMYK", "YCbCr"):
+                image = image.convert("RGB")
+        elif encoding == "index" and image.mode.startswith("I;16"):
             image = image.convert("I")
         array = np.asarray(image)
     if encoding == "rgb":
-        if array.ndim == 3 and array.shape[2] == 4:
-            array = array[..., :3]
-        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-            raise ImageReadError(
-                f"{path}: expected an 8-bit colour mask for encoding 'rgb', got shape "
-                f"{array.shape} {array.dtype}"
-            )
-        rgb = array.astype(np.int32)
-        return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        return _mask_colours(array, path)
     if array.ndim != 2:
         raise ImageReadError(
             f"{path}: expected a single-band mask for encoding 'index', got shape {array.shape}"
@@ -147,16 +318,29 @@ def read_mask_values(path: str | Path, encoding: str) -> np.ndarray:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """Return ``(height, width)`` of an image or mask without decoding its pixels."""
-    path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        import tifffile
+    """Return the stored ``(height, width)`` of an image or mask without decoding its pixels.
 
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            return int(page.imagelength), int(page.imagewidth)
-    with Image.open(path) as image:
-        return image.height, image.width
+    Raises:
+        ImageReadError: naming the file when its header cannot be read.
+    """
+    path = Path(path)
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth)
+        with Image.open(path) as image:
+            return image.height, image.width
+    except FileNotFoundError as error:
+        raise ImageReadError(f"{path}: file not found") from error
+    except Exception as error:  # PIL and tifffile raise many types for corrupt headers
+        raise ImageReadError(f"{path}: cannot read the image header: {error}") from error
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 # Codecs for images inside shards.

@@ -24,6 +24,7 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys
@@ -58,26 +59,67 @@ class Sample(NamedTuple):
 
 
 class Codecs(NamedTuple):
-    """Codecs of a shard folder's ``image.*`` and ``mask.*`` members."""
+    """Codecs of a shard folder's ``image.*`` and ``mask.*`` members, and what they must hold.
+
+    ``tile`` and ``num_classes`` (``None``: not checked) come from the manifest: every
+    decoded sample is checked to be uint8 ``tile x tile x 3`` and ``tile x tile`` with mask
+    values below ``num_classes`` or equal to ``ignore_index``.
+    """
 
     image: str
     mask: str
+    tile: int | None = None
+    num_classes: int | None = None
+    ignore_index: int = 255
 
     @classmethod
     def of(cls, manifest: Manifest) -> Codecs:
-        """The codecs the manifest names."""
-        return cls(manifest.image_codec, manifest.mask_codec)
+        """The codecs, tile size and classes the manifest names."""
+        return cls(
+            manifest.image_codec,
+            manifest.mask_codec,
+            manifest.tile_size,
+            manifest.num_classes,
+            manifest.ignore_index,
+        )
 
 
 class ShardReadError(UserError):
     """A shard sample cannot be decoded; the message names the shard, the sample and why."""
 
 
+def _check_members(image, mask, codecs: Codecs) -> None:
+    """Types, shapes and mask values against the manifest (one ``max`` per mask when clean)."""
+    if image.dtype != np.uint8 or mask.dtype != np.uint8:
+        raise ValueError(f"image is {image.dtype} and mask {mask.dtype}; shards hold uint8")
+    if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
+        raise ValueError(f"image {image.shape} and mask {mask.shape} do not form a sample")
+    tile = codecs.tile
+    if tile is not None and image.shape[:2] != (tile, tile):
+        raise ValueError(f"image {image.shape} is not {tile}x{tile}x3 (tile_size in the manifest)")
+    if (count := codecs.num_classes) is None or mask.size == 0:
+        return
+    top = int(mask.max())
+    if top >= count and top == codecs.ignore_index:  # ignore present: the largest other value
+        if top == 255:
+            top = int((mask + np.uint8(1)).max()) - 1  # 255 wraps to 0
+        else:
+            top = int(np.max(mask, where=mask != top, initial=0))
+    if top >= count:
+        values = np.unique(mask)
+        bad = [int(v) for v in values if v >= count and v != codecs.ignore_index]
+        raise ValueError(
+            f"mask values {bad} are neither a class (0..{count - 1}) nor ignore "
+            f"({codecs.ignore_index})"
+        )
+
+
 def decode_sample(raw: dict, codecs: Codecs) -> Sample:
-    """Decode the raw members of one shard sample (as read from the tar).
+    """Decode the raw members of one shard sample (as read from the tar) and check them.
 
     Raises:
-        ShardReadError: naming the shard and sample key when a member is missing or corrupt.
+        ShardReadError: naming the shard and sample key when a member is missing, corrupt, of
+            the wrong type or shape, or when a mask value is neither a class nor ignore.
     """
     key = raw.get("__key__")
     try:
@@ -89,8 +131,7 @@ def decode_sample(raw: dict, codecs: Codecs) -> Sample:
                 raise ValueError(f"no {suffix} member (has {have})")
             members[name] = decode_image(raw[suffix], codec)
         image, mask = members["image"], members["mask"]
-        if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
-            raise ValueError(f"image {image.shape} and mask {mask.shape} do not form a sample")
+        _check_members(image, mask, codecs)
         meta = json.loads(raw["meta.json"]) if "meta.json" in raw else {}
     except (ValueError, OSError, SyntaxError) as error:
         raise ShardReadError(f"{raw.get('__url__')}: sample {key}: {error}") from error
@@ -105,31 +146,73 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytearray:
     return data
 
 
-def _tar_members(shards: Iterable) -> Iterator[dict]:
-    """The regular files of local tar shards, in order, as webdataset's file dicts.
+def _tar_members(shard: object) -> Iterator[dict]:
+    """The regular files of one local tar shard, in order, as webdataset's file dicts.
 
     Random access (``tarfile`` mode ``r:``) reads each member with one ``read``; the
     streaming reader of ``webdataset.tarfile_samples`` copies it in 10 KiB records, which
     cost ~5 ms per 1024² ``npy`` sample on a 2-core CPU against ~1 ms here.
+
+    Raises:
+        ShardReadError: naming the shard when it is missing, not a tar, or truncated inside
+            a member.
     """
-    for shard in shards:
+    try:
         with tarfile.open(str(shard), "r:") as tar:
             for member in tar:
                 if member.isreg():
                     data = _read_member(tar, member)
                     yield {"fname": member.name, "data": data, "__url__": str(shard)}
-        yield {}  # end of shard: the last sample is complete (as webdataset marks it)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise ShardReadError(
+            f"{shard}: cannot read the tar (truncated or corrupt?): {error}"
+        ) from error
+    yield {}  # end of shard: the last sample is complete (as webdataset marks it)
 
 
-def raw_samples(shards: Iterable) -> Iterator[dict]:
-    """Raw samples (``__key__`` plus one entry per member suffix) of shard files, in order."""
-    return group_by_keys(_tar_members(shards))
+def _shard_samples(shard: object, expected: int | None) -> Iterator[dict]:
+    """Raw samples of one shard; with ``expected``, the count must match the manifest."""
+    count = 0
+    for raw in group_by_keys(_tar_members(shard)):
+        count += 1
+        if expected is not None and count > expected:
+            raise ShardReadError(
+                f"{shard}: holds more samples than the {expected} its manifest lists "
+                "(dataset.json does not describe this shard)"
+            )
+        yield raw
+    if expected is not None and count != expected:
+        raise ShardReadError(
+            f"{shard}: holds {count} samples but its manifest lists {expected} "
+            "(truncated, or dataset.json does not describe this shard)"
+        )
 
 
-def read_samples(shards: list, codecs: Codecs) -> Iterator[Sample]:
-    """Decode every sample of the given shard files, in order."""
-    for raw in raw_samples(shards):
+def raw_samples(shards: Iterable, counts: Iterable[int] | None = None) -> Iterator[dict]:
+    """Raw samples (``__key__`` plus one entry per member suffix) of shard files, in order.
+
+    Args:
+        shards: Shard files.
+        counts: Samples each shard must hold (the manifest's ``shard_samples``); a shard
+            holding fewer or more is a :class:`ShardReadError` once it has been read.
+    """
+    shards = list(shards)
+    for shard, expected in zip(shards, [None] * len(shards) if counts is None else counts):
+        yield from _shard_samples(shard, expected)
+
+
+def read_samples(
+    shards: list, codecs: Codecs, counts: Iterable[int] | None = None
+) -> Iterator[Sample]:
+    """Decode every sample of the given shard files, in order (see :func:`raw_samples`)."""
+    for raw in raw_samples(shards, counts):
         yield decode_sample(raw, codecs)
+
+
+def read_split(manifest: Manifest, split: str) -> Iterator[Sample]:
+    """Decode every sample of ``split``, checking each shard's count against the manifest."""
+    info = manifest.split(split)
+    return read_samples(list(info.shards), Codecs.of(manifest), info.shard_samples)
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -186,7 +269,7 @@ class _TrainStream(IterableDataset):
     def __init__(
         self, split: SplitInfo, codecs: Codecs, seed: int, rank: int, epoch: int, buffer: int
     ):
-        self.shards = [str(s) for s in split.shards]
+        self.shards = [(str(s), n) for s, n in zip(split.shards, split.shard_samples)]
         self.codecs, self.seed, self.rank = codecs, seed, rank
         self.epoch, self.buffer = epoch, buffer
 
@@ -196,14 +279,18 @@ class _TrainStream(IterableDataset):
 
         # Several shards are read at once, a random one for each sample: a shard often holds
         # the tiles of few source images, and a batch from one image is a poor gradient.
-        streams = [raw_samples([rng.choice(self.shards)]) for _ in range(OPEN_SHARDS)]
+        def opened() -> Iterator[dict]:
+            shard, count = rng.choice(self.shards)
+            return _shard_samples(shard, count)
+
+        streams = [opened() for _ in range(OPEN_SHARDS)]
 
         def interleaved() -> Iterator[dict]:
             while True:
                 slot = rng.randrange(len(streams))
                 raw = next(streams[slot], None)
                 if raw is None:
-                    streams[slot] = raw_samples([rng.choice(self.shards)])
+                    streams[slot] = opened()
                 else:
                     yield raw
 
@@ -225,6 +312,24 @@ def _ignore_stop_signals(worker_id: int) -> None:
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def _one_line_errors(loader: DataLoader) -> Iterator[Batch]:
+    """The loader's batches; a worker's :class:`UserError` keeps its one-line message.
+
+    Workers are shut down however iteration ends: they ignore SIGTERM, so one left running
+    would hang the interpreter's exit.
+    """
+    batches = iter(loader)
+    try:
+        yield from batches
+    except UserError as error:  # from a worker, the message holds the worker's traceback
+        last = str(error).rstrip().splitlines()[-1]
+        if "Original Traceback" not in str(error) or ": " not in last:
+            raise
+        raise type(error)(last.split(": ", 1)[1]) from None
+    finally:
+        getattr(batches, "_shutdown_workers", lambda: None)()
 
 
 def _loader(dataset: IterableDataset, batch_size: int, num_workers: int, pin: bool | None):
@@ -270,7 +375,8 @@ def train_batches(
     dataset = _TrainStream(
         manifest.split(split), Codecs.of(manifest), seed, rank, epoch, shuffle_buffer
     )
-    return itertools.islice(iter(_loader(dataset, batch_size, num_workers, pin_memory)), steps)
+    loader = _loader(dataset, batch_size, num_workers, pin_memory)
+    return itertools.islice(_one_line_errors(loader), steps)
 
 
 def partition(total: int, parts: int) -> list[tuple[int, int]]:
@@ -305,7 +411,7 @@ class _EvalPart(IterableDataset):
         offset = 0
         for shard, count in zip(self.split.shards, self.split.shard_samples):
             if offset < stop and offset + count > start:
-                for index, raw in enumerate(raw_samples([shard]), offset):
+                for index, raw in enumerate(_shard_samples(shard, count), offset):
                     if start <= index < stop:
                         yield decode_sample(raw, self.codecs)
             offset += count
@@ -332,7 +438,7 @@ def eval_batches(
         _EvalPart(info, Codecs.of(manifest), rank, world_size), batch_size, num_workers, pin_memory
     )
     yielded = 0
-    for batch in loader:
+    for batch in _one_line_errors(loader):
         yielded += 1
         yield batch
     size = manifest.tile_size

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.data.imageio import IMAGE_CODECS
 from engine.errors import UserError
 
 MANIFEST_NAME = "dataset.json"
@@ -128,34 +129,123 @@ REQUIRED_KEYS = ("classes", "ignore_index", "tile_size", "image_codec", "mean", 
 FORMAT_VERSION = 2  # the newest shard format this code reads (shards/README.md)
 
 
-def load_manifest(folder: str | Path) -> Manifest:
-    """Load and check the manifest of a shard folder.
+def _is_int(value: object, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_split(name: object, info: object, path: Path) -> None:
+    where = f"{path}: splits[{name!r}]"
+    if not isinstance(info, dict):
+        raise ManifestError(f"{where} must be a mapping, not {type(info).__name__}")
+    shards, counts = info.get("shards"), info.get("shard_samples")
+    if not isinstance(shards, list) or not all(isinstance(s, str) and s for s in shards):
+        raise ManifestError(f"{where}.shards must be a list of file names")
+    bad = [s for s in shards if Path(s).is_absolute() or ".." in Path(s).parts]
+    if bad:
+        raise ManifestError(f"{where}.shards must be names inside the shard folder, not {bad}")
+    if not isinstance(counts, list) or not all(_is_int(n) for n in counts):
+        raise ManifestError(f"{where}.shard_samples must be a list of non-negative integers")
+    if len(shards) != len(counts):
+        raise ManifestError(f"{path}: split {name!r} lists shards and counts of unequal length")
+    total = info.get("num_samples", sum(counts))
+    if not _is_int(total) or total != sum(counts):
+        raise ManifestError(
+            f"{where}.num_samples {total!r} is not a non-negative integer equal to the sum of "
+            f"shard_samples ({sum(counts)})"
+        )
+    groups = info.get("groups", [])
+    if not isinstance(groups, list):
+        raise ManifestError(f"{where}.groups must be a list")
+
+
+def check_manifest_data(data: object, path: Path) -> None:
+    """Check the types and ranges of a parsed ``dataset.json`` (one-line errors).
 
     Raises:
-        ManifestError: naming the file when it is missing, not JSON, lacks keys, or lists
-            shards that are not there.
+        ManifestError: naming ``path``, the field and what it should be.
     """
-    root = Path(folder)
-    path = root / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise ManifestError(f"{path}: not found; is {root} a terraseg shard folder?") from error
-    except json.JSONDecodeError as error:
-        raise ManifestError(f"{path}: not valid JSON: {error}") from error
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise ManifestError(f"{path}: missing keys {missing}")
-    if int(data.get("version", 1)) > FORMAT_VERSION:
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: expected a JSON object, not {type(data).__name__}")
+    version = data.get("version", 1)
+    if not _is_int(version, 1):
+        raise ManifestError(f"{path}: version {version!r} is not a positive integer")
+    if version > FORMAT_VERSION:
         raise ManifestError(
             f"{path}: shard format version {data['version']} is newer than this terraseg reads "
             f"({FORMAT_VERSION}); upgrade terraseg"
         )
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ManifestError(f"{path}: missing keys {missing}")
+    classes = data["classes"]
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(
+            isinstance(c, dict)
+            and isinstance(c.get("name"), str)
+            and isinstance(c.get("color"), str)
+            for c in classes
+        )
+    ):
+        raise ManifestError(f"{path}: classes must be a non-empty list of {{name, color}} mappings")
+    if "num_classes" in data and data["num_classes"] != len(classes):
+        raise ManifestError(
+            f"{path}: num_classes {data['num_classes']!r} differs from the {len(classes)} classes"
+        )
+    ignore = data["ignore_index"]
+    if not _is_int(ignore) or ignore > 255 or ignore < len(classes):
+        raise ManifestError(
+            f"{path}: ignore_index {ignore!r} must be an integer in {len(classes)}..255"
+        )
+    if not _is_int(data["tile_size"], 1):
+        raise ManifestError(f"{path}: tile_size {data['tile_size']!r} must be a positive integer")
+    if data["image_codec"] not in IMAGE_CODECS:
+        raise ManifestError(
+            f"{path}: image_codec {data['image_codec']!r} is not one of {IMAGE_CODECS}"
+        )
+    if data.get("mask_codec", "png") not in ("png", "npy"):
+        raise ManifestError(f"{path}: mask_codec {data['mask_codec']!r} is not 'png' or 'npy'")
+    for key in ("mean", "std"):
+        value = data[key]
+        if not isinstance(value, list) or len(value) != 3 or not all(map(_is_number, value)):
+            raise ManifestError(f"{path}: {key} must be a list of 3 numbers, not {value!r}")
+    if not isinstance(data["splits"], dict):
+        raise ManifestError(f"{path}: splits must be a mapping of split name to shards")
+    for name, info in data["splits"].items():
+        _check_split(name, info, path)
+
+
+def load_manifest(folder: str | Path) -> Manifest:
+    """Load and check the manifest of a shard folder.
+
+    Raises:
+        ManifestError: naming the folder or file when the folder is missing, the manifest is
+            missing, not JSON, lacks keys, has fields of the wrong type, or lists shards that
+            are not there.
+    """
+    root = Path(folder)
+    path = root / MANIFEST_NAME
+    if not root.exists():
+        raise ManifestError(f"{root}: shard folder not found")
+    if not root.is_dir():
+        raise ManifestError(f"{root}: is a file, not a shard folder")
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise ManifestError(f"{path}: not found; is {root} a terraseg shard folder?") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{path}: not valid JSON: {error}") from error
+    except OSError as error:
+        raise ManifestError(f"{path}: cannot read: {error}") from error
+    check_manifest_data(data, path)
     manifest = Manifest(root.resolve(), data)
     for name in data["splits"]:
         split = manifest.split(name)
-        if len(split.shards) != len(split.shard_samples):
-            raise ManifestError(f"{path}: split {name!r} lists shards and counts of unequal length")
         absent = [s.name for s in split.shards if not s.is_file()]
         if absent:
             raise ManifestError(f"{path}: split {name!r} lists missing shards {absent}")

@@ -2,9 +2,11 @@
 
 :func:`open_raster` picks the backend:
 
-- **PIL** (PNG, JPEG, WebP, BMP): decodes the whole image once at open; ``read`` slices it.
-  Fine for the image sizes these formats are used for (PIL's decompression-bomb limit is
-  lifted while opening, since aerial mosaics are legitimately large).
+- **PIL** (PNG, JPEG, WebP, BMP): decodes the whole image once at open; ``read`` slices it,
+  through :func:`engine.data.imageio.read_pil_pixels` (the shard builder's decoder: CMYK
+  to RGB, EXIF orientation applied). PIL's decompression-bomb limit is replaced by
+  terraseg's pixel limit (1.5 G pixels, ``TERRASEG_MAX_PIXELS``), checked from the header
+  before decoding, since aerial mosaics are legitimately large.
 - **tifffile** (TIFF without rasterio): :mod:`engine.data.tiff_reader`.
 - **rasterio** (TIFF when the ``geo`` extra is installed; preferred): windowed reads, and
   the outputs are GeoTIFFs with the input's CRS and transform.
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.data.imageio import ImageReadError, open_image, read_pil_pixels
 from engine.data.raster_base import (
     PIL_SUFFIXES,
     TIFF_SUFFIXES,
@@ -32,41 +35,24 @@ from engine.data.tiff_reader import TiffReader
 
 
 class PILReader(RasterReader):
-    """PNG/JPEG/WebP/BMP: decoded once at open (see the module notes)."""
+    """PNG/JPEG/WebP/BMP: decoded once at open (see the module notes).
+
+    Decoding goes through :func:`engine.data.imageio.read_pil_pixels`, the function the
+    shard builder uses: CMYK is converted to RGB and EXIF orientation applied the same way,
+    so prediction sees the pixels training saw. The header's pixel count is checked
+    against :func:`engine.data.imageio.max_pixels` before decoding.
+    """
 
     def __init__(self, path: Path, uint16_max: int | None = None) -> None:
-        from PIL import Image
-
-        previous = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
         try:
-            with Image.open(path) as image:
-                image.load()
-                mode = image.mode
-                if mode in ("P", "PA"):
-                    image = image.convert(
-                        "RGBA" if "transparency" in image.info or mode == "PA" else "RGB"
-                    )
-                elif mode in ("YCbCr", "CMYK"):
-                    image = image.convert("RGB")
-                elif mode in ("I;16", "I;16B", "I;16L"):
-                    raise RasterError(
-                        f"{path}: single-band 16-bit image; terraseg needs 3-band RGB"
-                    )
-                elif mode not in ("RGB", "RGBA"):
-                    bands = len(image.getbands())
-                    raise RasterError(
-                        f"{path}: {bands}-band image (PIL mode {mode}); terraseg needs 3-band RGB"
-                    )
-                array = np.asarray(image)
-        except RasterError:
-            raise
-        except (OSError, SyntaxError, ValueError) as error:
+            array, mode = read_pil_pixels(path)
+        except ImageReadError as error:
+            raise RasterError(str(error)) from error
+        if array.ndim == 2 or array.shape[2] not in (3, 4):
+            bands = 1 if array.ndim == 2 else array.shape[2]
             raise RasterError(
-                f"{path}: cannot decode image (truncated or corrupt?): {error}"
-            ) from error
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
+                f"{path}: {bands}-band image (PIL mode {mode}); terraseg needs 3-band RGB"
+            )
         self._array = array
         super().__init__(
             path,
@@ -204,9 +190,7 @@ def read_index_mask(path: str | Path) -> np.ndarray:
 
             array = tifffile.imread(path)
         else:
-            from PIL import Image
-
-            with Image.open(path) as image:
+            with open_image(path) as image:  # the header's size checked before decoding
                 if image.mode not in ("L", "P", "I", "I;16"):
                     raise RasterError(
                         f"{path}: mode {image.mode} is not a single-band class-index mask"
@@ -214,6 +198,8 @@ def read_index_mask(path: str | Path) -> np.ndarray:
                 array = np.array(image)
     except RasterError:
         raise
+    except ImageReadError as error:
+        raise RasterError(str(error)) from error
     except Exception as error:
         raise RasterError(f"{path}: cannot read mask: {error}") from error
     if array.ndim != 2:

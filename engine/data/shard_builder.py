@@ -2,31 +2,33 @@
 
 The build is reproducible (same inputs and seed → byte-identical shards) and atomic: it
 writes into a temporary sibling folder and renames it into place only when everything
-succeeded, so a failed build leaves no ``*.tar`` behind.
+succeeded, so a failed build leaves no ``*.tar`` behind. The file-system rules (what
+``--overwrite`` may replace, the lock, killed builds, full disks, worker processes) are in
+:mod:`engine.data.build_output`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import os
 import random
-import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from engine.data.build_output import BuildError, BuildOutput, parallel_map
 from engine.data.build_warnings import coverage_warnings, padding_warnings, print_warning
 from engine.data.classes import IGNORE_INDEX, ClassesFile
 from engine.data.imageio import (
     IMAGE_CODECS,
+    TRANSPARENT,
     encode_image,
+    exif_hint,
     mask_codec_for,
     read_image,
     read_mask_values,
@@ -39,15 +41,9 @@ from engine.data.splits import (
     image_sizes,
     parse_split_by,
     plan_splits,
-    split_groups,  # noqa: F401  (re-exported: it lived here)
 )
-from engine.errors import UserError
 
 MEMBER_EXT = {"png": "png", "jpg": "jpg", "webp": "webp", "npy": "npy"}
-
-
-class BuildError(UserError):
-    """Input that cannot become shards; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +141,7 @@ class _SplitWriter:
             name = shard_name(self.split, len(self.shards))
             self.shards.append(name)
             self.shard_samples.append(0)
-            self._tar = tarfile.open(self.folder / name, "w", format=tarfile.GNU_FORMAT)
+            self._tar = _open_tar(self.folder / name)
         for suffix, data in (
             (f"image.{self.image_ext}", sample.image),
             (f"mask.{self.mask_ext}", sample.mask),
@@ -161,6 +157,11 @@ class _SplitWriter:
         if self._tar is not None:
             self._tar.close()
             self._tar = None
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    """Create one shard tar (a seam the full-disk test replaces)."""
+    return tarfile.open(path, "w", format=tarfile.GNU_FORMAT)
 
 
 def tile_windows(height: int, width: int, tile: int) -> list[tuple[int, int, int, int]]:
@@ -179,6 +180,7 @@ def _member_key(key: str, row: int, col: int) -> str:
 def _map_mask(values: np.ndarray, classes: ClassesFile, unknown: str, path: Path) -> np.ndarray:
     found, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
     lookup = classes.lookup
+    lookup[TRANSPARENT] = IGNORE_INDEX  # transparent pixels of RGBA masks (imageio notes)
     table = np.array([lookup.get(int(v), -1) for v in found], dtype=np.int16)
     missing = table < 0
     if missing.any():
@@ -203,6 +205,7 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
         raise BuildError(
             f"{pair.mask}: mask is {values.shape[1]}x{values.shape[0]} (WxH) but its image "
             f"{pair.image} is {image.shape[1]}x{image.shape[0]}"
+            + exif_hint(pair.image, values.shape)
         )
     mask = _map_mask(values, classes, options.unknown, pair.mask)
     num_classes = len(classes.classes)
@@ -244,35 +247,33 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
 
 
 def _results(jobs: list, workers: int) -> Iterator[_PairResult]:
-    if workers <= 1:
-        yield from map(_process_pair, jobs)
-        return
-    with ProcessPoolExecutor(workers) as pool:
-        try:
-            yield from pool.map(_process_pair, jobs, chunksize=1)
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
+    """Results of the jobs in order; closing the iterator terminates the worker processes."""
+    return parallel_map(_process_pair, jobs, workers)
 
 
-def _prepare_output(out: Path, overwrite: bool) -> Path:
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise BuildError(f"{out}: output folder is not empty (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    staging.chmod(0o755)
-    return staging
+def check_options(options: BuildOptions) -> None:
+    """Reject settings that cannot build (one line each, naming the option).
 
-
-def _commit_output(staging: Path, out: Path) -> None:
-    """Move the finished staging folder into place; the old output is removed only after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old)
+    Raises:
+        BuildError: naming the option and its value.
+    """
+    if options.image_codec not in IMAGE_CODECS:
+        raise BuildError(f"unknown image codec {options.image_codec!r}; choose from {IMAGE_CODECS}")
+    if options.unknown not in ("error", "ignore"):
+        raise BuildError(f"--unknown must be 'error' or 'ignore', not {options.unknown!r}")
+    for name, value, low in (
+        ("--tile", options.tile, 1),
+        ("--samples-per-shard", options.samples_per_shard, 1),
+        ("--mix-buffer", options.mix_buffer, 0),
+        ("--workers", options.workers, 1),
+        ("--jpeg-quality", options.jpeg_quality, 1),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise BuildError(f"{name} {value!r}: must be an integer >= {low}")
+    if options.jpeg_quality > 100:
+        raise BuildError(f"--jpeg-quality {options.jpeg_quality}: must be at most 100")
+    if options.uint16_max is not None and options.uint16_max < 1:
+        raise BuildError(f"--uint16-max {options.uint16_max}: must be a positive integer")
 
 
 def build_shards(
@@ -299,10 +300,7 @@ def build_shards(
         BuildError, ImageReadError, PairingError, SplitError: naming the offending file or
             setting; nothing is left in ``out``.
     """
-    if options.image_codec not in IMAGE_CODECS:
-        raise BuildError(f"unknown image codec {options.image_codec!r}; choose from {IMAGE_CODECS}")
-    if options.unknown not in ("error", "ignore"):
-        raise BuildError(f"--unknown must be 'error' or 'ignore', not {options.unknown!r}")
+    check_options(options)
     if not pairs:
         raise BuildError("no image/mask pairs to build from")
     out = Path(out)
@@ -324,7 +322,8 @@ def build_shards(
     groups = groups_by_split(pairs, plan)
 
     num_classes = len(classes.classes)
-    staging = _prepare_output(out, options.overwrite)
+    output = BuildOutput(out, options.overwrite)
+    staging = output.__enter__()
     writers = {
         s: _SplitWriter(
             staging,
@@ -341,9 +340,10 @@ def build_shards(
     channel_sum = np.zeros(3, np.int64)
     channel_sumsq = np.zeros(3, np.int64)
     valid_pixels = 0
+    stream = _results(jobs, options.workers)
     try:
         progress = tqdm(total=len(jobs), desc="building shards", unit="image")
-        for result in _results(jobs, options.workers):
+        for result in stream:
             for sample in result.samples:
                 writers[sample.split].add(sample)
             for split, counts in result.class_pixels.items():
@@ -352,6 +352,7 @@ def build_shards(
             channel_sumsq += result.channel_sumsq
             valid_pixels += result.valid_pixels
             progress.update()
+        stream.close()  # the pool's workers end here
         progress.close()
         for writer in writers.values():
             writer.finish()
@@ -388,12 +389,15 @@ def build_shards(
             },
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        _commit_output(staging, out)
+        output.commit()
         for message in coverage_warnings(manifest["class_pixels"], classes.names):
             warn(message)
-    except BaseException:
+    except BaseException as error:
+        stream.close()
         for writer in writers.values():
-            writer.close()
-        shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):  # a full disk fails the close too
+                writer.close()
+        output.__exit__(type(error), error, error.__traceback__)
         raise
+    output.__exit__(None, None, None)
     return manifest

@@ -88,9 +88,14 @@ class TiffReader(RasterReader):
         return {"geotiff_tags": list(self._geotags)} if self._geotags else None
 
     def _read_raw(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
-        if self._contiguous:
-            return self._read_contiguous(row0, row1, col0, col1)
-        return self._read_segments(row0, row1, col0, col1)
+        try:
+            if self._contiguous:
+                return self._read_contiguous(row0, row1, col0, col1)
+            return self._read_segments(row0, row1, col0, col1)
+        except (OSError, ValueError) as error:  # a truncated file, or a header that lies
+            raise RasterError(
+                f"{self.path}: cannot read rows {row0}:{row1} (truncated or corrupt?): {error}"
+            ) from error
 
     def _read_rows(self, first: int, rows: int, row_items: int, col0: int, col1: int) -> bytes:
         """Items ``[col0, col1)`` of ``rows`` rows of ``row_items`` items from item ``first``."""

@@ -1,0 +1,261 @@
+"""The file-system side of a shard build: the output folder, its lock, staging and faults.
+
+Rules (issue #12): terraseg never deletes what it did not create.
+
+* ``--overwrite`` replaces only a folder that is empty or is a terraseg shard folder (its
+  ``dataset.json`` says ``"format": "terraseg-shards"``); anything else is a
+  :class:`BuildError`.
+* One build at a time per output: an exclusive ``fcntl.flock`` on ``.<out>.lock`` beside
+  the output, removed when the build ends (a killed build leaves it; the next one reuses
+  it). A second build into the same ``--out`` fails at once with an error naming the lock.
+* The build writes into a staging folder ``.<out>.building-XXXX`` (marked by a
+  ``.terraseg-staging`` file) and renames it into place when done. Staging folders of a
+  killed build are removed by the next build into the same ``--out`` (under the lock, so
+  never one that is still being written); the previous output moved aside during the final
+  rename (``.<out>.old-PID``) is put back if the build died in between.
+* Worker processes die with the build (daemon processes, terminated in ``finally``, and
+  ``PR_SET_PDEATHSIG`` on Linux when the parent is killed outright); SIGTERM cleans up
+  like Ctrl-C.
+* A full disk (``ENOSPC``/``EDQUOT``) removes the staging folder and is reported as
+  "no space left on device" with the path.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from engine.errors import UserError
+
+STAGING_MARK = ".terraseg-staging"
+SHARD_FORMAT = "terraseg-shards"
+
+
+class BuildError(UserError):
+    """Input that cannot become shards; the message names the file and the problem."""
+
+
+def is_shard_folder(path: Path) -> bool:
+    """Whether ``path`` holds a ``dataset.json`` written by terraseg."""
+    try:
+        data = json.loads((path / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == SHARD_FORMAT
+
+
+def _lock_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.lock")
+
+
+def _no_space(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a staging folder, file by file if need be (a full disk must not stop it)."""
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        for child in path.iterdir():
+            try:
+                child.unlink()
+            except OSError:
+                pass
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+
+
+class BuildOutput:
+    """Context manager owning ``out`` for one build; yields the staging folder.
+
+    Call :meth:`commit` when everything is written. On any exception the staging folder is
+    removed, and a full disk becomes a :class:`BuildError` saying so.
+    """
+
+    def __init__(self, out: Path, overwrite: bool) -> None:
+        self.out = Path(out)
+        self.overwrite = overwrite
+        self.staging: Path | None = None
+        self._lock_fd: int | None = None
+        self._previous_sigterm: Callable | int | None = None
+
+    def __enter__(self) -> Path:
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise BuildError(f"{out}: --out is a file, not a folder")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise BuildError(f"{out}: cannot create the output's parent folder: {error}") from error
+        self._lock()
+        try:
+            self._recover()
+            self._check()
+            self.staging = self._make_staging()
+        except BaseException:
+            self._unlock()
+            raise
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_exit)
+        return self.staging
+
+    def _lock(self) -> None:
+        """Hold an exclusive flock on the lock file that is at its path (retry if replaced)."""
+        import fcntl
+
+        path = _lock_path(self.out)
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                raise BuildError(f"{self.out}: cannot write beside the output ({error})") from error
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                os.close(fd)
+                raise BuildError(
+                    f"{self.out}: another build is writing this output (lock {path} is held); "
+                    "wait for it to finish or choose another --out"
+                ) from error
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else the holder removed it between our open and flock: try again
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        """Remove the lock file while holding it, then release (see :meth:`_lock`)."""
+        if self._lock_fd is not None:
+            try:
+                _lock_path(self.out).unlink()
+            except OSError:
+                pass
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def _recover(self) -> None:
+        """Clean up after a killed build (we hold the lock: nobody else is writing)."""
+        out, parent = self.out, self.out.parent
+        for old in sorted(parent.glob(f".{out.name}.old-*")):
+            if not is_shard_folder(old):
+                continue
+            if not out.exists():
+                old.rename(out)  # the build died between moving the old output and committing
+            else:
+                _remove_tree(old)
+        for staging in parent.glob(f".{out.name}.building-*"):
+            if (staging / STAGING_MARK).is_file():
+                _remove_tree(staging)
+
+    def _check(self) -> None:
+        out = self.out
+        if not out.exists():
+            return
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise BuildError(f"{out}: output folder is not writable")
+        if not any(out.iterdir()):
+            return
+        if not self.overwrite:
+            raise BuildError(f"{out}: output folder is not empty (pass --overwrite to replace it)")
+        if not is_shard_folder(out):
+            raise BuildError(
+                f"{out}: --overwrite replaces only an empty folder or a terraseg shard folder "
+                "(with a terraseg dataset.json); this one is neither, so it is left alone"
+            )
+
+    def _make_staging(self) -> Path:
+        try:
+            prefix = f".{self.out.name}.building-"
+            staging = Path(tempfile.mkdtemp(prefix=prefix, dir=self.out.parent))
+            staging.chmod(0o755)
+            (staging / STAGING_MARK).write_bytes(b"")
+        except OSError as error:
+            raise self._translate(error) from error
+        return staging
+
+    def commit(self) -> None:
+        """Move the finished staging folder into place; the old output is removed only after."""
+        assert self.staging is not None
+        (self.staging / STAGING_MARK).unlink()
+        out, old = self.out, None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+        self.staging.rename(out)
+        self.staging = None
+        if old is not None:
+            shutil.rmtree(old)
+
+    def _translate(self, error: BaseException) -> BaseException:
+        if _no_space(error):
+            where = getattr(error, "filename", None) or self.staging or self.out
+            return BuildError(
+                f"{where}: no space left on device while building {self.out}; "
+                "the partial build was removed"
+            )
+        if isinstance(error, PermissionError):
+            return BuildError(f"{error.filename or self.out}: permission denied ({error})")
+        return error
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if self.staging is not None:
+                _remove_tree(self.staging)
+                self.staging = None
+        finally:
+            self._unlock()
+            if self._previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+        if error is not None:
+            translated = self._translate(error)
+            if translated is not error:
+                raise translated from error
+
+
+def _sigterm_to_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _worker_init(parent: int) -> None:
+    """In each worker: die with the parent (Linux), and leave Ctrl-C to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: daemon workers still die on a clean exit
+        pass
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
+def parallel_map(function: Callable, jobs: Iterable, workers: int) -> Iterator:
+    """``map(function, jobs)`` in order over ``workers`` daemon processes (1: in process).
+
+    The pool is terminated when the iterator finishes, fails or is closed.
+    """
+    if workers <= 1:
+        yield from map(function, jobs)
+        return
+    pool = multiprocessing.Pool(workers, initializer=_worker_init, initargs=(os.getpid(),))
+    try:
+        yield from pool.imap(function, jobs, chunksize=1)
+    finally:
+        pool.terminate()
+        pool.join()
