@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import build_tiny as build
 from conftest import make_tiny_dataset as make_dataset
+from conftest import write_pair
 from PIL import Image
 
 from engine.data.build_output import BuildError
@@ -303,3 +304,32 @@ def test_classes_file_errors(tmp_path):
         }
     )
     assert index.lookup == {1: 0, 2: 0, 0: 255} and index.classes[0].color.startswith("#")
+
+
+def test_manifest_records_the_source_values_for_predictions_in_original_values(tmp_path):
+    from engine.infer.values import original_values
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for group in ("A", "B", "C"):
+        mask = rng.choice([10, 20, 30, 0], size=(32, 32)).astype(np.uint8)
+        image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        write_pair(root, group, "x", image, mask)
+    classes = classes_from_dict(
+        {
+            "encoding": "index",
+            "classes": [
+                {"name": "a", "value": 10, "color": "#112233"},
+                {"name": "bc", "value": [20, 30], "color": "#445566"},
+                {"name": "nodata", "value": 0, "color": "#000000", "ignore": True},
+            ],
+        }
+    )
+    pairs = pair_by_glob(str(root / "*/images/*.png"), str(root / "*/masks/*.png"))
+    manifest = build_shards(
+        pairs, classes, tmp_path / "shards", BuildOptions(tile=32, val=0.34, test=0)
+    )
+    assert [c["value"] for c in manifest["classes"]] == [10, [20, 30]]
+    assert manifest["ignore_value"] == 0
+    table = original_values(manifest)
+    assert table[0] == 10 and table[1] == 20 and table[255] == 0

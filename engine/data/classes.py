@@ -117,8 +117,29 @@ class ClassesFile:
         return str(value)
 
     def manifest_classes(self) -> list[dict]:
-        """The ``classes`` entry of a shard manifest: name and display colour per class."""
-        return [{"name": spec.name, "color": spec.color} for spec in self.classes]
+        """The ``classes`` entry of a shard manifest: name, display colour, mask value(s).
+
+        ``value`` is what the class had in the source masks (an int, a ``"#RRGGBB"`` colour
+        for rgb masks, or a list when several values merge into one class), so a prediction
+        can be written back in the dataset's own values (``predict.py --values original``).
+        """
+        return [
+            {"name": spec.name, "color": spec.color, "value": self._values_out(spec.values)}
+            for spec in self.classes
+        ]
+
+    def ignore_value(self) -> int | str | None:
+        """The first mask value mapped to ignore (written for ignored pixels), if any."""
+        return self._value_out(self.ignore_values[0]) if self.ignore_values else None
+
+    def _value_out(self, code: int) -> int | str:
+        if self.encoding == "rgb":
+            return format_color(((code >> 16) & 255, (code >> 8) & 255, code & 255))
+        return int(code)
+
+    def _values_out(self, codes: tuple[int, ...]) -> int | str | list:
+        values = [self._value_out(code) for code in codes]
+        return values[0] if len(values) == 1 else values
 
 
 def _parse_value(raw: object, encoding: str, where: str) -> int:

@@ -364,6 +364,7 @@ def build_shards(
             "format": "terraseg-shards",
             "version": FORMAT_VERSION,
             "classes": classes.manifest_classes(),
+            "ignore_value": classes.ignore_value(),
             "num_classes": num_classes,
             "ignore_index": IGNORE_INDEX,
             "tile_size": options.tile,
