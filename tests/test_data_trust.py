@@ -438,7 +438,7 @@ def test_a_missing_shard_folder_is_one_line(tmp_path):
 
 
 def test_build_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
-    root = make_tiny_dataset(tmp_path / "data", groups=2)
+    root = make_tiny_dataset(tmp_path / "data", groups=3)
     (tmp_path / "five.yaml").write_text("classes: 5\n")
     (tmp_path / "colour.yaml").write_text(
         'classes:\n  - {name: a, value: "#000000", color: "#GGHHII"}\n'

@@ -89,6 +89,22 @@ class BuildOutput:
         self._lock_fd: int | None = None
         self._previous_sigterm: Callable | int | None = None
 
+    def check(self) -> None:
+        """Refuse an unusable ``--out`` before any work (checked again under the lock).
+
+        Raises:
+            BuildError: ``--out`` is a file, not writable, or a non-empty folder that may
+                not be replaced.
+        """
+        if self.out.exists() and not self.out.is_dir():
+            raise BuildError(f"{self.out}: --out is a file, not a folder")
+        ancestor = self.out.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise BuildError(f"{self.out}: cannot create the output's parent: {ancestor} is a file")
+        self._check()
+
     def __enter__(self) -> Path:
         out = self.out
         if out.exists() and not out.is_dir():

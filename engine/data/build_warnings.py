@@ -55,7 +55,7 @@ def padding_warnings(sizes: list[tuple[int, int]], tile: int) -> list[str]:
     better = fitting_tile(sizes)
     advice = (
         f"; --tile {better} would give {100 * padding_share(sizes, better):.0f} %"
-        if better != tile
+        if better != tile and padding_share(sizes, better) < share - 0.05
         else ""
     )
     return [

@@ -303,7 +303,8 @@ def build_shards(
     check_options(options)
     if not pairs:
         raise BuildError("no image/mask pairs to build from")
-    out = Path(out)
+    output = BuildOutput(Path(out), options.overwrite)
+    output.check()
     warn = warn or print_warning
     check_member_keys(pairs)
     sizes = image_sizes(pairs)
@@ -322,7 +323,6 @@ def build_shards(
     groups = groups_by_split(pairs, plan)
 
     num_classes = len(classes.classes)
-    output = BuildOutput(out, options.overwrite)
     staging = output.__enter__()
     writers = {
         s: _SplitWriter(
