@@ -16,21 +16,13 @@ Too few groups for val and test: --split-by blocks:N splits N×N-tile blocks of 
 import argparse
 import sys
 
+from engine.cli import HelpFormatter
 from engine.data.classes import load_classes
 from engine.data.imageio import IMAGE_CODECS
 from engine.data.pairing import pair_by_glob, pair_from_csv
 from engine.data.shard_builder import BuildOptions, build_shards
 from engine.data.splits import SPLIT_BY_HELP
 from engine.errors import UserError
-
-
-class HelpFormatter(argparse.RawTextHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the description's line breaks and show every default that is set."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False:
-            return action.help or ""
-        return super()._get_help_string(action)
 
 
 def main() -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
+from engine.cli import HelpFormatter
 from engine.data.classes import load_classes
 from engine.data.manifest import load_manifest
 from engine.errors import UserError
@@ -28,19 +29,8 @@ from engine.evaluate.shard_eval import check_class_count, evaluate_split
 from engine.train.export import load_exported
 
 
-class _Help(argparse.RawTextHelpFormatter):
-    """Keeps the description's layout and shows every option's default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        hidden = action.default is None or action.default is False
-        if not hidden and action.default != argparse.SUPPRESS and "default" not in text:
-            text += " (default: %(default)s)"
-        return text
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, help="report folder")
     model = parser.add_argument_group("model on shards")
     model.add_argument("--model", help="run directory, RUN/best, or a model.safetensors")

@@ -9,18 +9,10 @@ import os
 import sys
 from pathlib import Path
 
+from engine.cli import HelpFormatter
 from engine.data.imageio import ImageReadError
 from engine.data.mask_inspect import draft_classes_yaml, inspect_masks
 from engine.data.pairing import PairingError, expand_glob, unique_files
-
-
-class HelpFormatter(argparse.RawTextHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the description's line breaks and show every default that is set."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False:
-            return action.help or ""
-        return super()._get_help_string(action)
 
 
 def main() -> int:

@@ -14,22 +14,12 @@ import re
 import sys
 from pathlib import Path
 
+from engine.cli import HelpFormatter
 from engine.data.synthetic.scenes import IMAGE_FORMATS, parse_size, write_dataset
 from engine.errors import UserError
 
 MIN_SIDE = 32
 OURS = re.compile(r"^(Scene \d+|classes\.yaml)$")
-
-
-class _Help(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's layout and shows every option's default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        hidden = action.default is None or action.default is False
-        if not hidden and action.default != argparse.SUPPRESS and "default" not in text:
-            text += " (default: %(default)s)"
-        return text
 
 
 def size_argument(text: str):
@@ -61,7 +51,7 @@ def check_out(out: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, help="dataset folder to write")
     parser.add_argument("--groups", type=int, default=4, help="number of 'Scene N' folders")
     parser.add_argument("--per-group", type=int, default=3, help="image/mask pairs per folder")

@@ -15,21 +15,11 @@ import json
 import sys
 from pathlib import Path
 
+from engine.cli import HelpFormatter
 from engine.errors import UserError
 from engine.render.colors import class_info
 from engine.render.figures import confusion_heatmap
 from engine.render.history_plots import plot_history
-
-
-class _Help(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's layout and shows every option's default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        hidden = action.default is None or action.default is False
-        if not hidden and action.default != argparse.SUPPRESS and "default" not in text:
-            text += " (default: %(default)s)"
-        return text
 
 
 def find_confusions(metrics: dict) -> dict[str, list]:
@@ -63,7 +53,7 @@ def class_names(run: Path, metrics: dict, size: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run", help="run folder holding history.csv (or the CSV itself)")
     parser.add_argument("--out", help="output folder (default: the run folder)")
     args = parser.parse_args(argv)

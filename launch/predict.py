@@ -23,6 +23,7 @@ import os
 import sys
 from pathlib import Path
 
+from engine.cli import HelpFormatter
 from engine.data.raster_base import PIL_SUFFIXES, TIFF_SUFFIXES
 from engine.data.rasters import open_raster
 from engine.errors import UserError
@@ -106,19 +107,8 @@ def prepare_out(out: str, inputs: list[Path], args: argparse.Namespace) -> Path:
     return folder
 
 
-class _Help(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's layout and shows every option's default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        hidden = action.default is None or action.default is False
-        if not hidden and action.default != argparse.SUPPRESS and "default" not in text:
-            text += " (default: %(default)s)"
-        return text
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "--model", required=True, help="run folder, export folder (RUN/best) or model.safetensors"
     )

@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from engine.cli import HelpFormatter
 from engine.data.classes import IGNORE_INDEX, load_classes
 from engine.data.loader import read_sample
 from engine.data.manifest import load_manifest
@@ -29,17 +30,6 @@ from engine.errors import UserError
 from engine.evaluate.folder_eval import read_truth_mask
 from engine.render.colors import RenderError, class_info
 from engine.render.figures import mask_figure, panel
-
-
-class _Help(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's layout and shows every option's default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        hidden = action.default is None or action.default is False
-        if not hidden and action.default != argparse.SUPPRESS and "default" not in text:
-            text += " (default: %(default)s)"
-        return text
 
 
 def read_json(path: str) -> dict:
@@ -93,7 +83,7 @@ def render(where: str, draw, *args, **kwargs) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("mask", nargs="?", help="a class-index mask to render")
     parser.add_argument("--image", help="the image (for a panel or an overlay)")
     parser.add_argument("--truth", help="true mask (class indices, or colours with --classes)")

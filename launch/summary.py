@@ -10,21 +10,11 @@ import sys
 
 from archs import list_models
 from archs.summary import RunSummaryError, format_run, format_table, summarize, summarize_run
-
-
-class _Help(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's layout and shows every option's default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        hidden = action.default is None or action.default is False
-        if not hidden and action.default != argparse.SUPPRESS and "default" not in text:
-            text += " (default: %(default)s)"
-        return text
+from engine.cli import HelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "run", nargs="?", help="run folder, RUN/best or model.safetensors: summarise that model"
     )

@@ -15,6 +15,7 @@ import os
 import sys
 import traceback
 
+from engine.cli import HelpFormatter
 from engine.errors import UserError
 from engine.evaluate.metrics import summary_line
 from engine.train.config import load_config
@@ -22,15 +23,6 @@ from engine.train.loop import train
 from engine.train.preflight import check_run_dir, clear_run, is_run
 
 EXIT_USER_ERROR = 2
-
-
-class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The docstring as written, and each option's default (where it has one)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.required:
-            return action.help or ""
-        return super()._get_help_string(action)
 
 
 def _rank() -> int:
@@ -46,7 +38,7 @@ def _exit_now(code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML (launch/configs/)")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument(

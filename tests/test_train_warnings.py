@@ -90,7 +90,7 @@ def test_train_script_help_shows_defaults(capsys):
         train_script().main(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    assert "--overwrite" in out and "(default: False)" in out and "(default: [])" in out
+    assert "--overwrite" in out and "(default: [])" in out  # switches and unset options show none
 
 
 @pytest.mark.parametrize(
