@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.data.classes import parse_color
 from engine.errors import UserError
 
 IGNORE_INDEX = 255
@@ -39,13 +40,10 @@ def _first(value: Any) -> Any:
 
 
 def _rgb(text: str, where: str) -> tuple[int, int, int]:
-    digits = text.strip().lstrip("#")
-    if len(digits) != 6:
-        raise ValuesError(f"{where}: not a #RRGGBB colour: {text!r}")
     try:
-        return int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16)
+        return parse_color(text)
     except ValueError as error:
-        raise ValuesError(f"{where}: not a #RRGGBB colour: {text!r}") from error
+        raise ValuesError(f"{where}: {error}") from error
 
 
 def original_values(manifest: dict, where: str = "dataset.json") -> np.ndarray:

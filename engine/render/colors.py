@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.data.classes import parse_color
 from engine.errors import UserError
 
 IGNORE_INDEX = 255
@@ -42,10 +43,8 @@ def hex_to_rgb(color: Color) -> tuple[int, int, int]:
         text = color.strip().lstrip("#")
         if len(text) == 3:
             text = "".join(c * 2 for c in text)
-        if len(text) != 6:
-            raise RenderError(f"not a #RRGGBB colour: {color!r}")
         try:
-            return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
+            return parse_color(text)
         except ValueError as error:
             raise RenderError(f"not a #RRGGBB colour: {color!r}") from error
     values = tuple(int(c) for c in color)
