@@ -109,11 +109,13 @@ def filesystem(url: str):
         return fsspec.filesystem(protocol, client_kwargs={"timeout": limits})
     if protocol in ("s3", "s3a"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        config = {"connect_timeout": timeout, "read_timeout": timeout}
+        config = {
+            "connect_timeout": timeout,
+            "read_timeout": timeout,
+            "retries": {"max_attempts": 2, "mode": "standard"},  # ours resume mid-shard
+        }
         try:
-            return fsspec.filesystem(
-                "s3", endpoint_url=endpoint or None, config_kwargs=config, retries=2
-            )
+            return fsspec.filesystem("s3", endpoint_url=endpoint or None, config_kwargs=config)
         except ImportError as error:
             raise ShardStoreError(f"{url}: s3:// needs the s3fs package ({error})") from error
     try:
