@@ -274,10 +274,15 @@ def cached_copy(url: str) -> Path | None:
     folder = os.environ.get("TERRASEG_SHARD_CACHE")
     if not folder or url.startswith("pipe:"):
         return None
-    try:
-        info = filesystem(url).info(url)
-    except Exception as error:  # noqa: BLE001 - named below
-        raise _named(url, error) from error
+    fs, tries = filesystem(url), int(_setting("TERRASEG_SHARD_RETRIES", 5))
+    for attempt in range(tries + 1):
+        try:
+            info = fs.info(url)
+            break
+        except Exception as error:  # noqa: BLE001 - sorted by _transient, named
+            if not _transient(error) or attempt == tries:
+                raise _named(url, error) from error
+            time.sleep(min(_setting("TERRASEG_SHARD_BACKOFF", 1.0) * 2**attempt, 30.0))
     version = f"{url}|{info.get('size')}|{info.get('ETag') or info.get('LastModified') or ''}"
     key = hashlib.sha256(version.encode()).hexdigest()[:24]
     path = Path(folder) / key / ShardUrl(url).name
