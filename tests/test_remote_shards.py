@@ -236,6 +236,18 @@ def test_build_to_s3_is_byte_identical_to_a_local_build(tmp_path, s3_endpoint):
         build_tiny(data, "s3://shards/tiny")
     build_tiny(data, "s3://shards/tiny", overwrite=True)
     assert _objects("s3://shards/tiny") == on_disk
+    fs = filesystem("s3://shards")
+    fs.rm_file("s3://shards/tiny/dataset.json")  # as after an upload that failed midway
+    build_tiny(data, "s3://shards/tiny", overwrite=True)  # only shards there: replaced
+    assert _objects("s3://shards/tiny") == on_disk
+    fs.pipe_file("s3://shards/tiny/notes.txt", b"mine")
+    with pytest.raises(ShardStoreError, match=r"s3://shards/tiny: --overwrite .*notes\.txt"):
+        build_tiny(data, "s3://shards/tiny", overwrite=True)
+    assert fs.cat_file("s3://shards/tiny/notes.txt") == b"mine"
+    with pytest.raises(ShardStoreError, match=r"http://127\.0\.0\.1:9/x: http .*read-only"):
+        build_tiny(data, "http://127.0.0.1:9/x")
+    with pytest.raises(ShardStoreError, match=r"s3://no-such-bucket/x/train-000000\.tar"):
+        build_tiny(data, "s3://no-such-bucket/x")
     # a failed build uploads nothing, so no manifest
     broken = data / "Tile 1" / "masks" / "part_0.png"
     broken.write_bytes(b"not a png")

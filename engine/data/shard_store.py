@@ -44,6 +44,7 @@ from engine.errors import UserError
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 READ_ONLY = ("http", "https", "pipe")
+_SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar$")  # manifest.shard_name
 CHUNK = 8 << 20  # bytes per ranged request to object stores
 
 
@@ -403,10 +404,14 @@ def check_remote_out(url: str, overwrite: bool) -> None:
         return
     if not overwrite:
         raise ShardStoreError(f"--out {url}: not empty (pass --overwrite to replace it)")
-    if not _is_terraseg_manifest(fs, ShardUrl(url) / "dataset.json"):
+    names = {ShardUrl(p).name for p in present}
+    manifest = "dataset.json" in names and _is_terraseg_manifest(fs, ShardUrl(url) / "dataset.json")
+    others = [n for n in names if n != "dataset.json" and not _SHARD_NAME.match(n)]
+    if others or ("dataset.json" in names and not manifest):
+        what = sorted(others)[:3] or "a dataset.json not written by terraseg"
         raise ShardStoreError(
-            f"--out {url}: --overwrite replaces only an empty location or terraseg shards "
-            "(with a terraseg dataset.json); this one is neither, so it is left alone"
+            f"--out {url}: --overwrite replaces only terraseg shards (a terraseg dataset.json "
+            f"and split-NNNNNN.tar) and this location also holds {what}, so it is left alone"
         )
 
 
