@@ -5,6 +5,7 @@ Every server runs on 127.0.0.1 in this process (threads), started and stopped by
 
 import functools
 import http.server
+import importlib.util
 import json
 import os
 import subprocess
@@ -159,6 +160,18 @@ def test_eval_from_http_matches_the_local_folder_exactly_once(synthetic_shards, 
     last = local.split("val").num_samples - 1  # show.py's read_sample, the last shard
     a, b = read_sample(local, "val", last), read_sample(remote, "val", last)
     assert a.key == b.key and torch.equal(a.image, b.image)
+
+
+def test_show_draws_a_sample_from_a_url(http_shards, tmp_path):
+    spec = importlib.util.spec_from_file_location("launch_show", REPO / "launch" / "show.py")
+    show = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(show)
+    out = tmp_path / "sample.png"
+    assert (
+        show.main(["--shards", http_shards, "--split", "val", "--index", "3", "--out", str(out)])
+        == 0
+    )
+    assert out.stat().st_size > 0
 
 
 @pytest.mark.parametrize("ranges", [True, False], ids=["range-resume", "reread-and-skip"])
