@@ -43,7 +43,9 @@ def main() -> int:
         help="template of the mask key from the image key: {key}, {stem}, {folder}\n"
         "(e.g. '{key}_mask' pairs x.tif with x_mask.png)",
     )
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--out", required=True, help="output folder, or object-store URL (s3://..., gs://...)"
+    )
     parser.add_argument(
         "--tile", type=int, default=defaults.tile, help="tile edge in pixels (smaller: padded)"
     )

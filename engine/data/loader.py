@@ -20,7 +20,6 @@ import json
 import math
 import random
 import signal
-import tarfile
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
@@ -31,6 +30,7 @@ from webdataset.tariterators import group_by_keys
 
 from engine.data.imageio import decode_image
 from engine.data.manifest import Manifest, SplitInfo
+from engine.data.shard_store import ShardReadError, tar_members
 from engine.errors import UserError
 
 
@@ -84,10 +84,6 @@ class Codecs(NamedTuple):
         )
 
 
-class ShardReadError(UserError):
-    """A shard sample cannot be decoded; the message names the shard, the sample and why."""
-
-
 def _check_members(image, mask, codecs: Codecs) -> None:
     """Types, shapes and mask values against the manifest (one ``max`` per mask when clean)."""
     if image.dtype != np.uint8 or mask.dtype != np.uint8:
@@ -138,42 +134,10 @@ def decode_sample(raw: dict, codecs: Codecs) -> Sample:
     return Sample(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask), key, meta)
 
 
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytearray:
-    # A bytearray, so that npy members decode to writable views (torch.from_numpy needs one).
-    data = bytearray(member.size)
-    if tar.extractfile(member).readinto(data) != member.size:  # type: ignore[union-attr]
-        raise OSError(f"{tar.name}: member {member.name} is truncated")
-    return data
-
-
-def _tar_members(shard: object) -> Iterator[dict]:
-    """The regular files of one local tar shard, in order, as webdataset's file dicts.
-
-    Random access (``tarfile`` mode ``r:``) reads each member with one ``read``; the
-    streaming reader of ``webdataset.tarfile_samples`` copies it in 10 KiB records, which
-    cost ~5 ms per 1024² ``npy`` sample on a 2-core CPU against ~1 ms here.
-
-    Raises:
-        ShardReadError: naming the shard when it is missing, not a tar, or truncated inside
-            a member.
-    """
-    try:
-        with tarfile.open(str(shard), "r:") as tar:
-            for member in tar:
-                if member.isreg():
-                    data = _read_member(tar, member)
-                    yield {"fname": member.name, "data": data, "__url__": str(shard)}
-    except (tarfile.TarError, OSError, EOFError) as error:
-        raise ShardReadError(
-            f"{shard}: cannot read the tar (truncated or corrupt?): {error}"
-        ) from error
-    yield {}  # end of shard: the last sample is complete (as webdataset marks it)
-
-
 def _shard_samples(shard: object, expected: int | None) -> Iterator[dict]:
     """Raw samples of one shard; with ``expected``, the count must match the manifest."""
     count = 0
-    for raw in group_by_keys(_tar_members(shard)):
+    for raw in group_by_keys(tar_members(shard)):
         count += 1
         if expected is not None and count > expected:
             raise ShardReadError(

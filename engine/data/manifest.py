@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.data.imageio import IMAGE_CODECS
+from engine.data.shard_store import ShardUrl, as_location, read_bytes
 from engine.errors import UserError
 
 MANIFEST_NAME = "dataset.json"
@@ -24,10 +25,10 @@ def shard_name(split: str, index: int) -> str:
 
 @dataclass(frozen=True)
 class SplitInfo:
-    """One split: its shard files (absolute), samples per shard and groups."""
+    """One split: its shard files (absolute paths, or URLs), samples per shard and groups."""
 
     name: str
-    shards: tuple[Path, ...]
+    shards: tuple[Path | ShardUrl, ...]
     shard_samples: tuple[int, ...]
     groups: tuple[str, ...]
 
@@ -39,12 +40,12 @@ class SplitInfo:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A loaded ``dataset.json`` with the shard folder it describes.
+    """A loaded ``dataset.json`` with the shard folder (or URL) it describes.
 
     ``data`` keeps the full JSON mapping for fields not exposed as properties.
     """
 
-    root: Path
+    root: Path | ShardUrl
     data: dict
 
     @property
@@ -221,15 +222,28 @@ def check_manifest_data(data: object, path: Path) -> None:
 
 
 def load_manifest(folder: str | Path) -> Manifest:
-    """Load and check the manifest of a shard folder.
+    """Load and check the manifest of a shard folder or URL (see :mod:`engine.data.shard_store`).
+
+    For a URL the manifest is read from the same place and shard locations stay URLs; that
+    each listed shard exists is checked when it is read (one request per shard is not paid
+    up front).
 
     Raises:
         ManifestError: naming the folder or file when the folder is missing, the manifest is
             missing, not JSON, lacks keys, has fields of the wrong type, or lists shards that
             are not there.
     """
-    root = Path(folder)
+    root = as_location(folder)
     path = root / MANIFEST_NAME
+    if isinstance(root, ShardUrl):
+        try:
+            data = json.loads(read_bytes(path))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ManifestError(f"{path}: not valid JSON: {error}") from error
+        except UserError as error:
+            raise ManifestError(f"{error}; is {root} a terraseg shard location?") from error
+        check_manifest_data(data, path)
+        return Manifest(root, data)
     if not root.exists():
         raise ManifestError(f"{root}: shard folder not found")
     if not root.is_dir():

@@ -14,8 +14,9 @@ import io
 import json
 import random
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from engine.data.imageio import (
 )
 from engine.data.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
 from engine.data.pairing import Pair, check_member_keys, safe_key
+from engine.data.shard_store import check_remote_out, is_url, publish
 from engine.data.splits import (
     PairSplit,
     groups_by_split,
@@ -288,7 +290,9 @@ def build_shards(
     Args:
         pairs: Image/mask pairs with their groups (see :mod:`engine.data.pairing`).
         classes: The classes file mapping mask values to class indices.
-        out: Output folder (created; must be empty unless ``options.overwrite``).
+        out: Output folder (created; must be empty unless ``options.overwrite``), or an
+            object-store URL (``s3://``, ``gs://``): built in a local temporary folder
+            (``TMPDIR``), then uploaded, ``dataset.json`` last.
         options: Tiling, codec, split and parallelism settings.
         warn: Called once per build-time warning (mostly-padding tiles, classes missing
             or rare in train); default: print ``warning: …`` on stderr.
@@ -303,6 +307,13 @@ def build_shards(
     check_options(options)
     if not pairs:
         raise BuildError("no image/mask pairs to build from")
+    if is_url(out):  # built in a local staging folder, uploaded with the manifest last
+        check_remote_out(str(out), options.overwrite)
+        with tempfile.TemporaryDirectory(prefix="terraseg-upload-") as staging:
+            local = Path(staging) / "shards"
+            manifest = build_shards(pairs, classes, local, replace(options, overwrite=False), warn)
+            publish(local, manifest, str(out))
+        return manifest
     output = BuildOutput(Path(out), options.overwrite)
     output.check()
     warn = warn or print_warning

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from engine.data.manifest import Manifest
+from engine.data.shard_store import is_url
 from engine.errors import UserError
 from engine.train.config import Config, ConfigError
 
@@ -30,7 +31,7 @@ class RunDirError(UserError):
 
 
 def check_shards(config: Config) -> None:
-    """``data.shards`` must be set and be a folder.
+    """``data.shards`` must be set and be a folder (or a URL, checked when it is read).
 
     Raises:
         ConfigError: naming the setting or the folder.
@@ -41,7 +42,7 @@ def check_shards(config: Config) -> None:
             "data.shards is not set: add --set data.shards=DIR (a folder made by "
             "launch/build_shards.py)"
         )
-    if not Path(shards).is_dir():
+    if not is_url(shards) and not Path(shards).is_dir():
         raise ConfigError(f"data.shards = {shards}: no such folder")
 
 
