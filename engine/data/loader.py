@@ -23,14 +23,15 @@ import signal
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys
 
+from engine.data.direct_read import direct_batches, indexed_samples
 from engine.data.imageio import decode_image
 from engine.data.manifest import Manifest, SplitInfo
-from engine.data.shard_store import ShardReadError, tar_members
+from engine.data.sample_checks import Codecs, check_members
+from engine.data.shard_store import ShardReadError, is_url, tar_members
 from engine.errors import UserError
 
 
@@ -58,58 +59,6 @@ class Sample(NamedTuple):
     meta: dict
 
 
-class Codecs(NamedTuple):
-    """Codecs of a shard folder's ``image.*`` and ``mask.*`` members, and what they must hold.
-
-    ``tile`` and ``num_classes`` (``None``: not checked) come from the manifest: every
-    decoded sample is checked to be uint8 ``tile x tile x 3`` and ``tile x tile`` with mask
-    values below ``num_classes`` or equal to ``ignore_index``.
-    """
-
-    image: str
-    mask: str
-    tile: int | None = None
-    num_classes: int | None = None
-    ignore_index: int = 255
-
-    @classmethod
-    def of(cls, manifest: Manifest) -> Codecs:
-        """The codecs, tile size and classes the manifest names."""
-        return cls(
-            manifest.image_codec,
-            manifest.mask_codec,
-            manifest.tile_size,
-            manifest.num_classes,
-            manifest.ignore_index,
-        )
-
-
-def _check_members(image, mask, codecs: Codecs) -> None:
-    """Types, shapes and mask values against the manifest (one ``max`` per mask when clean)."""
-    if image.dtype != np.uint8 or mask.dtype != np.uint8:
-        raise ValueError(f"image is {image.dtype} and mask {mask.dtype}; shards hold uint8")
-    if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
-        raise ValueError(f"image {image.shape} and mask {mask.shape} do not form a sample")
-    tile = codecs.tile
-    if tile is not None and image.shape[:2] != (tile, tile):
-        raise ValueError(f"image {image.shape} is not {tile}x{tile}x3 (tile_size in the manifest)")
-    if (count := codecs.num_classes) is None or mask.size == 0:
-        return
-    top = int(mask.max())
-    if top >= count and top == codecs.ignore_index:  # ignore present: the largest other value
-        if top == 255:
-            top = int((mask + np.uint8(1)).max()) - 1  # 255 wraps to 0
-        else:
-            top = int(np.max(mask, where=mask != top, initial=0))
-    if top >= count:
-        values = np.unique(mask)
-        bad = [int(v) for v in values if v >= count and v != codecs.ignore_index]
-        raise ValueError(
-            f"mask values {bad} are neither a class (0..{count - 1}) nor ignore "
-            f"({codecs.ignore_index})"
-        )
-
-
 def decode_sample(raw: dict, codecs: Codecs) -> Sample:
     """Decode the raw members of one shard sample (as read from the tar) and check them.
 
@@ -127,7 +76,7 @@ def decode_sample(raw: dict, codecs: Codecs) -> Sample:
                 raise ValueError(f"no {suffix} member (has {have})")
             members[name] = decode_image(raw[suffix], codec)
         image, mask = members["image"], members["mask"]
-        _check_members(image, mask, codecs)
+        check_members(image, mask, codecs)
         meta = json.loads(raw["meta.json"]) if "meta.json" in raw else {}
     except (ValueError, OSError, SyntaxError) as error:
         raise ShardReadError(f"{raw.get('__url__')}: sample {key}: {error}") from error
@@ -227,6 +176,38 @@ def _worker() -> tuple[int, int]:
 OPEN_SHARDS = 4  # shards each training worker reads from at once
 
 
+def _train_order(shards: list, rng: random.Random, buffer: int, open_shard) -> Iterator:
+    """One worker's endless, seeded order of samples (``open_shard(shard, count)`` reads one).
+
+    Several shards are read at once, a random one for each sample: a shard often holds the
+    tiles of few source images, and a batch from one image is a poor gradient. Samples are
+    then shuffled in a buffer.
+    """
+
+    def opened() -> Iterator:
+        shard, count = rng.choice(shards)
+        return open_shard(shard, count)
+
+    streams = [opened() for _ in range(OPEN_SHARDS)]
+    pool: list = []
+    while True:
+        slot = rng.randrange(len(streams))
+        raw = next(streams[slot], None)
+        if raw is None:
+            streams[slot] = opened()
+            continue
+        pool.append(raw)
+        if len(pool) < buffer:
+            continue
+        index = rng.randrange(len(pool))
+        pool[index], pool[-1] = pool[-1], pool[index]
+        yield pool.pop()
+
+
+def _train_rng(seed: int, rank: int, worker: int, epoch: int) -> random.Random:
+    return random.Random(f"terraseg/train/{seed}/{rank}/{worker}/{epoch}")
+
+
 class _TrainStream(IterableDataset):
     """An endless, seeded stream of shuffled training samples for one rank."""
 
@@ -238,34 +219,9 @@ class _TrainStream(IterableDataset):
         self.epoch, self.buffer = epoch, buffer
 
     def __iter__(self) -> Iterator[Sample]:
-        worker, _ = _worker()
-        rng = random.Random(f"terraseg/train/{self.seed}/{self.rank}/{worker}/{self.epoch}")
-
-        # Several shards are read at once, a random one for each sample: a shard often holds
-        # the tiles of few source images, and a batch from one image is a poor gradient.
-        def opened() -> Iterator[dict]:
-            shard, count = rng.choice(self.shards)
-            return _shard_samples(shard, count)
-
-        streams = [opened() for _ in range(OPEN_SHARDS)]
-
-        def interleaved() -> Iterator[dict]:
-            while True:
-                slot = rng.randrange(len(streams))
-                raw = next(streams[slot], None)
-                if raw is None:
-                    streams[slot] = opened()
-                else:
-                    yield raw
-
-        pool: list[dict] = []
-        for raw in interleaved():
-            pool.append(raw)
-            if len(pool) < self.buffer:
-                continue
-            index = rng.randrange(len(pool))
-            pool[index], pool[-1] = pool[-1], pool[index]
-            yield decode_sample(pool.pop(), self.codecs)
+        rng = _train_rng(self.seed, self.rank, _worker()[0], self.epoch)
+        for raw in _train_order(self.shards, rng, self.buffer, _shard_samples):
+            yield decode_sample(raw, self.codecs)
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -320,6 +276,7 @@ def train_batches(
     shuffle_buffer: int = 64,
     split: str = "train",
     pin_memory: bool | None = None,
+    direct: bool | None = None,
 ) -> Iterator[Batch]:
     """Yield exactly ``steps`` training batches for this rank and epoch.
 
@@ -335,12 +292,36 @@ def train_batches(
         shuffle_buffer: Samples each worker holds to shuffle from.
         split: The split to stream.
         pin_memory: Pin host memory (default: when CUDA is available).
+        direct: Read local ``npy`` shards with threads straight into the batches
+            (:mod:`engine.data.direct_read`; the same batches, in the same order, as the
+            worker processes). Default: whenever the shards allow it.
     """
-    dataset = _TrainStream(
-        manifest.split(split), Codecs.of(manifest), seed, rank, epoch, shuffle_buffer
-    )
+    info, codecs = manifest.split(split), Codecs.of(manifest)
+    if _use_direct(info, codecs, direct):
+        shards = [(str(s), n) for s, n in zip(info.shards, info.shard_samples)]
+        streams = [
+            _train_order(shards, _train_rng(seed, rank, w, epoch), shuffle_buffer, indexed_samples)
+            for w in range(max(num_workers, 1))
+        ]
+        batches = _direct(streams, batch_size, codecs, num_workers, pin_memory)
+        return itertools.islice(batches, steps)
+    dataset = _TrainStream(info, codecs, seed, rank, epoch, shuffle_buffer)
     loader = _loader(dataset, batch_size, num_workers, pin_memory)
     return itertools.islice(_one_line_errors(loader), steps)
+
+
+def _use_direct(info: SplitInfo, codecs: Codecs, direct: bool | None) -> bool:
+    """Whether the direct path can read this split (local ``npy`` shards), as asked."""
+    possible = codecs.image == codecs.mask == "npy" and not any(is_url(s) for s in info.shards)
+    if direct and not possible:
+        raise ValueError("the direct path reads local npy shards only")
+    return possible if direct is None else direct
+
+
+def _direct(streams, batch_size: int, codecs: Codecs, threads: int, pin: bool | None):
+    pin = torch.cuda.is_available() if pin is None else pin
+    for images, masks, keys in direct_batches(streams, batch_size, codecs, threads, pin):
+        yield Batch(images.permute(0, 3, 1, 2), masks, keys)
 
 
 def partition(total: int, parts: int) -> list[tuple[int, int]]:
@@ -370,15 +351,21 @@ class _EvalPart(IterableDataset):
 
     def __iter__(self) -> Iterator[Sample]:
         worker, workers = _worker()
-        ranges = partition(self.split.num_samples, self.world_size * workers)
-        start, stop = ranges[self.rank * workers + worker]
-        offset = 0
-        for shard, count in zip(self.split.shards, self.split.shard_samples):
-            if offset < stop and offset + count > start:
-                for index, raw in enumerate(_shard_samples(shard, count), offset):
-                    if start <= index < stop:
-                        yield decode_sample(raw, self.codecs)
-            offset += count
+        for raw in _eval_part(self.split, self.rank * workers + worker, self.world_size * workers,
+                              _shard_samples):  # fmt: skip
+            yield decode_sample(raw, self.codecs)
+
+
+def _eval_part(split: SplitInfo, part: int, parts: int, open_shard) -> Iterator:
+    """The samples of part ``part`` of ``parts`` of a split, in order, each read once."""
+    start, stop = partition(split.num_samples, parts)[part]
+    offset = 0
+    for shard, count in zip(split.shards, split.shard_samples):
+        if offset < stop and offset + count > start:
+            for index, raw in enumerate(open_shard(str(shard), count), offset):
+                if start <= index < stop:
+                    yield raw
+        offset += count
 
 
 def eval_batches(
@@ -390,19 +377,28 @@ def eval_batches(
     world_size: int = 1,
     num_workers: int = 2,
     pin_memory: bool | None = None,
+    direct: bool | None = None,
 ) -> Iterator[Batch]:
     """Yield this rank's share of ``split``, then padding, for :func:`eval_steps` batches.
 
     Padding batches hold zero images and all-ignore masks, so metrics are unaffected; every
-    rank steps the same number of times, so collective operations cannot hang.
+    rank steps the same number of times, so collective operations cannot hang. ``direct``
+    as in :func:`train_batches`.
     """
-    info = manifest.split(split)
+    info, codecs = manifest.split(split), Codecs.of(manifest)
     steps = eval_steps(info, batch_size, world_size, num_workers)
-    loader = _loader(
-        _EvalPart(info, Codecs.of(manifest), rank, world_size), batch_size, num_workers, pin_memory
-    )
+    if _use_direct(info, codecs, direct):
+        workers = max(num_workers, 1)
+        parts = [
+            _eval_part(info, rank * workers + w, world_size * workers, indexed_samples)
+            for w in range(workers)
+        ]
+        batches = _direct(parts, batch_size, codecs, num_workers, pin_memory)
+    else:
+        part = _EvalPart(info, codecs, rank, world_size)
+        batches = _one_line_errors(_loader(part, batch_size, num_workers, pin_memory))
     yielded = 0
-    for batch in _one_line_errors(loader):
+    for batch in batches:
         yielded += 1
         yield batch
     size = manifest.tile_size

@@ -1,0 +1,71 @@
+"""What every shard sample must be: the manifest's codecs, uint8 tiles, masks of classes."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from engine.data.manifest import Manifest
+
+
+class Codecs(NamedTuple):
+    """Codecs of a shard folder's ``image.*`` and ``mask.*`` members, and what they must hold.
+
+    ``tile`` and ``num_classes`` (``None``: not checked) come from the manifest: every
+    decoded sample is checked to be uint8 ``tile x tile x 3`` and ``tile x tile`` with mask
+    values below ``num_classes`` or equal to ``ignore_index``.
+    """
+
+    image: str
+    mask: str
+    tile: int | None = None
+    num_classes: int | None = None
+    ignore_index: int = 255
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> Codecs:
+        """The codecs, tile size and classes the manifest names."""
+        return cls(
+            manifest.image_codec,
+            manifest.mask_codec,
+            manifest.tile_size,
+            manifest.num_classes,
+            manifest.ignore_index,
+        )
+
+
+def check_layout(image, mask, codecs: Codecs) -> None:
+    """Dtypes and shapes (of arrays, or of ``NpyMember`` headers) against the manifest."""
+    if image.dtype != np.uint8 or mask.dtype != np.uint8:
+        raise ValueError(f"image is {image.dtype} and mask {mask.dtype}; shards hold uint8")
+    if len(image.shape) != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
+        raise ValueError(f"image {image.shape} and mask {mask.shape} do not form a sample")
+    tile = codecs.tile
+    if tile is not None and image.shape[:2] != (tile, tile):
+        raise ValueError(f"image {image.shape} is not {tile}x{tile}x3 (tile_size in the manifest)")
+
+
+def check_values(mask: np.ndarray, codecs: Codecs) -> None:
+    """Mask values are classes or ignore (one ``max`` per mask when clean)."""
+    if (count := codecs.num_classes) is None or mask.size == 0:
+        return
+    top = int(mask.max())
+    if top >= count and top == codecs.ignore_index:  # ignore present: the largest other value
+        if top == 255:
+            top = int((mask + np.uint8(1)).max()) - 1  # 255 wraps to 0
+        else:
+            top = int(np.max(mask, where=mask != top, initial=0))
+    if top >= count:
+        values = np.unique(mask)
+        bad = [int(v) for v in values if v >= count and v != codecs.ignore_index]
+        raise ValueError(
+            f"mask values {bad} are neither a class (0..{count - 1}) nor ignore "
+            f"({codecs.ignore_index})"
+        )
+
+
+def check_members(image, mask, codecs: Codecs) -> None:
+    """Types, shapes and mask values against the manifest."""
+    check_layout(image, mask, codecs)
+    check_values(mask, codecs)
