@@ -8,6 +8,13 @@ Contenders, interleaved round by round in one run, same batch size and worker co
   time in the main process, so each codec also has a row
 * ``shards-<codec>, host only``: the same without the augmentation: the host's whole
   share of the data path when the device is a GPU.
+* ``shards-<codec>, host only, workers``: the host-only row through DataLoader worker
+  processes (``direct=False``): the loader before local ``npy`` shards were read by threads
+  straight into the batches (for ``npy``; other codecs always use workers).
+* ``read floor (npy)``: no loader at all: each sample's image and mask members of the same
+  shards read once, from the page cache, with ``os.preadv`` into one reused buffer (tar
+  headers parsed before the clock starts). What moving a tile's bytes costs at the least;
+  the ``× floor (CPU)`` column is each row's CPU per image over this row's (same rounds).
 * ``folder-pil``: the original approach (``bench/folder_loader.py``): PIL decode of the
   JPEG image and PNG mask, random crop + flips in numpy, to float and normalised, all in
   DataLoader workers; then ``.to(device)``.
@@ -30,6 +37,8 @@ import contextlib
 import copy
 import cProfile
 import io
+import itertools
+import os
 import pstats
 import shutil
 import statistics
@@ -92,12 +101,54 @@ def paired_ratio(runs: list[dict], base: list[dict], key: str) -> float:
     return statistics.median(a[key] / b[key] for a, b in zip(runs, base))
 
 
-def shard_contender(shard_dir: Path, args, device: torch.device, augment_on: bool = True):
+def floor_contender(shard_dir: Path, args):
+    """A callable measuring one round of the read floor (see the module docstring)."""
+    import tarfile
+
+    members = []  # (shard index, offset, size) per member of each sample
+    shards = load_manifest(shard_dir).split("train").shards
+    for number, path in enumerate(shards):
+        with tarfile.open(path) as tar:
+            sample = []
+            for member in tar.getmembers():
+                if ".image." in member.name or ".mask." in member.name:
+                    sample.append((number, member.offset_data, member.size))
+                    if len(sample) == 2:
+                        members.append(sample)
+                        sample = []
+    buffer = bytearray(max(size for sample in members for _, _, size in sample))
+    view = memoryview(buffer)
+    count = args.steps * args.batch
+
+    def run() -> dict[str, float]:
+        fds = [os.open(path, os.O_RDONLY) for path in shards]
+        try:
+            wall, cpu = time.perf_counter(), cpu_seconds()
+            for sample in itertools.islice(itertools.cycle(members), count):
+                for number, offset, size in sample:
+                    if os.preadv(fds[number], [view[:size]], offset) != size:
+                        raise OSError("short read")
+            wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return {
+            "images_per_s": count / wall,
+            "cpu_s_per_image": cpu / count,
+            "images_per_cpu_s": count / cpu,
+        }
+
+    return run
+
+
+def shard_contender(
+    shard_dir: Path, args, device: torch.device, augment_on: bool = True, direct=None
+):
     """A callable measuring one round of the shard loader (+ augmentation on the device).
 
     With ``augment_on=False`` only the host's part is run (read, decode, collate, copy to
     the device): what the host pays per image when the device is a GPU, whichever device
-    runs this bench.
+    runs this bench. ``direct`` is passed to :func:`train_batches`.
     """
     manifest = load_manifest(shard_dir)
     rounds = iter(range(1_000_000))
@@ -125,6 +176,7 @@ def shard_contender(shard_dir: Path, args, device: torch.device, augment_on: boo
             num_workers=args.workers,
             shuffle_buffer=args.shuffle_buffer,
             pin_memory=device.type == "cuda",
+            direct=direct,
         )
         return measure(batches, consume, args.warmup, args.steps, device)
 
@@ -251,6 +303,12 @@ def main() -> int:
                 contenders[f"shards-{codec}, host only"] = shard_contender(
                     data.shards[codec], args, device, augment_on=False
                 )
+                if codec == "npy":
+                    contenders[f"shards-{codec}, host only, workers"] = shard_contender(
+                        data.shards[codec], args, device, augment_on=False, direct=False
+                    )
+        if "npy" in codecs:
+            contenders["read floor (npy)"] = floor_contender(data.shards["npy"], args)
         samples = interleave(contenders, rounds)
         summary = {name: medians(s) for name, s in samples.items()}
 
@@ -261,8 +319,14 @@ def main() -> int:
         decode = {codec: decode_ms(data.shards[codec], 8) for codec in codecs}
         decode_folder = folder_decode_ms(data, args.crop, 8)
         rows, results = [], {}
+        floor = samples.get("read floor (npy)")
         for name, m in summary.items():
-            codec = name.removeprefix("shards-").split(",")[0] if "shards-" in name else "jpg+png"
+            if name.startswith("read floor"):
+                codec = "npy"
+            elif "shards-" in name:
+                codec = name.removeprefix("shards-").split(",")[0]
+            else:
+                codec = "jpg+png"
             per_image = sizes[codec]["shard_bytes_per_image"] if codec in sizes else folder_bytes
             ms = decode.get(codec, decode_folder)
             results[name] = {
@@ -272,6 +336,9 @@ def main() -> int:
                 "speedup_wall": paired_ratio(samples[name], samples["folder-pil"], "images_per_s"),
                 "speedup_per_core": paired_ratio(
                     samples[name], samples["folder-pil"], "images_per_cpu_s"
+                ),
+                "times_floor_cpu": (
+                    paired_ratio(samples[name], floor, "cpu_s_per_image") if floor else None
                 ),
                 "rounds": samples[name],
             }
@@ -286,6 +353,8 @@ def main() -> int:
                     m["images_per_cpu_s"],
                     results[name]["speedup_wall"],
                     results[name]["speedup_per_core"],
+                    1e3 * m["cpu_s_per_image"],
+                    results[name]["times_floor_cpu"],
                 ]
             )
         print_table(
@@ -300,6 +369,8 @@ def main() -> int:
                 "images/CPU-s",
                 "× folder (wall)",
                 "× folder (per core)",
+                "CPU ms/image",
+                "× floor (CPU)",
             ],
             rows,
         )

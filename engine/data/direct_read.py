@@ -228,17 +228,58 @@ def _read_sample(sample, slots, index: int, codecs: Codecs, shards: OpenShards) 
         raise ShardReadError(f"{sample.shard}: sample {sample.key}: {error}") from error
 
 
-def fill_batch(samples: list, codecs: Codecs, shards: OpenShards, pin: bool):
-    """Read ``samples`` into fresh (pinned, with ``pin``) uint8 tensors ``[B,H,W,3]``, ``[B,H,W]``.
+def _use_count(tensor: torch.Tensor) -> int:
+    """Tensors (and storage objects) sharing ``tensor``'s memory, itself included."""
+    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
+class BatchSlots:
+    """Batch tensors handed out again once nothing outside holds them (no fresh pages a batch).
+
+    A fresh 16 MiB batch costs as much in page faults (the kernel zeroes every page) as
+    reading its tiles. Pageable tensors are therefore kept (up to ``keep`` batches) and one
+    is reused when no view of it is alive any more: the consumer dropped the batch, or its
+    copy to the device (synchronous from pageable memory) is done. Pinned tensors come from
+    torch's caching host allocator, which reuses its blocks once their copies have finished.
+    """
+
+    def __init__(self, pin: bool, keep: int) -> None:
+        self.pin, self.keep = pin, keep
+        self._kept: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+
+    def take(self, count: int, batch: int, size: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 ``[count, *size, 3]`` images and ``[count, *size]`` masks to fill."""
+        if self.pin or not hasattr(torch._C, "_storage_Use_Count"):
+            return self._new(count, size)
+        for images, masks, idle in self._kept:
+            if images.shape[1:3] == size and _use_count(images) == _use_count(masks) == idle:
+                return images[:count], masks[:count]
+        if len(self._kept) >= self.keep:
+            return self._new(count, size)
+        images, masks = self._new(max(batch, count), size)
+        self._kept.append((images, masks, _use_count(images)))
+        return images[:count], masks[:count]
+
+    def _new(self, count: int, size: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.empty((count, *size, 3), dtype=torch.uint8, pin_memory=self.pin)
+        return images, torch.empty((count, *size), dtype=torch.uint8, pin_memory=self.pin)
+
+
+def _batch_size(samples: list, codecs: Codecs) -> tuple:
+    """The tile size of a batch: its first sample's (checked against each sample's later)."""
+    first = samples[0].members.get(f"image.{codecs.image}")
+    return (
+        tuple(first.shape[:2]) if isinstance(first, NpyMember) and len(first.shape) == 3 else (0, 0)
+    )
+
+
+def fill_batch(samples: list, images, masks, codecs: Codecs, shards: OpenShards):
+    """Read ``samples`` into ``images`` ``[B,H,W,3]`` and ``masks`` ``[B,H,W]`` (uint8).
 
     Returns:
         ``(images, masks, keys)``: images still ``HxWx3`` per sample (the caller views them
         as ``[B,3,H,W]`` channels-last).
     """
-    first = samples[0].members.get(f"image.{codecs.image}")
-    size = first.shape[:2] if isinstance(first, NpyMember) and len(first.shape) == 3 else (0, 0)
-    images = torch.empty((len(samples), *size, 3), dtype=torch.uint8, pin_memory=pin)
-    masks = torch.empty((len(samples), *size), dtype=torch.uint8, pin_memory=pin)
     slots = (images.numpy(), masks.numpy())
     for index, sample in enumerate(samples):
         _read_sample(sample, slots, index, codecs, shards)
@@ -272,11 +313,16 @@ def direct_batches(
     that many threads of this process read batches ahead (``2 x threads`` in flight).
     """
     plan = _round_robin([_chunks(stream, batch_size) for stream in streams])
-    shards = OpenShards()
+    shards, slots = OpenShards(), BatchSlots(pin, keep=2 * max(threads, 1) + 2)
+
+    def job(samples: list) -> tuple:
+        tensors = slots.take(len(samples), batch_size, _batch_size(samples, codecs))
+        return samples, *tensors, codecs, shards
+
     try:
         if threads <= 0:
             for samples in plan:
-                yield fill_batch(samples, codecs, shards, pin)
+                yield fill_batch(*job(samples))
             return
         pool = ThreadPoolExecutor(threads, thread_name_prefix="terraseg-read")
         pending: deque = deque()
@@ -286,7 +332,7 @@ def direct_batches(
                     samples = next(plan, None)
                     if samples is None:
                         break
-                    pending.append(pool.submit(fill_batch, samples, codecs, shards, pin))
+                    pending.append(pool.submit(fill_batch, *job(samples)))
                 if not pending:
                     return
                 yield pending.popleft().result()
