@@ -203,6 +203,17 @@ def test_direct_reads_give_the_worker_batches_byte_for_byte(tmp_path, codec):
             for a, b in zip(fast, slow):
                 assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
             _same_pixels([b for b in fast if b.keys], reference)
+    # Batches dropped (and scribbled over) by the consumer: their memory is reused, and
+    # every later batch is still whole.
+    addresses = []
+    kw = dict(seed=3, rank=0, epoch=0, num_workers=2, pin_memory=False, direct=True)
+    for batch in train_batches(manifest, 3, 12, **kw):
+        assert _same_pixels([batch], reference) == 3
+        addresses.append(batch.images.data_ptr())
+        batch.images.fill_(7)
+        batch.masks.fill_(7)
+        del batch
+    assert len(set(addresses)) < len(addresses)
 
 
 def test_direct_reads_reject_damaged_members_naming_shard_and_sample(tmp_path):

@@ -11,6 +11,13 @@ its rank and the world size.
   ``world_size × workers`` contiguous parts, one per (rank, worker). Every sample is read
   exactly once, and every rank yields :func:`eval_steps` batches, padding with batches
   whose masks are all ignore.
+
+Two ways to move the bytes, with the same batches in the same order: local ``npy`` shards
+(nothing to decode) are read by ``num_workers`` *threads* of this process straight into the
+batch tensors (:mod:`engine.data.direct_read`: tar headers indexed once, one ``preadv`` per
+member, batch memory reused); other codecs and URLs are decoded in DataLoader worker
+*processes*. The order of the samples depends only on ``(seed, rank, worker, epoch)``, where
+"worker" is the DataLoader worker or the thread stream standing for it.
 """
 
 from __future__ import annotations
