@@ -7,7 +7,8 @@ For ``npy`` shards on a local disk nothing needs decoding, so this module:
 
 * parses a shard's tar headers and the ``npy`` headers of its members once per process
   (:func:`shard_index`, cached by path, size and modification time);
-* keeps one open file per shard while a loader runs (:class:`OpenShards`);
+* opens each shard once per batch (not per sample or member; a loader never holds
+  more descriptors than its batches in flight have shards);
 * reads each member's array bytes with ``os.preadv`` straight into its slot of the batch
   tensor (:func:`read_into`): one copy, from the page cache into the memory the device
   copies from. ``preadv`` releases the GIL, so threads of the main process read in parallel.
@@ -136,31 +137,6 @@ def shard_index(shard: str) -> list[IndexedSample]:
     return samples
 
 
-class OpenShards:
-    """One read-only file descriptor per shard, shared by the reading threads; close when done."""
-
-    def __init__(self) -> None:
-        self._fds: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def fd(self, shard: str) -> int:
-        """The descriptor of ``shard``, opened on first use."""
-        fd = self._fds.get(shard)
-        if fd is None:
-            with self._lock:
-                fd = self._fds.get(shard)
-                if fd is None:
-                    fd = self._fds[shard] = os.open(shard, os.O_RDONLY)
-        return fd
-
-    def close(self) -> None:
-        """Close every descriptor."""
-        with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
-
-
 def read_into(fd: int, target: np.ndarray, offset: int) -> None:
     """Fill the contiguous array ``target`` with the file's bytes from ``offset``.
 
@@ -208,13 +184,15 @@ def _member(sample: IndexedSample, suffix: str) -> NpyMember:
     return member
 
 
-def _read_sample(sample, slots, index: int, codecs: Codecs, shards: OpenShards) -> None:
+def _read_sample(sample, slots, index: int, codecs: Codecs, fds: dict) -> None:
     """Check one sample's headers, read it into slot ``index`` and check its mask values."""
     try:
         image = _member(sample, f"image.{codecs.image}")
         mask = _member(sample, f"mask.{codecs.mask}")
         check_layout(image, mask, codecs)
-        fd = shards.fd(sample.shard)
+        fd = fds.get(sample.shard)
+        if fd is None:
+            fd = fds[sample.shard] = os.open(sample.shard, os.O_RDONLY)
         for member, slot, name in ((image, slots[0], "image"), (mask, slots[1], "mask")):
             if member.shape != slot.shape[1:]:
                 raise ValueError(f"{name} {member.shape} differs from the batch's {slot.shape[1:]}")
@@ -273,16 +251,20 @@ def _batch_size(samples: list, codecs: Codecs) -> tuple:
     )
 
 
-def fill_batch(samples: list, images, masks, codecs: Codecs, shards: OpenShards):
+def fill_batch(samples: list, images, masks, codecs: Codecs):
     """Read ``samples`` into ``images`` ``[B,H,W,3]`` and ``masks`` ``[B,H,W]`` (uint8).
 
     Returns:
         ``(images, masks, keys)``: images still ``HxWx3`` per sample (the caller views them
         as ``[B,3,H,W]`` channels-last).
     """
-    slots = (images.numpy(), masks.numpy())
-    for index, sample in enumerate(samples):
-        _read_sample(sample, slots, index, codecs, shards)
+    slots, fds = (images.numpy(), masks.numpy()), {}
+    try:
+        for index, sample in enumerate(samples):
+            _read_sample(sample, slots, index, codecs, fds)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
     return images, masks, [s.key for s in samples]
 
 
@@ -313,30 +295,27 @@ def direct_batches(
     that many threads of this process read batches ahead (``2 x threads`` in flight).
     """
     plan = _round_robin([_chunks(stream, batch_size) for stream in streams])
-    shards, slots = OpenShards(), BatchSlots(pin, keep=2 * max(threads, 1) + 2)
+    slots = BatchSlots(pin, keep=2 * max(threads, 1) + 2)
 
     def job(samples: list) -> tuple:
         tensors = slots.take(len(samples), batch_size, _batch_size(samples, codecs))
-        return samples, *tensors, codecs, shards
+        return samples, *tensors, codecs
 
+    if threads <= 0:
+        for samples in plan:
+            yield fill_batch(*job(samples))
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="terraseg-read")
+    pending: deque = deque()
     try:
-        if threads <= 0:
-            for samples in plan:
-                yield fill_batch(*job(samples))
-            return
-        pool = ThreadPoolExecutor(threads, thread_name_prefix="terraseg-read")
-        pending: deque = deque()
-        try:
-            while True:
-                while len(pending) < 2 * threads:
-                    samples = next(plan, None)
-                    if samples is None:
-                        break
-                    pending.append(pool.submit(fill_batch, *job(samples)))
-                if not pending:
-                    return
-                yield pending.popleft().result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        while True:
+            while len(pending) < 2 * threads:
+                samples = next(plan, None)
+                if samples is None:
+                    break
+                pending.append(pool.submit(fill_batch, *job(samples)))
+            if not pending:
+                return
+            yield pending.popleft().result()
     finally:
-        shards.close()
+        pool.shutdown(wait=True, cancel_futures=True)
