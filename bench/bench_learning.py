@@ -161,7 +161,7 @@ def evaluate(model: torch.nn.Module, data: Data, device: torch.device) -> dict[s
     std = torch.from_numpy(data.std).float()[:, None, None]
     truth, preds = [], []
     for image, mask in zip(data.val_images, data.val_masks):
-        x = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - mean) / std
+        x = (torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255 - mean) / std
         h, w = mask.shape
         x = F.pad(x[None], (0, -w % 32, 0, -h % 32), mode="reflect").to(device)
         logits = archs.segmentation_logits(model(x))[0, :, :h, :w]
@@ -207,7 +207,7 @@ def train_one(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if cfg["verbose"] and (step + 1) % cfg["window"] == 0:
             recent = statistics.fmean(losses[-cfg["window"] :])
             print(f"  {name} seed {seed} step {step + 1}: loss {recent:.3f}", flush=True)
