@@ -145,7 +145,14 @@ class ResUNetA(SegmentationModel):
             self.head_combine = Combine(base_width, base_width)
             self.head_psp = PSPPooling(base_width, base_width, depth=4)
             self.classifier = nn.Conv2d(base_width, num_classes, 1)
-        init_conv_bn_(self)  # see docs/archs.md, "Initialisation"
+        # He init where a BatchNorm follows (scale-free: only the effective learning rate
+        # changes); the residual stream keeps PyTorch's default scale, see docs/archs.md
+        for block in (*self.encoder, *self.decoder):
+            for branch in block.branches:
+                init_conv_bn_(branch[2])  # BN-ReLU-[Conv]-BN-ReLU-Conv: the conv before a BN
+        heads = [self.head] if multitask else [self.head_combine, self.head_psp]
+        for module in (self.first, self.middle, *self.ups, *self.combines, *heads):
+            init_conv_bn_(module)
         for conv in self.logit_convs():
             init_head_(conv)
 
