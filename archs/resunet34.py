@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._registry import register_model
-from .layers import DoubleConv, SegmentationModel
+from .layers import DoubleConv, SegmentationModel, init_conv_bn_, init_head_
 from .weights import create_timm_model
 
 
@@ -75,6 +75,9 @@ class ResUNet(SegmentationModel):
             prev = width
         self.decoder = nn.ModuleList(blocks)
         self.head = nn.Conv2d(prev, num_classes, 1)
+        # the encoder keeps timm's init (or its loaded weights); see docs/archs.md
+        init_conv_bn_(self.decoder)
+        init_head_(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits ``[B, num_classes, H, W]``."""
