@@ -47,14 +47,13 @@ from torch import nn
 from ._registry import register_model
 from .layers import SegmentationModel, conv_bn, init_conv_bn_, init_head_
 from .outputs import MultitaskOutput
-from .resuneta_blocks import (  # noqa: F401  (public names, importable from here too)
+from .resuneta_blocks import (
     Combine,
     ConditionedMultitaskHead,
     DownSample,
     PSPPooling,
     ResBlockA,
     UpSample,
-    _grid_max_pool,
 )
 
 Dilations = Sequence[Sequence[int]]

@@ -50,11 +50,12 @@ import torch.nn.functional as F
 from common import base_parser, environment, format_table, print_table, setup, write_results
 
 import archs
-from engine.classes import load_classes
-from engine.imageio import read_image, read_mask_values
-from engine.pairing import pair_by_glob
-from engine.paths import dubai_dataset_dir
-from engine.shard_builder import BuildOptions, split_groups
+from engine.data.classes import load_classes
+from engine.data.imageio import read_image, read_mask_values
+from engine.data.pairing import pair_by_glob
+from engine.data.paths import dubai_dataset_dir
+from engine.data.shard_builder import BuildOptions
+from engine.data.splits import split_groups
 
 NAME = "bench_learning"
 REFERENCE = "smp-unet-r34"

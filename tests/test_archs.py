@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 import archs
 from archs.layers import bilinear_kernel, init_bilinear_
-from archs.resuneta import PSPPooling, default_decoder_dilations
+from archs.resuneta import default_decoder_dilations
+from archs.resuneta_blocks import PSPPooling
 from archs.summary import format_table, summarize, summarize_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,7 +269,7 @@ def test_psp_pooling_any_size(hw):
 
 
 def test_psp_grid_pooling_matches_adaptive_max_pool():
-    from archs.resuneta import _grid_max_pool
+    from archs.resuneta_blocks import _grid_max_pool
 
     x = torch.randn(2, 3, 16, 24)
     for grid in (1, 2, 4, 8):
