@@ -48,3 +48,29 @@ def test_quick_run_writes_its_json(script, tmp_path):
         assert inner <= set(data[key]), (key, sorted(data[key]))
     for name, metrics in data["results" if "results" in data else "speed"].items():
         assert isinstance(metrics, dict) and metrics, name
+
+
+@pytest.mark.slow
+def test_learning_benchmark_quick_run_compares_both_contenders(tmp_path):
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "bench_learning.py"),
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    data = json.loads((tmp_path / "bench_learning.json").read_text())
+    assert {"resunet34", "smp-unet-r34"} <= set(data["summary"])
+    for name in ("resunet34", "smp-unet-r34"):
+        summary = data["summary"][name]
+        assert len(summary["seeds"]) == 2 and 0 <= summary["miou_median"] <= 1
+    assert data["acceptance"] and {"env", "protocol", "runs"} <= set(data)
