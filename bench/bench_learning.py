@@ -3,7 +3,7 @@
 One protocol for every contender, on the real Dubai aerial data (PROVENANCE.md beside it):
 
 * data: every image part of the train tiles and of the val tile, decoded once into memory
-  (``engine.imageio``), masks mapped with ``launch/configs/dubai/classes.yaml``; the split
+  (``engine.data.imageio``), masks mapped with ``launch/configs/dubai/classes.yaml``; the split
   is the shard builder's (``engine.data.splits.split_groups`` at the builder's default
   fractions and seed: Tile 2 is val). Normalised with the train mean/std.
 * batches: per seed a fixed stream of random ``--crop``² crops with horizontal/vertical
