@@ -5,10 +5,10 @@ STAMP := $(VENV)/.terraseg-installed
 
 .PHONY: demo test lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,geo]'
+	$(PY) -m pip install -q -e '.[dev,geo,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)
