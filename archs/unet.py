@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._registry import register_model
-from .layers import DoubleConv, SegmentationModel, init_conv_bn_, init_head_
+from .layers import DoubleConv, SegmentationModel, init_head_
 
 
 class _Up(nn.Module):
@@ -69,7 +69,8 @@ class UNet(SegmentationModel):
             _Up(widths[i + 1], widths[i], bilinear) for i in reversed(range(depth))
         )
         self.head = nn.Conv2d(widths[0], num_classes, 1)
-        init_conv_bn_(self)  # see docs/archs.md, "Initialisation"
+        # Convs keep PyTorch's default: He init on every conv of this from-scratch network
+        # halved the demo's test mIoU (docs/archs.md, "Initialisation"). The head is Xavier.
         init_head_(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ python launch/build_shards.py --images "$OUT/scenes/*/images/*.jpg" --masks "$OU
   --classes "$OUT/scenes/classes.yaml" --out "$OUT/shards" --tile 192 --val 0.2 --test 0.2 \
   --samples-per-shard 16 --workers 2
 
-step "4/6 train a tiny UNet on the CPU (the script `accelerate launch` runs on GPUs)"
+step "4/6 train a tiny UNet on the CPU (the script accelerate launch runs on GPUs)"
 python launch/train.py --config launch/configs/tiny-cpu.yaml --out "$OUT/run" \
   --set data.shards="$OUT/shards"
 
