@@ -30,6 +30,7 @@ Local files keep the random-access fast path (``tarfile`` mode ``r:``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -325,24 +326,15 @@ def tar_members(shard: object) -> Iterator[dict]:
     url = str(shard)
     try:
         local = cached_copy(url) if is_url(url) else as_location(url)
-        if local is not None:
-            with tarfile.open(str(local), "r:") as tar:
-                for member in tar:
-                    if member.isreg():
-                        yield {
-                            "fname": member.name,
-                            "data": _read_member(tar, member),
-                            "__url__": url,
-                        }
-        else:
-            with open_shard_stream(url) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-                for member in tar:
-                    if member.isreg():
-                        yield {
-                            "fname": member.name,
-                            "data": _read_member(tar, member),
-                            "__url__": url,
-                        }
+        with contextlib.ExitStack() as stack:
+            if local is not None:  # random access: each member with one read
+                tar = stack.enter_context(tarfile.open(str(local), "r:"))
+            else:  # remote: streamed in order
+                stream = stack.enter_context(open_shard_stream(url))
+                tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r|"))
+            for member in tar:
+                if member.isreg():
+                    yield {"fname": member.name, "data": _read_member(tar, member), "__url__": url}
     except (tarfile.TarError, OSError, EOFError) as error:
         raise ShardReadError(
             f"{url}: cannot read the tar (truncated or corrupt?): {error}"
