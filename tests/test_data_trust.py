@@ -109,6 +109,10 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _grandchildren(pid: int) -> list[int]:
+    return [grandchild for child in _children(pid) for grandchild in _children(child)]
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -130,8 +134,9 @@ def test_killed_build_takes_its_workers_and_leftovers_are_cleaned(tmp_path):
     build = subprocess.Popen(args, env=os.environ | {"PYTHONPATH": str(ROOT)},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 60
-    while len(workers := _children(build.pid)) < 2 and time.monotonic() < deadline:
+    while len(workers := _grandchildren(build.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.005)
+    helpers = _children(build.pid)  # the forkserver the workers come from, its resource tracker
     try:
         build.send_signal(signal.SIGSTOP)  # freeze it mid-build, then kill it outright
         assert len(workers) == 2 and build.poll() is None, "the build ended before it was killed"
@@ -139,12 +144,13 @@ def test_killed_build_takes_its_workers_and_leftovers_are_cleaned(tmp_path):
         build.kill()
         build.wait(10)
         deadline = time.monotonic() + 10
-        while any(map(_alive, workers)) and time.monotonic() < deadline:
+        while any(map(_alive, workers + helpers)) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert not any(map(_alive, workers)), "worker processes outlived the killed build"
+        assert not any(map(_alive, helpers)), "the forkserver outlived the killed build"
     finally:
         build.kill()
-        for pid in filter(_alive, workers):  # do not leave orphans behind if it failed
+        for pid in filter(_alive, workers + helpers):  # do not leave orphans behind if it failed
             os.kill(pid, signal.SIGKILL)
     assert not (tmp_path / "out").exists()
     # The next build into the same --out recognises the leftovers and removes them.
@@ -156,7 +162,7 @@ def test_killed_build_takes_its_workers_and_leftovers_are_cleaned(tmp_path):
     build = subprocess.Popen([*args, "--overwrite"], env=os.environ | {"PYTHONPATH": str(ROOT)},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        while len(workers := _children(build.pid)) < 2 and build.poll() is None:
+        while len(workers := _grandchildren(build.pid)) < 2 and build.poll() is None:
             time.sleep(0.005)
         build.terminate()
         assert build.wait(30) == 128 + signal.SIGTERM

@@ -13,9 +13,8 @@ Rules (issue #12): terraseg never deletes what it did not create.
   killed build are removed by the next build into the same ``--out`` (under the lock, so
   never one that is still being written); the previous output moved aside during the final
   rename (``.<out>.old-PID``) is put back if the build died in between.
-* Worker processes die with the build (daemon processes, terminated in ``finally``, and
-  ``PR_SET_PDEATHSIG`` on Linux when the parent is killed outright); SIGTERM cleans up
-  like Ctrl-C.
+* Worker processes die with the build (see :mod:`engine.data.processes`); SIGTERM cleans
+  up like Ctrl-C.
 * A full disk (``ENOSPC``/``EDQUOT``) removes the staging folder and is reported as
   "no space left on device" with the path.
 """
@@ -24,13 +23,12 @@ from __future__ import annotations
 
 import errno
 import json
-import multiprocessing
 import os
 import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import UserError
@@ -245,33 +243,3 @@ class BuildOutput:
 
 def _sigterm_to_exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
-
-
-def _worker_init(parent: int) -> None:
-    """In each worker: die with the parent (Linux), and leave Ctrl-C to the parent."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: daemon workers still die on a clean exit
-        pass
-    if os.getppid() != parent:  # the parent died before the line above
-        os._exit(1)
-
-
-def parallel_map(function: Callable, jobs: Iterable, workers: int) -> Iterator:
-    """``map(function, jobs)`` in order over ``workers`` daemon processes (1: in process).
-
-    The pool is terminated when the iterator finishes, fails or is closed.
-    """
-    if workers <= 1:
-        yield from map(function, jobs)
-        return
-    pool = multiprocessing.Pool(workers, initializer=_worker_init, initargs=(os.getpid(),))
-    try:
-        yield from pool.imap(function, jobs, chunksize=1)
-    finally:
-        pool.terminate()
-        pool.join()

@@ -7,7 +7,6 @@ its pixel count, its share and the number of files it occurs in.
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from PIL import Image
 
 from engine.data.classes import DEFAULT_PALETTE, format_color, parse_color
 from engine.data.imageio import TIFF_SUFFIXES, ImageReadError, read_mask_values
+from engine.data.processes import parallel_map
 
 DISTINCT_DELTA_E = 20.0  # the masks' own colours are kept when every two differ this much
 
@@ -143,12 +143,7 @@ def inspect_masks(paths: list[Path], workers: int = 1) -> MaskReport:
     pixels: Counter[int] = Counter()
     files: Counter[int] = Counter()
     jobs = [(Path(p), encoding) for p in paths]
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_count_values, jobs, chunksize=4))
-    else:
-        results = [_count_values(job) for job in jobs]
-    for counts in results:
+    for counts in parallel_map(_count_values, jobs, workers):
         pixels.update(counts)
         files.update(counts.keys())
     values = [ValueStats(v, pixels[v], files[v]) for v in pixels]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from engine.data.build_output import BuildError, BuildOutput, parallel_map
+from engine.data.build_output import BuildError, BuildOutput
 from engine.data.build_warnings import coverage_warnings, padding_warnings, print_warning
 from engine.data.classes import IGNORE_INDEX, ClassesFile
 from engine.data.imageio import (
@@ -36,6 +36,7 @@ from engine.data.imageio import (
 )
 from engine.data.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
 from engine.data.pairing import Pair, check_member_keys, safe_key
+from engine.data.processes import parallel_map
 from engine.data.shard_store import check_remote_out, is_url, publish
 from engine.data.splits import (
     PairSplit,
