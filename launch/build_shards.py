@@ -131,8 +131,10 @@ def main() -> int:
             f"{name}: {split['num_samples']} samples in {len(split['shards'])} shards, "
             f"groups {split['groups']}"
         )
-    mean, std = ([f"{v:.4f}" for v in manifest[k]] for k in ("mean", "std"))
-    print(f"mean {mean} std {std}")
+    for band in manifest["bands"]:
+        print(
+            f"band {band['name']} ({band['dtype']}): mean {band['mean']:.4g} std {band['std']:.4g}"
+        )
     return 0
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.data.imageio import IMAGE_CODECS
+from engine.data.normalize import BAND_DTYPES, Normalization
 from engine.data.shard_store import ShardUrl, as_location, read_bytes
 from engine.errors import UserError
 
@@ -84,14 +86,24 @@ class Manifest:
         return self.data.get("mask_codec", "png")
 
     @property
+    def normalization(self) -> Normalization:
+        """Per-band statistics and the model's input transform (version 2 or 3)."""
+        return Normalization.from_manifest(self.data)
+
+    @property
+    def in_channels(self) -> int:
+        """Bands per image (the model's input channels)."""
+        return self.normalization.in_channels
+
+    @property
     def mean(self) -> list[float]:
-        """Per-channel mean on the 0–1 scale (train split)."""
-        return list(self.data["mean"])
+        """Per-band mean on each band's unit scale (0–1 for uint8; see :mod:`.normalize`)."""
+        return self.normalization.unit_mean_std()[0]
 
     @property
     def std(self) -> list[float]:
-        """Per-channel std on the 0–1 scale (train split)."""
-        return list(self.data["std"])
+        """Per-band std on each band's unit scale."""
+        return self.normalization.unit_mean_std()[1]
 
     @property
     def split_method(self) -> dict:
@@ -126,8 +138,8 @@ class Manifest:
         )
 
 
-REQUIRED_KEYS = ("classes", "ignore_index", "tile_size", "image_codec", "mean", "std", "splits")
-FORMAT_VERSION = 2  # the newest shard format this code reads (shards/README.md)
+REQUIRED_KEYS = ("classes", "ignore_index", "tile_size", "image_codec", "splits")
+FORMAT_VERSION = 3  # the newest shard format this code reads and writes (shards/README.md)
 
 
 def _is_int(value: object, low: int = 0) -> bool:
@@ -161,6 +173,37 @@ def _check_split(name: object, info: object, path: Path) -> None:
     groups = info.get("groups", [])
     if not isinstance(groups, list):
         raise ManifestError(f"{where}.groups must be a list")
+
+
+def _check_bands(data: dict, path: Path) -> None:
+    bands = data.get("bands")
+    if not isinstance(bands, list) or not bands:
+        raise ManifestError(f"{path}: bands must be a non-empty list of band records")
+    for index, band in enumerate(bands):
+        where = f"{path}: bands[{index}]"
+        if not isinstance(band, dict) or not isinstance(band.get("name"), str):
+            raise ManifestError(f"{where} must be a mapping with a name")
+        if band.get("dtype") not in BAND_DTYPES:
+            raise ManifestError(f"{where}.dtype {band.get('dtype')!r} is not one of {BAND_DTYPES}")
+        if not _is_number(band.get("mean")) or not _is_number(band.get("std")):
+            raise ManifestError(f"{where}: mean and std must be numbers")
+        if band["std"] < 0 or not math.isfinite(band["std"]) or not math.isfinite(band["mean"]):
+            raise ManifestError(f"{where}: mean and std must be finite, std >= 0")
+        display = band.get("display")
+        if not isinstance(display, list) or len(display) != 2 or not all(map(_is_number, display)):
+            raise ManifestError(f"{where}.display must be [low, high]")
+        nodata = band.get("nodata")
+        if nodata is not None and not _is_number(nodata) and nodata != "nan":
+            raise ManifestError(f"{where}.nodata {nodata!r} must be a number, 'nan' or null")
+    rgb = data.get("rgb_bands")
+    if rgb is not None and (
+        not isinstance(rgb, list)
+        or len(rgb) != 3
+        or not all(_is_int(i) and i < len(bands) for i in rgb)
+    ):
+        raise ManifestError(
+            f"{path}: rgb_bands {rgb!r} must be null or 3 band indices below {len(bands)}"
+        )
 
 
 def check_manifest_data(data: object, path: Path) -> None:
@@ -211,10 +254,13 @@ def check_manifest_data(data: object, path: Path) -> None:
         )
     if data.get("mask_codec", "png") not in ("png", "npy"):
         raise ManifestError(f"{path}: mask_codec {data['mask_codec']!r} is not 'png' or 'npy'")
-    for key in ("mean", "std"):
-        value = data[key]
-        if not isinstance(value, list) or len(value) != 3 or not all(map(_is_number, value)):
-            raise ManifestError(f"{path}: {key} must be a list of 3 numbers, not {value!r}")
+    if version >= 3:
+        _check_bands(data, path)
+    else:
+        for key in ("mean", "std"):
+            value = data.get(key)
+            if not isinstance(value, list) or len(value) != 3 or not all(map(_is_number, value)):
+                raise ManifestError(f"{path}: {key} must be a list of 3 numbers, not {value!r}")
     if not isinstance(data["splits"], dict):
         raise ManifestError(f"{path}: splits must be a mapping of split name to shards")
     for name, info in data["splits"].items():

@@ -35,6 +35,7 @@ from engine.data.imageio import (
     read_mask_values,
 )
 from engine.data.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
+from engine.data.normalize import BandStats, Normalization
 from engine.data.pairing import Pair, check_member_keys, safe_key
 from engine.data.processes import parallel_map
 from engine.data.shard_store import check_remote_out, is_url, publish
@@ -382,8 +383,14 @@ def build_shards(
             "tile_size": options.tile,
             "image_codec": options.image_codec,
             "mask_codec": mask_codec_for(options.image_codec),
-            "mean": (mean / 255.0).tolist(),
-            "std": (np.sqrt(np.maximum(variance, 0.0)) / 255.0).tolist(),
+            **Normalization(
+                tuple(
+                    BandStats(name, "uint8", float(m), float(sd), (0.0, 255.0))
+                    for name, m, sd in zip(
+                        ("red", "green", "blue"), mean, np.sqrt(np.maximum(variance, 0.0))
+                    )
+                )
+            ).records(),
             "seed": options.seed,
             "split": split_record,
             "class_pixels": {

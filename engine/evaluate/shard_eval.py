@@ -125,6 +125,7 @@ def evaluate_split(
         manifest.num_classes, manifest.ignore_index, manifest.class_names, device
     )
     kept: list[Example] = []
+    normalization = manifest.normalization
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype)
         if autocast_dtype is not None
@@ -136,9 +137,7 @@ def evaluate_split(
         images = batch.images.to(device, non_blocking=True)
         masks = batch.masks.to(device, non_blocking=True)
         with autocast:
-            logits = forward_logits(
-                model, normalize(images, manifest.mean, manifest.std), channels_last
-            )
+            logits = forward_logits(model, normalize(images, normalization), channels_last)
         if logits.shape[1] != manifest.num_classes:
             check_class_count(logits.shape[1], manifest)
         prediction = logits.argmax(1)
