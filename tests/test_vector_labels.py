@@ -1,6 +1,7 @@
 """Vector labels: polygons in one CRS rasterised onto images in another, as rasterio would."""
 
 import json
+import pickle
 
 import numpy as np
 import pyogrio.raw
@@ -116,6 +117,8 @@ def test_integer_polygons_in_another_crs_equal_rasterio(tmp_path, all_touched):
     # The later feature wins where two overlap: the multipolygon over the crossing triangle.
     assert values[36, 50] == 2 and expected(shapes[:4], 0, all_touched)[36, 50] == 1
     assert labels.attribute_values() == [1, 2, 3]
+    # The builder hands it to worker processes.
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(labels)).values_for(image), want)
 
 
 def test_all_touched_burns_more_pixels(tmp_path):
@@ -221,7 +224,8 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(VectorLabelError, match=r"labels\.gpkg: no attribute 'class'; its fields "
                        r"are 'cls', 'name'"):  # fmt: skip
         VectorLabels(good, "class")
-    nocrs = write_vector(tmp_path / "nocrs.gpkg", shapes, crs=None)
+    with pytest.warns(UserWarning, match="'crs' was not provided"):
+        nocrs = write_vector(tmp_path / "nocrs.gpkg", shapes, crs=None)
     with pytest.raises(VectorLabelError, match=r"nocrs\.gpkg: the vector file has no CRS"):
         VectorLabels(nocrs, "cls")
     with pytest.raises(VectorLabelError, match=r"plain\.tif: the image has no CRS"):

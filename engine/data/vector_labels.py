@@ -82,8 +82,15 @@ class ImageGrid:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        """``(left, bottom, right, top)`` in the grid's CRS."""
-        return rasterio.transform.array_bounds(self.height, self.width, self.transform)[:4]
+        """``(left, bottom, right, top)`` in the grid's CRS, half a pixel wider on each side.
+
+        The margin keeps features whose edge lies on the image's edge (after rounding in
+        the reprojection) in the spatial filter; a feature wholly in it burns no pixel.
+        """
+        left, bottom, right, top = rasterio.transform.array_bounds(
+            self.height + 1, self.width + 1, self.transform @ Affine.translation(-0.5, -0.5)
+        )
+        return left, bottom, right, top
 
 
 def image_grid(path: str | Path) -> ImageGrid:
@@ -181,7 +188,6 @@ class VectorLabels:
         declared = str(info["geometry_type"] or "").removesuffix(" Z").removesuffix(" M")
         if declared in NOT_POLYGON_TYPES:
             raise VectorLabelError(f"{self.path}: {self._not_polygons([declared])}")
-        self.field_dtype = str(info["dtypes"][fields.index(attribute)])
         self.background_value = self._background(background)
 
     def _not_polygons(self, kinds: list[str], ids: list[int] | None = None) -> str:
