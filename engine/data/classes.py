@@ -9,6 +9,10 @@ A classes file is YAML that a user edits (``launch/inspect_masks.py`` writes a d
       - {name: Unlabeled, value: "#9B9B9B", ignore: true}                # -> 255
 
 Entries with ``ignore: true`` are not classes: their pixels become ``IGNORE_INDEX``.
+
+``encoding: text`` is for vector labels whose class attribute holds names (``value: forest``;
+see :mod:`engine.data.vector_labels`): each distinct text gets an integer code (its order of
+first appearance in the file), which is what the rasterised values hold and the lookup maps.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import yaml
 from engine.errors import UserError
 
 IGNORE_INDEX = 255
-ENCODINGS = ("rgb", "index")
+ENCODINGS = ("rgb", "index", "text")
 
 # Colours for classes that come without one (index masks, and drafts of masks whose own
 # colours are too alike): colour-blind-safe Okabe–Ito, then Paul Tol's muted and light sets,
@@ -73,16 +77,19 @@ class ClassesFile:
     """A parsed classes file.
 
     Attributes:
-        encoding: ``"rgb"`` (values are 24-bit colour codes) or ``"index"``.
+        encoding: ``"rgb"`` (values are 24-bit colour codes), ``"index"`` or ``"text"``
+            (values are codes of the texts in ``texts``).
         classes: The classes in index order.
         ignore_values: Mask values mapped to ``IGNORE_INDEX``.
         path: Where it was read from (for messages).
+        texts: For ``"text"``: the text of each code (code = position).
     """
 
     encoding: str
     classes: list[ClassSpec]
     ignore_values: tuple[int, ...] = ()
     path: str = "<memory>"
+    texts: tuple[str, ...] = ()
     _lookup: dict[int, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -110,8 +117,17 @@ class ClassesFile:
         """Mask value (colour code or integer) → class index or ``IGNORE_INDEX``."""
         return dict(self._lookup)
 
+    def text_code(self, text: str) -> int | None:
+        """The code of an attribute text in a ``"text"`` classes file (None: not listed)."""
+        try:
+            return self.texts.index(text)
+        except ValueError:
+            return None
+
     def describe(self, value: int) -> str:
-        """Render a mask value the way the user wrote it (``#RRGGBB`` or an integer)."""
+        """Render a mask value the way the user wrote it (``#RRGGBB``, an integer or a text)."""
+        if self.encoding == "text" and 0 <= value < len(self.texts):
+            return repr(self.texts[value])
         if self.encoding == "rgb":
             return format_color(((value >> 16) & 255, (value >> 8) & 255, value & 255))
         return str(value)
@@ -133,6 +149,8 @@ class ClassesFile:
         return self._value_out(self.ignore_values[0]) if self.ignore_values else None
 
     def _value_out(self, code: int) -> int | str:
+        if self.encoding == "text":
+            return self.texts[code]
         if self.encoding == "rgb":
             return format_color(((code >> 16) & 255, (code >> 8) & 255, code & 255))
         return int(code)
@@ -142,7 +160,11 @@ class ClassesFile:
         return values[0] if len(values) == 1 else values
 
 
-def _parse_value(raw: object, encoding: str, where: str) -> int:
+def _parse_value(raw: object, encoding: str, where: str, texts: dict[str, int]) -> int:
+    if encoding == "text":
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)) or not str(raw).strip():
+            raise ClassesError(f"{where}: bad value {raw!r} for encoding 'text' (a non-empty text)")
+        return texts.setdefault(str(raw), len(texts))
     try:
         if encoding == "rgb":
             return rgb_code(parse_color(str(raw)))
@@ -170,6 +192,7 @@ def classes_from_dict(data: dict, path: str = "<memory>") -> ClassesFile:
         raise ClassesError(f"{path}: encoding must be one of {ENCODINGS}, not {encoding!r}")
     classes: list[ClassSpec] = []
     ignore: list[int] = []
+    texts: dict[str, int] = {}  # encoding text: text -> code, in order of first appearance
     if data["classes"] is not None and not isinstance(data["classes"], list):
         raise ClassesError(
             f"{path}: 'classes' must be a list of entries, not {type(data['classes']).__name__}"
@@ -182,7 +205,7 @@ def classes_from_dict(data: dict, path: str = "<memory>") -> ClassesFile:
         if extra:
             raise ClassesError(f"{where}: unknown keys {sorted(extra)}")
         raw_values = entry["value"] if isinstance(entry["value"], list) else [entry["value"]]
-        values = tuple(_parse_value(raw, encoding, where) for raw in raw_values)
+        values = tuple(_parse_value(raw, encoding, where, texts) for raw in raw_values)
         if entry.get("ignore", False):
             ignore.extend(values)
             continue
@@ -202,7 +225,7 @@ def classes_from_dict(data: dict, path: str = "<memory>") -> ClassesFile:
         classes.append(ClassSpec(str(entry["name"]), values, color))
     if not classes:
         raise ClassesError(f"{path}: no classes (every entry is ignored or the list is empty)")
-    return ClassesFile(encoding, classes, tuple(ignore), path)
+    return ClassesFile(encoding, classes, tuple(ignore), path, tuple(texts))
 
 
 def load_classes(path: str | Path) -> ClassesFile:

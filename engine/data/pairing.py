@@ -305,3 +305,37 @@ def pair_from_csv(path: str | Path, group_pattern: str | None = None) -> list[Pa
             )
     check_member_keys(pairs)
     return sorted(pairs, key=lambda p: p.key)
+
+
+def pairs_from_vector(
+    images: str,
+    vector: str | Path,
+    group_pattern: str | None = None,
+    image_key: str | None = None,
+) -> list[Pair]:
+    """Pair every image matched by a glob with one vector label file.
+
+    Each pair's ``mask`` is the vector file; the builder rasterises it onto the image's grid
+    (:class:`engine.data.vector_labels.VectorLabels`). Keys and groups come from the images
+    exactly as in :func:`pair_by_glob`.
+
+    Args:
+        images: Glob of the image files (``**`` allowed).
+        vector: The vector label file (GeoPackage, GeoJSON, Shapefile, ...).
+        group_pattern: ``--group`` regex on the pair key.
+        image_key: Key regex for images (capture groups joined = key).
+
+    Raises:
+        PairingError: when the vector file is missing, no image matches, or two images
+            share a key or a tar member name.
+    """
+    vector = Path(vector)
+    if not vector.is_file():
+        raise PairingError(f"--vector {str(vector)!r}: vector label file not found")
+    image_files = _by_key(expand_glob(images, "images"), _glob_root(images), "images", image_key)
+    pairs = [
+        Pair(key, image_files[key], vector, group_of(key, group_pattern))
+        for key in sorted(image_files)
+    ]
+    check_member_keys(pairs)
+    return pairs
