@@ -225,3 +225,14 @@ def test_show_draws_shards_with_the_manifests_bands(tmp_path, monkeypatch, capsy
     capsys.readouterr()
     assert _run_show(monkeypatch, [*common, "--out", str(tmp_path / "x.png"), "--band", "nir"]) == 2
     assert "band 'nir'" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+    # A model exported with this version 3 record predicts the sample on the fly.
+    import archs
+    from engine.train.export import save_exported
+
+    spec = {"arch": "unet", "num_classes": len(names), "in_channels": 3}
+    spec["options"] = {"base_width": 4}
+    model = archs.create_model("unet", len(names), 3, base_width=4)
+    save_exported(tmp_path / "run" / "best", model, spec, {}, record)
+    pixels = show("predicted.png", "--model", str(tmp_path / "run"), "--device", "cpu")
+    assert pixels.shape[1] == 1600  # image | truth | prediction | errors
