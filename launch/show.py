@@ -107,10 +107,16 @@ def parse_band(text: str, normalization: Normalization) -> str | int:
 def read_image(path: str, normalization: Normalization | None):
     """A raster as a native ``[C, H, W]`` array and the normalization that draws it.
 
-    The data's normalization when its band count matches the file's, else the image's own
-    percentile stretch (with the file's nodata and band names where the reader has them).
+    With the data's normalization: a file whose band descriptions include the data's bands
+    is read with those bands, in their order; then, when the band counts match, the data's
+    display ranges draw it. Otherwise the image's own percentile stretch draws it (with the
+    file's nodata and band names where the reader has them).
     """
+    wanted = normalization.names if normalization is not None else []
     with open_raster(path) as reader:
+        names = list(getattr(reader, "band_names", None) or [])
+    select = {"bands": wanted} if names != wanted and wanted and set(wanted) <= set(names) else {}
+    with open_raster(path, **select) as reader:
         image = reader.read(0, reader.shape[0], 0, reader.shape[1])
         nodata, names = getattr(reader, "nodata", None), getattr(reader, "band_names", None)
     image = image[..., None] if image.ndim == 2 else image
