@@ -13,6 +13,15 @@ Examples:
     # a sample from the shards, predicted on the fly by a trained model
     python launch/show.py --shards shards/dubai --split val --index 3 --model runs/dubai \
         --out val3.png
+    # multispectral shards: the near-infrared band in grey, or a false-colour view
+    python launch/show.py --shards shards/s2 --split val --index 0 --band B8 --out b8.png
+    python launch/show.py --shards shards/s2 --split val --index 0 --rgb B8,B4,B3 --out cir.png
+
+Images are drawn from their native bands (engine.render.colors.display_rgb): the manifest's
+rgb_bands in true colour (else the first band in grey), each band stretched linearly from its
+display range (2nd..98th percentile of the train split; 8-bit RGB data of shard format 2 is
+drawn as stored); pixels that are nodata in any band are black. An --image without a
+manifest of the same band count is stretched by its own percentiles.
 """
 
 import argparse
@@ -25,10 +34,11 @@ from engine.cli import HelpFormatter
 from engine.data.classes import IGNORE_INDEX, load_classes
 from engine.data.loader import read_sample
 from engine.data.manifest import load_manifest
+from engine.data.normalize import Normalization
 from engine.data.rasters import open_raster, read_index_mask
 from engine.errors import UserError
 from engine.evaluate.folder_eval import read_truth_mask
-from engine.render.colors import RenderError, class_info
+from engine.render.colors import RenderError, class_info, display_rgb, image_normalization
 from engine.render.figures import mask_figure, panel
 
 
@@ -82,6 +92,46 @@ def render(where: str, draw, *args, **kwargs) -> None:
         raise UserError(f"{where}: {error}") from error
 
 
+def parse_band(text: str, normalization: Normalization) -> str | int:
+    """``--band``/``--rgb`` item: a band name, else a 1-based band number → 0-based index."""
+    if text in normalization.names:
+        return text
+    if text.strip().isdigit() and 1 <= int(text) <= normalization.in_channels:
+        return int(text) - 1
+    raise UserError(
+        f"band {text!r}: not a band name or a number 1..{normalization.in_channels}; the "
+        f"bands are {', '.join(normalization.names)}"
+    )
+
+
+def read_image(path: str, normalization: Normalization | None):
+    """A raster as a native ``[C, H, W]`` array and the normalization that draws it.
+
+    With the data's normalization: a file whose band descriptions include the data's bands
+    is read with those bands, in their order; then, when the band counts match, the data's
+    display ranges draw it. Otherwise the image's own percentile stretch draws it (with the
+    file's nodata and band names where the reader has them).
+    """
+    wanted = normalization.names if normalization is not None else []
+    with open_raster(path) as reader:
+        names = list(getattr(reader, "band_names", None) or [])
+    select = {"bands": wanted} if names != wanted and wanted and set(wanted) <= set(names) else {}
+    with open_raster(path, **select) as reader:
+        image = reader.read(0, reader.shape[0], 0, reader.shape[1])
+        nodata, names = getattr(reader, "nodata", None), getattr(reader, "band_names", None)
+    image = image[..., None] if image.ndim == 2 else image
+    image = image.transpose(2, 0, 1)
+    if normalization is not None and normalization.in_channels == image.shape[0]:
+        return image, normalization
+    if normalization is not None:
+        print(
+            f"note: {path} has {image.shape[0]} bands, the data {normalization.in_channels}: "
+            "drawn with the image's own percentile stretch",
+            file=sys.stderr,
+        )
+    return image, image_normalization(image, nodata, names)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("mask", nargs="?", help="a class-index mask to render")
@@ -99,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         "--tta", default="none", choices=("none", "flip", "d4"), help="test-time augmentation"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--band",
+        help="draw this band in grey: a band name or a 1-based band number (default: the "
+        "data's rgb_bands in true colour, else band 1 in grey)",
+    )
+    parser.add_argument(
+        "--rgb", help="three bands drawn as red,green,blue: names or 1-based numbers (B8,B4,B3)"
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     parser.add_argument("--title", help="figure title")
     parser.add_argument("--out", required=True, help="output PNG")
@@ -108,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         check_out(args.out)
         classes = load_classes(args.classes) if args.classes else None
         manifest = read_json(args.manifest) if args.manifest else None
-        image = truth = prediction = None
+        image = truth = prediction = normalization = None
         title = args.title
         exported = None
         if args.model:
@@ -119,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             manifest = manifest or exported.manifest
         if args.shards:
             shards, sample = shard_sample(args.shards, args.split, args.index)
-            image, truth = sample.image.permute(1, 2, 0).numpy(), sample.mask.numpy()
+            image, truth = sample.image.numpy(), sample.mask.numpy()
+            normalization = shards.normalization
             manifest = manifest or shards.data
             title = title or f"{args.split}[{args.index}] {sample.key}"
         if manifest is None and classes is None:
@@ -129,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"{args.manifest or args.shards or args.model}: {error}") from error
         if args.image:
-            with open_raster(args.image) as reader:
-                image = reader.read(0, reader.shape[0], 0, reader.shape[1])
+            try:
+                normalization = Normalization.from_manifest(manifest) if manifest else None
+            except (KeyError, TypeError, ValueError):
+                normalization = None  # a manifest without statistics: the image's own
+            image, normalization = read_image(args.image, normalization)
         if args.truth:
             truth = read_truth_mask(args.truth, classes, len(names), IGNORE_INDEX)
         if args.prediction:
@@ -140,20 +202,38 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--model needs an image (--image or --shards)")
             from engine.infer.sliding import predict_mask
 
-            data = exported.manifest
-            if "mean" not in data or "std" not in data:
-                raise UserError(f"{exported.path}/dataset.json: no 'mean'/'std' for normalisation")
+            try:
+                mean, std = Normalization.from_manifest(exported.manifest).unit_mean_std()
+            except (KeyError, TypeError, ValueError) as error:
+                raise UserError(
+                    f"{exported.path}/dataset.json: no band statistics for normalisation ({error})"
+                ) from error
             prediction = predict_mask(
                 exported.model,
-                image,
+                image.transpose(1, 2, 0),
                 num_classes=int(exported.spec["num_classes"]),
-                mean=data["mean"],
-                std=data["std"],
+                mean=mean,
+                std=std,
                 tile=args.tile,
                 tta=args.tta,
             )
         sources = [p for p in (args.mask, args.image, args.truth, args.prediction) if p]
         where = ", ".join(sources) or f"{args.shards} {args.split}[{args.index}]"
+        if image is not None:
+            if normalization is None:
+                normalization = image_normalization(image)
+            band = parse_band(args.band, normalization) if args.band else None
+            rgb = None
+            if args.rgb:
+                rgb = [parse_band(b.strip(), normalization) for b in args.rgb.split(",")]
+                if len(rgb) != 3:
+                    raise UserError(f"--rgb {args.rgb}: give three bands (red,green,blue)")
+            try:
+                image = display_rgb(image, normalization, band, rgb=rgb)
+            except RenderError as error:
+                raise UserError(f"{where}: {error}") from error
+        elif args.band or args.rgb:
+            parser.error("--band and --rgb need an image (--image or --shards)")
         if args.mask:
             mask = read_index_mask(args.mask)
             render(

@@ -1,17 +1,22 @@
-"""Colours of masks: palettes, colourised masks, overlays, error maps, class names and colours.
+"""Colours: palettes, colourised masks, overlays, error maps, class names, pictures of images.
 
-NumPy only. Palettes are sequences of ``"#RRGGBB"`` strings or ``(r, g, b)`` triples, one per
-class in class-index order (as in ``dataset.json``'s ``classes[i].color``).
+NumPy only. :func:`display_rgb` is the one way a native multi-band image (any band dtype)
+becomes a picture: true colour from ``rgb_bands``, or one band in grey, stretched per band
+from the manifest's display range, nodata black. Palettes are sequences of ``"#RRGGBB"``
+strings or ``(r, g, b)`` triples, one per class in class-index order (as in
+``dataset.json``'s ``classes[i].color``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from engine.data.classes import parse_color
+from engine.data.normalize import BandStats, Normalization
 from engine.errors import UserError
 
 IGNORE_INDEX = 255
@@ -165,3 +170,156 @@ def class_info(manifest: dict | None = None, classes: Any = None) -> tuple[list[
     if classes is not None:
         return list(classes.names), [spec.color for spec in classes.classes]
     raise RenderError("need a manifest or a classes file for class names and colours")
+
+
+# --- Pictures of input images -------------------------------------------------------------
+
+#: Colour of image pixels that are nodata in any band (or NaN) in :func:`display_rgb`.
+NODATA_COLOR = (0, 0, 0)
+
+Band = int | str
+
+
+def _as_numpy(image: Any) -> np.ndarray:
+    """A NumPy view of an array or a (CPU or device) torch tensor."""
+    if hasattr(image, "detach"):
+        image = image.detach().cpu().numpy()
+    return np.asarray(image)
+
+
+def band_index(normalization: Normalization, band: Band) -> int:
+    """The channel of a band given by 0-based channel index or by name.
+
+    Raises:
+        RenderError: when there is no such band (the message lists the bands there are).
+    """
+    names = normalization.names
+    if isinstance(band, str):
+        if band in names:
+            return names.index(band)
+        raise RenderError(f"no band named {band!r}; the bands are {', '.join(names)}")
+    index = int(band)
+    if not 0 <= index < len(names):
+        raise RenderError(f"band index {index} is outside 0..{len(names) - 1} ({', '.join(names)})")
+    return index
+
+
+def image_normalization(
+    image: Any, nodata: float | None = None, names: Sequence[str] | None = None
+) -> Normalization:
+    """Display statistics of one native ``[C, H, W]`` image, for data without a manifest.
+
+    uint8 bands keep the full ``(0, 255)`` range (a 3-band uint8 image is drawn as it is);
+    other bands get their 2nd and 98th percentiles over valid pixels (not ``nodata``, not
+    NaN; at most about a million pixels sampled on a regular grid). Three bands are taken
+    as red, green, blue; any other count has no ``rgb_bands`` (the first band is drawn grey).
+
+    Args:
+        image: Native ``[C, H, W]`` array or tensor.
+        nodata: The image's no-data value (``nan`` allowed), or ``None``.
+        names: Band names (default ``band1``, ``band2``...).
+
+    Returns:
+        A :class:`~engine.data.normalize.Normalization` for :func:`display_rgb`.
+    """
+    image = _as_numpy(image)
+    if image.ndim != 3:
+        raise RenderError(f"expected an image [C, H, W], got shape {image.shape}")
+    channels = image.shape[0]
+    names = list(names) if names is not None else [f"band{i + 1}" for i in range(channels)]
+    step = max(1, int(math.sqrt(image.shape[1] * image.shape[2] / 1_000_000)))
+    sample = image[:, ::step, ::step].reshape(channels, -1).astype(np.float64)
+    valid = ~np.isnan(sample).any(0)
+    if nodata is not None:
+        valid &= ~(np.isnan(sample) if math.isnan(nodata) else sample == nodata).any(0)
+    bands = []
+    for name, values in zip(names, sample[:, valid] if valid.any() else np.zeros((channels, 1))):
+        dtype = str(image.dtype)
+        low, high = (0.0, 255.0) if dtype == "uint8" else np.percentile(values, (2, 98))
+        mean, std = float(values.mean()), float(values.std())
+        bands.append(BandStats(name, dtype, mean, std, (float(low), float(high)), nodata))
+    return Normalization(tuple(bands), (0, 1, 2) if channels == 3 else None)
+
+
+def display_rgb(
+    image: Any,
+    normalization: Normalization | None = None,
+    band: Band | None = None,
+    *,
+    rgb: Sequence[Band] | None = None,
+    channels_last: bool = False,
+    nodata_color: Color = NODATA_COLOR,
+) -> np.ndarray:
+    """A picture of a native multi-band image: true colour, a chosen band in grey, or bands.
+
+    Which bands: ``band`` (one band, grey) if given, else ``rgb`` (three bands as red, green,
+    blue: a false-colour view), else the normalization's ``rgb_bands``, else the first band
+    in grey. Each shown band is stretched linearly from its ``display`` range ``(lo, hi)``
+    (the manifest's 2nd and 98th percentiles, native units) to 0..255:
+    ``round(clip((x - lo) * 255 / (hi - lo), 0, 255))``, halves rounded up (``hi <= lo``
+    is taken as ``(lo, lo + 1)``). Version 2 (uint8 RGB) data has ``display = (0, 255)``,
+    so its pictures are the stored pixels unchanged. Pixels that are nodata in *any* band
+    (the pixels the shards mark ignore), or NaN in a shown band, are drawn ``nodata_color``
+    (black by default).
+
+    Args:
+        image: Native ``[C, H, W]`` (``[H, W, C]`` with ``channels_last``) array or tensor of
+            any band dtype (uint8, uint16, int16, float32...).
+        normalization: The data's per-band statistics (``Manifest.normalization``,
+            ``Normalization.from_manifest(export_manifest)``); ``None``: the image's own
+            (:func:`image_normalization`).
+        band: One band to show in grey: 0-based channel index or band name.
+        rgb: Three bands (indices or names) to show as red, green, blue.
+        channels_last: The image is ``[H, W, C]`` (as raster readers return it).
+        nodata_color: Colour of nodata pixels.
+
+    Returns:
+        uint8 ``[H, W, 3]``.
+
+    Raises:
+        RenderError: when the image does not have the normalization's bands, or a band is
+            unknown.
+    """
+    image = _as_numpy(image)
+    if image.ndim != 3:
+        raise RenderError(f"expected an image [C, H, W] (or [H, W, C]), got shape {image.shape}")
+    if channels_last:
+        image = image.transpose(2, 0, 1)
+    if normalization is None:
+        normalization = image_normalization(image)
+    if image.shape[0] != normalization.in_channels:
+        raise RenderError(
+            f"image has {image.shape[0]} bands (shape {image.shape}), the data has "
+            f"{normalization.in_channels} ({', '.join(normalization.names)})"
+        )
+    if band is not None:
+        shown = [band_index(normalization, band)] * 3
+    elif rgb is not None:
+        if len(rgb) != 3:
+            raise RenderError(f"rgb needs 3 bands (red, green, blue), got {list(rgb)}")
+        shown = [band_index(normalization, b) for b in rgb]
+    elif normalization.rgb_bands is not None:
+        shown = [band_index(normalization, b) for b in normalization.rgb_bands]
+    else:
+        shown = [0, 0, 0]
+    out = np.empty((*image.shape[1:], 3), np.uint8)
+    invalid = np.zeros(image.shape[1:], bool)
+    for channel in dict.fromkeys(shown):
+        stats = normalization.bands[channel]
+        low, high = stats.display
+        high = high if high > low else low + 1.0
+        values = image[channel].astype(np.float64)
+        invalid |= np.isnan(values)
+        stretched = np.floor(np.clip((values - low) * 255.0 / (high - low), 0, 255) + 0.5)
+        for position in (i for i, c in enumerate(shown) if c == channel):
+            out[..., position] = np.nan_to_num(stretched)
+    for channel, stats in enumerate(normalization.bands):
+        if stats.nodata is not None:
+            values = image[channel]
+            if math.isnan(stats.nodata):
+                if np.issubdtype(values.dtype, np.floating):
+                    invalid |= np.isnan(values)
+            else:
+                invalid |= values == stats.nodata
+    out[invalid] = hex_to_rgb(nodata_color)
+    return out

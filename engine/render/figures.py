@@ -14,16 +14,44 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.data.normalize import Normalization
 from engine.render.colors import (
     ERROR_COLORS,
     IGNORE_INDEX,
+    Band,
     Color,
     RenderError,
     colorize,
+    display_rgb,
     error_map,
     hex_to_rgb,
     overlay,
 )
+
+
+def picture(
+    image,
+    normalization: Normalization | None = None,
+    band: Band | None = None,
+    *,
+    rgb: Sequence[Band] | None = None,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """The uint8 ``HxWx3`` picture a figure shows for an image.
+
+    Without ``normalization``, ``band`` or ``rgb`` the image must already be a picture
+    (uint8 ``HxWx3``) and is shown as it is; otherwise it is a native ``[C, H, W]`` image
+    (``[H, W, C]`` with ``channels_last``) drawn by :func:`engine.render.colors.display_rgb`.
+    """
+    if normalization is None and band is None and rgb is None:
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise RenderError(
+                f"image must be a uint8 HxWx3 picture, got {image.dtype} {image.shape}; "
+                "pass normalization= (the data's bands) for a native [C, H, W] image"
+            )
+        return image
+    return display_rgb(image, normalization, band, rgb=rgb, channels_last=channels_last)
 
 
 def new_figure(width_in: float, height_in: float, dpi: int):
@@ -99,6 +127,10 @@ def panel(
     title: str | None = None,
     panel_inches: float = 4.0,
     dpi: int = 100,
+    normalization: Normalization | None = None,
+    band: Band | None = None,
+    rgb: Sequence[Band] | None = None,
+    channels_last: bool = False,
 ) -> np.ndarray:
     """Draw ``image | truth | prediction | error`` side by side with a class legend.
 
@@ -107,7 +139,9 @@ def panel(
     over scored pixels is in its title. Either mask may be ``None`` to draw fewer panels.
 
     Args:
-        image: uint8 ``HxWx3``.
+        image: A uint8 ``HxWx3`` picture, or with ``normalization`` a native ``[C, H, W]``
+            image of any band dtype (drawn by :func:`picture`: ``rgb_bands`` or ``band``
+            stretched by the display range, nodata black).
         truth: Class-index ``HxW`` or ``None``.
         prediction: Class-index ``HxW`` or ``None``.
         class_names: Names in class-index order.
@@ -117,13 +151,15 @@ def panel(
         title: Figure title.
         panel_inches: Width of each panel in inches (pixels = inches x dpi).
         dpi: Resolution.
+        normalization: The data's bands (``Manifest.normalization``) for a native image.
+        band: Show this band (index or name) in grey instead of true colour.
+        rgb: Show these three bands (indices or names) as red, green, blue.
+        channels_last: A native image is ``[H, W, C]``.
 
     Returns:
         The rendered figure as uint8 RGB pixels.
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise RenderError(f"image must be HxWx3, got shape {image.shape}")
+    image = picture(image, normalization, band, rgb=rgb, channels_last=channels_last)
     views: list[tuple[str, np.ndarray]] = [("Image", image)]
     for name, mask in (("Ground truth", truth), ("Prediction", prediction)):
         if mask is not None:
@@ -166,8 +202,15 @@ def mask_figure(
     title: str | None = None,
     panel_inches: float = 6.0,
     dpi: int = 100,
+    normalization: Normalization | None = None,
+    band: Band | None = None,
+    rgb: Sequence[Band] | None = None,
+    channels_last: bool = False,
 ) -> np.ndarray:
     """Draw a class-index mask with a legend (and, given the image, an overlay beside it).
+
+    The image is drawn as in :func:`panel` (``normalization``, ``band``, ``rgb`` and
+    ``channels_last`` mean the same).
 
     Returns:
         The rendered figure as uint8 RGB pixels (also saved as PNG when ``path`` is given).
@@ -175,6 +218,9 @@ def mask_figure(
     rendered = colorize(mask, palette, ignore_index, ERROR_COLORS["ignored"])
     views = [("Mask", rendered)]
     if image is not None:
+        image = picture(image, normalization, band, rgb=rgb, channels_last=channels_last)
+        if image.shape != rendered.shape:
+            raise RenderError(f"mask {mask.shape} does not match image {image.shape[:2]}")
         views = [
             ("Image", image),
             ("Mask", rendered),
