@@ -254,13 +254,12 @@ def display_rgb(
 
     Which bands: ``band`` (one band, grey) if given, else ``rgb`` (three bands as red, green,
     blue: a false-colour view), else the normalization's ``rgb_bands``, else the first band
-    in grey. Each shown band is stretched linearly from its ``display`` range ``(lo, hi)``
-    (the manifest's 2nd and 98th percentiles, native units) to 0..255:
-    ``round(clip((x - lo) * 255 / (hi - lo), 0, 255))``, halves rounded up (``hi <= lo``
-    is taken as ``(lo, lo + 1)``). Version 2 (uint8 RGB) data has ``display = (0, 255)``,
-    so its pictures are the stored pixels unchanged. Pixels that are nodata in *any* band
-    (the pixels the shards mark ignore), or NaN in a shown band, are drawn ``nodata_color``
-    (black by default).
+    in grey. Each shown band is stretched linearly from its unit range ``(lo, hi)``
+    (:attr:`BandStats.unit_range`: the manifest's 2nd and 98th percentiles, native units;
+    0..255 for uint8 bands, so 8-bit pictures are the stored pixels unchanged) to 0..255:
+    ``round(clip((x - lo) * 255 / (hi - lo), 0, 255))``, halves rounded up.
+    Pixels that are nodata in *any* band (the pixels the shards mark ignore), or NaN in a
+    shown band, are drawn ``nodata_color`` (black by default).
 
     Args:
         image: Native ``[C, H, W]`` (``[H, W, C]`` with ``channels_last``) array or tensor of
@@ -306,8 +305,7 @@ def display_rgb(
     invalid = np.zeros(image.shape[1:], bool)
     for channel in dict.fromkeys(shown):
         stats = normalization.bands[channel]
-        low, high = stats.display
-        high = high if high > low else low + 1.0
+        low, high = stats.unit_range  # uint8: 0..255 as stored; others: display range
         values = image[channel].astype(np.float64)
         invalid |= np.isnan(values)
         stretched = np.floor(np.clip((values - low) * 255.0 / (high - low), 0, 255) + 0.5)
