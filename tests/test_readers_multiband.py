@@ -56,7 +56,7 @@ def test_13_band_int16_bands_by_name_and_index_are_bit_exact(tmp_path, s2_like):
     with open_raster(path, bands=["B8", "B4", "b3", "B8A"]) as reader:  # order kept
         assert reader.band_names == ["B8", "B4", "B3", "B8A"]
         np.testing.assert_array_equal(reader.read(3, 50, 7, 80), s2_like[3:50, 7:80, [7, 3, 2, 8]])
-    with open_raster(path, bands=[13, 1, 9]) as reader:
+    with open_raster(path, bands=[13, 1, "9"]) as reader:  # "9": a command line's band 9
         assert reader.band_names == ["B12", "B1", "B8A"] and reader.shape == (61, 83, 3)
         np.testing.assert_array_equal(reader.read(0, 61, 0, 83), s2_like[..., [12, 0, 8]])
     with pytest.raises(RasterError, match=r"s2\.tif: no band named 'B13' \(available: 1:B1, "):

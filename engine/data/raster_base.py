@@ -79,7 +79,8 @@ def select_bands(
 
     Args:
         name: The file (for messages).
-        bands: 1-based band numbers of the file or band names; ``None`` selects all.
+        bands: 1-based band numbers of the file or band names (a digit string that names no
+            band is a number); ``None`` selects all.
         names: The data bands' names.
         numbers: The data bands' 1-based numbers in the file.
         alpha: The alpha band's 1-based number, or ``None``.
@@ -94,6 +95,8 @@ def select_bands(
     available = ", ".join(f"{n}:{b}" for n, b in zip(numbers, names))
     chosen: list[int] = []
     for band in bands:
+        if isinstance(band, str) and band.strip().isdigit() and band.strip() not in names:
+            band = int(band)  # "4" from a command line is band 4 unless a band is named "4"
         if isinstance(band, (int, np.integer)) and not isinstance(band, bool):
             if int(band) == alpha:
                 raise RasterError(f"{name}: band {band} is the alpha band, not a data band")
