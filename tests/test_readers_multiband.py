@@ -240,3 +240,14 @@ def test_real_landsat_band_files_stack_in_the_given_order():
     for position, name in enumerate(order):
         with rasterio.open(red.with_name(red.name.replace("red", name, 1))) as src:
             np.testing.assert_array_equal(stacked[..., position], src.read(1))
+
+
+def test_cloud_optimized_geotiff_reads_like_its_source(tmp_path, s2_like):
+    from rasterio.shutil import copy as gdal_copy
+
+    source = write_geotiff(tmp_path / "src.tif", s2_like, descriptions=S2_NAMES, nodata=-9999)
+    gdal_copy(source, tmp_path / "cog.tif", driver="COG", blocksize=32, overview_levels=[2])
+    with open_raster(tmp_path / "cog.tif", bands=["B2", "B11"]) as reader:
+        assert reader.profile["driver"] == "GTiff" and reader.nodata == -9999.0
+        assert reader.georef["transform"] == TRANSFORM
+        np.testing.assert_array_equal(reader.read(10, 61, 40, 83), s2_like[10:, 40:, [1, 11]])
