@@ -6,9 +6,11 @@ source bit for bit and whose per-band statistics equal a float64 reference. The 
 in ``../shared/datasets/multispectral`` (PROVENANCE.md); a missing dataset fails.
 """
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 import warnings
 from pathlib import Path
 
@@ -18,12 +20,14 @@ import rasterio
 import torch
 import yaml
 
-from engine.data.classes import load_classes
+from engine.data.build_output import BuildError
+from engine.data.classes import ClassesError, load_classes
 from engine.data.loader import eval_batches, read_split, train_batches
 from engine.data.manifest import load_manifest
 from engine.data.pairing import pair_by_glob
 from engine.data.paths import REPO_ROOT, multispectral_dataset_dir
 from engine.data.shard_builder import BuildOptions, build_shards
+from engine.data.shard_store import ShardReadError
 
 S2_BANDS = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
 FLOODS_CLASSES = {
@@ -224,3 +228,152 @@ def test_landsat_band_files_stack_in_the_given_order_uint16_exact(data, tmp_path
     counts = [sum(manifest.data["class_pixels"][s][i] for s in manifest.data["class_pixels"])
               for i in (0, 1)]  # fmt: skip
     assert counts == [102_123, 45_333]  # PROVENANCE.md
+
+
+# Generated rasters: nodata, band selection, codecs, signed mask values, member checks.
+
+
+def _write_tif(path: Path, array_hwc: np.ndarray, **profile) -> None:
+    height, width, count = array_hwc.shape
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(
+            path, "w", driver="GTiff", height=height, width=width, count=count,
+            dtype=array_hwc.dtype, **profile,
+        ) as dataset:  # fmt: skip
+            dataset.write(np.moveaxis(array_hwc, -1, 0))
+
+
+def _generated(tmp_path: Path, dtype=np.uint16, nodata=None, bands=4, mask_values=(0, 1)):
+    """One 40x40 image of ``bands`` bands and an index mask, and its classes file."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(1, 5000, (40, 40, bands)).astype(dtype)
+    image[0, :5] = 0  # a row start of zeros in every band (nodata when nodata = 0)
+    image[10, 10, 1] = 7  # one band of one pixel: 7
+    names = ("nir", "red", "green", "blue", "swir")[:bands]
+    profile = {"nodata": nodata} if nodata is not None else {}
+    _write_tif(tmp_path / "img" / "a.tif", image, **profile)
+    mask = rng.choice(np.array(mask_values, np.int16), (40, 40))
+    _write_tif(tmp_path / "lbl" / "a.tif", mask[..., None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(tmp_path / "img" / "a.tif", "r+") as dataset:
+            for index, name in enumerate(names, 1):
+                dataset.set_band_description(index, name)
+    listed = [{"name": f"c{v}", "value": int(v)} for v in mask_values]
+    (tmp_path / "classes.yaml").write_text(yaml.safe_dump({"encoding": "index", "classes": listed}))
+    return image, mask
+
+
+def _build(tmp_path: Path, out: str = "out", **options) -> dict:
+    pairs = pair_by_glob(str(tmp_path / "img" / "*.tif"), str(tmp_path / "lbl" / "*.tif"))
+    settings = dict(tile=32, val=0, test=0) | options
+    return build_shards(
+        pairs, load_classes(tmp_path / "classes.yaml"), tmp_path / out, BuildOptions(**settings)
+    )
+
+
+def _train_pixels(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    manifest = load_manifest(folder)
+    samples = sorted(read_split(manifest, "train"), key=lambda s: s.key)
+    return (
+        np.stack([s.image.permute(1, 2, 0).numpy() for s in samples]),
+        np.stack([s.mask.numpy() for s in samples]),
+    )
+
+
+def test_nodata_pixels_become_ignore_and_leave_the_statistics(tmp_path):
+    image, _ = _generated(tmp_path, nodata=0)
+    manifest = _build(tmp_path)
+    assert [b["nodata"] for b in manifest["bands"]] == [0.0] * 4
+    assert manifest["ignore_pixels"]["train"] == 5  # the 5 pixels that are 0 in every band
+    images, masks = _train_pixels(tmp_path / "out")  # tile r0 c0 first
+    assert (masks[0, 0, :5] == 255).all() and (images[0, 0, :5] == 0).all()
+    valid = ~(image == 0).any(-1)
+    expected = image[valid].astype(np.float64)
+    np.testing.assert_allclose([b["mean"] for b in manifest["bands"]], expected.mean(0), rtol=1e-12)
+    np.testing.assert_allclose([b["std"] for b in manifest["bands"]], expected.std(0), rtol=1e-12)
+    # --nodata overrides the raster's: pixels with a band equal to 7 are ignored, 0 is valid.
+    manifest = _build(tmp_path, "out7", nodata=7.0)
+    sevens = (image == 7).any(-1)
+    assert manifest["bands"][0]["nodata"] == 7.0
+    assert manifest["ignore_pixels"]["train"] == int(sevens.sum()) >= 1
+    images, masks = _train_pixels(tmp_path / "out7")
+    assert masks[0, 10, 10] == 255 and images[0, 10, 10, 1] == 7  # stored as it is
+    expected = image[~sevens].astype(np.float64)
+    np.testing.assert_allclose([b["mean"] for b in manifest["bands"]], expected.mean(0), rtol=1e-12)
+
+
+def test_bands_by_name_or_index_and_rgb_bands(tmp_path):
+    image, _ = _generated(tmp_path)
+    manifest = _build(tmp_path, bands=("blue", 2, "GREEN"))
+    assert [b["name"] for b in manifest["bands"]] == ["blue", "red", "green"]
+    assert manifest["rgb_bands"] == [1, 2, 0]  # named red, green, blue
+    images, masks = _train_pixels(tmp_path / "out")
+    assert images.dtype == np.uint16 and images.shape[-1] == 3
+    assert np.array_equal(images[0, :32, :32], image[:32, :32][..., [3, 1, 2]])
+    assert _build(tmp_path, "none", rgb_bands="none")["rgb_bands"] is None
+    assert _build(tmp_path, "chosen", rgb_bands=(4, 1, 2))["rgb_bands"] == [3, 0, 1]
+    with pytest.raises(BuildError, match=r"a\.tif: no band named 'B9' \(bands: nir, red, green"):
+        _build(tmp_path, "bad", bands=("B9",))
+    with pytest.raises(BuildError, match=r"a\.tif: band 5 does not exist \(the image has 4"):
+        _build(tmp_path, "bad", bands=(5,))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_picture_codecs_refuse_other_than_3_band_uint8_naming_the_image(tmp_path):
+    _generated(tmp_path)
+    with pytest.raises(BuildError, match=r"img/a\.tif: 4-band uint16 image; .*use --image-c"):
+        _build(tmp_path, image_codec="png")
+    assert not list(tmp_path.rglob("*.tar"))
+
+
+def test_signed_mask_values_can_be_classes_or_ignored(tmp_path):
+    _, mask = _generated(tmp_path, mask_values=(-1, 0, 300))
+    manifest = _build(tmp_path)  # -1 is a class here (index 0), not transparency
+    assert [c["value"] for c in manifest["classes"]] == [-1, 0, 300]
+    assert manifest["class_pixels"]["train"] == [int((mask == v).sum()) for v in (-1, 0, 300)]
+    classes = yaml.safe_load((tmp_path / "classes.yaml").read_text())
+    classes["classes"][0]["ignore"] = True
+    (tmp_path / "classes.yaml").write_text(yaml.safe_dump(classes))
+    manifest = _build(tmp_path, "ignored")
+    assert manifest["ignore_value"] == -1
+    assert manifest["ignore_pixels"]["train"] == int((mask == -1).sum())
+    classes["classes"][0]["value"] = -40000
+    (tmp_path / "classes.yaml").write_text(yaml.safe_dump(classes))
+    with pytest.raises(ClassesError, match=r"classes\[0\]: index value -40000 is outside -32768"):
+        load_classes(tmp_path / "classes.yaml")
+
+
+def test_members_of_another_band_count_or_type_name_the_shard_and_sample(tmp_path):
+    _generated(tmp_path, dtype=np.int16)
+    _build(tmp_path, samples_per_shard=2)
+    manifest = load_manifest(tmp_path / "out")
+    shard = manifest.split("train").shards[0]
+    for change, message in (
+        (lambda a: a[..., :3], "image has 3 bands, but the manifest lists 4"),
+        (lambda a: a.astype(np.uint16), "image is uint16, but the manifest's bands are int16"),
+    ):
+        whole = shard.read_bytes()
+        _rewrite_images(shard, change)
+        pattern = rf"train-000000\.tar: sample a/r000\d\d_c000\d\d: {message}"
+        for direct in (True, False):
+            with pytest.raises(ShardReadError, match=pattern):
+                list(eval_batches(manifest, "train", 2, num_workers=0, pin_memory=False,
+                                  direct=direct))  # fmt: skip
+        shard.write_bytes(whole)
+
+
+def _rewrite_images(shard: Path, change) -> None:
+    """Rewrite a shard with each ``image.npy`` array passed through ``change``."""
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as tar:
+        for member, data in members:
+            if member.name.endswith("image.npy"):
+                buffer = io.BytesIO()
+                np.save(buffer, np.ascontiguousarray(change(np.load(io.BytesIO(data)))))
+                data = buffer.getvalue()
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
