@@ -86,6 +86,8 @@ def read_tiff_bands(path: Path, band_files: tuple[str, ...] | None) -> tuple:
     files = band_paths(path, band_files) if band_files else [path]
     arrays, names, valid, nodata = [], [], None, None
     for number, file in enumerate(files):
+        if band_files and not file.is_file():
+            raise BuildError(f"{file}: band file not found (band {band_files[number]!r} of {path})")
         try:
             with _open(file) as ds:
                 check_pixels(file, *ds.shape)
