@@ -29,6 +29,7 @@ from engine.data.paths import REPO_ROOT, multispectral_dataset_dir
 from engine.data.shard_builder import BuildOptions, build_shards
 from engine.data.shard_store import ShardReadError
 
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 S2_BANDS = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
 FLOODS_CLASSES = {
     "encoding": "index",
@@ -377,3 +378,31 @@ def _rewrite_images(shard: Path, change) -> None:
                 data = buffer.getvalue()
             member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
+
+
+def test_alpha_band_is_the_valid_mask_not_a_band(tmp_path):
+    from rasterio.enums import ColorInterp
+
+    rgba = np.random.default_rng(1).integers(1, 255, (40, 40, 4)).astype(np.uint8)
+    rgba[..., 3] = 255
+    rgba[20:, :4, 3] = 0  # 80 transparent pixels
+    _write_tif(tmp_path / "img" / "a.tif", rgba, photometric="RGB")
+    with rasterio.open(tmp_path / "img" / "a.tif", "r+") as dataset:
+        dataset.colorinterp = [
+            ColorInterp.red,
+            ColorInterp.green,
+            ColorInterp.blue,
+            ColorInterp.alpha,
+        ]
+    _write_tif(tmp_path / "lbl" / "a.tif", np.zeros((40, 40, 1), np.uint8))
+    classes = {"encoding": "index", "classes": [{"name": "all", "value": 0}]}
+    (tmp_path / "classes.yaml").write_text(yaml.safe_dump(classes))
+    manifest = _build(tmp_path, image_codec="png")  # 3-band uint8 after the alpha: a picture
+    assert [b["name"] for b in manifest["bands"]] == ["red", "green", "blue"]
+    assert manifest["rgb_bands"] == [0, 1, 2] and manifest["ignore_pixels"]["train"] == 80
+    images, masks = _train_pixels(tmp_path / "out")
+    assert images.shape[-1] == 3  # tiles r0 c0, r0 c32, r32 c0, r32 c32
+    assert (masks[0, 20:32, :4] == 255).all() and (masks[2, :8, :4] == 255).all()
+    assert (masks[0, :20] == 0).all() and (masks[0, 20:32, 4:] == 0).all()
+    expected = rgba[rgba[..., 3] == 255][:, :3].astype(np.float64)
+    np.testing.assert_allclose([b["mean"] for b in manifest["bands"]], expected.mean(0), rtol=1e-12)
