@@ -20,6 +20,7 @@ import rasterio
 import torch
 import yaml
 
+from engine.data.band_stats import BandAccumulator, tile_sums
 from engine.data.build_output import BuildError
 from engine.data.classes import ClassesError, load_classes
 from engine.data.loader import eval_batches, read_split, train_batches
@@ -188,13 +189,12 @@ def test_sentinel1_float32_chip_builds_with_nan_nodata(data, tmp_path):
     assert (pixels < 0).any()  # dB: negative values are kept as they are
     np.testing.assert_allclose([b.mean for b in norm.bands], pixels.mean(0), rtol=1e-9)
     np.testing.assert_allclose([b.std for b in norm.bands], pixels.std(0), rtol=1e-9)
-    # float32 display: percentiles of every ceil(N / 65536)-th valid train pixel (documented).
-    sample = pixels[:: -(-len(pixels) // 65536)].astype(np.float32)
-    assert len(sample) < len(pixels)
+    # float32 display: percentiles of every ceil(N / 16384)-th of the N valid train pixels
+    # of each tile (documented); 128² tiles: every pixel, so the exact percentiles.
+    tiles = [_reference(source, label, [window]) for window in train_windows]
+    sample = np.concatenate([t[:: -(-len(t) // 16384)] for t in tiles]).astype(np.float32)
     low, high = np.percentile(sample, [2, 98], axis=0, method="inverted_cdf")
     assert [b.display for b in norm.bands] == list(zip(low.tolist(), high.tolist()))
-    exact = np.percentile(pixels, [2, 98], axis=0)
-    np.testing.assert_allclose([b.display for b in norm.bands], exact.T, atol=0.2)
 
 
 def test_landsat_band_files_stack_in_the_given_order_uint16_exact(data, tmp_path):
@@ -406,3 +406,33 @@ def test_alpha_band_is_the_valid_mask_not_a_band(tmp_path):
     assert (masks[0, :20] == 0).all() and (masks[0, 20:32, 4:] == 0).all()
     expected = rgba[rgba[..., 3] == 255][:, :3].astype(np.float64)
     np.testing.assert_allclose([b["mean"] for b in manifest["bands"]], expected.mean(0), rtol=1e-12)
+
+
+def test_band_statistics_merge_tiles_exactly_and_sample_floats_as_documented():
+    rng = np.random.default_rng(3)
+    tiles = [rng.normal(-12.0, 4.0, (n, 2)).astype(np.float32) for n in (40_000, 9, 20_000)]
+    merged = BandAccumulator(2, "float32")
+    for tile in tiles:
+        merged.add(tile_sums(tile))
+    total = BandAccumulator(2, "float32")
+    total.add(merged.sums())  # an image's sums, as the build adds them
+    (vv, vh) = total.finish(["VV", "VH"], None)
+    everything = np.concatenate(tiles).astype(np.float64)
+    np.testing.assert_allclose([vv.mean, vh.mean], everything.mean(0), rtol=1e-12)
+    np.testing.assert_allclose([vv.std, vh.std], everything.std(0), rtol=1e-12)
+    sample = np.concatenate([tiles[0][::3], tiles[1], tiles[2][::2]])  # ceil(N / 16384)
+    low, high = np.percentile(sample, [2, 98], axis=0, method="inverted_cdf")
+    assert [vv.display, vh.display] == list(zip(low.tolist(), high.tolist()))
+    signed = rng.integers(-32768, 32768, (5000, 1)).astype(np.int16)
+    exact = BandAccumulator(1, "int16")
+    exact.add(tile_sums(signed[:1000]))
+    exact.add(tile_sums(signed[1000:]))
+    (band,) = exact.finish(["b"], -32768.0)
+    values = [int(v) for v in signed[:, 0]]
+    mean = sum(values) / len(values)
+    assert band.mean == mean and band.nodata == -32768.0
+    assert band.std == pytest.approx(np.std(np.array(values, np.float64)), rel=1e-13)
+    low, high = np.percentile(signed[:, 0], [2, 98], method="inverted_cdf")
+    assert band.display == (float(low), float(high))
+    with pytest.raises(BuildError, match="the train split is empty"):
+        BandAccumulator(1, "uint16").finish(["b"], None)

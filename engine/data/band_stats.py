@@ -1,8 +1,9 @@
 """Per-band statistics of a shard build, and the band options (selection, true colour).
 
-Workers never send pixels back: for each image they return a :class:`BandSums` of its
-*valid* train pixels (not padding, not nodata in the image, not ignore in the mask), and
-the build adds them up in a :class:`BandAccumulator`:
+Workers never send an image's pixels back: each adds the *valid* train pixels (not
+padding, not nodata in the image, not ignore in the mask) of one tile at a time
+(:func:`tile_sums`) into a :class:`BandAccumulator`, and returns its :meth:`~BandAccumulator.sums`
+for the image; the build adds those up in another accumulator:
 
 * **integer bands** (uint8, uint16, int16): one value histogram per band (256 or 65536
   bins). Mean and population std are exact: the sums ``Σv`` and ``Σv²`` are taken in
@@ -10,10 +11,10 @@ the build adds them up in a :class:`BandAccumulator`:
   too: the smallest value whose cumulative count reaches ``q · N`` (numpy's
   ``inverted_cdf`` percentile).
 * **float32 bands**: count, mean and sum of squared deviations in float64 per image
-  (two-pass), merged across images with Chan's formula. Percentiles come from a
-  deterministic subsample: every ``ceil(N / 65536)``-th valid train pixel of each image in
-  row-major order, all images' samples together thinned to at most 1,000,000 evenly spaced
-  values, then ``inverted_cdf`` percentiles.
+  (two-pass) per tile, merged across tiles and images with Chan's formula. Percentiles
+  come from a deterministic subsample: every ``ceil(N / 16384)``-th of the N valid train
+  pixels of each tile in row-major order, all tiles' samples together thinned to at most
+  1,000,000 evenly spaced values (in build order), then ``inverted_cdf`` percentiles.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from engine.data.normalize import BandStats, Normalization
 #: Histogram bins and the offset added to a value to get its bin, per integer band type.
 HISTOGRAM = {"uint8": (256, 0), "uint16": (65536, 0), "int16": (65536, 32768)}
 DISPLAY_PERCENTILES = (2.0, 98.0)
-FLOAT_SAMPLE_PER_IMAGE = 65536
+FLOAT_SAMPLE_PER_TILE = 16384
 FLOAT_SAMPLE_TOTAL = 1_000_000
 #: Band names (lower case) that make a true-colour view when ``--rgb-bands`` is not given.
 RGB_NAMES = (("red", "green", "blue"), ("b4", "b3", "b2"))
@@ -38,7 +39,7 @@ RGB_NAMES = (("red", "green", "blue"), ("b4", "b3", "b2"))
 
 @dataclass
 class BandSums:
-    """What one image contributes to the statistics (no pixels).
+    """What a tile or an image contributes to the statistics (no pixels but float samples).
 
     Attributes:
         dtype: The band type.
@@ -55,8 +56,8 @@ class BandSums:
     sample: np.ndarray | None = None
 
 
-def image_sums(pixels: np.ndarray) -> BandSums:
-    """Summarise ``[N, C]`` valid train pixels of one image (native type)."""
+def tile_sums(pixels: np.ndarray) -> BandSums:
+    """Summarise the ``[N, C]`` valid train pixels of one tile (native type)."""
     dtype = str(pixels.dtype)
     count = int(pixels.shape[0])
     if dtype in HISTOGRAM:
@@ -70,13 +71,13 @@ def image_sums(pixels: np.ndarray) -> BandSums:
     values = pixels.astype(np.float64)
     mean = values.mean(0) if count else np.zeros(pixels.shape[1])
     moments = np.stack([mean, ((values - mean) ** 2).sum(0)], 1)
-    stride = max(1, math.ceil(count / FLOAT_SAMPLE_PER_IMAGE))
+    stride = max(1, math.ceil(count / FLOAT_SAMPLE_PER_TILE))
     return BandSums(dtype, count, moments=moments, sample=pixels[::stride].copy())
 
 
 @dataclass
 class BandAccumulator:
-    """Adds up :class:`BandSums` of the images of a build; :meth:`finish` gives the bands."""
+    """Adds up :class:`BandSums` (of tiles, or of images); :meth:`finish` gives the bands."""
 
     channels: int
     dtype: str
@@ -86,7 +87,7 @@ class BandAccumulator:
     _samples: list[np.ndarray] = field(default_factory=list)
 
     def add(self, sums: BandSums) -> None:
-        """Add one image's sums (images must all have this accumulator's band type)."""
+        """Add the sums of a tile or image (of this accumulator's band type)."""
         if sums.count == 0:
             return
         if sums.histograms is not None:
@@ -106,6 +107,17 @@ class BandAccumulator:
                 self._moments[:, 1] += sums.moments[:, 1] + delta * delta * (n_a * n_b / total)
             self._samples.append(sums.sample)
         self.count += sums.count
+
+    def sums(self) -> BandSums:
+        """Everything added so far as one :class:`BandSums` (sparse histograms)."""
+        if self._histogram is not None:
+            present = [np.flatnonzero(counts) for counts in self._histogram]
+            histograms = [(p, counts[p]) for p, counts in zip(present, self._histogram)]
+            return BandSums(self.dtype, self.count, histograms=histograms)
+        if self._moments is None:
+            return BandSums(self.dtype, 0)
+        sample = np.concatenate(self._samples)
+        return BandSums(self.dtype, self.count, moments=self._moments.copy(), sample=sample)
 
     def finish(self, names: Sequence[str], nodata: float | None) -> tuple[BandStats, ...]:
         """The bands' statistics (``nodata`` recorded on every band).

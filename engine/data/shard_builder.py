@@ -23,11 +23,12 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.data.band_stats import (
+    BandAccumulator,
     BandSums,
     BuildBands,
     check_band_options,
-    image_sums,
     resolve_bands,
+    tile_sums,
 )
 from engine.data.build_output import BuildError, BuildOutput
 from engine.data.build_sources import map_mask, read_mask, read_tiff_bands
@@ -253,7 +254,7 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
     mask[~valid] = IGNORE_INDEX
     num_classes = len(classes.classes)
     samples, class_pixels = [], {}
-    train = np.zeros(mask.shape, bool)
+    stats = BandAccumulator(bands, dtype)
     tile = options.tile
     for row, col, height, width in tile_windows(*image.shape[:2], tile):
         split = pair_split.at(row, col, tile)
@@ -261,7 +262,8 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
         counts = np.bincount(np.minimum(window, num_classes).ravel(), minlength=num_classes + 1)
         class_pixels[split] = class_pixels.get(split, 0) + counts.astype(np.int64)
         if split == "train":
-            train[row : row + height, col : col + width] = True
+            pixels = image[row : row + height, col : col + width][window != IGNORE_INDEX]
+            stats.add(tile_sums(pixels))
         image_tile = np.zeros((tile, tile, bands), image.dtype)
         mask_tile = np.full((tile, tile), IGNORE_INDEX, np.uint8)
         image_tile[:height, :width] = image[row : row + height, col : col + width]
@@ -284,8 +286,9 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
                 meta=json.dumps(meta, sort_keys=True).encode(),
             )
         )
-    sums = image_sums(image[train & (mask != IGNORE_INDEX)])
-    return _PairResult(str(pair.image), tuple(names), dtype, nodata, samples, sums, class_pixels)
+    return _PairResult(
+        str(pair.image), tuple(names), dtype, nodata, samples, stats.sums(), class_pixels
+    )
 
 
 def _results(jobs: list, workers: int) -> Iterator[_PairResult]:
