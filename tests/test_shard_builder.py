@@ -296,6 +296,17 @@ def test_two_band_tiff_and_tiff_variants(tmp_path):
             pairs, load_classes(root / "classes.yaml"), tmp_path / "out", BuildOptions(tile=32)
         )
     assert no_tar_left(tmp_path)
+    # An undescribed 3-band uint8 TIFF is RGB, as the PNGs beside it.
+    tifffile.imwrite(
+        root / "Tile 0/images/part_0.tif",
+        np.full((40, 56, 3), 9, np.uint8),
+        photometric="minisblack",
+        planarconfig="contig",
+    )
+    manifest = build_shards(
+        pairs, load_classes(root / "classes.yaml"), tmp_path / "out", BuildOptions(tile=32)
+    )
+    assert [b["name"] for b in manifest["bands"]] == ["red", "green", "blue"]
 
 
 def test_existing_output_needs_overwrite(tmp_path):

@@ -75,7 +75,8 @@ def read_tiff_bands(path: Path, band_files: tuple[str, ...] | None) -> tuple:
     """``(image HxWxC, valid HxW, names, nodata)`` of a TIFF, or of its band files.
 
     Alpha bands are not kept: with GDAL per-dataset masks they mark invalid pixels. Names
-    are the band descriptions, else the colour (red/green/blue), else ``band<N>``.
+    are the band descriptions, else the colour (red/green/blue), else ``band<N>``; a 3-band
+    uint8 TIFF without either is ``red, green, blue`` (as a PNG is).
 
     Raises:
         BuildError: naming the file that cannot be read or does not fit.
@@ -107,6 +108,8 @@ def read_tiff_bands(path: Path, band_files: tuple[str, ...] | None) -> tuple:
         except rasterio.errors.RasterioIOError as error:
             raise BuildError(f"{file}: cannot read the raster: {error}") from error
     image = np.ascontiguousarray(np.concatenate(arrays, -1) if len(arrays) > 1 else arrays[0])
+    if names == ["band1", "band2", "band3"] and image.dtype == np.uint8:
+        names = ["red", "green", "blue"]  # an undescribed 3-band 8-bit TIFF is RGB, as a PNG
     return image, valid, names, nodata
 
 
