@@ -436,3 +436,24 @@ def test_band_statistics_merge_tiles_exactly_and_sample_floats_as_documented():
     assert band.display == (float(low), float(high))
     with pytest.raises(BuildError, match="the train split is empty"):
         BandAccumulator(1, "uint16").finish(["b"], None)
+
+
+def test_images_with_different_nodata_build_and_say_so(tmp_path):
+    image, mask = _generated(tmp_path, nodata=0)
+    _write_tif(tmp_path / "img" / "b.tif", image, nodata=7)
+    _write_tif(tmp_path / "lbl" / "b.tif", mask[..., None])
+    with pytest.raises(BuildError, match=r"img/b\.tif: 4 uint16 bands \(band1, band2, band3"):
+        _build(tmp_path)  # b.tif has no band descriptions: other bands
+    with rasterio.open(tmp_path / "img" / "b.tif", "r+") as dataset:
+        for index, name in enumerate(("nir", "red", "green", "blue"), 1):
+            dataset.set_band_description(index, name)
+    warnings_seen = []
+    pairs = pair_by_glob(str(tmp_path / "img" / "*.tif"), str(tmp_path / "lbl" / "*.tif"))
+    manifest = build_shards(
+        pairs, load_classes(tmp_path / "classes.yaml"), tmp_path / "out",
+        BuildOptions(tile=32, val=0, test=0), warn=warnings_seen.append,
+    )  # fmt: skip
+    assert {b["nodata"] for b in manifest["bands"]} == {None}
+    assert any("different nodata values" in w for w in warnings_seen)
+    # Each image's own nodata pixels are ignore: 5 zero pixels in a, the 7s in b.
+    assert manifest["ignore_pixels"]["train"] == 5 + int((image == 7).any(-1).sum())

@@ -20,7 +20,7 @@ for the image; the build adds those up in another accumulator:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -307,10 +307,15 @@ class BuildBands:
             self.mixed_nodata = True
         self.accumulator.add(sums)
 
-    def normalization(self, rgb_option: tuple[int | str, ...] | str | None) -> Normalization:
+    def normalization(
+        self,
+        rgb_option: tuple[int | str, ...] | str | None,
+        warn: Callable[[str], None] | None = None,
+    ) -> Normalization:
         """The build's per-band statistics and true-colour bands.
 
-        ``nodata`` is the value the images share (``None`` when they differ); float bands
+        ``nodata`` is the value the images share (``None``, with a warning, when they
+        differ: their nodata pixels are ignore in the masks all the same); float bands
         without one record NaN, which is never a valid pixel.
 
         Raises:
@@ -318,6 +323,11 @@ class BuildBands:
         """
         assert self.accumulator is not None and self.first is not None
         nodata = None if self.mixed_nodata else self.nodata
+        if self.mixed_nodata and warn is not None:
+            warn(
+                f"images have different nodata values ({self.first}: {self.nodata}); "
+                "dataset.json records none (pass --nodata to use one value for all)"
+            )
         if nodata is None and self.dtype == "float32":
             nodata = math.nan
         bands = self.accumulator.finish(self.names, nodata)

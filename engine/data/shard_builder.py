@@ -405,7 +405,7 @@ def build_shards(
         progress.close()
         for writer in writers.values():
             writer.finish()
-        normalization = bands.normalization(options.rgb_bands)
+        normalization = bands.normalization(options.rgb_bands, warn)
         manifest = {
             "format": "terraseg-shards",
             "version": FORMAT_VERSION,
