@@ -11,12 +11,21 @@ Images scene_img_3.tif with masks scene_lbl_3.tif (keys from the names):
 A key is the file's path under the glob's fixed folder, without folders named images/masks/
 labels/..., without extension (Tile 3/images/x.jpg → "Tile 3/x"); --group matches keys.
 Too few groups for val and test: --split-by blocks:N splits N×N-tile blocks of each image.
+
+Multispectral GeoTIFFs (any band count; uint8/uint16/int16/float32 stored as they are):
+    python launch/build_shards.py --images "S2/*.tif" --masks "Labels/*.tif" \
+        --image-key "(.*)_S2Hand" --mask-key "(.*)_LabelHand" --classes classes.yaml \
+        --split-by blocks:1 --tile 128 --out shards/s2
+Bands kept one per file (red_X.TIF, green_X.TIF, ...):
+    python launch/build_shards.py --images "scene/red_*.TIF" --masks "scene/gt_*.TIF" \
+        --image-key "red_(.*)" --mask-key "gt_(.*)" --band-files red,green,blue,nir ...
 """
 
 import argparse
 import sys
 
 from engine.cli import HelpFormatter
+from engine.data.band_stats import parse_band_list
 from engine.data.classes import load_classes
 from engine.data.imageio import IMAGE_CODECS
 from engine.data.pairing import pair_by_glob, pair_from_csv
@@ -87,8 +96,22 @@ def main() -> int:
         choices=("error", "ignore"),
         help="what to do with mask values missing from the classes file",
     )
-    parser.add_argument(
-        "--uint16-max", type=int, help="uint16 image value that maps to 255 (unset: 65535)"
+    bands = parser.add_argument_group("bands (multispectral images: stored as they are, npy)")
+    bands.add_argument(
+        "--bands", help="bands to keep, in order: 1-based indices or band names (e.g. B4,B3,B2,B8)"
+    )
+    bands.add_argument(
+        "--band-files",
+        help="bands kept one per file: comma list of band names; --images matches the first\n"
+        "band's files, the others replace that name in the file name (red,green,blue,nir)",
+    )
+    bands.add_argument(
+        "--nodata", type=float, help="image no-data value (overrides the raster's; 'nan' allowed)"
+    )
+    bands.add_argument(
+        "--rgb-bands",
+        help="3 bands (names or 1-based positions among the kept bands) for a true-colour\n"
+        "view, or 'none' (default: red/green/blue, else B4,B3,B2, else 3-band uint8)",
     )
     parser.add_argument(
         "--workers", type=int, default=defaults.workers, help="processes decoding and encoding"
@@ -101,7 +124,11 @@ def main() -> int:
         tile=args.tile, val=args.val, test=args.test, split_by=args.split_by, seed=args.seed,
         image_codec=args.image_codec, jpeg_quality=args.jpeg_quality,
         samples_per_shard=args.samples_per_shard, mix_buffer=args.mix_buffer, unknown=args.unknown,
-        uint16_max=args.uint16_max, workers=args.workers, overwrite=args.overwrite,
+        bands=parse_band_list(args.bands), band_files=parse_band_list(args.band_files),
+        nodata=args.nodata, workers=args.workers, overwrite=args.overwrite,
+        rgb_bands=(
+            "none" if (args.rgb_bands or "").lower() == "none" else parse_band_list(args.rgb_bands)
+        ),
     )  # fmt: skip
     try:
         classes = load_classes(args.classes)

@@ -411,7 +411,9 @@ def test_member_types_shapes_and_mask_values_are_checked(tmp_path):
     [
         ({"classes": 3}, "classes must be a non-empty list"),
         ({"tile_size": "32"}, "tile_size '32' must be a positive integer"),
-        ({"mean": [0.5]}, "mean must be a list of 3 numbers"),
+        ({"version": 2, "mean": [0.5]}, "mean must be a list of 3 numbers"),
+        ({"bands": [{"name": "red", "dtype": "int32"}]}, r"bands\[0\]\.dtype 'int32' is not one"),
+        ({"rgb_bands": [0, 1, 3]}, r"rgb_bands \[0, 1, 3\] must be null or 3 band indices below 3"),
         ({"splits": []}, "splits must be a mapping"),
         ({"train": {"num_samples": "x"}}, r"num_samples 'x' is not a non-negative integer"),
         ({"train": {"shard_samples": [-1, 0, 0, 0]}}, "shard_samples must be a list of non-neg"),

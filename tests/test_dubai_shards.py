@@ -5,6 +5,8 @@ import json
 import numpy as np
 from PIL import Image
 
+from engine.data.classes import parse_color, rgb_code
+from engine.data.imageio import read_mask_values
 from engine.data.loader import Codecs, read_samples
 from engine.data.manifest import load_manifest
 from engine.data.mask_inspect import inspect_masks
@@ -31,17 +33,23 @@ def test_split_by_tile_and_exact_train_statistics(dubai_shards, dubai_dir):
     splits = {name: set(manifest.split(name).groups) for name in ("train", "val", "test")}
     every = [g for groups in splits.values() for g in groups]
     assert len(every) == len(set(every)) == 8 and all(g.startswith("Tile ") for g in every)
+    # Statistics cover the train pixels labelled with a class (not the ignored colours).
+    class_codes = [rgb_code(parse_color(c["value"])) for c in manifest.data["classes"]]
     total = np.zeros(3)
     total_sq = np.zeros(3)
     count = 0
     for group in sorted(splits["train"]):
         for path in sorted((dubai_dir / group / "images").glob("*.jpg")):
-            pixels = np.asarray(Image.open(path).convert("RGB"), np.float64).reshape(-1, 3) / 255
+            mask_path = dubai_dir / group / "masks" / f"{path.stem}.png"
+            labelled = np.isin(read_mask_values(mask_path, "rgb"), class_codes)
+            pixels = np.asarray(Image.open(path).convert("RGB"), np.float64)[labelled] / 255
             total += pixels.sum(0)
             total_sq += (pixels**2).sum(0)
             count += len(pixels)
     mean = total / count
     std = np.sqrt(total_sq / count - mean**2)
+    assert manifest.data["version"] == 3
+    assert manifest.normalization.names == ["red", "green", "blue"]
     np.testing.assert_allclose(manifest.mean, mean, rtol=0, atol=1e-10)
     np.testing.assert_allclose(manifest.std, std, rtol=0, atol=1e-9)
 

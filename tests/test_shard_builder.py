@@ -108,14 +108,27 @@ def test_build_writes_tiles_masks_stats_and_manifest(tmp_path):
         assert sum(manifest["class_pixels"][split]) == pixels
         # 9 no-data pixels per image, 2 images per group.
         assert manifest["ignore_pixels"][split] == 9 * 2 * len(manifest["splits"][split]["groups"])
-    train_images = [
-        np.asarray(Image.open(p), dtype=np.float64) / 255
-        for g in manifest["splits"]["train"]["groups"]
-        for p in sorted((root / g / "images").glob("*.png"))
-    ]
-    pixels = np.concatenate([im.reshape(-1, 3) for im in train_images])
-    np.testing.assert_allclose(manifest["mean"], pixels.mean(0), atol=1e-12)
-    np.testing.assert_allclose(manifest["std"], pixels.std(0), atol=1e-9)
+    # Statistics: train pixels whose label is a class (the no-data corner is left out).
+    pixels = np.concatenate(
+        [
+            np.asarray(Image.open(p), dtype=np.float64)[3:, :].reshape(-1, 3)
+            for g in manifest["splits"]["train"]["groups"]
+            for p in sorted((root / g / "images").glob("*.png"))
+        ]
+        + [
+            np.asarray(Image.open(p), dtype=np.float64)[:3, 3:].reshape(-1, 3)
+            for g in manifest["splits"]["train"]["groups"]
+            for p in sorted((root / g / "images").glob("*.png"))
+        ]
+    )
+    assert "mean" not in manifest and manifest["version"] == 3
+    assert [b["name"] for b in manifest["bands"]] == ["red", "green", "blue"]
+    assert manifest["rgb_bands"] == [0, 1, 2]
+    np.testing.assert_allclose([b["mean"] for b in manifest["bands"]], pixels.mean(0), rtol=1e-12)
+    np.testing.assert_allclose([b["std"] for b in manifest["bands"]], pixels.std(0), rtol=1e-12)
+    np.testing.assert_allclose(loaded.mean, pixels.mean(0) / 255, rtol=1e-12)
+    low, high = np.percentile(pixels, [2, 98], axis=0, method="inverted_cdf")
+    assert [b["display"] for b in manifest["bands"]] == [[lo, hi] for lo, hi in zip(low, high)]
 
 
 def test_padding_is_ignore_and_windows_recorded(tmp_path):
@@ -173,16 +186,25 @@ def test_codecs_decode_to_the_same_samples(tmp_path):
 
 
 def test_manifest_versions(tmp_path):
-    """Version 1 manifests (PNG masks, no mask_codec) still load; newer ones are refused."""
+    """Version 1 and 2 manifests (RGB, 0–1 mean/std) still load; newer ones are refused."""
     build(make_dataset(tmp_path / "data", groups=3), tmp_path / "out", image_codec="png")
     path = tmp_path / "out" / "dataset.json"
     data = json.loads(path.read_text())
-    assert data["version"] == 2 and data["mask_codec"] == "png"
-    del data["mask_codec"]
-    path.write_text(json.dumps(data | {"version": 1}))
+    assert data["version"] == 3 and data["mask_codec"] == "png"
+    written = load_manifest(tmp_path / "out")
+    old = {k: v for k, v in data.items() if k not in ("bands", "rgb_bands", "mask_codec")}
+    old |= {"mean": written.mean, "std": written.std}  # a version 2 manifest's 0-1 values
+    path.write_text(json.dumps(old | {"version": 1}))
     assert load_manifest(tmp_path / "out").mask_codec == "png"
-    path.write_text(json.dumps(data | {"version": 3}))
-    with pytest.raises(ManifestError, match="dataset.json: shard format version 3 is newer"):
+    path.write_text(json.dumps(old | {"version": 2, "mask_codec": "png"}))
+    v2 = load_manifest(tmp_path / "out")
+    assert v2.in_channels == 3 and v2.normalization.rgb_bands == (0, 1, 2)
+    np.testing.assert_allclose(v2.mean, written.mean, rtol=1e-12)
+    assert Codecs.of(v2).bands == 3 and Codecs.of(v2).dtype == "uint8"
+    samples = read_samples(list(v2.split("train").shards), Codecs.of(v2))
+    assert next(iter(samples)).image.dtype == torch.uint8
+    path.write_text(json.dumps(data | {"version": 4}))
+    with pytest.raises(ManifestError, match="dataset.json: shard format version 4 is newer"):
         load_manifest(tmp_path / "out")
 
 
@@ -268,11 +290,23 @@ def test_two_band_tiff_and_tiff_variants(tmp_path):
     )
     (root / "Tile 0/images/part_0.png").unlink()
     pairs = pair_by_glob(str(root / "*/images/*"), str(root / "*/masks/*.png"))
-    with pytest.raises(ImageReadError, match=r"part_0\.tif: 2-band"):
+    # A 2-band image builds on its own (npy), but not among RGB images.
+    with pytest.raises(BuildError, match=r"part_0\.tif: 2 uint8 bands \(band1, band2\) differ"):
         build_shards(
             pairs, load_classes(root / "classes.yaml"), tmp_path / "out", BuildOptions(tile=32)
         )
     assert no_tar_left(tmp_path)
+    # An undescribed 3-band uint8 TIFF is RGB, as the PNGs beside it.
+    tifffile.imwrite(
+        root / "Tile 0/images/part_0.tif",
+        np.full((40, 56, 3), 9, np.uint8),
+        photometric="minisblack",
+        planarconfig="contig",
+    )
+    manifest = build_shards(
+        pairs, load_classes(root / "classes.yaml"), tmp_path / "out", BuildOptions(tile=32)
+    )
+    assert [b["name"] for b in manifest["bands"]] == ["red", "green", "blue"]
 
 
 def test_existing_output_needs_overwrite(tmp_path):

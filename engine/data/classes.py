@@ -9,6 +9,8 @@ A classes file is YAML that a user edits (``launch/inspect_masks.py`` writes a d
       - {name: Unlabeled, value: "#9B9B9B", ignore: true}                # -> 255
 
 Entries with ``ignore: true`` are not classes: their pixels become ``IGNORE_INDEX``.
+``index`` masks may hold any value in -32768..65535 (signed and 16-bit masks), e.g. a
+Sentinel-2 label whose no data is -1: ``{name: nodata, value: -1, ignore: true}``.
 
 ``encoding: text`` is for vector labels whose class attribute holds names (``value: forest``;
 see :mod:`engine.data.vector_labels`): each distinct text gets an integer code (its order of
@@ -27,6 +29,8 @@ from engine.errors import UserError
 
 IGNORE_INDEX = 255
 ENCODINGS = ("rgb", "index", "text")
+#: Values an ``index`` mask may use: int16 (no data is often -1) through uint16.
+INDEX_VALUES = (-32768, 65535)
 
 # Colours for classes that come without one (index masks, and drafts of masks whose own
 # colours are too alike): colour-blind-safe Okabe–Ito, then Paul Tol's muted and light sets,
@@ -171,8 +175,10 @@ def _parse_value(raw: object, encoding: str, where: str, texts: dict[str, int]) 
         value = int(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError) as error:
         raise ClassesError(f"{where}: bad value {raw!r} for encoding {encoding!r}") from error
-    if not 0 <= value <= 65535:
-        raise ClassesError(f"{where}: index value {value} is outside 0..65535")
+    if not INDEX_VALUES[0] <= value <= INDEX_VALUES[1]:
+        raise ClassesError(
+            f"{where}: index value {value} is outside {INDEX_VALUES[0]}..{INDEX_VALUES[1]}"
+        )
     return value
 
 

@@ -226,11 +226,13 @@ class BatchSlots:
         self._kept: list[tuple[torch.Tensor, torch.Tensor, int]] = []
 
     def take(self, count: int, batch: int, size: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 ``[count, *size, 3]`` images and ``[count, *size]`` masks to fill."""
+        """Images ``[count, H, W, C]`` (``size = (H, W, C, dtype)``) and uint8 masks to fill."""
         if self.pin or not hasattr(torch._C, "_storage_Use_Count"):
             return self._new(count, size)
         for images, masks, idle in self._kept:
-            if images.shape[1:3] == size and _use_count(images) == _use_count(masks) == idle:
+            if (*images.shape[1:], images.dtype) == size and _use_count(images) == _use_count(
+                masks
+            ) == idle:
                 return images[:count], masks[:count]
         if len(self._kept) >= self.keep:
             return self._new(count, size)
@@ -239,24 +241,38 @@ class BatchSlots:
         return images[:count], masks[:count]
 
     def _new(self, count: int, size: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.empty((count, *size, 3), dtype=torch.uint8, pin_memory=self.pin)
-        return images, torch.empty((count, *size), dtype=torch.uint8, pin_memory=self.pin)
+        height, width, bands, dtype = size
+        images = torch.empty((count, height, width, bands), dtype=dtype, pin_memory=self.pin)
+        masks = torch.empty((count, height, width), dtype=torch.uint8, pin_memory=self.pin)
+        return images, masks
+
+
+_TORCH_DTYPES = {
+    "uint8": torch.uint8,
+    "uint16": torch.uint16,
+    "int16": torch.int16,
+    "float32": torch.float32,
+}
 
 
 def _batch_size(samples: list, codecs: Codecs) -> tuple:
-    """The tile size of a batch: its first sample's (checked against each sample's later)."""
+    """``(H, W, bands, dtype)`` of a batch: its first sample's tile, the manifest's bands.
+
+    Every sample is checked against the manifest when it is read.
+    """
     first = samples[0].members.get(f"image.{codecs.image}")
-    return (
+    tile = (
         tuple(first.shape[:2]) if isinstance(first, NpyMember) and len(first.shape) == 3 else (0, 0)
     )
+    return (*tile, codecs.bands, _TORCH_DTYPES.get(codecs.dtype, torch.uint8))
 
 
 def fill_batch(samples: list, images, masks, codecs: Codecs):
-    """Read ``samples`` into ``images`` ``[B,H,W,3]`` and ``masks`` ``[B,H,W]`` (uint8).
+    """Read ``samples`` into ``images`` ``[B,H,W,C]`` (the bands' type) and uint8 ``masks``.
 
     Returns:
-        ``(images, masks, keys)``: images still ``HxWx3`` per sample (the caller views them
-        as ``[B,3,H,W]`` channels-last).
+        ``(images, masks, keys)``: images still ``HxWxC`` per sample (the caller views them
+        as ``[B,C,H,W]`` channels-last).
     """
     slots, fds = (images.numpy(), masks.numpy()), {}
     try:

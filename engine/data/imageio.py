@@ -361,8 +361,22 @@ def mask_codec_for(image_codec: str) -> str:
 
 
 def encode_image(array: np.ndarray, codec: str, quality: int = 95) -> bytes:
-    """Encode a uint8 ``HxWx3`` (image) or ``HxW`` (mask) array for a shard member."""
+    """Encode an image (``HxWxC``) or mask (``HxW``) array for a shard member.
+
+    ``npy`` stores any array as it is (C order, its own type: uint8, uint16, int16,
+    float32 bands); ``png``, ``jpg`` and ``webp`` take uint8 ``HxWx3`` images or ``HxW``
+    masks only.
+
+    Raises:
+        ValueError: for an unknown codec, or an array the codec cannot hold.
+    """
     buffer = io.BytesIO()
+    pictured = array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)
+    if codec != "npy" and (array.dtype != np.uint8 or not pictured):
+        raise ValueError(
+            f"the {codec} codec holds uint8 HxWx3 images only, not {array.shape} {array.dtype}; "
+            "use npy"
+        )
     if codec == "npy":
         np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     elif codec == "png":
@@ -391,7 +405,9 @@ def _npy_view(data: bytes | bytearray) -> np.ndarray:
 
 
 def decode_image(data: bytes | bytearray, codec: str) -> np.ndarray:
-    """Decode a shard member written by :func:`encode_image` back to a uint8 array.
+    """Decode a shard member written by :func:`encode_image` back to its array.
+
+    ``png``/``jpg``/``webp`` give uint8; ``npy`` gives the stored type (the bands' type).
 
     ``npy`` members are not copied: the array is a view of ``data``, writable when ``data``
     is a ``bytearray`` (as :mod:`engine.data.loader` reads them).

@@ -1,4 +1,4 @@
-"""Stream shard samples as uint8 batches, safely on every rank of a distributed job.
+"""Stream shard samples as batches (the bands' native type), safely on every rank of a job.
 
 Nothing here goes through ``accelerator.prepare``: each rank builds its own loader from
 its rank and the world size.
@@ -46,8 +46,9 @@ class Batch(NamedTuple):
     """A batch as it leaves the loader.
 
     Attributes:
-        images: uint8 ``[B, 3, H, W]`` with channels-last strides (as decoded: stacking
-            ``HxWx3`` tiles needs no transposing copy on the host).
+        images: ``[B, C, H, W]`` in the bands' type (uint8, uint16, int16 or float32; see
+            the manifest's ``bands``) with channels-last strides (as decoded: stacking
+            ``HxWxC`` tiles needs no transposing copy on the host).
         masks: uint8 ``[B, H, W]``; 255 = ignore.
         keys: Sample keys; empty for padding batches.
     """
@@ -60,7 +61,7 @@ class Batch(NamedTuple):
 class Sample(NamedTuple):
     """One decoded sample."""
 
-    image: torch.Tensor  # uint8 [3, H, W], a view of the decoded H x W x 3 array
+    image: torch.Tensor  # [C, H, W] in the bands' type, a view of the decoded H x W x C
     mask: torch.Tensor  # uint8 [H, W]
     key: str
     meta: dict
@@ -167,7 +168,7 @@ def read_sample(manifest: Manifest, split: str, index: int) -> Sample:
 
 
 def collate(samples: list[Sample]) -> Batch:
-    """Stack samples into a :class:`Batch` (images stacked as ``HxWx3``, then viewed as CHW)."""
+    """Stack samples into a :class:`Batch` (images stacked as ``HxWxC``, then viewed as CHW)."""
     return Batch(
         _stack([s.image.permute(1, 2, 0) for s in samples]).permute(0, 3, 1, 2),
         _stack([s.mask for s in samples]),
@@ -408,10 +409,11 @@ def eval_batches(
     for batch in batches:
         yielded += 1
         yield batch
-    size = manifest.tile_size
+    size, bands = manifest.tile_size, codecs.bands
+    dtype = getattr(torch, codecs.dtype)
     for _ in range(steps - yielded):
         yield Batch(
-            torch.zeros(batch_size, 3, size, size, dtype=torch.uint8),
+            torch.zeros(batch_size, bands, size, size, dtype=dtype),
             torch.full((batch_size, size, size), manifest.ignore_index, dtype=torch.uint8),
             [],
         )

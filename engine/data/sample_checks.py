@@ -1,4 +1,4 @@
-"""What every shard sample must be: the manifest's codecs, uint8 tiles, masks of classes."""
+"""What every shard sample must be: the manifest's codecs, bands and type, masks of classes."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from engine.data.manifest import Manifest
 class Codecs(NamedTuple):
     """Codecs of a shard folder's ``image.*`` and ``mask.*`` members, and what they must hold.
 
-    ``tile`` and ``num_classes`` (``None``: not checked) come from the manifest: every
-    decoded sample is checked to be uint8 ``tile x tile x 3`` and ``tile x tile`` with mask
-    values below ``num_classes`` or equal to ``ignore_index``.
+    ``tile``, ``num_classes``, ``bands`` and ``dtype`` come from the manifest (``tile``
+    and ``num_classes`` ``None``: not checked): every decoded sample is checked to be a
+    ``tile x tile x bands`` image of ``dtype`` and a uint8 ``tile x tile`` mask with values
+    below ``num_classes`` or equal to ``ignore_index``.
     """
 
     image: str
@@ -22,28 +23,39 @@ class Codecs(NamedTuple):
     tile: int | None = None
     num_classes: int | None = None
     ignore_index: int = 255
+    bands: int = 3
+    dtype: str = "uint8"
 
     @classmethod
     def of(cls, manifest: Manifest) -> Codecs:
-        """The codecs, tile size and classes the manifest names."""
+        """The codecs, tile size, classes, band count and band type the manifest names."""
+        bands = manifest.normalization.bands
         return cls(
             manifest.image_codec,
             manifest.mask_codec,
             manifest.tile_size,
             manifest.num_classes,
             manifest.ignore_index,
+            len(bands),
+            bands[0].dtype,
         )
 
 
 def check_layout(image, mask, codecs: Codecs) -> None:
     """Dtypes and shapes (of arrays, or of ``NpyMember`` headers) against the manifest."""
-    if image.dtype != np.uint8 or mask.dtype != np.uint8:
-        raise ValueError(f"image is {image.dtype} and mask {mask.dtype}; shards hold uint8")
-    if len(image.shape) != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
+    if image.dtype != np.dtype(codecs.dtype):
+        raise ValueError(f"image is {image.dtype}, but the manifest's bands are {codecs.dtype}")
+    if mask.dtype != np.uint8:
+        raise ValueError(f"mask is {mask.dtype}; shards hold uint8 masks")
+    if len(image.shape) != 3 or mask.shape != image.shape[:2]:
         raise ValueError(f"image {image.shape} and mask {mask.shape} do not form a sample")
+    if image.shape[2] != codecs.bands:
+        raise ValueError(f"image has {image.shape[2]} bands, but the manifest lists {codecs.bands}")
     tile = codecs.tile
     if tile is not None and image.shape[:2] != (tile, tile):
-        raise ValueError(f"image {image.shape} is not {tile}x{tile}x3 (tile_size in the manifest)")
+        raise ValueError(
+            f"image {image.shape} is not {tile}x{tile}x{codecs.bands} (tile_size in the manifest)"
+        )
 
 
 def check_values(mask: np.ndarray, codecs: Codecs) -> None:

@@ -22,20 +22,28 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from engine.data.band_stats import (
+    BandAccumulator,
+    BandSums,
+    BuildBands,
+    check_band_options,
+    resolve_bands,
+    tile_sums,
+)
 from engine.data.build_output import BuildError, BuildOutput
+from engine.data.build_sources import map_mask, read_mask, read_tiff_bands
 from engine.data.build_warnings import coverage_warnings, padding_warnings, print_warning
 from engine.data.classes import IGNORE_INDEX, ClassesFile
 from engine.data.imageio import (
     IMAGE_CODECS,
-    TRANSPARENT,
+    TIFF_SUFFIXES,
     encode_image,
     exif_hint,
     mask_codec_for,
     read_image,
-    read_mask_values,
 )
 from engine.data.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
-from engine.data.normalize import BandStats, Normalization
+from engine.data.normalize import BAND_DTYPES
 from engine.data.pairing import Pair, check_member_keys, safe_key
 from engine.data.processes import parallel_map
 from engine.data.shard_store import check_remote_out, is_url, publish
@@ -55,21 +63,33 @@ class BuildOptions:
     """How to cut, encode and split.
 
     Attributes:
-        tile: Tile edge in pixels; larger images are cut, smaller ones padded (label 255).
+        tile: Tile edge in pixels; larger images are cut, smaller ones padded (image 0,
+            label 255).
         val: Fraction of groups (or blocks) for validation.
         test: Fraction of groups (or blocks) for testing.
         split_by: ``group`` (whole groups) or ``blocks:N`` (N×N-tile blocks of each image;
             see :mod:`engine.data.splits`).
         seed: Seed of the split and of the sample order inside each split.
         image_codec: ``npy`` (default: least CPU per tile, see docs/BENCHMARKS.md; masks
-            are raw ``npy`` too), ``png``, ``webp`` (lossless, smaller: for network
-            storage) or ``jpg`` (these three store PNG masks).
+            are raw ``npy`` too; images of any band count and type are stored as they are),
+            ``png``, ``webp`` (lossless, smaller: for network storage) or ``jpg`` (these
+            three hold 3-band uint8 images only, and store PNG masks).
         jpeg_quality: Quality for the ``jpg`` codec.
         samples_per_shard: Most samples in one tar.
         mix_buffer: Samples held back and written in seeded random order, so that a shard
             mixes tiles of many images (memory: this many encoded samples).
         unknown: ``error`` (default) or ``ignore`` for mask values not in the classes file.
-        uint16_max: For uint16 images, the value mapped to 255.
+        bands: Bands to keep, in order: 1-based indices or band names (the raster's band
+            descriptions, or ``band_files`` names); ``None``: all (an alpha band is used as
+            the valid mask, not kept).
+        band_files: Names of bands kept one per file: each image path is the first band's
+            file, the others' paths replace that name in the file name by theirs.
+        nodata: Image no-data value (overrides the raster's); ``None``: the raster's.
+            Pixels that are nodata in any band (or masked, or alpha 0, or NaN) become
+            ignore (255) in the mask and stay out of the statistics.
+        rgb_bands: 3 names or 1-based positions among the stored bands that make a
+            true-colour view, ``"none"``, or ``None`` (default: see
+            :func:`engine.data.band_stats.resolve_rgb`).
         workers: Processes that decode and encode in parallel.
         overwrite: Replace an existing output folder.
     """
@@ -84,7 +104,10 @@ class BuildOptions:
     samples_per_shard: int = 256
     mix_buffer: int = 512
     unknown: str = "error"
-    uint16_max: int | None = None
+    bands: tuple[int | str, ...] | None = None
+    band_files: tuple[str, ...] | None = None
+    nodata: float | None = None
+    rgb_bands: tuple[int | str, ...] | str | None = None
     workers: int = 1
     overwrite: bool = False
 
@@ -100,10 +123,12 @@ class _Sample:
 
 @dataclass
 class _PairResult:
+    image: str
+    bands: tuple[str, ...]
+    dtype: str
+    nodata: float | None
     samples: list[_Sample]
-    channel_sum: np.ndarray  # int64 [3], over the non-padding pixels of train tiles
-    channel_sumsq: np.ndarray  # int64 [3]
-    valid_pixels: int
+    sums: BandSums  # of the valid (mask not ignore) non-padding pixels of train tiles
     class_pixels: dict[str, np.ndarray]  # split → int64 [num_classes + 1], last = ignore
 
 
@@ -181,54 +206,68 @@ def _member_key(key: str, row: int, col: int) -> str:
     return f"{safe_key(key)}/r{row:05d}_c{col:05d}"
 
 
-def _map_mask(values: np.ndarray, classes: ClassesFile, unknown: str, path: Path) -> np.ndarray:
-    found, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    lookup = classes.lookup
-    lookup[TRANSPARENT] = IGNORE_INDEX  # transparent pixels of RGBA masks (imageio notes)
-    table = np.array([lookup.get(int(v), -1) for v in found], dtype=np.int16)
-    missing = table < 0
-    if missing.any():
-        if unknown != "ignore":
-            listed = ", ".join(
-                f"{classes.describe(int(v))} ({int(n):,} pixels)"
-                for v, n in zip(found[missing], counts[missing])
-            )
-            raise BuildError(
-                f"{path}: mask value(s) not in the classes file {classes.path}: {listed}. "
-                "Add them to the classes file (ignore: true for no-data) or pass --unknown ignore."
-            )
-        table[missing] = IGNORE_INDEX
-    return table.astype(np.uint8)[inverse.reshape(values.shape)]
+def _read_source(pair: Pair, options: BuildOptions) -> tuple:
+    """Provisional reader of a pair's image: ``(HxWxC native, valid HxW, band names, nodata)``.
+
+    TIFFs through rasterio (band files, GDAL masks and alpha bands), other formats as uint8
+    RGB through :func:`read_image`; then ``--bands``, ``--nodata``; NaN is never valid. To
+    be replaced by ``engine.data.rasters.open_raster`` (same rules).
+    """
+    path = Path(pair.image)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        image, valid, names, nodata = read_tiff_bands(path, options.band_files)
+    elif options.band_files:
+        raise BuildError(f"{path}: --band-files needs TIFF band files")
+    else:
+        image, names, nodata = read_image(path), ["red", "green", "blue"], None
+        valid = np.ones(image.shape[:2], bool)
+    if options.bands:
+        keep = resolve_bands(names, options.bands, str(path))
+        image, names = np.ascontiguousarray(image[..., keep]), [names[i] for i in keep]
+    if str(image.dtype) not in BAND_DTYPES:
+        raise BuildError(f"{path}: pixel type {image.dtype} is not one of {BAND_DTYPES}")
+    nodata = options.nodata if options.nodata is not None else nodata
+    if image.dtype.kind == "f":
+        valid &= np.isfinite(image).all(-1)
+    if nodata is not None and not np.isnan(nodata):
+        valid &= ~(image == nodata).any(-1)
+    return image, valid, names, nodata
 
 
 def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _PairResult:
     pair, pair_split, classes, options = args
-    image = read_image(pair.image, options.uint16_max)
-    values = read_mask_values(pair.mask, classes.encoding)
+    image, valid, names, nodata = _read_source(pair, options)
+    bands, dtype = image.shape[2], str(image.dtype)
+    if options.image_codec != "npy" and (bands != 3 or dtype != "uint8"):
+        raise BuildError(
+            f"{pair.image}: {bands}-band {dtype} image; --image-codec {options.image_codec} "
+            "holds 3-band uint8 only: use --image-codec npy"
+        )
+    values = read_mask(pair.mask, classes.encoding)
     if values.shape != image.shape[:2]:
         raise BuildError(
             f"{pair.mask}: mask is {values.shape[1]}x{values.shape[0]} (WxH) but its image "
             f"{pair.image} is {image.shape[1]}x{image.shape[0]}"
             + exif_hint(pair.image, values.shape)
         )
-    mask = _map_mask(values, classes, options.unknown, pair.mask)
+    mask = map_mask(values, classes, options.unknown, pair.mask)
+    mask[~valid] = IGNORE_INDEX
     num_classes = len(classes.classes)
-    result = _PairResult([], np.zeros(3, np.int64), np.zeros(3, np.int64), 0, {})
+    samples, class_pixels = [], {}
+    stats = BandAccumulator(bands, dtype)
     tile = options.tile
     for row, col, height, width in tile_windows(*image.shape[:2], tile):
         split = pair_split.at(row, col, tile)
         window = mask[row : row + height, col : col + width]
         counts = np.bincount(np.minimum(window, num_classes).ravel(), minlength=num_classes + 1)
-        result.class_pixels[split] = result.class_pixels.get(split, 0) + counts.astype(np.int64)
+        class_pixels[split] = class_pixels.get(split, 0) + counts.astype(np.int64)
         if split == "train":
-            valid = image[row : row + height, col : col + width].reshape(-1, 3).astype(np.int64)
-            result.channel_sum += valid.sum(0)
-            result.channel_sumsq += (valid * valid).sum(0)
-            result.valid_pixels += valid.shape[0]
-        image_tile = np.zeros((tile, tile, 3), np.uint8)
+            pixels = image[row : row + height, col : col + width][window != IGNORE_INDEX]
+            stats.add(tile_sums(pixels))
+        image_tile = np.zeros((tile, tile, bands), image.dtype)
         mask_tile = np.full((tile, tile), IGNORE_INDEX, np.uint8)
         image_tile[:height, :width] = image[row : row + height, col : col + width]
-        mask_tile[:height, :width] = mask[row : row + height, col : col + width]
+        mask_tile[:height, :width] = window
         meta = {
             "key": pair.key,
             "image": str(pair.image),
@@ -238,7 +277,7 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
             "window": {"row": row, "col": col, "height": height, "width": width},
             "source_size": {"height": image.shape[0], "width": image.shape[1]},
         }
-        result.samples.append(
+        samples.append(
             _Sample(
                 split=split,
                 key=_member_key(pair.key, row, col),
@@ -247,7 +286,9 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
                 meta=json.dumps(meta, sort_keys=True).encode(),
             )
         )
-    return result
+    return _PairResult(
+        str(pair.image), tuple(names), dtype, nodata, samples, stats.sums(), class_pixels
+    )
 
 
 def _results(jobs: list, workers: int) -> Iterator[_PairResult]:
@@ -276,8 +317,7 @@ def check_options(options: BuildOptions) -> None:
             raise BuildError(f"{name} {value!r}: must be an integer >= {low}")
     if options.jpeg_quality > 100:
         raise BuildError(f"--jpeg-quality {options.jpeg_quality}: must be at most 100")
-    if options.uint16_max is not None and options.uint16_max < 1:
-        raise BuildError(f"--uint16-max {options.uint16_max}: must be a positive integer")
+    check_band_options(options.bands, options.band_files, options.nodata, options.rgb_bands)
 
 
 def build_shards(
@@ -350,9 +390,7 @@ def build_shards(
         for s in SPLITS
     }
     totals = {s: np.zeros(num_classes + 1, np.int64) for s in SPLITS}
-    channel_sum = np.zeros(3, np.int64)
-    channel_sumsq = np.zeros(3, np.int64)
-    valid_pixels = 0
+    bands = BuildBands()
     stream = _results(jobs, options.workers)
     try:
         progress = tqdm(total=len(jobs), desc="building shards", unit="image")
@@ -361,18 +399,13 @@ def build_shards(
                 writers[sample.split].add(sample)
             for split, counts in result.class_pixels.items():
                 totals[split] += counts
-            channel_sum += result.channel_sum
-            channel_sumsq += result.channel_sumsq
-            valid_pixels += result.valid_pixels
+            bands.add(result.image, result.bands, result.dtype, result.nodata, result.sums)
             progress.update()
         stream.close()  # the pool's workers end here
         progress.close()
         for writer in writers.values():
             writer.finish()
-        if valid_pixels == 0:
-            raise BuildError("the train split is empty: lower --val/--test or add groups")
-        mean = channel_sum / valid_pixels
-        variance = channel_sumsq / valid_pixels - mean * mean
+        normalization = bands.normalization(options.rgb_bands, warn)
         manifest = {
             "format": "terraseg-shards",
             "version": FORMAT_VERSION,
@@ -383,14 +416,7 @@ def build_shards(
             "tile_size": options.tile,
             "image_codec": options.image_codec,
             "mask_codec": mask_codec_for(options.image_codec),
-            **Normalization(
-                tuple(
-                    BandStats(name, "uint8", float(m), float(sd), (0.0, 255.0))
-                    for name, m, sd in zip(
-                        ("red", "green", "blue"), mean, np.sqrt(np.maximum(variance, 0.0))
-                    )
-                )
-            ).records(),
+            **normalization.records(),
             "seed": options.seed,
             "split": split_record,
             "class_pixels": {
