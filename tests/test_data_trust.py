@@ -298,8 +298,8 @@ def test_a_huge_header_is_refused_before_decoding_naming_the_file(tmp_path, monk
     with pytest.raises(RasterError, match=r"bomb\.png: header claims 100000x100000"):
         read_index_mask(tmp_path / "bomb.png")
     (tmp_path / "big.tif").write_bytes(_tiff_header(100_000, 100_000, bands=3))
-    with open_raster(tmp_path / "big.tif", backend="tifffile") as reader:  # windowed: no limit
-        with pytest.raises(RasterError, match=r"big\.tif: cannot read rows 0:10 \(truncated"):
+    with open_raster(tmp_path / "big.tif") as reader:  # windowed: no limit
+        with pytest.raises(RasterError, match=r"big\.tif: cannot read rows 0:10"):
             reader.read(0, 10, 0, 10)
     Image.new("RGB", (20, 10)).save(tmp_path / "small.png")
     assert read_image(tmp_path / "small.png").shape == (10, 20, 3)

@@ -1,5 +1,6 @@
 """Shard loader: seeded endless training streams and exactly-once evaluation, on 2 ranks."""
 
+import gc
 import json
 import os
 import socket
@@ -206,6 +207,7 @@ def test_direct_reads_give_the_worker_batches_byte_for_byte(tmp_path, codec):
             _same_pixels([b for b in fast if b.keys], reference)
     # Batches dropped (and scribbled over) by the consumer: their memory is reused, and
     # every later batch is still whole.
+    gc.collect()  # loaders of the loops above close their worker pipes when collected
     addresses, descriptors = [], len(os.listdir("/proc/self/fd"))
     kw = dict(seed=3, rank=0, epoch=0, num_workers=2, pin_memory=False, direct=True)
     for batch in train_batches(manifest, 3, 12, **kw):
@@ -215,6 +217,7 @@ def test_direct_reads_give_the_worker_batches_byte_for_byte(tmp_path, codec):
         batch.masks.fill_(7)
         del batch
     assert len(set(addresses)) < len(addresses)
+    gc.collect()
     assert len(os.listdir("/proc/self/fd")) == descriptors  # no shard left open
 
 

@@ -316,9 +316,9 @@ def test_bands_by_name_or_index_and_rgb_bands(tmp_path):
     assert np.array_equal(images[0, :32, :32], image[:32, :32][..., [3, 1, 2]])
     assert _build(tmp_path, "none", rgb_bands="none")["rgb_bands"] is None
     assert _build(tmp_path, "chosen", rgb_bands=(4, 1, 2))["rgb_bands"] == [3, 0, 1]
-    with pytest.raises(BuildError, match=r"a\.tif: no band named 'B9' \(bands: nir, red, green"):
+    with pytest.raises(BuildError, match=r"a\.tif: no band named 'B9' \(available: 1:nir, 2:red"):
         _build(tmp_path, "bad", bands=("B9",))
-    with pytest.raises(BuildError, match=r"a\.tif: band 5 does not exist \(the image has 4"):
+    with pytest.raises(BuildError, match=r"a\.tif: no band 5 \(bands are 1-based; available"):
         _build(tmp_path, "bad", bands=(5,))
     assert not (tmp_path / "bad").exists()
 

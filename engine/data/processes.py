@@ -48,13 +48,11 @@ def _worker_init(caller: int) -> None:
 
 
 def _kill(executor: ProcessPoolExecutor) -> None:
-    processes = list((getattr(executor, "_processes", None) or {}).values())
-    executor.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
+    """Kill the workers at once (they may be mid-job), then release the pool's threads and pipes."""
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
         if process.is_alive():
             process.kill()
-    for process in processes:
-        process.join(5)
+    executor.shutdown(wait=True, cancel_futures=True)
 
 
 def parallel_map(function: Callable, jobs: Iterable, workers: int) -> Iterator:
@@ -84,6 +82,7 @@ def parallel_map(function: Callable, jobs: Iterable, workers: int) -> Iterator:
         initargs=(os.getpid(),),
     )
     pending: deque = deque()
+    finished = False
     try:
         for job in jobs:
             pending.append(executor.submit(function, job))
@@ -91,9 +90,13 @@ def parallel_map(function: Callable, jobs: Iterable, workers: int) -> Iterator:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+        finished = True
     except BrokenProcessPool as error:
         raise WorkerDiedError(
             "a worker process died (killed, out of memory, or crashed); retry with fewer --workers"
         ) from error
     finally:
-        _kill(executor)
+        if finished:
+            executor.shutdown(wait=True)
+        else:
+            _kill(executor)

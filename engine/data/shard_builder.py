@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -27,23 +28,19 @@ from engine.data.band_stats import (
     BandSums,
     BuildBands,
     check_band_options,
-    resolve_bands,
     tile_sums,
 )
 from engine.data.build_output import BuildError, BuildOutput
-from engine.data.build_sources import map_mask, read_mask, read_tiff_bands
+from engine.data.build_sources import map_mask, read_labels, read_source
 from engine.data.build_warnings import coverage_warnings, padding_warnings, print_warning
 from engine.data.classes import IGNORE_INDEX, ClassesFile
 from engine.data.imageio import (
     IMAGE_CODECS,
-    TIFF_SUFFIXES,
     encode_image,
     exif_hint,
     mask_codec_for,
-    read_image,
 )
 from engine.data.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
-from engine.data.normalize import BAND_DTYPES
 from engine.data.pairing import Pair, check_member_keys, safe_key
 from engine.data.processes import parallel_map
 from engine.data.shard_store import check_remote_out, is_url, publish
@@ -54,6 +51,9 @@ from engine.data.splits import (
     parse_split_by,
     plan_splits,
 )
+
+if TYPE_CHECKING:
+    from engine.data.vector_labels import VectorLabels
 
 MEMBER_EXT = {"png": "png", "jpg": "jpg", "webp": "webp", "npy": "npy"}
 
@@ -90,6 +90,8 @@ class BuildOptions:
         rgb_bands: 3 names or 1-based positions among the stored bands that make a
             true-colour view, ``"none"``, or ``None`` (default: see
             :func:`engine.data.band_stats.resolve_rgb`).
+        vector_labels: Labels from a vector file rasterised on each image's grid, instead
+            of mask files (:mod:`engine.data.vector_labels`).
         workers: Processes that decode and encode in parallel.
         overwrite: Replace an existing output folder.
     """
@@ -108,6 +110,7 @@ class BuildOptions:
     band_files: tuple[str, ...] | None = None
     nodata: float | None = None
     rgb_bands: tuple[int | str, ...] | str | None = None
+    vector_labels: VectorLabels | None = None
     workers: int = 1
     overwrite: bool = False
 
@@ -206,44 +209,18 @@ def _member_key(key: str, row: int, col: int) -> str:
     return f"{safe_key(key)}/r{row:05d}_c{col:05d}"
 
 
-def _read_source(pair: Pair, options: BuildOptions) -> tuple:
-    """Provisional reader of a pair's image: ``(HxWxC native, valid HxW, band names, nodata)``.
-
-    TIFFs through rasterio (band files, GDAL masks and alpha bands), other formats as uint8
-    RGB through :func:`read_image`; then ``--bands``, ``--nodata``; NaN is never valid. To
-    be replaced by ``engine.data.rasters.open_raster`` (same rules).
-    """
-    path = Path(pair.image)
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        image, valid, names, nodata = read_tiff_bands(path, options.band_files)
-    elif options.band_files:
-        raise BuildError(f"{path}: --band-files needs TIFF band files")
-    else:
-        image, names, nodata = read_image(path), ["red", "green", "blue"], None
-        valid = np.ones(image.shape[:2], bool)
-    if options.bands:
-        keep = resolve_bands(names, options.bands, str(path))
-        image, names = np.ascontiguousarray(image[..., keep]), [names[i] for i in keep]
-    if str(image.dtype) not in BAND_DTYPES:
-        raise BuildError(f"{path}: pixel type {image.dtype} is not one of {BAND_DTYPES}")
-    nodata = options.nodata if options.nodata is not None else nodata
-    if image.dtype.kind == "f":
-        valid &= np.isfinite(image).all(-1)
-    if nodata is not None and not np.isnan(nodata):
-        valid &= ~(image == nodata).any(-1)
-    return image, valid, names, nodata
-
-
 def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _PairResult:
     pair, pair_split, classes, options = args
-    image, valid, names, nodata = _read_source(pair, options)
+    image, valid, names, nodata = read_source(
+        Path(pair.image), options.bands, options.nodata, options.band_files
+    )
     bands, dtype = image.shape[2], str(image.dtype)
     if options.image_codec != "npy" and (bands != 3 or dtype != "uint8"):
         raise BuildError(
             f"{pair.image}: {bands}-band {dtype} image; --image-codec {options.image_codec} "
             "holds 3-band uint8 only: use --image-codec npy"
         )
-    values = read_mask(pair.mask, classes.encoding)
+    values = read_labels(pair, classes.encoding, options.vector_labels)
     if values.shape != image.shape[:2]:
         raise BuildError(
             f"{pair.mask}: mask is {values.shape[1]}x{values.shape[0]} (WxH) but its image "
@@ -347,6 +324,11 @@ def build_shards(
             setting; nothing is left in ``out``.
     """
     check_options(options)
+    if classes.encoding == "text" and options.vector_labels is None:
+        raise BuildError(
+            f"{classes.path}: encoding 'text' names the values of a vector file's attribute; "
+            "pass --vector FILE --attribute NAME"
+        )
     if not pairs:
         raise BuildError("no image/mask pairs to build from")
     if is_url(out):  # built in a local staging folder, uploaded with the manifest last
