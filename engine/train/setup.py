@@ -238,13 +238,12 @@ def stream_from_here(run: Run, steps: int) -> tuple[Any, TrainAugment]:
     config, manifest, rank = run.config, run.manifest, run.accelerator.process_index
     augment = TrainAugment(
         config.data.crop_size,
-        manifest.mean,
-        manifest.std,
-        config.data.hflip,
-        config.data.vflip,
-        config.data.rot90,
-        _jitter(config.data.jitter),
-        manifest.ignore_index,
+        manifest.normalization,
+        hflip=config.data.hflip,
+        vflip=config.data.vflip,
+        rot90=config.data.rot90,
+        jitter=_jitter(config.data.jitter),
+        ignore_index=manifest.ignore_index,
         seed=random.Random(f"{config.seed}/{rank}/{run.state.step}").getrandbits(62),
     ).to(run.device)
     batches = train_batches(
