@@ -211,3 +211,42 @@ def test_multitask_model_without_rgb_bands_is_a_one_line_error(tmp_path):
     assert str(shards / "dataset.json") in message and "rgb_bands: null" in message
     assert "resuneta_d6_mtsk" in message and "red, green and blue" in message
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_model_of_other_bands_is_refused_by_evaluation(tmp_path):
+    import archs
+    from engine.data.manifest import load_manifest
+    from engine.evaluate.shard_eval import BandCountError, evaluate_split
+
+    shards = write_v3_shards(tmp_path / "shards", "uint16", 5, counts={"train": 1, "val": 1})
+    rgb_model = archs.create_model("unet", 2, 3, base_width=4, depth=2)
+    with pytest.raises(BandCountError) as info:
+        evaluate_split(
+            rgb_model, load_manifest(shards), "val", batch_size=1, device=torch.device("cpu")
+        )
+    message = str(info.value)
+    assert "takes 3 input bands" in message and "has 5 (B1, B2, B3, B4, B5)" in message
+    assert str(shards / "dataset.json") in message and "\n" not in message
+
+
+def test_panel_pictures_show_the_rgb_bands_stretched():
+    from engine.data.normalize import BandStats, Normalization
+    from engine.evaluate.shard_eval import display_rgb
+
+    bands = tuple(
+        BandStats(name, "uint16", 2000.0, 500.0, (1000.0, 3000.0), 0.0) for name in "bgrn"
+    )
+    images = torch.full((1, 4, 2, 3), 2000, dtype=torch.uint16)
+    images[0, 2, 0, 0] = 3500  # red above the display high: full red
+    images[0, 1, 0, 1] = 1000  # green at the display low: no green
+    images[0, :, 1, 2] = 0  # nodata everywhere: the bands' mean, mid grey
+    picture = display_rgb(images, Normalization(bands, (2, 1, 0)))
+    assert picture.dtype == np.uint8 and picture.shape == (1, 2, 3, 3)
+    assert picture[0, 0, 0].tolist() == [255, 128, 128]
+    assert picture[0, 0, 1].tolist() == [128, 0, 128]
+    assert picture[0, 1, 2].tolist() == [128, 128, 128]
+    grey = display_rgb(images, Normalization(bands, None))  # no rgb bands: band 0 in grey
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 0] == 128).all()
+    rgb8 = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    uint8 = Normalization.from_manifest({"mean": [0.5] * 3, "std": [0.2] * 3})
+    assert np.array_equal(display_rgb(rgb8, uint8), rgb8.permute(0, 2, 3, 1).numpy())
