@@ -179,7 +179,8 @@ class RunSummary:
 
     Attributes:
         folder: The export folder holding ``model.json``.
-        spec: ``model.json``: ``{"arch", "num_classes", "in_channels", "options"}``.
+        spec: ``model.json``: ``{"arch", "num_classes", "in_channels", "options"}`` (and the
+            input ``bands``/``rgb_bands`` in exports that record them).
         class_names: From ``dataset.json`` when present, else empty.
         row: The architecture summary built with the spec.
         stored_values: Numbers held by ``model.safetensors`` (None without it).
@@ -285,6 +286,10 @@ def format_run(summary: RunSummary) -> str:
         f"arch: {spec['arch']}   in_channels: {spec.get('in_channels', 3)}   options: {options}",
         f"classes: {classes}",
     ]
+    if spec.get("bands"):
+        names = ", ".join(f"{b['name']} ({b['dtype']})" for b in spec["bands"])
+        rgb = spec.get("rgb_bands")
+        lines.append(f"bands: {names}   rgb_bands: {rgb if rgb is not None else 'none'}")
     if summary.stored_values is not None:
         match = "matches" if summary.stored_values == summary.expected_values else "DIFFERS from"
         lines.append(

@@ -155,9 +155,7 @@ def shard_contender(
 
     def run() -> dict[str, float]:
         r = next(rounds)
-        augment = TrainAugment(args.crop, manifest.mean, manifest.std, rot90=False, seed=r).to(
-            device
-        )
+        augment = TrainAugment(args.crop, manifest.normalization, rot90=False, seed=r).to(device)
 
         def consume(batch) -> int:
             images = batch.images.to(device, non_blocking=True)

@@ -2,6 +2,7 @@
 
 Usage:
     python launch/summary.py [--arch NAME] [--num-classes 8] [--size 512] [--base-width N]
+                             [--in-channels 3]   # e.g. 13 for Sentinel-2
     python launch/summary.py RUN_DIR [--size 512]     # the trained model (RUN or RUN/best)
 """
 

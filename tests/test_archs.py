@@ -362,7 +362,7 @@ def test_summary_all_at_512_on_meta():
 def test_summary_script():
     proc = subprocess.run(
         [sys.executable, str(REPO / "launch" / "summary.py"), "--arch", "resuneta_d6"]
-        + ["--num-classes", "4", "--size", "64", "--base-width", "8"],
+        + ["--num-classes", "4", "--size", "64", "--base-width", "8", "--in-channels", "13"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -370,4 +370,24 @@ def test_summary_script():
     )
     assert proc.returncode == 0, proc.stderr
     assert "resuneta_d6" in proc.stdout and "4x64x64" in proc.stdout
-    assert "base_width=8" in proc.stdout
+    assert "base_width=8" in proc.stdout and "13x64x64" in proc.stdout  # a 13-band input
+
+
+def test_summary_of_a_multiband_run_names_its_bands(tmp_path):
+    from archs.summary import format_run, summarize_run
+    from engine.data.normalize import BandStats, Normalization
+    from engine.train.export import save_exported
+
+    bands = Normalization(
+        tuple(BandStats(f"B{i}", "uint16", 900.0, 90.0, (100.0, 2000.0)) for i in range(5)),
+        (3, 2, 1),
+    )
+    model = archs.create_model("unet", 2, 5, base_width=4, depth=2)
+    spec = {"arch": "unet", "num_classes": 2, "in_channels": 5}
+    spec |= {"options": {"base_width": 4, "depth": 2}, **bands.records()}
+    manifest = {"classes": [{"name": "a", "color": "#000000"}, {"name": "b", "color": "#FFFFFF"}]}
+    save_exported(tmp_path / "best", model, spec, {}, manifest | bands.records())
+    text = format_run(summarize_run(tmp_path / "best", size=32))
+    assert "in_channels: 5" in text and "5x32x32" in text
+    assert "bands: B0 (uint16), B1 (uint16)" in text and "rgb_bands: [3, 2, 1]" in text
+    assert "matches" in text

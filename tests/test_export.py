@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
+from engine.data.normalize import BandStats, Normalization
 from engine.train.export import ExportError, load_exported, save_exported
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +30,8 @@ MANIFEST = {
     "tile_size": 64,
 }
 CONFIG = {"model": {"arch": "unet"}, "optim": {"lr": 1e-3}, "data": Path("/data/shards")}
+# What an export records of a version 2 manifest: three uint8 bands with its 0-1 statistics.
+RGB_RECORDS = Normalization.from_manifest(MANIFEST).records()
 
 
 class TinyNet(nn.Module):
@@ -93,7 +96,7 @@ def test_round_trip_gives_identical_outputs(tmp_path, model_factory):
         "model.json",
         "model.safetensors",
     ]
-    assert json.loads((best / "model.json").read_text()) == spec
+    assert json.loads((best / "model.json").read_text()) == spec | RGB_RECORDS
     assert yaml.safe_load((best / "config.yaml").read_text())["data"] == "/data/shards"
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -101,7 +104,8 @@ def test_round_trip_gives_identical_outputs(tmp_path, model_factory):
     for where in (run, best, best / "model.safetensors"):
         loaded = load_exported(where)
         assert not loaded.model.training
-        assert loaded.spec == spec and loaded.manifest == MANIFEST
+        assert loaded.spec == spec | RGB_RECORDS and loaded.manifest == MANIFEST
+        assert loaded.normalization == Normalization.from_manifest(MANIFEST)
         assert loaded.config["optim"] == {"lr": 1e-3}
         with torch.no_grad():
             assert torch.equal(loaded.model(x), expected)
@@ -128,7 +132,7 @@ def test_checkpoint_weights_take_the_runs_spec(tmp_path, model_factory):
     x = torch.randn(1, 3, 32, 32)
     for where in (step, step / "model.safetensors"):
         loaded = load_exported(where)
-        assert loaded.spec == spec
+        assert loaded.spec == spec | RGB_RECORDS
         with torch.no_grad():
             assert torch.equal(loaded.model(x), later(x))
 
@@ -175,6 +179,45 @@ def test_mismatched_weights_are_a_clear_error(tmp_path, model_factory):
     (best / "model.json").write_text(json.dumps(other))
     with pytest.raises(ExportError, match="weights do not match"):
         load_exported(best)
+
+
+def test_export_records_the_bands_and_older_exports_load_as_rgb(tmp_path):
+    import archs
+
+    bands = tuple(
+        BandStats(f"B{i}", "uint16", 1500.0 + i, 300.0 + i, (200.0, 4000.0 + i), 0.0)
+        for i in range(5)
+    )
+    normalization = Normalization(bands, None)
+    spec = {"arch": "unet", "num_classes": 3, "in_channels": 5, "options": {"base_width": 4}}
+    spec |= normalization.records()
+    torch.manual_seed(0)
+    model = archs.create_model("unet", 3, 5, base_width=4).eval()
+    manifest = {**MANIFEST, "version": 3, **normalization.records()}
+    del manifest["mean"], manifest["std"]
+    best = save_exported(tmp_path / "multi" / "best", model, spec, CONFIG, manifest)
+    written = json.loads((best / "model.json").read_text())
+    assert written["in_channels"] == 5 and written["rgb_bands"] is None
+    assert [b["name"] for b in written["bands"]] == ["B0", "B1", "B2", "B3", "B4"]
+    assert {b["dtype"] for b in written["bands"]} == {"uint16"} and written["bands"][4][
+        "nodata"
+    ] == 0
+    loaded = load_exported(best)
+    assert loaded.normalization == normalization and loaded.in_channels == 5
+    x = torch.randn(1, 5, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
+    # An export written before bands were recorded: model.json without them, a 0-1 manifest.
+    old_spec = {"arch": "unet", "num_classes": 3, "options": {"base_width": 4, "depth": 2}}
+    rgb_model = _trained(lambda: archs.create_model("unet", 3, 3, base_width=4, depth=2))
+    old = save_exported(tmp_path / "old" / "best", rgb_model, old_spec, CONFIG, MANIFEST)
+    (old / "model.json").write_text(json.dumps(old_spec))
+    loaded = load_exported(old)
+    assert loaded.in_channels == 3 and loaded.normalization.rgb_bands == (0, 1, 2)
+    assert [b.dtype for b in loaded.normalization.bands] == ["uint8"] * 3
+    assert loaded.normalization.unit_mean_std()[0] == pytest.approx(MANIFEST["mean"])
+    with pytest.raises(ExportError, match="in_channels 3 but 5 bands"):
+        save_exported(tmp_path / "bad", model, {**spec, "in_channels": 3}, CONFIG, manifest)
 
 
 @pytest.mark.slow

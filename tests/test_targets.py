@@ -6,6 +6,7 @@ from scipy import ndimage
 
 from engine.train.targets import (
     MultitaskTargets,
+    NoColourBands,
     boundary_targets,
     colour_targets,
     distance_targets,
@@ -144,3 +145,22 @@ def test_make_targets_shapes():
     assert t.boundary.shape == t.distance.shape == (3, N, 16, 16)
     assert t.colour.shape == (3, 3, 16, 16)
     assert all(x.dtype == torch.float32 for x in (t.boundary, t.distance, t.colour))
+
+
+def test_colour_target_comes_from_the_rgb_bands_clamped():
+    """A 5-band unit-scale image (e.g. nir, blue, green, red, swir; not uint8, so values may
+    leave [0, 1]): the colour target is the HSV of bands (3, 2, 1) clamped to [0, 1]."""
+    masks = torch.from_numpy(_blob_masks(2, shape=(16, 16)))
+    unit = torch.rand(2, 5, 16, 16, generator=torch.Generator().manual_seed(8)) * 1.6 - 0.3
+    t = make_targets(unit, masks, N, IGNORE, rgb_bands=(3, 2, 1))
+    expected = colour_targets(unit[:, [3, 2, 1]].clamp(0, 1))
+    assert torch.equal(t.colour, expected)
+    assert not torch.equal(t.colour, colour_targets(unit[:, :3].clamp(0, 1)))
+    rgb = torch.rand(2, 3, 16, 16)
+    assert torch.equal(make_targets(rgb, masks, N, IGNORE).colour, colour_targets(rgb))
+
+
+def test_colour_target_without_rgb_bands_is_refused():
+    masks = torch.from_numpy(_blob_masks(1, shape=(16, 16)))
+    with pytest.raises(NoColourBands, match="rgb_bands: null"):
+        make_targets(torch.rand(1, 2, 16, 16), masks, N, IGNORE, rgb_bands=None)

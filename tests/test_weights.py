@@ -179,3 +179,31 @@ def test_pretrained_offline_other_tag_cached_still_fails(monkeypatch, empty_hf_c
 def test_unet_has_no_pretrained_option():
     with pytest.raises(TypeError, match="valid options"):
         archs.create_model("resuneta_d6", 4, weights="x.pth")
+
+
+def test_resunet34_with_13_bands_gets_timms_adapted_first_conv(tmp_path):
+    """A local RGB resnet34 file on a 13-band model: timm adapts the first conv
+    (``adapt_input_conv``: the RGB kernel repeated over the bands, scaled by 3/13); every
+    other encoder tensor loads unchanged, and a 3-band model takes the file as it is."""
+    from safetensors.torch import load_file
+    from timm.models._manipulate import adapt_input_conv
+
+    torch.manual_seed(34)
+    path = save_state_dict(timm.create_model("resnet34"), tmp_path / "resnet34.safetensors")
+    saved = load_file(str(path))
+    rgb_kernel = saved["conv1.weight"]
+    assert rgb_kernel.shape == (64, 3, 7, 7)
+
+    multi = archs.create_model("resunet34", 4, 13, weights=path)
+    first = multi.encoder.conv1.weight.detach()
+    assert first.shape == (64, 13, 7, 7)
+    assert torch.equal(first, adapt_input_conv(13, rgb_kernel.clone()))
+    torch.testing.assert_close(first[:, :3], rgb_kernel * 3 / 13)  # what timm's rule means
+    torch.testing.assert_close(first[:, 12], rgb_kernel[:, 0] * 3 / 13)
+    assert torch.equal(multi.encoder.layer4[2].conv2.weight, saved["layer4.2.conv2.weight"])
+
+    rgb = archs.create_model("resunet34", 4, 3, weights=path)
+    for name, tensor in rgb.encoder.state_dict().items():
+        if name in saved:
+            assert torch.equal(tensor, saved[name]), name
+    assert torch.equal(rgb.encoder.conv1.weight, rgb_kernel)

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archs import segmentation_logits
+from archs import segmentation_logits, unwrap_model
 from engine.data.loader import eval_batches
 from engine.data.manifest import Manifest
-from engine.data.normalize import normalize
+from engine.data.normalize import Normalization, normalize
 from engine.errors import UserError
 from engine.evaluate.metrics import ConfusionMatrix, SegmentationMetrics
 
@@ -45,9 +45,50 @@ def check_class_count(model_classes: int, manifest: Manifest, model: str = "the 
         )
 
 
+class BandCountError(UserError):
+    """A model's input channels differ from the data's bands; the message names both."""
+
+
+def check_band_count(model_channels: int, manifest: Manifest, model: str = "the model") -> None:
+    """Refuse a model whose input channels are not the shards' bands.
+
+    Raises:
+        BandCountError: naming the model, the manifest and both band counts.
+    """
+    normalization = manifest.normalization
+    if int(model_channels) != normalization.in_channels:
+        raise BandCountError(
+            f"{model} takes {model_channels} input bands but {manifest.root / 'dataset.json'} "
+            f"has {normalization.in_channels} ({', '.join(normalization.names)}); evaluate it "
+            "on shards of the bands it was trained on"
+        )
+
+
+def display_rgb(images: torch.Tensor, normalization: Normalization) -> np.ndarray:
+    """uint8 ``[B, H, W, 3]`` pictures of native ``[B, C, H, W]`` images (for panels).
+
+    The ``rgb_bands`` on each band's unit scale (uint8 bands as they are, other bands
+    stretched between their display percentiles), or the first band in grey when the data
+    has no rgb bands; nodata pixels show the band's mean.
+    """
+    unit = normalization.to_unit(images)
+    rgb = normalization.rgb_bands
+    view = unit[:, list(rgb)] if rgb is not None else unit[:, :1].expand(-1, 3, -1, -1)
+    pixels = (view.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
 @dataclass
 class Example:
-    """One evaluated tile, kept for panels: uint8 ``HxWx3`` image, truth and prediction."""
+    """One evaluated tile, kept for panels.
+
+    Attributes:
+        key: The sample's key.
+        image: uint8 ``HxWx3`` picture of the image (its ``rgb_bands``, see
+            :func:`display_rgb`).
+        truth: uint8 ``HxW`` class indices (255 = ignore).
+        prediction: uint8 ``HxW`` predicted classes.
+    """
 
     key: str
     image: np.ndarray
@@ -119,7 +160,11 @@ def evaluate_split(
     Raises:
         ClassCountError: when the model's logits have another number of classes than the
             manifest lists.
+        BandCountError: when the model takes another number of bands than the manifest has.
     """
+    channels = getattr(unwrap_model(model), "in_channels", None)
+    if isinstance(channels, int):
+        check_band_count(channels, manifest)
     model.eval()
     confusion = ConfusionMatrix(
         manifest.num_classes, manifest.ignore_index, manifest.class_names, device
@@ -142,11 +187,14 @@ def evaluate_split(
             check_class_count(logits.shape[1], manifest)
         prediction = logits.argmax(1)
         confusion.update(prediction, masks)
-        for index in range(min(examples - len(kept), len(batch.keys))):
+        wanted = min(examples - len(kept), len(batch.keys))
+        if wanted > 0:
+            pictures = display_rgb(batch.images[:wanted], normalization)
+        for index in range(wanted):
             kept.append(
                 Example(
                     batch.keys[index],
-                    batch.images[index].permute(1, 2, 0).numpy(),
+                    pictures[index],
                     batch.masks[index].numpy(),
                     prediction[index].to(torch.uint8).cpu().numpy(),
                 )

@@ -1,12 +1,20 @@
 """Device-side training augmentation (evaluation normalisation: :mod:`engine.data.normalize`).
 
+One pipeline for every band count and pixel type: the native batch (uint8, uint16, int16 or
+float32, ``[B, C, H, W]``) goes to each band's *unit scale* with
+:meth:`~engine.data.normalize.Normalization.to_unit` (nodata pixels take the band's mean),
+then through the geometry, then the photometric jitter (on the unit scale, per band), and
+is standardised with :meth:`~engine.data.normalize.Normalization.standardize_unit`. For
+3-band uint8 RGB data this is exactly the former ``x / 255`` → jitter → ``(x - mean) / std``.
+
 Geometry uses plain torch indexing instead of ``kornia.augmentation.AugmentationSequential``:
 a crop, flips and 90-degree rotations are pure pixel permutations, so indexing is exact by
 construction (no interpolation, masks stay integer and aligned), per-sample, free of host
 syncs, and every random draw comes from one ``torch.Generator`` for reproducibility. The
 permutations are composed into one source index, so each tensor takes a single ``gather``
-over the crop's pixels only. Photometric jitter uses
-``kornia.enhance`` with per-sample factors drawn from the same generator.
+over the crop's pixels only. Photometric jitter is plain tensor arithmetic per band (kornia's
+formulas, its grey level and its hue shift for the RGB bands) with per-sample factors drawn
+from the same generator.
 """
 
 from __future__ import annotations
@@ -17,34 +25,50 @@ from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
-from kornia.enhance import (
-    adjust_brightness_accumulative,
-    adjust_contrast_with_mean_subtraction,
-    adjust_hue,
-    adjust_saturation_with_gray_subtraction,
-)
+from kornia.color import rgb_to_grayscale
+from kornia.enhance import adjust_hue
 from torch import nn
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TrainAugment"]
+from engine.data.normalize import BandStats, Normalization
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TrainAugment", "imagenet_normalization"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
 
 
+def imagenet_normalization() -> Normalization:
+    """Three uint8 bands red, green, blue with the ImageNet mean and std (the default)."""
+    return Normalization(
+        tuple(
+            BandStats(name, "uint8", m * 255.0, s * 255.0, (0.0, 255.0))
+            for name, m, s in zip(("red", "green", "blue"), IMAGENET_MEAN, IMAGENET_STD)
+        ),
+        (0, 1, 2),
+    )
+
+
 class TrainAugment(nn.Module):
-    """Random crop, flips, 90-degree rotations and optional colour jitter, per sample.
+    """Random crop, flips, 90-degree rotations and optional photometric jitter, per sample.
 
     Every call draws a fresh crop position and transform for each sample. A tile smaller
-    than the crop is padded (image 0, mask ``ignore_index``) and lands at a random place
-    in the crop. The mask goes through exactly the same pixel permutation as the image.
-    Jitter (fixed order: brightness, contrast, saturation, hue) touches the image only,
-    before normalisation.
+    than the crop is padded (image 0 on the unit scale: black for uint8 bands, the display
+    low for others; mask ``ignore_index``) and lands at a random place in the crop. The mask
+    goes through exactly the same pixel permutation as the image.
+
+    Jitter (fixed order: brightness, contrast, saturation, hue) touches the image only, on
+    the unit scale, before standardisation. Brightness scales every band by the sample's
+    factor; contrast blends every band with its own mean over the crop (the RGB bands with
+    their common grey level, as kornia does for RGB); saturation and hue act on
+    ``normalization.rgb_bands`` only and are skipped when it is None. Only uint8 bands are
+    clamped to [0, 1]; other bands keep values beyond their display range (hue and
+    saturation then shift them by what they do to the clamped colour).
 
     Args:
         crop_size: Side of the square output crop.
-        mean: Per-channel normalisation mean, 0-1 scale (the dataset's train ``mean``).
-        std: Per-channel normalisation std, 0-1 scale.
+        normalization: The bands and their statistics (``manifest.normalization``); default
+            three uint8 RGB bands with the ImageNet mean and std.
         hflip: Random horizontal flip (p = 0.5).
         vflip: Random vertical flip (p = 0.5).
         rot90: Random rotation by 0, 90, 180 or 270 degrees.
@@ -58,14 +82,12 @@ class TrainAugment(nn.Module):
         seed: Seed for a generator created on the data's device on the first call.
     """
 
-    mean: torch.Tensor
-    std: torch.Tensor
+    bounded: torch.Tensor
 
     def __init__(
         self,
         crop_size: int = 512,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        normalization: Normalization | None = None,
         hflip: bool = True,
         vflip: bool = True,
         rot90: bool = True,
@@ -79,14 +101,27 @@ class TrainAugment(nn.Module):
             raise ValueError(f"crop_size must be positive, got {crop_size}")
         if generator is not None and seed is not None:
             raise ValueError("pass either a generator or a seed, not both")
+        if normalization is None:
+            normalization = imagenet_normalization()
+        if not isinstance(normalization, Normalization):
+            raise TypeError(
+                f"normalization must be an engine.data.normalize.Normalization, got "
+                f"{type(normalization).__name__}"
+            )
         self.crop_size = crop_size
+        self.normalization = normalization
         self.hflip = hflip
         self.vflip = vflip
         self.rot90 = rot90
         self.ignore_index = ignore_index
         self.jitter, self.jitter_p = _parse_jitter(jitter)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
+        flags = [band.dtype == "uint8" for band in normalization.bands]
+        self._all_bounded, self._any_bounded = all(flags), any(flags)
+        self.register_buffer("bounded", torch.tensor(flags).view(1, -1, 1, 1), persistent=False)
+        rgb = normalization.rgb_bands
+        self._rgb = list(rgb) if rgb is not None else None
+        self._rgb_bounded = rgb is not None and all(flags[i] for i in rgb)
+        self._rgb_only = self._rgb == list(range(len(flags)))  # the image is exactly RGB
         self._generator = generator
         self._seed = seed
 
@@ -118,19 +153,26 @@ class TrainAugment(nn.Module):
         """Augment one batch.
 
         Args:
-            images: uint8 ``[B, 3, H, W]``.
+            images: Native ``[B, C, H, W]`` (the band dtype: uint8, uint16, int16, float32),
+                ``C = normalization.in_channels``.
             masks: Integer ``[B, H, W]`` (uint8 in the loader contract).
-            return_raw: Also return the augmented image in [0, 1] before normalisation
-                (after jitter: what the network sees), e.g. for the colour target.
+            return_raw: Also return the augmented image on the unit scale, before
+                standardisation (after jitter: what the network sees), e.g. for the colour
+                target.
 
         Returns:
-            ``(images, masks)`` or ``(images, masks, raw)``: float32 normalised
-            ``[B, 3, c, c]``, int64 ``[B, c, c]`` and float32 ``[B, 3, c, c]``.
+            ``(images, masks)`` or ``(images, masks, raw)``: float32 standardised
+            ``[B, C, c, c]``, int64 ``[B, c, c]`` and float32 unit-scale ``[B, C, c, c]``.
         """
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        channels = self.normalization.in_channels
+        if images.dim() != 4 or images.shape[1] != channels:
+            raise ValueError(
+                f"images must be [B, {channels}, H, W] ({', '.join(self.normalization.names)}), "
+                f"got {tuple(images.shape)}"
+            )
         if masks.shape != (images.shape[0], *images.shape[2:]):
             raise ValueError(f"masks {tuple(masks.shape)} do not match {tuple(images.shape)}")
+        images = self.normalization.to_unit(images)
         batch, _, height, width = images.shape
         device = images.device
         c = self.crop_size
@@ -158,11 +200,10 @@ class TrainAugment(nn.Module):
         index = self._source_index(images.shape[-1], *params)
         image, mask = self._gather(images, index), self._gather(masks, index)
 
-        raw = image.float() / 255.0
+        raw = image
         if self.jitter is not None:
             raw = self._jitter(raw)
-        mean = self.mean.to(device).view(1, -1, 1, 1)
-        normalised = (raw - mean) / self.std.to(device).view(1, -1, 1, 1)
+        normalised = self.normalization.standardize_unit(raw)
         if return_raw:
             return normalised, mask[:, 0].long(), raw
         return normalised, mask[:, 0].long()
@@ -222,21 +263,52 @@ class TrainAugment(nn.Module):
         def factor(key: str, identity: float) -> torch.Tensor:
             lo, hi = ranges[key]
             value = lo + (hi - lo) * self._uniform(batch, device)
-            return torch.where(apply, value, identity)
+            return torch.where(apply, value, identity).view(-1, 1, 1, 1)
 
         brightness = factor("brightness", 1.0)
         contrast = factor("contrast", 1.0)
         saturation = factor("saturation", 1.0)
-        hue = factor("hue", 0.0) * (2 * math.pi)
-        raw = adjust_brightness_accumulative(raw, brightness)
-        raw = adjust_contrast_with_mean_subtraction(raw, contrast)
-        raw = adjust_saturation_with_gray_subtraction(raw, saturation)
-        return adjust_hue(raw, hue).clamp(0.0, 1.0)
+        hue = factor("hue", 0.0).view(-1) * (2 * math.pi)
+        raw = self._clamp(raw * brightness)
+        rgb = self._rgb
+        # Contrast pivots on each band's mean; RGB bands on their common grey level (kornia).
+        if rgb is None:
+            mean = raw.mean((-2, -1), keepdim=True)
+        elif self._rgb_only:
+            mean = rgb_to_grayscale(raw).mean((-2, -1), keepdim=True)
+        else:
+            mean = raw.mean((-2, -1), keepdim=True)
+            mean[:, rgb] = rgb_to_grayscale(raw[:, rgb]).mean((-2, -1), keepdim=True)
+        raw = self._clamp(raw * contrast + mean * (1 - contrast))
+        if rgb is None:
+            return raw
+        colour = raw if self._rgb_only else raw[:, rgb]
+        colour = (1 - saturation) * rgb_to_grayscale(colour) + saturation * colour
+        if self._rgb_bounded:
+            colour = adjust_hue(colour.clamp(0.0, 1.0), hue)
+        else:  # hue needs [0, 1]: shift by what it does to the clamped colour
+            inside = colour.clamp(0.0, 1.0)
+            colour = colour + (adjust_hue(inside, hue) - inside)
+        if self._rgb_only:
+            raw = colour
+        else:
+            raw = raw.clone()
+            raw[:, rgb] = colour
+        return self._clamp(raw)
+
+    def _clamp(self, x: torch.Tensor) -> torch.Tensor:
+        """Clamp the uint8 bands to [0, 1]; other bands keep their values."""
+        if self._all_bounded:
+            return x.clamp(0.0, 1.0)
+        if not self._any_bounded:
+            return x
+        return torch.where(self.bounded.to(x.device), x.clamp(0.0, 1.0), x)
 
     def extra_repr(self) -> str:
         """Summarise the configuration."""
         return (
-            f"crop_size={self.crop_size}, hflip={self.hflip}, vflip={self.vflip}, "
+            f"crop_size={self.crop_size}, bands={self.normalization.names}, "
+            f"hflip={self.hflip}, vflip={self.vflip}, "
             f"rot90={self.rot90}, jitter={self.jitter}, jitter_p={self.jitter_p}"
         )
 

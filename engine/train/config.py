@@ -39,7 +39,8 @@ class DataConfig:
         vflip: Random vertical flips.
         rot90: Random rotations by multiples of 90°.
         jitter: Photometric jitter strength (0 = off): brightness/contrast/saturation
-            change by up to this fraction, hue by a tenth of it.
+            change by up to this fraction, hue by a tenth of it. Brightness and contrast act
+            on every band; saturation and hue on the manifest's ``rgb_bands`` only.
         train_split: Split to train on.
         val_split: Split evaluated every ``train.eval_every`` steps ("" = none).
         test_split: Split evaluated once at the end with the best weights ("" = none).

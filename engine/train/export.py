@@ -2,9 +2,14 @@
 
 An export folder (``RUN/best`` by convention) is everything needed to predict without
 accelerate or the training code: the weights (a plain CPU state dict in safetensors), the
-architecture spec ``{"arch", "num_classes", "in_channels", "options"}`` that rebuilds the
-network through ``archs.create_model``, the run's config and the shard manifest (classes,
-palette, ``mean``/``std``, ``ignore_index``).
+model spec ``model.json`` = ``{"arch", "num_classes", "in_channels", "options", "bands",
+"rgb_bands"}`` (the architecture that ``archs.create_model`` rebuilds, and the input bands in
+channel order with their dtype, statistics and nodata: a version 3 manifest's records, see
+:mod:`engine.data.normalize`), the run's config and the shard manifest (classes, palette,
+``ignore_index``, the bands again).
+
+Exports written before N-band data have no ``bands`` in ``model.json``; they load as three
+uint8 bands red, green, blue with the 0–1 ``mean``/``std`` of their ``dataset.json`` copy.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 import yaml
 
 from archs import unwrap_model
+from engine.data.normalize import Normalization
 from engine.errors import UserError
 from engine.train import state_io
 
@@ -41,9 +47,10 @@ class ExportedModel:
 
     Attributes:
         model: The network, in eval mode, on the requested device.
-        spec: ``model.json``: ``{"arch", "num_classes", "in_channels", "options"}``.
+        spec: ``model.json``: ``{"arch", "num_classes", "in_channels", "options", "bands",
+            "rgb_bands"}`` (``bands``/``rgb_bands`` absent in older exports).
         config: ``config.yaml`` contents.
-        manifest: ``dataset.json`` contents (classes, palette, mean/std, ...).
+        manifest: ``dataset.json`` contents (classes, palette, bands or mean/std, ...).
         path: The export folder.
     """
 
@@ -52,6 +59,40 @@ class ExportedModel:
     config: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+
+    @property
+    def normalization(self) -> Normalization:
+        """The model's input bands and normalisation (older exports: 3 uint8 RGB bands)."""
+        return export_normalization(self.spec, self.manifest)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of the model (= bands)."""
+        return int(self.spec["in_channels"])
+
+
+def export_normalization(spec: dict[str, Any], manifest: dict[str, Any]) -> Normalization:
+    """The input bands of an export: ``model.json``'s ``bands``, else its manifest copy's.
+
+    Raises:
+        ExportError: when neither records bands nor ``mean``/``std``, or the bands are not
+            the model's ``in_channels``.
+    """
+    if "bands" in spec:
+        return Normalization.from_manifest(spec)
+    try:
+        normalization = Normalization.from_manifest(manifest)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExportError(
+            f"{MANIFEST_NAME}: no bands and no mean/std to normalise the model's input ({error})"
+        ) from error
+    channels = int(spec.get("in_channels", 3))
+    if normalization.in_channels != channels:
+        raise ExportError(
+            f"{MANIFEST_NAME}: {normalization.in_channels} bands but the model takes {channels} "
+            "input channels"
+        )
+    return normalization
 
 
 def _plain(value: Any) -> Any:
@@ -77,12 +118,24 @@ def _check_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
     options = spec.get("options") or {}
     if not isinstance(options, dict):
         raise ExportError(f"{where}: 'options' must be a mapping, got {type(options).__name__}")
-    return {
+    checked = {
         "arch": str(spec["arch"]),
         "num_classes": int(spec["num_classes"]),
         "in_channels": int(spec.get("in_channels", 3)),
         "options": _plain(options),
     }
+    if "bands" not in spec:
+        return checked
+    try:
+        normalization = Normalization.from_manifest(spec)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExportError(f"{where}: malformed bands record ({error!r})") from error
+    if normalization.in_channels != checked["in_channels"]:
+        raise ExportError(
+            f"{where}: in_channels {checked['in_channels']} but {normalization.in_channels} "
+            f"bands ({', '.join(normalization.names)})"
+        )
+    return checked | normalization.records()
 
 
 def save_exported(
@@ -101,7 +154,8 @@ def save_exported(
     Args:
         out_dir: The export folder (e.g. ``RUN/best``).
         model: The network (wrappers from ``torch.compile``/DDP are stripped).
-        model_spec: ``{"arch", "num_classes", "in_channels", "options"}``.
+        model_spec: ``{"arch", "num_classes", "in_channels", "options"}`` and the input's
+            ``bands``/``rgb_bands`` records (taken from ``manifest`` when absent).
         config: The run configuration (written as YAML).
         manifest: The shard manifest (written as JSON).
 
@@ -109,6 +163,8 @@ def save_exported(
         ``out_dir``.
     """
     out_dir = Path(out_dir)
+    if "bands" not in model_spec and ("bands" in manifest or "mean" in manifest):
+        model_spec = {**model_spec, **Normalization.from_manifest(manifest).records()}
     spec = _check_spec(model_spec, str(out_dir / SPEC_NAME))
     state = state_io.cpu_tensors(unwrap_model(model).state_dict())
     bad = state_io.nonfinite_names(state)

@@ -60,6 +60,21 @@ def check_splits(config: Config, manifest: Manifest) -> None:
         )
 
 
+def check_rgb_bands(config: Config, manifest: Manifest, multitask: bool) -> None:
+    """A multitask model needs true-colour bands for its colour (HSV) head.
+
+    Raises:
+        ConfigError: naming the architecture and the manifest whose ``rgb_bands`` is null.
+    """
+    if multitask and manifest.normalization.rgb_bands is None:
+        raise ConfigError(
+            f"model.arch = {config.model.arch!r} is a multitask model: its colour head needs "
+            f"red, green and blue bands, but {manifest.root / 'dataset.json'} has rgb_bands: "
+            f"null ({', '.join(manifest.normalization.names)}); train a single-task model "
+            "(e.g. resuneta_d6) or rebuild the shards naming the rgb bands"
+        )
+
+
 def data_warnings(config: Config, manifest: Manifest) -> list[str]:
     """One-line warnings about what the data will do to this run (empty when all is well)."""
     data, warnings = config.data, []

@@ -30,7 +30,7 @@ from engine.train.history import History, history_columns
 from engine.train.loss_factory import build_loss, class_weights_from_pixels
 from engine.train.losses import MultitaskLoss
 from engine.train.optim import build_optimizer, build_scheduler
-from engine.train.preflight import check_shards, check_splits, data_warnings
+from engine.train.preflight import check_rgb_bands, check_shards, check_splits, data_warnings
 from engine.train.tracking import Tracker
 
 
@@ -117,19 +117,28 @@ def build_accelerator(config: Config) -> Accelerator:
 
 
 def build_model(config: Config, manifest: Manifest) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The network and its export spec (``arch``, ``num_classes``, ``in_channels``, ``options``)."""
+    """The network and its export spec.
+
+    The spec is ``{"arch", "num_classes", "in_channels", "options", "bands", "rgb_bands"}``:
+    one input channel per band of the manifest, and the bands' records (names, order,
+    dtype, statistics, nodata) so that prediction reads and normalises exactly those bands.
+    """
     options = dict(config.model.options)
     weights = {}
     if config.model.pretrained:
         weights["pretrained"] = True
     if config.model.weights:
         weights["weights"] = config.model.weights
-    model = archs.create_model(config.model.arch, manifest.num_classes, 3, **options, **weights)
+    normalization = manifest.normalization
+    model = archs.create_model(
+        config.model.arch, manifest.num_classes, normalization.in_channels, **options, **weights
+    )
     spec = {
         "arch": config.model.arch,
         "num_classes": manifest.num_classes,
-        "in_channels": 3,
+        "in_channels": normalization.in_channels,
         "options": options,
+        **normalization.records(),
     }
     return model, spec
 
@@ -188,6 +197,7 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     if checkpoint is not None:
         check_fits(checkpoint, model_spec, config.data.shards)
     multitask = archs.is_multitask(model)
+    check_rgb_bands(config, manifest, multitask)
     loss_fn = build_training_loss(config, manifest, multitask).to(device)
     if main:  # after the checks: a run refused for bad settings leaves no folder behind
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -238,13 +248,12 @@ def stream_from_here(run: Run, steps: int) -> tuple[Any, TrainAugment]:
     config, manifest, rank = run.config, run.manifest, run.accelerator.process_index
     augment = TrainAugment(
         config.data.crop_size,
-        manifest.mean,
-        manifest.std,
-        config.data.hflip,
-        config.data.vflip,
-        config.data.rot90,
-        _jitter(config.data.jitter),
-        manifest.ignore_index,
+        manifest.normalization,
+        hflip=config.data.hflip,
+        vflip=config.data.vflip,
+        rot90=config.data.rot90,
+        jitter=_jitter(config.data.jitter),
+        ignore_index=manifest.ignore_index,
         seed=random.Random(f"{config.seed}/{rank}/{run.state.step}").getrandbits(62),
     ).to(run.device)
     batches = train_batches(

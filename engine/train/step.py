@@ -133,7 +133,10 @@ def optimizer_step(
         window.data_wait += time.perf_counter() - waited
         inputs, targets, raw = augment(images, masks, return_raw=True)
         if run.multitask:
-            targets = make_targets(raw, targets, manifest.num_classes, manifest.ignore_index)
+            rgb_bands = augment.normalization.rgb_bands
+            targets = make_targets(
+                raw, targets, manifest.num_classes, manifest.ignore_index, rgb_bands
+            )
         inputs = inputs.contiguous(memory_format=memory_format(run.channels_last))
         loss, terms = forward_backward(run.accelerator, run.model, run.loss_fn, inputs, targets)
         window.running["loss"] += loss / accum

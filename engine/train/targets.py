@@ -8,11 +8,16 @@ without host syncs. Conventions shared by the boundary and distance targets:
   boundary and are never the "background" a distance is measured to. Their own target
   value is 0, and the losses mask them out anyway.
 * The image border is not a class edge (a crop cuts objects; that cut is not a boundary).
+
+The colour target is the HSV of the true-colour view: the ``rgb_bands`` of the unit-scale
+image (:meth:`engine.data.normalize.Normalization.to_unit`), clamped to [0, 1]. Data without
+``rgb_bands`` has no colour target (:class:`NoColourBands`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -21,16 +26,22 @@ from kornia.color import rgb_to_hsv
 
 __all__ = [
     "MultitaskTargets",
+    "NoColourBands",
     "boundary_targets",
     "class_masks",
     "colour_targets",
     "distance_targets",
     "euclidean_distance_transform",
     "make_targets",
+    "rgb_view",
 ]
 
 # Budget (elements) for one chunk of the O(H * W * W) second EDT pass: 128 MiB of int32.
 _EDT_CHUNK_ELEMENTS = 1 << 25
+
+
+class NoColourBands(ValueError):
+    """Multitask colour targets were asked of data without ``rgb_bands``."""
 
 
 class MultitaskTargets(NamedTuple):
@@ -184,25 +195,59 @@ def colour_targets(images01: torch.Tensor) -> torch.Tensor:
     return torch.cat([hue, hsv[:, 1:]], dim=1).clamp(0.0, 1.0)
 
 
+def rgb_view(unit: torch.Tensor, rgb_bands: Sequence[int] | None) -> torch.Tensor:
+    """The true-colour view of a unit-scale image: its ``rgb_bands``, clamped to [0, 1].
+
+    Args:
+        unit: Float ``[B, C, H, W]`` on the unit scale (uint8 bands: the 0–1 scale).
+        rgb_bands: Indices of the red, green and blue bands, or None.
+
+    Returns:
+        float32 ``[B, 3, H, W]`` in [0, 1].
+
+    Raises:
+        NoColourBands: when ``rgb_bands`` is None.
+    """
+    if rgb_bands is None:
+        raise NoColourBands(
+            "the multitask colour target needs red, green and blue bands, but the data has "
+            "rgb_bands: null"
+        )
+    rgb = [int(i) for i in rgb_bands]
+    if len(rgb) != 3 or not all(0 <= i < unit.shape[1] for i in rgb):
+        raise ValueError(f"rgb_bands {rgb} must be 3 indices below {unit.shape[1]}")
+    view = unit if rgb == [0, 1, 2] and unit.shape[1] == 3 else unit[:, rgb]
+    return view.clamp(0.0, 1.0)
+
+
 @torch.no_grad()
 def make_targets(
-    images01: torch.Tensor, masks: torch.Tensor, num_classes: int, ignore_index: int = 255
+    unit: torch.Tensor,
+    masks: torch.Tensor,
+    num_classes: int,
+    ignore_index: int = 255,
+    rgb_bands: Sequence[int] | None = (0, 1, 2),
 ) -> MultitaskTargets:
     """All multitask targets for one (cropped, augmented) batch.
 
     Args:
-        images01: RGB float ``[B, 3, H, W]`` in [0, 1], the crop the network sees, before
-            normalisation.
+        unit: Float ``[B, C, H, W]`` on the unit scale, the crop the network sees before
+            standardisation (``TrainAugment(..., return_raw=True)``); for RGB uint8 data
+            the image in [0, 1].
         masks: Integer class indices ``[B, H, W]``.
         num_classes: Number of classes ``N``.
         ignore_index: Value of ignored pixels.
+        rgb_bands: Indices of the red, green and blue bands (``normalization.rgb_bands``).
 
     Returns:
         The targets; ``segmentation`` is ``masks`` as int64.
+
+    Raises:
+        NoColourBands: when ``rgb_bands`` is None (preflight refuses such a run first).
     """
     return MultitaskTargets(
         segmentation=masks.long(),
         boundary=boundary_targets(masks, num_classes, ignore_index),
         distance=distance_targets(masks, num_classes, ignore_index),
-        colour=colour_targets(images01),
+        colour=colour_targets(rgb_view(unit, rgb_bands)),
     )
