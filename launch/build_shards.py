@@ -23,15 +23,27 @@ Bands kept one per file (red_X.TIF, green_X.TIF, ...):
 
 import argparse
 import sys
+from dataclasses import replace
 
 from engine.cli import HelpFormatter
 from engine.data.band_stats import parse_band_list
 from engine.data.classes import load_classes
 from engine.data.imageio import IMAGE_CODECS
-from engine.data.pairing import pair_by_glob, pair_from_csv
+from engine.data.pairing import pair_by_glob, pair_from_csv, pairs_from_vector
 from engine.data.shard_builder import BuildOptions, build_shards
 from engine.data.splits import SPLIT_BY_HELP
+from engine.data.vector_labels import VectorLabels
 from engine.errors import UserError
+
+
+def _background(text: str) -> int | str | None:
+    """``ignore`` → None; an integer value as int; anything else (a text value or class name)."""
+    if text.lower() == "ignore":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def main() -> int:
@@ -41,6 +53,23 @@ def main() -> int:
     source.add_argument("--images", help="glob of image files (quote it)")
     source.add_argument("--masks", help="glob of mask files (quote it)")
     source.add_argument("--pairs-csv", help="CSV with columns image,mask[,group] instead of globs")
+    source.add_argument(
+        "--vector",
+        help="labels as polygons instead of --masks: a GeoPackage/GeoJSON/Shapefile, reprojected\n"
+        "and rasterised onto each image's grid (needs --attribute)",
+    )
+    source.add_argument("--attribute", help="the vector file's field holding the class value")
+    source.add_argument(
+        "--background",
+        default="ignore",
+        help="value (or class name) of pixels no polygon covers, or 'ignore'",
+    )
+    source.add_argument(
+        "--all-touched",
+        action="store_true",
+        help="burn every pixel a polygon touches (default: pixels whose centre is inside)",
+    )
+    source.add_argument("--layer", help="layer of a multi-layer vector file (default: the first)")
     source.add_argument("--classes", required=True, help="classes file (see inspect_masks.py)")
     source.add_argument("--group", help="regex on the pair key; first capture group = group")
     source.add_argument(
@@ -118,8 +147,11 @@ def main() -> int:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args()
-    if bool(args.pairs_csv) == bool(args.images or args.masks):
-        parser.error("give either --images and --masks, or --pairs-csv")
+    if args.vector:
+        if args.masks or args.pairs_csv or not args.images or not args.attribute:
+            parser.error("--vector goes with --images and --attribute (not --masks/--pairs-csv)")
+    elif bool(args.pairs_csv) == bool(args.images or args.masks):
+        parser.error("give either --images and --masks, or --pairs-csv, or --images and --vector")
     options = BuildOptions(
         tile=args.tile, val=args.val, test=args.test, split_by=args.split_by, seed=args.seed,
         image_codec=args.image_codec, jpeg_quality=args.jpeg_quality,
@@ -132,7 +164,14 @@ def main() -> int:
     )  # fmt: skip
     try:
         classes = load_classes(args.classes)
-        if args.pairs_csv:
+        if args.vector:
+            labels = VectorLabels(
+                args.vector, args.attribute, _background(args.background), args.all_touched,
+                classes=classes, layer=args.layer, unknown=args.unknown,
+            )  # fmt: skip
+            options = replace(options, vector_labels=labels)
+            pairs = pairs_from_vector(args.images, args.vector, args.group, args.image_key)
+        elif args.pairs_csv:
             if args.image_key or args.mask_key or args.mask_from:
                 parser.error("--image-key/--mask-key/--mask-from go with --images and --masks")
             pairs = pair_from_csv(args.pairs_csv, args.group)

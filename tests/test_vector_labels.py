@@ -298,3 +298,49 @@ def test_pairs_from_vector(tmp_path):
     assert [(p.key, p.group) for p in keyed] == [("a", "a"), ("b", "b"), ("c", "c")]
     with pytest.raises(PairingError, match=r"--vector '.*nope\.gpkg': vector label file not found"):
         pairs_from_vector(str(tmp_path / "*/images/*.tif"), tmp_path / "nope.gpkg")
+
+
+def test_build_shards_from_a_vector_file_matches_rasterio(tmp_path):
+    """The launch script: images + a GeoPackage in EPSG:4326 → masks equal to rasterio's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from engine.data.loader import read_split
+    from engine.data.manifest import load_manifest
+
+    root = Path(__file__).resolve().parents[1]
+    for scene in ("a", "b", "c"):
+        (tmp_path / "images" / scene).mkdir(parents=True)
+        write_image(tmp_path / "images" / scene / "scene.tif")
+    shapes = scene_shapes()
+    vector = write_vector(tmp_path / "labels.gpkg", shapes)
+    classes = {"encoding": "text", "classes": TEXT_CLASSES["classes"][1:]}
+    (tmp_path / "classes.yaml").write_text(yaml.safe_dump(classes))
+
+    def build(attribute, out):
+        command = [
+            sys.executable, str(root / "launch/build_shards.py"),
+            "--images", str(tmp_path / "images/*/scene.tif"), "--vector", str(vector),
+            "--attribute", attribute, "--classes", str(tmp_path / "classes.yaml"),
+            "--out", str(tmp_path / out), "--tile", "64", "--val", "0.34", "--test", "0.34",
+        ]  # fmt: skip
+        env = os.environ | {"PYTHONPATH": str(root)}
+        return subprocess.run(command, capture_output=True, text=True, env=env)
+
+    run = build("name", "shards")
+    assert run.returncode == 0, run.stderr
+    manifest = load_manifest(tmp_path / "shards")
+    assert manifest.class_names == ["Water", "Trees", "Built"]
+    index = {"water": 0, "forest": 1, "urban": 2}
+    want = expected(shapes, 255, False, code=lambda value, name: index[name])
+    samples = [s for split in ("train", "val", "test") for s in read_split(manifest, split)]
+    assert len(samples) == 3
+    for sample in samples:
+        np.testing.assert_array_equal(sample.mask[:HEIGHT, :WIDTH], want)
+    wrong = build("nope", "other")
+    assert wrong.returncode == 2 and "labels.gpkg" in wrong.stderr and "nope" in wrong.stderr
+    assert not (tmp_path / "other").exists()

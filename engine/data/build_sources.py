@@ -70,8 +70,18 @@ def read_labels(pair: Pair, encoding: str, vector: VectorLabels | None) -> np.nd
         raise ImageReadError(str(error)) from error
 
 
-def map_mask(values: np.ndarray, classes: ClassesFile, unknown: str, path: Path) -> np.ndarray:
+def map_mask(
+    values: np.ndarray,
+    classes: ClassesFile,
+    unknown: str,
+    path: Path,
+    transparent_is_ignore: bool = False,
+) -> np.ndarray:
     """Mask values → uint8 class indices (255 = ignore) through the classes file.
+
+    ``transparent_is_ignore``: the value :data:`TRANSPARENT` means ignore (transparent
+    pixels of RGBA colour masks, the "ignore" background of vector labels); for index masks
+    it is an ordinary value (a label's −1 no data is listed in the classes file).
 
     Raises:
         BuildError: naming the mask and the values the classes file lacks (unless
@@ -79,7 +89,7 @@ def map_mask(values: np.ndarray, classes: ClassesFile, unknown: str, path: Path)
     """
     found, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
     lookup = classes.lookup
-    if classes.encoding == "rgb":  # transparent pixels of RGBA masks (imageio notes)
+    if transparent_is_ignore or classes.encoding == "rgb":
         lookup.setdefault(TRANSPARENT, IGNORE_INDEX)
     table = np.array([lookup.get(int(v), -1) for v in found], dtype=np.int16)
     missing = table < 0

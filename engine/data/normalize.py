@@ -168,8 +168,8 @@ class Normalization:
                     if x.is_floating_point()
                     else torch.zeros_like(x, dtype=torch.bool)
                 )
-            else:
-                flags.append(x == band.nodata)
+            else:  # compared in float32 (exact for 8/16-bit values; CUDA lacks uint16 ==)
+                flags.append(x.float() == band.nodata)
         return torch.stack(flags, 1)
 
     def to_unit(self, images: torch.Tensor) -> torch.Tensor:

@@ -227,7 +227,8 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
             f"{pair.image} is {image.shape[1]}x{image.shape[0]}"
             + exif_hint(pair.image, values.shape)
         )
-    mask = map_mask(values, classes, options.unknown, pair.mask)
+    vector = options.vector_labels is not None
+    mask = map_mask(values, classes, options.unknown, pair.mask, transparent_is_ignore=vector)
     mask[~valid] = IGNORE_INDEX
     num_classes = len(classes.classes)
     samples, class_pixels = [], {}
