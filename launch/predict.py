@@ -22,15 +22,18 @@ import glob
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from engine.cli import HelpFormatter
 from engine.data.raster_base import PIL_SUFFIXES, TIFF_SUFFIXES
 from engine.data.rasters import open_raster
 from engine.errors import UserError
+from engine.infer.outputs import output_paths, planned_format
+from engine.infer.polygons import polygon_driver, write_polygons
 from engine.infer.sliding import AMP_DTYPES, predict_raster, resolve_device
 from engine.infer.values import VALUE_MODES, original_values
 from engine.infer.windows import TTA_MODES
-from engine.infer.writer import output_paths, planned_format, prediction_writer
+from engine.infer.writer import FORMATS, prediction_writer
 from engine.render.colors import class_info
 from engine.train.export import load_exported
 
@@ -94,7 +97,11 @@ def prepare_out(out: str, inputs: list[Path], args: argparse.Namespace) -> Path:
     resolved = {path.resolve(): path for path in inputs}
     for path in inputs:
         for fmt in planned_format(path, args.format):
-            options = {"confidence": args.confidence, "overlay": args.overlay}
+            options = {
+                "confidence": args.confidence,
+                "probabilities": args.probabilities,
+                "overlay": args.overlay,
+            }
             for target in output_paths(folder, path.stem, fmt, **options):
                 clash = resolved.get(target.resolve())
                 if clash is None and target.exists():
@@ -105,6 +112,28 @@ def prepare_out(out: str, inputs: list[Path], args: argparse.Namespace) -> Path:
                         "choose another --out"
                     )
     return folder
+
+
+def polygon_targets(args: argparse.Namespace, inputs: list[Path], values: Any) -> dict[Path, Path]:
+    """Input → ``--polygons`` file (``{stem}`` replaced by the input's stem); checked early.
+
+    Raises:
+        UserError: for an unknown suffix, several inputs without ``{stem}``, negative
+            --min-area/--simplify, or RGB-valued masks (--values original of colour classes).
+    """
+    if not args.polygons:
+        return {}
+    polygon_driver(args.polygons)
+    if len(inputs) > 1 and "{stem}" not in args.polygons:
+        raise UserError(
+            f"--polygons {args.polygons}: {len(inputs)} inputs would write the same file; "
+            "put {stem} in the name"
+        )
+    if args.min_area < 0 or args.simplify < 0:
+        raise UserError("--min-area and --simplify must be >= 0")
+    if values is not None and values.ndim == 2:
+        raise UserError("--polygons needs a one-band mask: colour-coded --values original masks")
+    return {path: Path(args.polygons.replace("{stem}", path.stem)) for path in inputs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,10 +174,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--format",
         default="auto",
-        choices=("auto", "png", "tif"),
-        help="output format (auto: TIFF for TIFF or very large inputs)",
+        choices=("auto", *FORMATS),
+        help="output format: png, tif (GeoTIFF) or cog (Cloud-Optimised GeoTIFF); auto: PNG "
+        "for PNG/JPEG inputs up to 64 M pixels, GeoTIFF otherwise",
     )
     parser.add_argument("--confidence", action="store_true", help="also write max-probability maps")
+    parser.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write the class probabilities (float32, one band per class; tif/cog)",
+    )
+    parser.add_argument(
+        "--polygons",
+        metavar="FILE",
+        help="also vectorise each mask: FILE.gpkg (the raster's CRS) or FILE.geojson "
+        "(EPSG:4326); with several inputs FILE must contain {stem}",
+    )
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        help="with --polygons: drop regions of fewer pixels than this",
+    )
+    parser.add_argument(
+        "--simplify",
+        type=float,
+        default=0.0,
+        help="with --polygons: simplification tolerance in pixel widths (0 = none)",
+    )
     parser.add_argument(
         "--overlay", action="store_true", help="also write mask-over-image overlays"
     )
@@ -183,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             if key not in manifest:
                 raise UserError(f"{where}: no {key!r} for normalisation")
         values = original_values(manifest, where) if args.values == "original" else None
+        polygons = polygon_targets(args, inputs, values)
         out = prepare_out(args.out, inputs, args)
         print(
             f"model {exported.spec['arch']} ({num_classes} classes) on {device}; "
@@ -197,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                     palette,
                     fmt=args.format,
                     confidence=args.confidence,
+                    probabilities=args.probabilities,
                     overlay=args.overlay,
                     overlay_alpha=args.alpha,
                     mask_values=values,
@@ -220,6 +275,16 @@ def main(argv: list[str] | None = None) -> int:
                         desc=f"[{number}/{len(inputs)}] {path.name}",
                     )
             written = ", ".join(p.name for p in writer.paths.values())
+            if path in polygons:
+                count = write_polygons(
+                    writer.paths["mask"],
+                    polygons[path],
+                    names,
+                    values=values,
+                    min_area=args.min_area,
+                    simplify=args.simplify,
+                )
+                written += f", {polygons[path]} ({count} polygons)"
             print(f"[{number}/{len(inputs)}] {path} ({width}x{height}) -> {written}")
     except (UserError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
