@@ -99,3 +99,48 @@ def test_script_keeps_an_existing_classes_file(tmp_path):
     )
     assert run.returncode == 0 and yaml.safe_load(edited.read_text())["encoding"] == "index"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "classes.yaml"]
+
+
+def test_signed_16_bit_tiff_masks_are_counted_and_drafted(tmp_path):
+    """int16 −1/0/1 and uint16 TIFF masks (rasterio): values counted as stored, −1 stays −1."""
+    import rasterio
+
+    signed = np.array([[-1, 0, 1], [1, 1, -1]], np.int16)
+    deep = np.array([[0, 40000, 40000]], np.uint16)
+    for name, array in (("s.tif", signed), ("u.tif", deep)):
+        height, width = array.shape
+        with rasterio.open(
+            tmp_path / name, "w", driver="GTiff", height=height, width=width, count=1,
+            dtype=array.dtype.name, crs="EPSG:4326", transform=rasterio.Affine(1, 0, 0, 0, -1, 10),
+        ) as dst:  # fmt: skip
+            dst.write(array[None])
+    report = inspect_masks([tmp_path / "s.tif", tmp_path / "u.tif"])
+    assert report.encoding == "index"
+    assert report.kinds == {"single-band int16": 1, "single-band uint16": 1}
+    assert {v.value: (v.pixels, v.files) for v in report.values} == {
+        -1: (2, 1),
+        0: (2, 2),
+        1: (3, 1),
+        40000: (2, 1),
+    }
+    text = draft_classes_yaml(report)
+    assert [c["value"] for c in yaml.safe_load(text)["classes"]] == [-1, 0, 1, 40000]
+    assert "value: -1," in text and "often no data" in text.splitlines()[6]
+
+
+def test_real_sentinel2_label_is_inspected_with_its_no_data_value():
+    from engine.data.paths import multispectral_dataset_dir
+
+    labels = sorted((multispectral_dataset_dir() / "sen1floods11" / "Labels").glob("*.tif"))
+    assert labels, "the multispectral sample data is missing (see its PROVENANCE.md)"
+    import rasterio
+
+    with rasterio.open(labels[0]) as src:
+        stored = src.read(1)
+    report = inspect_masks(labels)
+    assert report.kinds == {"single-band int16": 1}
+    values, counts = np.unique(stored, return_counts=True)
+    assert {v.value: v.pixels for v in report.values} == dict(zip(values.tolist(), counts.tolist()))
+    assert sorted(values.tolist()) == [-1, 0, 1]
+    draft = yaml.safe_load(draft_classes_yaml(report))
+    assert [c["value"] for c in draft["classes"]] == [-1, 0, 1]

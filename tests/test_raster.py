@@ -1,18 +1,18 @@
-"""Window readers (PIL, tifffile, rasterio), streamed writers, folder evaluation."""
+"""Window readers (PIL, rasterio), streamed writers, folder evaluation."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
-import tifffile
 from PIL import Image
 
-from engine.data.raster_base import RasterError, rasterio_available
+from engine.data.raster_base import RasterError
 from engine.data.rasters import open_raster, read_index_mask
 from engine.evaluate.folder_eval import FolderEvalError, evaluate_folders, pair_folders
 from engine.infer.writer import PredictionWriter, prediction_writer
 
-needs_rasterio = pytest.mark.skipif(not rasterio_available(), reason="rasterio not installed")
 PALETTE = ["#FF0000", "#00FF00", "#0000FF", "#FFFF00"]
 
 
@@ -21,70 +21,94 @@ def rgb():
     return np.random.default_rng(0).integers(0, 256, (300, 470, 3), dtype=np.uint8)
 
 
+def write_tiff(path, array, **options):
+    """Write ``HxWxC`` (or ``HxW``) with rasterio; ``options`` go to the GTiff profile."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    array = array[..., None] if array.ndim == 2 else array
+    profile = {
+        "driver": "GTiff",
+        "height": array.shape[0],
+        "width": array.shape[1],
+        "count": array.shape[2],
+        "dtype": array.dtype.name,
+        **options,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(np.moveaxis(array, -1, 0))
+    return path
+
+
+def read_tiff(path):
+    """A TIFF's bands as ``HxW`` (one band) or ``HxWxC``."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            data = np.moveaxis(src.read(), 0, -1)
+    return data[..., 0] if data.shape[2] == 1 else data
+
+
 TIFF_LAYOUTS = {
     "contiguous": {},
-    "big_endian": {"byteorder": ">"},
-    "strips_deflate": {"compression": "zlib", "rowsperstrip": 16},
-    "tiles_deflate": {"compression": "zlib", "tile": (32, 48)},
-    "tiles_raw": {"tile": (64, 64)},
-    "planar_separate": {"planarconfig": "separate", "rowsperstrip": 16, "compression": "zlib"},
-    "planar_separate_raw": {"planarconfig": "separate"},
+    "strips_deflate": {"compress": "deflate", "blockysize": 16},
+    "tiles_deflate": {"compress": "deflate", "tiled": True, "blockxsize": 32, "blockysize": 48},
+    "tiles_lzw": {"compress": "lzw", "tiled": True, "blockxsize": 64, "blockysize": 64},
+    "planar_separate": {"interleave": "band", "blockysize": 16, "compress": "deflate"},
+    "planar_separate_raw": {"interleave": "band"},
+    "bigtiff_zstd": {"BIGTIFF": "YES", "compress": "zstd"},
 }
 
 
 @pytest.mark.parametrize("layout", sorted(TIFF_LAYOUTS))
-@pytest.mark.parametrize("backend", ["tifffile", pytest.param("rasterio", marks=needs_rasterio)])
-def test_tiff_windows_match_the_array(tmp_path, rgb, layout, backend):
-    options = dict(TIFF_LAYOUTS[layout])
-    data = np.moveaxis(rgb, -1, 0) if options.get("planarconfig") == "separate" else rgb
-    path = tmp_path / f"{layout}.tif"
-    tifffile.imwrite(path, data, photometric="rgb", **options)
-    with open_raster(path, backend=backend) as reader:
+def test_tiff_windows_match_the_array(tmp_path, rgb, layout):
+    path = write_tiff(tmp_path / f"{layout}.tif", rgb, photometric="RGB", **TIFF_LAYOUTS[layout])
+    with open_raster(path) as reader:
         assert reader.shape == (300, 470, 3)
-        assert reader.is_tiff
+        assert reader.is_tiff and reader.profile["backend"] == "rasterio"
+        assert reader.band_names == ["red", "green", "blue"]
         np.testing.assert_array_equal(reader.read(17, 250, 33, 401), rgb[17:250, 33:401])
         np.testing.assert_array_equal(reader.read(0, 300, 0, 470), rgb)
         np.testing.assert_array_equal(reader.read(299, 300, 469, 470), rgb[299:, 469:])
+        assert reader.read(5, 5, 0, 10).shape == (0, 10, 3)
         with pytest.raises(ValueError, match="outside"):
             reader.read(0, 301, 0, 10)
 
 
-@pytest.mark.parametrize("backend", ["tifffile", pytest.param("rasterio", marks=needs_rasterio)])
-def test_uint16_is_scaled_and_constant_alpha_dropped(tmp_path, rgb, backend):
-    path = tmp_path / "u16.tif"
-    tifffile.imwrite(path, rgb.astype(np.uint16) * 257, photometric="rgb")
-    with open_raster(path, backend=backend) as reader:
-        np.testing.assert_array_equal(reader.read(0, 300, 0, 470), rgb)
-    twelve_bit = tmp_path / "u12.tif"
-    tifffile.imwrite(twelve_bit, np.full((8, 8, 3), 4095, np.uint16), photometric="rgb")
-    with open_raster(twelve_bit, backend=backend, uint16_max=4095) as reader:
-        assert (reader.read(0, 8, 0, 8) == 255).all()
+def test_uint16_is_native_and_alpha_marks_pixels_invalid(tmp_path, rgb):
+    """No rescaling (uint16 stays uint16); an alpha band is not a band, alpha 0 is invalid."""
+    u16 = rgb.astype(np.uint16) * 257
+    path = write_tiff(tmp_path / "u16.tif", u16, photometric="RGB")
+    with open_raster(path) as reader:
+        assert reader.dtype == np.uint16 and reader.band_names == ["band1", "band2", "band3"]
+        np.testing.assert_array_equal(reader.read(0, 300, 0, 470), u16)
     rgba = np.concatenate([rgb, np.full((300, 470, 1), 255, np.uint8)], axis=-1)
-    alpha = tmp_path / "rgba.tif"
-    tifffile.imwrite(alpha, rgba, photometric="rgb", extrasamples=["unassalpha"])
-    with open_raster(alpha, backend=backend) as reader:
-        assert reader.shape == (300, 470, 3)
-        np.testing.assert_array_equal(reader.read(10, 20, 30, 40), rgb[10:20, 30:40])
+    rgba[200:, :, 3] = 0
+    alpha = write_tiff(tmp_path / "rgba.tif", rgba, photometric="RGB", alpha="YES")
+    with open_raster(alpha) as reader:
+        assert reader.shape == (300, 470, 3) and reader.band_names == ["red", "green", "blue"]
+        np.testing.assert_array_equal(reader.read(150, 250, 30, 40), rgb[150:250, 30:40])
+        valid = reader.read_valid(150, 250, 30, 40)
+        assert valid[:50].all() and not valid[50:].any()
+        with pytest.raises(RasterError, match=r"rgba\.tif: band 4 is the alpha band"):
+            open_raster(alpha, bands=[1, 4])
 
 
-@pytest.mark.parametrize("backend", ["tifffile", pytest.param("rasterio", marks=needs_rasterio)])
-def test_unusable_bands_are_named_errors(tmp_path, rgb, backend):
-    gray = tmp_path / "gray.tif"
-    tifffile.imwrite(gray, rgb[..., 0])
-    with pytest.raises(RasterError, match=r"gray\.tif.*1-band"):
-        open_raster(gray, backend=backend)
-    floats = tmp_path / "float.tif"
-    tifffile.imwrite(floats, rgb.astype(np.float32), photometric="rgb")
-    with pytest.raises(RasterError, match=r"float\.tif.*float32"):
-        open_raster(floats, backend=backend)
-    rgba = np.concatenate([rgb, np.zeros((300, 470, 1), np.uint8)], axis=-1)
-    rgba[200:, :, 3] = 255  # a real mask, not a constant alpha
-    varying = tmp_path / "alpha.tif"
-    tifffile.imwrite(varying, rgba, photometric="rgb", extrasamples=["unassalpha"])
-    with open_raster(varying, backend=backend) as reader:
-        reader.read(0, 100, 0, 470)  # constant inside this window
-        with pytest.raises(RasterError, match=r"alpha\.tif.*band 4 is not a constant alpha"):
-            reader.read(150, 250, 0, 470)
+def test_unusable_pixel_types_are_named_errors(tmp_path, rgb):
+    gray = write_tiff(tmp_path / "gray.tif", rgb[..., 0])
+    with open_raster(gray) as reader:  # one band is an image like any other
+        assert reader.shape == (300, 470, 1) and reader.band_names == ["band1"]
+    for dtype in ("int8", "int32", "uint32", "float64"):
+        path = write_tiff(tmp_path / f"{dtype}.tif", rgb.astype(dtype))
+        with pytest.raises(RasterError, match=rf"{dtype}\.tif: pixel type {dtype} is not"):
+            open_raster(path)
+    with pytest.raises(RasterError, match="convert to float32"):
+        open_raster(tmp_path / "float64.tif")
 
 
 def test_missing_and_corrupt_files_are_named(tmp_path):
@@ -93,43 +117,22 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"II*\x00garbage")
     with pytest.raises(RasterError, match="broken.tif"):
-        open_raster(broken, backend="tifffile")
+        open_raster(broken)
     bad_png = tmp_path / "bad.png"
     bad_png.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(RasterError, match="bad.png"):
         open_raster(bad_png)
+    with pytest.raises(ValueError, match="tifffile"):
+        open_raster(bad_png, backend="tifffile")
 
 
-@needs_rasterio
-def test_lzw_without_imagecodecs_is_a_clear_error(tmp_path, rgb):
-    import rasterio
-    from affine import Affine
-
-    try:
-        import imagecodecs  # noqa: F401
-
-        pytest.skip("imagecodecs installed: LZW decodes")
-    except ImportError:
-        pass
-    path = tmp_path / "lzw.tif"
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=300,
-        width=470,
-        count=3,
-        dtype="uint8",
-        compress="lzw",
-        crs="EPSG:4326",
-        transform=Affine(1e-5, 0, 55.0, 0, -1e-5, 25.0),
-    ) as dst:
-        dst.write(np.moveaxis(rgb, -1, 0))
-    with open_raster(path, backend="tifffile") as reader:
-        with pytest.raises(RasterError, match="lzw.tif.*imagecodecs"):
-            reader.read(0, 10, 0, 10)
-    with open_raster(path, backend="rasterio") as reader:
-        np.testing.assert_array_equal(reader.read(0, 10, 0, 10), rgb[:10, :10])
+def test_truncated_tiff_is_a_named_error_at_read(tmp_path, rgb):
+    path = write_tiff(tmp_path / "cut.tif", rgb, compress="deflate", tiled=True)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RasterError, match="cut.tif"):
+        with open_raster(path) as reader:
+            reader.read(0, 300, 0, 470)
 
 
 def test_pil_formats(tmp_path, rgb):
@@ -143,11 +146,21 @@ def test_pil_formats(tmp_path, rgb):
         np.testing.assert_array_equal(reader.read(0, 300, 0, 470), rgb)
     rgba[0, 0, 3] = 0
     Image.fromarray(rgba).save(tmp_path / "holey.png")
-    with pytest.raises(RasterError, match="holey.png.*alpha"):
-        open_raster(tmp_path / "holey.png")
+    with open_raster(tmp_path / "holey.png") as reader:  # alpha 0: invalid, not an error
+        assert reader.shape == (300, 470, 3)
+        valid = reader.read_valid(0, 2, 0, 2)
+        np.testing.assert_array_equal(valid, [[False, True], [True, True]])
     Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
-    with pytest.raises(RasterError, match="gray.png.*1-band"):
-        open_raster(tmp_path / "gray.png")
+    with open_raster(tmp_path / "gray.png") as reader:
+        assert reader.shape == (300, 470, 1) and reader.band_names == ["band1"]
+        np.testing.assert_array_equal(reader.read(0, 300, 0, 470)[..., 0], rgb[..., 0])
+    deep = (rgb[..., 0].astype(np.uint16) * 251).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    with open_raster(tmp_path / "deep.png") as reader:  # 16-bit PNG: 1-band uint16, as is
+        assert reader.shape == (300, 470, 1) and reader.dtype == np.uint16
+        np.testing.assert_array_equal(reader.read(0, 300, 0, 470)[..., 0], deep)
+    with open_raster(tmp_path / "a.png", bands=["blue", 1]) as reader:
+        np.testing.assert_array_equal(reader.read(0, 3, 0, 3), rgb[:3, :3, [2, 0]])
     Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")
     with open_raster(tmp_path / "palette.png") as reader:
         assert reader.shape == (300, 470, 3)
@@ -185,7 +198,7 @@ def test_writer_outputs_are_exact(tmp_path, rgb, fmt):
     assert paths["mask"].name == f"scene_mask.{fmt}"
     mask = read_index_mask(paths["mask"])
     np.testing.assert_array_equal(mask, expected)
-    read = tifffile.imread if fmt == "tif" else (lambda p: np.asarray(Image.open(p)))
+    read = read_tiff if fmt == "tif" else (lambda p: np.asarray(Image.open(p)))
     color = read(paths["color"])
     palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], np.uint8)
     np.testing.assert_array_equal(color, palette[expected])
@@ -213,9 +226,7 @@ def test_writer_order_and_completeness_are_checked(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@needs_rasterio
-@pytest.mark.parametrize("backend", ["rasterio", "tifffile"])
-def test_geotiff_crs_and_transform_are_kept(tmp_path, rgb, backend):
+def test_geotiff_crs_and_transform_are_kept(tmp_path, rgb):
     import rasterio
     from affine import Affine
 
@@ -234,7 +245,7 @@ def test_geotiff_crs_and_transform_are_kept(tmp_path, rgb, backend):
     ) as dst:
         dst.write(np.moveaxis(rgb, -1, 0))
     probs = _probs(300, 470)
-    with open_raster(source, backend=backend) as reader:
+    with open_raster(source) as reader:
         paths = _write_all(prediction_writer(reader, tmp_path / "out", PALETTE), probs, 128)
     for path in paths.values():
         assert path.suffix == ".tif"
@@ -252,10 +263,10 @@ def test_end_to_end_tiff_prediction_keeps_size(tmp_path):
 
     image = np.random.default_rng(2).integers(0, 256, (333, 517, 3), dtype=np.uint8)
     source = tmp_path / "scene.tif"
-    tifffile.imwrite(source, image, photometric="rgb", compression="zlib", tile=(64, 64))
+    write_tiff(source, image, photometric="RGB", compress="deflate", tiled=True)
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 4, 1)
-    with open_raster(source, backend="tifffile") as reader:
+    with open_raster(source) as reader:
         writer = prediction_writer(reader, tmp_path / "out", PALETTE)
         with writer:
             predict_raster(
@@ -279,7 +290,7 @@ def test_end_to_end_tiff_prediction_keeps_size(tmp_path):
 def _save_mask(path, mask):
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".tif":
-        tifffile.imwrite(path, mask)
+        write_tiff(path, mask)
     else:
         Image.fromarray(mask).save(path)
 

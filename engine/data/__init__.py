@@ -1,7 +1,7 @@
 """The data stage: from source files to the uint8 batches the device receives.
 
 It owns reading images, masks and rasters (:mod:`.imageio`, :mod:`.raster_base`,
-:mod:`.rasters`, :mod:`.tiff_reader`), the classes file (:mod:`.classes`) and mask
+:mod:`.rasters`), the classes file (:mod:`.classes`) and mask
 inspection (:mod:`.mask_inspect`), pairing images with masks (:mod:`.pairing`), splitting by
 group or by blocks of tiles (:mod:`.splits`), the shard builder (:mod:`.shard_builder`, with
 its output folder, lock and clean-up in :mod:`.build_output` and its warnings in

@@ -180,74 +180,54 @@ def exif_hint(image_path: str | Path, mask_shape: tuple[int, ...]) -> str:
     return ""
 
 
-def _read_tiff(path: Path, limit: int | None = None) -> np.ndarray:
-    import tifffile
+def _read_tiff(path: Path, limit: int | None = None) -> tuple[np.ndarray, int | None]:
+    """Every band of a TIFF through rasterio: ``(HxWxC native, alpha position or None)``."""
+    from engine.data.rasters import read_whole_raster  # rasters imports this module
 
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            check_pixels(path, int(page.imagelength), int(page.imagewidth), limit)
-            array = page.asarray()
-            planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
-    except FileNotFoundError as error:
-        raise ImageReadError(f"{path}: file not found") from error
-    except ImageReadError:
-        raise
-    except Exception as error:  # tifffile raises many types for corrupt files
-        raise ImageReadError(
-            f"{path}: cannot decode TIFF (truncated or corrupt?): {error}"
-        ) from error
-    if array.ndim == 3 and planar:
-        array = np.moveaxis(array, 0, -1)
-    return array
+    return read_whole_raster(path, limit)
 
 
-def _to_uint8(array: np.ndarray, path: Path, uint16_max: int | None) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.uint16:
-        scale_max = uint16_max or 65535
-        scaled = np.clip(array.astype(np.float32) * (255.0 / scale_max), 0, 255)
-        return np.rint(scaled).astype(np.uint8)
-    raise ImageReadError(f"{path}: pixel type {array.dtype} is not supported (uint8 or uint16)")
-
-
-def read_image(
-    path: str | Path, uint16_max: int | None = None, *, limit: int | None = None
-) -> np.ndarray:
-    """Read an image as uint8 RGB ``HxWx3``, upright (EXIF orientation applied).
+def read_image(path: str | Path, *, limit: int | None = None) -> np.ndarray:
+    """Read an 8-bit RGB image as uint8 ``HxWx3``, upright (EXIF orientation applied).
 
     Accepts JPEG (RGB, CMYK, YCbCr), PNG (RGB, RGBA with a constant alpha, palette), WebP and
-    TIFF (3-band, or 4-band with a constant alpha; uint8 or uint16). Non-TIFF files go
-    through :func:`read_pil_pixels`, the decoder prediction uses too.
+    3-band uint8 TIFF (an alpha band, by its colour interpretation, is dropped). Non-TIFF
+    files go through :func:`read_pil_pixels`, the decoder prediction uses too. Images of
+    other band counts or pixel types are read at native precision, never rescaled, with
+    :func:`engine.data.rasters.open_raster`.
 
     Args:
         path: The image file.
-        uint16_max: For uint16 input, the value that maps to 255 (default 65535; 4095 for
-            12-bit sensors, 10000 for reflectance products).
         limit: Pixel limit (default :func:`max_pixels`).
 
     Raises:
         ImageReadError: naming the file, when it cannot be decoded, is over the pixel limit
-            or is not 3-band RGB.
+            or is not 3-band 8-bit RGB.
     """
     path = Path(path)
+    hint = "; read N-band or 16-bit images with engine.data.rasters.open_raster"
     if path.suffix.lower() in TIFF_SUFFIXES:
-        array = _read_tiff(path, limit)
+        array, alpha = _read_tiff(path, limit)
+        if alpha is not None:
+            array = np.delete(array, alpha, axis=2)
     else:
         array, _ = read_pil_pixels(path, limit)
+        if array.ndim == 3 and array.shape[2] == 4:
+            alpha_band = array[..., 3]
+            if alpha_band.min() != alpha_band.max():
+                raise ImageReadError(
+                    f"{path}: 4-band image whose 4th band is not a constant alpha; "
+                    "terraseg needs 3-band RGB"
+                )
+            array = array[..., :3]
     bands = 1 if array.ndim == 2 else array.shape[2]
-    if bands == 4:
-        alpha = array[..., 3]
-        if alpha.min() != alpha.max():
-            raise ImageReadError(
-                f"{path}: 4-band image whose 4th band is not a constant alpha; "
-                "terraseg needs 3-band RGB"
-            )
-        array = array[..., :3]
-    elif bands != 3:
-        raise ImageReadError(f"{path}: {bands}-band image; terraseg needs 3-band RGB")
-    return np.ascontiguousarray(_to_uint8(array, path, uint16_max))
+    if bands != 3:
+        raise ImageReadError(f"{path}: {bands}-band image; read_image gives 3-band RGB{hint}")
+    if array.dtype != np.uint8:
+        raise ImageReadError(
+            f"{path}: pixel type {array.dtype}; read_image gives 8-bit RGB (no rescaling){hint}"
+        )
+    return np.ascontiguousarray(array)
 
 
 def _mask_colours(array: np.ndarray, path: Path) -> np.ndarray:
@@ -284,7 +264,8 @@ def read_mask_values(path: str | Path, encoding: str, *, limit: int | None = Non
             values are 24-bit colour codes; fully transparent pixels of RGBA, LA and
             palette masks with transparency are :data:`TRANSPARENT` (the builder maps them
             to ignore). ``"index"``: single-band masks (palette masks keep their palette
-            indices), values are the integers stored.
+            indices), values are the integers stored: 0..65535 for PNG; for TIFF (read
+            through rasterio) any integer type, signed and 16-bit included (−1 stays −1).
         limit: Pixel limit (default :func:`max_pixels`).
 
     Raises:
@@ -293,19 +274,18 @@ def read_mask_values(path: str | Path, encoding: str, *, limit: int | None = Non
     """
     path = Path(path)
     if path.suffix.lower() in TIFF_SUFFIXES:
-        array = _read_tiff(path, limit)
-    else:
-        image = _open_pil(path, limit)
-        if encoding == "rgb":
-            if image.mode in ("RGBA", "LA", "PA") or (
-                image.mode == "P" and "transparency" in image.info
-            ):
-                image = image.convert("RGBA")
-            elif image.mode in ("P", "L", "1", "CMYK", "YCbCr"):
-                image = image.convert("RGB")
-        elif encoding == "index" and image.mode.startswith("I;16"):
-            image = image.convert("I")
-        array = np.asarray(image)
+        return _tiff_mask_values(path, encoding, limit)
+    image = _open_pil(path, limit)
+    if encoding == "rgb":
+        if image.mode in ("RGBA", "LA", "PA") or (
+            image.mode == "P" and "transparency" in image.info
+        ):
+            image = image.convert("RGBA")
+        elif image.mode in ("P", "L", "1", "CMYK", "YCbCr"):
+            image = image.convert("RGB")
+    elif encoding == "index" and image.mode.startswith("I;16"):
+        image = image.convert("I")
+    array = np.asarray(image)
     if encoding == "rgb":
         return _mask_colours(array, path)
     if array.ndim != 2:
@@ -314,6 +294,30 @@ def read_mask_values(path: str | Path, encoding: str, *, limit: int | None = Non
         )
     if array.dtype not in (np.uint8, np.uint16, np.int32) or array.min() < 0 or array.max() > 65535:
         raise ImageReadError(f"{path}: mask values must be integers in 0..65535 ({array.dtype})")
+    return array.astype(np.int32)
+
+
+def _tiff_mask_values(path: Path, encoding: str, limit: int | None) -> np.ndarray:
+    """:func:`read_mask_values` of a TIFF: every integer type, as stored."""
+    array, alpha = _read_tiff(path, limit)
+    if encoding == "rgb":
+        if alpha is not None and alpha != array.shape[2] - 1:  # alpha last, as PIL's RGBA
+            order = [b for b in range(array.shape[2]) if b != alpha] + [alpha]
+            array = array[..., order]
+        return _mask_colours(array, path)
+    if array.shape[2] != 1:
+        raise ImageReadError(
+            f"{path}: expected a single-band mask for encoding 'index', got {array.shape[2]} bands"
+        )
+    array = array[..., 0]
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ImageReadError(
+            f"{path}: mask pixel type {array.dtype} is not an integer type (class values)"
+        )
+    if array.dtype in (np.uint32, np.int64, np.uint64) and array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < -(2**31) or high >= 2**31:
+            raise ImageReadError(f"{path}: mask values {low}..{high} outside the int32 range")
     return array.astype(np.int32)
 
 
@@ -328,16 +332,15 @@ def image_size(path: str | Path) -> tuple[int, int]:
     Image.MAX_IMAGE_PIXELS = None
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
+            from engine.data.rasters import _open_dataset  # rasters imports this module
 
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                return int(page.imagelength), int(page.imagewidth)
+            with _open_dataset(path) as src:
+                return src.height, src.width
         with Image.open(path) as image:
             return image.height, image.width
     except FileNotFoundError as error:
         raise ImageReadError(f"{path}: file not found") from error
-    except Exception as error:  # PIL and tifffile raise many types for corrupt headers
+    except Exception as error:  # PIL and GDAL raise many types for corrupt headers
         raise ImageReadError(f"{path}: cannot read the image header: {error}") from error
     finally:
         Image.MAX_IMAGE_PIXELS = previous

@@ -93,13 +93,14 @@ class MaskReport:
 def _storage_kind(path: Path) -> tuple[str, dict[int, str]]:
     """Classify how a mask file stores its values, and return its palette if it has one."""
     if path.suffix.lower() in TIFF_SUFFIXES:
-        import tifffile
+        from engine.data.rasters import RasterError, _open_dataset
 
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            bands = page.samplesperpixel
-            bits = page.bitspersample
-        return ("rgb" if bands >= 3 else f"single-band {bits}-bit"), {}
+        try:
+            with _open_dataset(path) as src:
+                bands, dtype = src.count, src.dtypes[0]
+        except RasterError as error:
+            raise ImageReadError(str(error)) from error
+        return ("rgb" if bands >= 3 else f"single-band {dtype}"), {}
     try:
         with Image.open(path) as image:
             mode = image.mode
@@ -194,8 +195,11 @@ def draft_classes_yaml(report: MaskReport) -> str:
             value = str(item.value)
         color = f'"{colors[number]}"'
         share = 100.0 * item.pixels / total
+        hint = "; negative: often no data (ignore: true?)" if item.value < 0 else ""
+        if report.encoding == "rgb":
+            hint = ""
         lines.append(
             f"  - {{name: class_{number}, value: {value}, color: {color}}}"
-            f"  # {share:.2f} % of pixels, in {item.files} files"
+            f"  # {share:.2f} % of pixels, in {item.files} files{hint}"
         )
     return "\n".join(lines) + "\n"

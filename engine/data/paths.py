@@ -16,3 +16,15 @@ def dubai_dataset_dir() -> Path:
     if override:
         return Path(override).expanduser().resolve()
     return (REPO_ROOT.parent / "shared" / "datasets" / "dubai-aerial").resolve()
+
+
+def multispectral_dataset_dir() -> Path:
+    """Return the folder of the multispectral sample data (Sentinel-1/2, Landsat-8 chips).
+
+    ``TERRASEG_MULTISPECTRAL_DIR`` overrides the default, which is
+    ``../shared/datasets/multispectral`` beside the repository checkout.
+    """
+    override = os.environ.get("TERRASEG_MULTISPECTRAL_DIR")
+    if override:
+        return Path(override).expanduser().resolve()
+    return (REPO_ROOT.parent / "shared" / "datasets" / "multispectral").resolve()

@@ -1,21 +1,28 @@
 """The window-reader interface for rasters of any size, and what its backends share.
 
-A reader exposes ``.shape == (H, W, 3)`` and
-``.read(row0, row1, col0, col1) -> uint8 (row1 - row0, col1 - col0, 3)`` plus ``.profile``
-(a dict describing the source) and ``.georef`` (``None`` or what the writers need to keep
-the georeferencing). The backends live in :mod:`engine.data.rasters` (PIL, rasterio and
-:func:`~engine.data.rasters.open_raster`) and :mod:`engine.data.tiff_reader` (tifffile).
+A reader delivers ``C`` bands at their native precision, never rescaled:
 
-Band and type rules (errors name the file): 3 bands are RGB; 4 bands are RGB + alpha and
-the alpha must be constant (checked on every window read; a varying alpha means masked
-pixels, which is not supported); other band counts are rejected. uint8 is used as is;
-uint16 is scaled with ``value * 255 / uint16_max`` (default ``uint16_max = 65535``; pass
-4095 for 12-bit sensors, 10000 for reflectance products), rounded and clipped — the same
-rule as :func:`engine.data.imageio.read_image`. Other pixel types are rejected.
+- ``.shape == (H, W, C)``, ``.dtype`` (uint8, uint16, int16 or float32), ``.band_names``;
+- ``.read(row0, row1, col0, col1)`` → native ``(rows, cols, C)``, C-contiguous;
+- ``.read_valid(row0, row1, col0, col1)`` → bool ``(rows, cols)``: False where any selected
+  band equals the nodata value (NaN-aware), where the GDAL mask is 0, or where the alpha is 0;
+- ``.nodata`` (the value in force, or ``None``), ``.georef`` (``{"crs", "transform"}`` or
+  ``None``), ``.profile`` (a dict describing the source); a context manager.
+
+The backends live in :mod:`engine.data.rasters` (PIL, rasterio, band files and
+:func:`~engine.data.rasters.open_raster`); :class:`ArrayReader` serves in-memory arrays.
+
+Rules shared by every backend (errors name the file): pixel types uint8, uint16, int16 and
+float32 are used as they are; int8, int32, uint32, float64 (and anything else) are rejected.
+``bands`` selects and orders bands by 1-based index or by name (:attr:`band_names`); an
+alpha band is never a data band: it marks pixels with alpha 0 invalid. Default band names:
+the file's band descriptions, else ``red/green/blue`` for 3-band uint8 RGB, else
+``band1..bandN``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -26,8 +33,8 @@ from engine.errors import UserError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-#: Tags copied from a GeoTIFF input to its outputs by the tifffile backend.
-GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
+#: Pixel types a reader delivers as they are.
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
 #: GDAL block-cache cap (bytes) while rasterio reads or writes: GDAL's default (5 % of RAM)
 #: would otherwise keep up to that much of a streamed raster resident.
 GDAL_CACHE_BYTES = 32 * 2**20
@@ -37,70 +44,173 @@ class RasterError(UserError):
     """A raster cannot be used; the message names the file and the problem."""
 
 
-def rasterio_available() -> bool:
-    """Whether the optional rasterio backend (``pip install terraseg[geo]``) is importable."""
-    try:
-        import rasterio  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def check_dtype(name: Any, dtype: Any) -> np.dtype:
+    """Return ``dtype`` as a numpy dtype when terraseg reads it as it is.
+
+    Raises:
+        RasterError: naming ``name`` and the type (float64: convert to float32).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.name in SUPPORTED_DTYPES:
+        return dtype
+    hint = (
+        "convert to float32" if dtype == np.float64 else "convert to " + "/".join(SUPPORTED_DTYPES)
+    )
+    raise RasterError(
+        f"{name}: pixel type {dtype.name} is not supported ({', '.join(SUPPORTED_DTYPES)}); {hint}"
+    )
+
+
+def default_band_names(count: int, dtype: Any, rgb: bool) -> list[str]:
+    """``red/green/blue`` for 3-band uint8 RGB (``rgb``), else ``band1..bandN``."""
+    if rgb and count == 3 and np.dtype(dtype) == np.uint8:
+        return ["red", "green", "blue"]
+    return [f"band{n}" for n in range(1, count + 1)]
+
+
+def select_bands(
+    name: Any,
+    bands: list[int | str] | None,
+    names: list[str],
+    numbers: list[int],
+    alpha: int | None,
+) -> list[int]:
+    """Resolve a ``bands`` selection to positions in ``names`` (the data bands), in order.
+
+    Args:
+        name: The file (for messages).
+        bands: 1-based band numbers of the file or band names (a digit string that names no
+            band is a number); ``None`` selects all.
+        names: The data bands' names.
+        numbers: The data bands' 1-based numbers in the file.
+        alpha: The alpha band's 1-based number, or ``None``.
+
+    Raises:
+        RasterError: naming the file, the band asked for and the bands available.
+    """
+    if bands is None:
+        return list(range(len(names)))
+    if isinstance(bands, (str, int)):
+        bands = [bands]
+    available = ", ".join(f"{n}:{b}" for n, b in zip(numbers, names))
+    chosen: list[int] = []
+    for band in bands:
+        if isinstance(band, str) and band.strip().isdigit() and band.strip() not in names:
+            band = int(band)  # "4" from a command line is band 4 unless a band is named "4"
+        if isinstance(band, (int, np.integer)) and not isinstance(band, bool):
+            if int(band) == alpha:
+                raise RasterError(f"{name}: band {band} is the alpha band, not a data band")
+            if int(band) not in numbers:
+                raise RasterError(
+                    f"{name}: no band {band} (bands are 1-based; available: {available})"
+                )
+            position = numbers.index(int(band))
+        else:
+            text = str(band)
+            matches = [i for i, b in enumerate(names) if b == text]
+            if not matches:
+                matches = [i for i, b in enumerate(names) if b.lower() == text.lower()]
+            if len(matches) != 1:
+                problem = "no band named" if not matches else "several bands named"
+                raise RasterError(f"{name}: {problem} {text!r} (available: {available})")
+            position = matches[0]
+        if position in chosen:
+            raise RasterError(f"{name}: band {band!r} selected twice")
+        chosen.append(position)
+    if not chosen:
+        raise RasterError(f"{name}: empty band selection")
+    return chosen
+
+
+def nodata_equal(data: np.ndarray, nodata: float) -> np.ndarray:
+    """Bool ``(h, w)``: True where any band of ``data (h, w, C)`` equals ``nodata`` (NaN too)."""
+    if isinstance(nodata, float) and math.isnan(nodata):
+        if not np.issubdtype(data.dtype, np.floating):
+            return np.zeros(data.shape[:2], bool)
+        return np.isnan(data).any(axis=-1)
+    if np.issubdtype(data.dtype, np.integer):
+        info = np.iinfo(data.dtype)
+        if not (info.min <= nodata <= info.max) or nodata != int(nodata):
+            return np.zeros(data.shape[:2], bool)  # a value the type cannot hold
+        nodata = int(nodata)
+    return (data == data.dtype.type(nodata)).any(axis=-1)
 
 
 class RasterReader:
-    """Base class of the window readers; subclasses implement :meth:`_read_raw`.
+    """Base class of the window readers (see the module notes).
+
+    Subclasses call :meth:`_setup` and implement :meth:`_read_raw` (the data bands at given
+    positions) and, when they can mark pixels invalid by other means than a nodata value,
+    :meth:`_invalid_raw`.
 
     Attributes:
         path: The source file (``None`` for in-memory arrays).
-        profile: Description of the source: ``backend``, ``driver``, ``height``,
-            ``width``, ``count``, ``dtype``, ``crs``, ``transform`` (``None`` when unknown).
+        profile: Description of the source: ``backend``, ``driver``, ``height``, ``width``,
+            ``count``, ``dtype``, ``band_names``, ``nodata``, ``crs``, ``transform``.
     """
 
-    def __init__(
+    path: Path | None = None
+
+    def _setup(
         self,
         path: Path | None,
         height: int,
         width: int,
-        bands: int,
         dtype: Any,
+        names: list[str],
         profile: dict[str, Any],
-        uint16_max: int | None = None,
-        alpha_band: int | None = None,
+        *,
+        numbers: list[int] | None = None,
+        alpha: int | None = None,
+        bands: list[int | str] | None = None,
+        nodata: float | None = None,
     ) -> None:
+        """Check the type, resolve the band selection and fill :attr:`profile`."""
         self.path = path
+        label = path or "<array>"
         self._height, self._width = int(height), int(width)
-        self._bands = int(bands)
-        self._dtype = np.dtype(dtype)
-        self._uint16_max = uint16_max or 65535
-        self._alpha_band = alpha_band
-        self._alpha_value: int | None = None
+        self._dtype = check_dtype(label, dtype)
+        numbers = numbers or list(range(1, len(names) + 1))
+        self._select = select_bands(label, bands, list(names), numbers, alpha)
+        self._band_names = [names[i] for i in self._select]
+        if nodata is not None:
+            nodata = float(nodata)
+            if math.isnan(nodata) and not np.issubdtype(self._dtype, np.floating):
+                raise RasterError(f"{label}: nodata NaN for {self._dtype.name} pixels")
+        self._nodata = nodata
+        self._last_invalid: tuple[tuple[int, int, int, int], np.ndarray] | None = None
         self.profile = {
             "path": str(path) if path else None,
             "height": self._height,
             "width": self._width,
-            "count": self._bands,
-            "dtype": str(self._dtype),
+            "count": len(self._select),
+            "dtype": self._dtype.name,
+            "band_names": list(self._band_names),
+            "nodata": nodata,
             "crs": None,
             "transform": None,
             **profile,
         }
-        name = self.path or "<array>"
-        if self._bands == 4:
-            if self._alpha_band is None:
-                self._alpha_band = 3
-        elif self._bands != 3:
-            raise RasterError(
-                f"{name}: {self._bands}-band raster; terraseg needs 3-band RGB "
-                "(or 4-band RGB with a constant alpha)"
-            )
-        if self._dtype not in (np.uint8, np.uint16):
-            raise RasterError(
-                f"{name}: pixel type {self._dtype} is not supported (uint8 or uint16)"
-            )
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """``(H, W, 3)`` of the RGB image delivered by :meth:`read`."""
-        return self._height, self._width, 3
+        """``(H, W, C)`` of what :meth:`read` delivers."""
+        return self._height, self._width, len(self._select)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The native pixel type (uint8, uint16, int16 or float32)."""
+        return self._dtype
+
+    @property
+    def band_names(self) -> list[str]:
+        """The names of the delivered bands, in delivery order."""
+        return list(self._band_names)
+
+    @property
+    def nodata(self) -> float | None:
+        """The nodata value in force (``nodata=`` or the file's), or ``None``."""
+        return self._nodata
 
     @property
     def georef(self) -> dict[str, Any] | None:
@@ -112,52 +222,62 @@ class RasterReader:
         """Whether the source is a TIFF (its predictions default to TIFF outputs)."""
         return self.path is not None and self.path.suffix.lower() in TIFF_SUFFIXES
 
-    def read(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
-        """Read the window ``[row0, row1) x [col0, col1)`` as uint8 RGB.
-
-        Returns:
-            uint8 ``(row1 - row0, col1 - col0, 3)``, C-contiguous.
-
-        Raises:
-            ValueError: when the window is outside the raster.
-            RasterError: naming the file, when decoding fails or the alpha is not constant.
-        """
+    def _check_window(self, row0: int, row1: int, col0: int, col1: int) -> None:
         if not (0 <= row0 <= row1 <= self._height and 0 <= col0 <= col1 <= self._width):
             raise ValueError(
                 f"window rows {row0}:{row1} cols {col0}:{col1} outside "
                 f"{self._height}x{self._width} raster {self.path or '<array>'}"
             )
-        if row0 == row1 or col0 == col1:
-            return np.zeros((row1 - row0, col1 - col0, 3), np.uint8)
-        raw = self._read_raw(row0, row1, col0, col1)
-        return self._to_rgb(raw)
 
-    def _read_raw(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+    def read(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+        """Read the window ``[row0, row1) x [col0, col1)`` of the selected bands, native.
+
+        Returns:
+            ``(row1 - row0, col1 - col0, C)`` in :attr:`dtype`, C-contiguous.
+
+        Raises:
+            ValueError: when the window is outside the raster.
+            RasterError: naming the file, when decoding fails.
+        """
+        self._check_window(row0, row1, col0, col1)
+        if row0 == row1 or col0 == col1:
+            return np.zeros((row1 - row0, col1 - col0, len(self._select)), self._dtype)
+        data = np.ascontiguousarray(self._read_raw(row0, row1, col0, col1, self._select))
+        if self._nodata is not None:  # cheap next to the read; read_valid reuses it
+            self._last_invalid = ((row0, row1, col0, col1), nodata_equal(data, self._nodata))
+        return data
+
+    def read_valid(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+        """Bool ``(rows, cols)``: False where a pixel is nodata, masked or transparent.
+
+        A pixel is invalid when any selected band equals :attr:`nodata` (NaN-aware), when
+        the file's GDAL mask is 0 there, or when its alpha is 0.
+        """
+        self._check_window(row0, row1, col0, col1)
+        valid = np.ones((row1 - row0, col1 - col0), bool)
+        if valid.size == 0:
+            return valid
+        window = (row0, row1, col0, col1)
+        if self._nodata is not None:
+            last = self._last_invalid
+            if last is None or last[0] != window:
+                self.read(row0, row1, col0, col1)
+                last = self._last_invalid
+            valid &= ~last[1]
+        other = self._invalid_raw(row0, row1, col0, col1)
+        if other is not None:
+            valid &= ~other
+        return valid
+
+    def _read_raw(
+        self, row0: int, row1: int, col0: int, col1: int, positions: list[int]
+    ) -> np.ndarray:
+        """The data bands at ``positions`` (0-based, in order) of a non-empty window."""
         raise NotImplementedError
 
-    def _to_rgb(self, raw: np.ndarray) -> np.ndarray:
-        if self._bands == 4:
-            alpha_band = self._alpha_band if self._alpha_band is not None else 3
-            alpha = raw[..., alpha_band]
-            low, high = int(alpha.min()), int(alpha.max())
-            if self._alpha_value is None:
-                self._alpha_value = low
-            if low != high or low != self._alpha_value:
-                raise RasterError(
-                    f"{self.path or '<array>'}: 4-band raster whose band {alpha_band + 1} is "
-                    "not a constant alpha (values "
-                    f"{min(low, self._alpha_value)}..{max(high, self._alpha_value)}); "
-                    "masked/no-data alpha or a 4th spectral band (e.g. NIR) is not supported, "
-                    "give 3-band RGB"
-                )
-            keep = [b for b in range(4) if b != alpha_band]
-            raw = raw[..., keep]
-        if raw.dtype == np.uint16:
-            scaled = raw.astype(np.float32) * np.float32(255.0 / self._uint16_max)
-            raw = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-        elif raw.dtype != np.uint8:
-            raise RasterError(f"{self.path or '<array>'}: pixel type {raw.dtype} not supported")
-        return np.ascontiguousarray(raw)
+    def _invalid_raw(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray | None:
+        """Bool ``(h, w)`` invalid by mask or alpha, or ``None`` when the source has neither."""
+        return None
 
     def close(self) -> None:
         """Release the file handle (idempotent)."""
@@ -170,33 +290,59 @@ class RasterReader:
 
     def __repr__(self) -> str:
         backend = self.profile.get("backend")
-        return f"{type(self).__name__}({self.path or '<array>'}, shape={self.shape}, {backend})"
+        return (
+            f"{type(self).__name__}({self.path or '<array>'}, shape={self.shape}, "
+            f"{self._dtype.name}, {backend})"
+        )
 
 
 class ArrayReader(RasterReader):
-    """A reader over an in-memory ``HxWx3`` (or constant-alpha ``HxWx4``) uint8/uint16 array."""
+    """A reader over an in-memory ``HxWxC`` (or ``HxW``) array of a supported pixel type.
+
+    Args:
+        array: The image, native values.
+        nodata: The nodata value (pixels where any band equals it are invalid).
+        band_names: One name per band (default ``red/green/blue`` for 3-band uint8, else
+            ``band1..bandN``).
+        path: Only for messages and output names.
+    """
 
     def __init__(
-        self, array: np.ndarray, path: str | Path | None = None, uint16_max: int | None = None
+        self,
+        array: np.ndarray,
+        nodata: float | None = None,
+        band_names: list[str] | None = None,
+        *,
+        path: str | Path | None = None,
     ) -> None:
         array = np.asarray(array)
+        label = path or "<array>"
+        if array.ndim == 2:
+            array = array[..., None]
         if array.ndim != 3:
-            raise RasterError(
-                f"{path or '<array>'}: expected an HxWxC image, got shape {array.shape}"
-            )
+            raise RasterError(f"{label}: expected an HxWxC image, got shape {array.shape}")
+        names = list(band_names) if band_names is not None else None
+        if names is None:
+            names = default_band_names(array.shape[2], array.dtype, rgb=True)
+        if len(names) != array.shape[2]:
+            raise RasterError(f"{label}: {len(names)} band names for {array.shape[2]} bands")
         self._array = array
-        super().__init__(
+        self._setup(
             Path(path) if path else None,
             array.shape[0],
             array.shape[1],
-            array.shape[2],
             array.dtype,
+            names,
             {"backend": "array", "driver": None},
-            uint16_max,
+            nodata=nodata,
         )
 
-    def _read_raw(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
-        return self._array[row0:row1, col0:col1]
+    def _read_raw(
+        self, row0: int, row1: int, col0: int, col1: int, positions: list[int]
+    ) -> np.ndarray:
+        if positions == list(range(self._array.shape[2])):
+            return self._array[row0:row1, col0:col1]
+        return self._array[row0:row1, col0:col1][..., positions]
 
 
 def pread_exact(fd: int, size: int, offset: int) -> bytes:
