@@ -1,10 +1,18 @@
 """Predict segmentation masks for images of any size with a trained model.
 
-Writes, per input, ``<stem>_mask`` (class indices), ``<stem>_color`` (palette rendering) and
-optionally ``<stem>_confidence`` and ``<stem>_overlay`` into --out: PNG for PNG/JPEG inputs,
-TIFF (GeoTIFF with the input's CRS and transform) for TIFF inputs and very large images.
+Writes, per input, ``<stem>_mask`` (class indices; 255 = nodata where the input is nodata),
+``<stem>_color`` (palette rendering) and optionally ``<stem>_confidence``,
+``<stem>_probabilities`` and ``<stem>_overlay`` into --out: PNG for PNG/JPEG inputs,
+GeoTIFF with the input's CRS, transform and nodata for every other raster (--format cog:
+Cloud-Optimised GeoTIFF). --polygons FILE.gpkg|FILE.geojson also vectorises each mask (one
+feature per connected region; see engine/infer/polygons.py for the CRS and units).
 Rasters are processed in strips, and rasters wider than --band-width in column bands, so
 memory does not grow with the raster size.
+
+Bands: the model reads the bands it was trained on (the export's dataset.json), by name
+from the file's band descriptions, else by position when the counts agree; --bands chooses
+them (numbers or names) for other files. Pixel values are used at native precision, never
+rescaled (see engine/infer/bands.py).
 
 --input takes files, globs and folders (a folder: its .tif/.png/.jpg/... files). Outputs never
 overwrite an input: --out may be the input folder as long as no output name is an input.
@@ -15,6 +23,8 @@ as RGB; see engine/infer/values.py for ignored pixels).
 Example:
     python launch/predict.py --model runs/dubai --input "scenes/*.tif" --out preds --tta flip
     python launch/predict.py --model runs/dubai/best --input scenes/ --out preds --values original
+    python launch/predict.py --model runs/s2 --input S2/chip.tif --out preds --format cog \
+        --polygons preds/chip.gpkg --min-area 4
 """
 
 import argparse
@@ -26,8 +36,9 @@ from typing import Any
 
 from engine.cli import HelpFormatter
 from engine.data.raster_base import PIL_SUFFIXES, TIFF_SUFFIXES
-from engine.data.rasters import open_raster
 from engine.errors import UserError
+from engine.infer.bands import model_normalization, open_model_raster
+from engine.infer.display import display_rgb
 from engine.infer.outputs import output_paths, planned_format
 from engine.infer.polygons import polygon_driver, write_polygons
 from engine.infer.sliding import AMP_DTYPES, predict_raster, resolve_device
@@ -112,6 +123,14 @@ def prepare_out(out: str, inputs: list[Path], args: argparse.Namespace) -> Path:
                         "choose another --out"
                     )
     return folder
+
+
+def parse_nodata(text: str) -> float:
+    """``--nodata``: a number or ``nan``."""
+    try:
+        return float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a number or nan: {text!r}") from error
 
 
 def polygon_targets(args: argparse.Namespace, inputs: list[Path], values: Any) -> dict[Path, Path]:
@@ -212,7 +231,16 @@ def main(argv: list[str] | None = None) -> int:
         choices=VALUE_MODES,
         help="mask values: class indices, or the dataset's own label values (original)",
     )
-    parser.add_argument("--uint16-max", type=int, help="uint16 input value that maps to 255")
+    parser.add_argument(
+        "--bands",
+        nargs="+",
+        help="bands to read, in the model's channel order: 1-based numbers or band names "
+        "(comma- or space-separated; default: the model's band names, or by position for "
+        "files without band descriptions)",
+    )
+    parser.add_argument(
+        "--nodata", type=parse_nodata, help="input nodata value overriding the file's (or nan)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
@@ -232,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{exported.path}: the model has {num_classes} classes but dataset.json lists "
                 f"{len(names)}"
             )
-        for key in ("mean", "std"):
-            if key not in manifest:
-                raise UserError(f"{where}: no {key!r} for normalisation")
+        in_channels = int(exported.spec.get("in_channels", 3))
+        normalization = model_normalization(manifest, in_channels, where)
+        bands = [b for text in args.bands or [] for b in text.split(",") if b.strip()]
         values = original_values(manifest, where) if args.values == "original" else None
         polygons = polygon_targets(args, inputs, values)
         out = prepare_out(args.out, inputs, args)
@@ -243,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(inputs)} input(s)"
         )
         for number, path in enumerate(inputs, 1):
-            with open_raster(path, uint16_max=args.uint16_max) as reader:
+            opened = open_model_raster(path, normalization, bands=bands, nodata=args.nodata)
+            with opened as reader:
                 height, width = reader.shape[:2]
                 with prediction_writer(
                     reader,
@@ -254,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                     probabilities=args.probabilities,
                     overlay=args.overlay,
                     overlay_alpha=args.alpha,
+                    overlay_rgb=display_rgb(normalization),
                     mask_values=values,
                 ) as writer:
                     predict_raster(
@@ -261,8 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                         reader,
                         writer,
                         num_classes=num_classes,
-                        mean=manifest["mean"],
-                        std=manifest["std"],
+                        normalization=normalization,
                         tile=args.tile,
                         overlap=args.overlap,
                         batch_size=args.batch,

@@ -15,8 +15,10 @@ import pytest
 import torch
 from torch import nn
 
+from engine.data.normalize import BandStats, Normalization
 from engine.data.raster_base import ArrayReader
 from engine.infer.sliding import (
+    InferenceError,
     iter_probability_blocks,
     predict_mask,
     predict_probabilities,
@@ -41,17 +43,6 @@ def read_output(path: Path) -> np.ndarray:
     with rasterio.open(path) as src:
         data = src.read()
     return data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
-
-
-class NodataReader(ArrayReader):
-    """An in-memory reader whose pixels equal to ``nodata`` in every band are invalid."""
-
-    def __init__(self, array: np.ndarray, nodata: int) -> None:
-        super().__init__(array)
-        self.array, self.nodata_value = array, nodata
-
-    def read_valid(self, row0, row1, col0, col1):
-        return (self.array[row0:row1, col0:col1] != self.nodata_value).any(-1)
 
 
 def pointwise_model(num_classes: int = 5, seed: int = 0) -> nn.Module:
@@ -221,12 +212,47 @@ def test_wrong_logits_shape_is_a_clear_error():
 
 def test_bad_inputs_are_rejected():
     model = pointwise_model()
-    with pytest.raises(ValueError, match="uint8 HxWx3"):
+    with pytest.raises(InferenceError, match=r"1 band\(s\) \(band1\), but the model takes 3"):
         predict(model, np.zeros((10, 10), np.uint8), tile=64)
     with pytest.raises(ValueError, match="overlap"):
         predict(model, random_image(10, 10), tile=64, overlap=1.0)
     with pytest.raises(ValueError, match="tta"):
         predict(model, random_image(10, 10), tile=64, tta="rot")
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int16", "float32"])
+def test_native_bands_are_normalised_per_band_with_nodata_as_zero(dtype):
+    """5 bands at native precision: the sliding window feeds the model (x - mean) / std per
+    band and 0 where a band is nodata, as the contract's Normalization does."""
+    rng = np.random.default_rng(31)
+    image = rng.integers(100, 9000, (90, 130, 5)).astype(dtype)
+    nodata = 0
+    image[10:20, 5:60, 2] = nodata  # one band missing
+    image[70:, 100:] = nodata  # every band missing
+    bands = tuple(
+        BandStats(f"b{i}", dtype, 4000.0 + 100 * i, 2500.0 - 50 * i, (300.0, 8800.0), nodata)
+        for i in range(5)
+    )
+    normalization = Normalization(bands, None)
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(5, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    probs = predict_probabilities(
+        model, image, num_classes=4, normalization=normalization, tile=64, overlap=0.25
+    )
+    native = torch.from_numpy(image.astype(np.float64)).permute(2, 0, 1)[None]
+    mean = torch.tensor([b.mean for b in bands], dtype=torch.float64).view(1, 5, 1, 1)
+    std = torch.tensor([b.std for b in bands], dtype=torch.float64).view(1, 5, 1, 1)
+    x = torch.where(native == nodata, 0.0, (native - mean) / std).float()
+    with torch.no_grad():
+        expected = model(x).softmax(1)[0].numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        zero = model(torch.zeros(1, 5, 1, 1)).softmax(1)[0, :, 0, 0].numpy()
+    np.testing.assert_allclose(probs[:, 80, 120], zero, atol=1e-5)
+    with pytest.raises(InferenceError, match=r"4 band\(s\).*model takes 5 \(b0, b1"):
+        predict_probabilities(
+            model, image[..., :4], num_classes=4, normalization=normalization, tile=64
+        )
 
 
 def test_bf16_autocast_runs_on_cpu():
@@ -356,8 +382,8 @@ def test_banded_prediction_writes_the_same_files(tmp_path):
     import rasterio
 
     image = random_image(200, 700, seed=22)
-    image[50:90, 100:400] = 0  # nodata: every band 0
-    valid = image.any(-1)
+    image[50:90, 100:400] = 0  # nodata: every band 0 (and any random pixel with a 0)
+    valid = image.all(-1)
     model = SymmetricConv(num_classes=4)
     palette = ["#000000", "#FF0000", "#00FF00", "#0000FF"]
     kinds = ("mask", "color", "confidence", "probabilities", "overlay")
@@ -365,7 +391,7 @@ def test_banded_prediction_writes_the_same_files(tmp_path):
     for name, band_width in (("one", None), ("banded", 150)):
         for fmt in ("png", "tif", "cog"):
             out = tmp_path / f"{name}-{fmt}"
-            reader = NodataReader(image, 0)
+            reader = ArrayReader(image, nodata=0)
             with PredictionWriter(
                 out, "x", 200, 700, palette, fmt=fmt, confidence=True,
                 probabilities=fmt != "png", overlay_reader=reader, valid_reader=reader,
