@@ -137,8 +137,9 @@ def polygon_targets(args: argparse.Namespace, inputs: list[Path], values: Any) -
     """Input → ``--polygons`` file (``{stem}`` replaced by the input's stem); checked early.
 
     Raises:
-        UserError: for an unknown suffix, several inputs without ``{stem}``, negative
-            --min-area/--simplify, or RGB-valued masks (--values original of colour classes).
+        UserError: for an unknown suffix, several inputs without ``{stem}``, a folder that
+            is missing or not writable, negative --min-area/--simplify, or RGB-valued masks
+            (--values original of colour classes).
     """
     if not args.polygons:
         return {}
@@ -152,7 +153,14 @@ def polygon_targets(args: argparse.Namespace, inputs: list[Path], values: Any) -
         raise UserError("--min-area and --simplify must be >= 0")
     if values is not None and values.ndim == 2:
         raise UserError("--polygons needs a one-band mask: colour-coded --values original masks")
-    return {path: Path(args.polygons.replace("{stem}", path.stem)) for path in inputs}
+    targets = {path: Path(args.polygons.replace("{stem}", path.stem)) for path in inputs}
+    for target in targets.values():
+        folder = target.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(
+                f"--polygons {target}: folder {folder} does not exist or is not writable"
+            )
+    return targets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,16 +270,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         in_channels = int(exported.spec.get("in_channels", 3))
         normalization = model_normalization(manifest, in_channels, where)
-        bands = [b for text in args.bands or [] for b in text.split(",") if b.strip()]
         values = original_values(manifest, where) if args.values == "original" else None
-        polygons = polygon_targets(args, inputs, values)
         out = prepare_out(args.out, inputs, args)
+        polygons = polygon_targets(args, inputs, values)
         print(
             f"model {exported.spec['arch']} ({num_classes} classes) on {device}; "
             f"{len(inputs)} input(s)"
         )
         for number, path in enumerate(inputs, 1):
-            opened = open_model_raster(path, normalization, bands=bands, nodata=args.nodata)
+            opened = open_model_raster(path, normalization, bands=args.bands, nodata=args.nodata)
             with opened as reader:
                 height, width = reader.shape[:2]
                 with prediction_writer(

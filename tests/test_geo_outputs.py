@@ -188,3 +188,51 @@ def test_rasters_without_the_models_bands_are_refused(scene, capsys):
 def predict_main_error(capsys, base: list[str], raster: Path) -> str:
     assert predict_main(base + ["--input", str(raster)]) == 2
     return capsys.readouterr().err
+
+
+def test_the_models_bands_are_found_by_name_position_or_bands(scene):
+    from engine.infer.bands import BandMismatchError, model_normalization, open_model_raster
+    from engine.train.export import load_exported
+
+    folder, export, chip, _ = scene
+    normalization = model_normalization(load_exported(export).manifest, 13, export)
+    with rasterio.open(chip) as src:
+        data, profile, names = src.read(), src.profile, list(src.descriptions)
+    expected = np.moveaxis(data[:, 100:140, 200:260], 0, -1)
+    shuffled = folder / "shuffled.tif"  # band descriptions in reverse order
+    with rasterio.open(shuffled, "w", **profile) as dst:
+        dst.write(data[::-1])
+        dst.descriptions = tuple(names[::-1])
+    anonymous = folder / "anonymous13.tif"
+    with rasterio.open(anonymous, "w", **profile) as dst:
+        dst.write(data)
+    reverse = ["13,12", *"11 10 9 8 7 6 5 4 3 2 1".split()]  # numbers of the file, as typed
+    for raster, bands in ((shuffled, None), (anonymous, None), (shuffled, reverse)):
+        with open_model_raster(raster, normalization, bands=bands) as reader:
+            np.testing.assert_array_equal(reader.read(100, 140, 200, 260), expected)
+    with pytest.raises(BandMismatchError, match=r"anonymous13\.tif: --bands selects 2 band"):
+        open_model_raster(anonymous, normalization, bands=["1", "2"])
+    rgb_model = Normalization.from_manifest({"mean": [0.5] * 3, "std": [0.2] * 3})
+    uint16 = folder / "rgb16.tif"
+    with rasterio.open(uint16, "w", **{**profile, "count": 3, "dtype": "uint16"}) as dst:
+        dst.write(data[1:4].astype(np.uint16))
+    with pytest.raises(BandMismatchError, match=r"rgb16\.tif: uint16 pixels, but the model was "
+                       "trained on uint8 bands; values are never rescaled"):  # fmt: skip
+        open_model_raster(uint16, rgb_model)
+
+
+def test_polygon_requests_are_checked_before_predicting(scene, capsys):
+    folder, export, chip, _ = scene
+    base = ["--model", str(export), "--out", str(folder / "early"), "--device", "cpu"]
+    twin = folder / "twin.tif"
+    twin.write_bytes(chip.read_bytes())
+    for extra, expected in (
+        (["--polygons", str(folder / "x.shp")], "x.shp: polygons are written as"),
+        (["--polygons", str(folder / "no" / "x.gpkg")], "does not exist or is not writable"),
+        (["--polygons", str(folder / "x.gpkg"), "--min-area", "-1"], "must be >= 0"),
+        ([str(twin), "--polygons", str(folder / "x.gpkg")], "put {stem} in the name"),
+    ):
+        assert predict_main(base + ["--input", str(chip), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and expected in err, err
+    assert not list((folder / "early").glob("chip_*"))

@@ -115,7 +115,8 @@ def open_model_raster(
     Args:
         path: The input raster.
         normalization: The model's bands (:func:`model_normalization`).
-        bands: ``--bands``: 1-based numbers or names overriding the selection.
+        bands: ``--bands``: 1-based numbers or names overriding the selection (strings may
+            hold several, comma-separated).
         nodata: Nodata value overriding the file's.
 
     Returns:
@@ -126,6 +127,12 @@ def open_model_raster(
             pixel type, or ``bands`` selects another number of bands.
     """
     if bands:
+        bands = [
+            part.strip() if isinstance(part, str) else part
+            for item in bands
+            for part in (item.split(",") if isinstance(item, str) else [item])
+            if not isinstance(part, str) or part.strip()
+        ]
         if len(bands) != normalization.in_channels:
             raise BandMismatchError(
                 f"{path}: --bands selects {len(bands)} band(s); the model takes "
