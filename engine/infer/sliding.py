@@ -30,6 +30,7 @@ from engine.infer.windows import (
     column_bands,
     coverage,
     plan_axis,
+    take_padded,
     tta_transforms,
 )
 
@@ -190,7 +191,7 @@ def iter_probability_blocks(
                 index = rows.source_index(y, y + tile)
                 low, high = int(index.min()), int(index.max()) + 1
                 block = reader.read(low, high, src0, src1)
-                strip = block[np.ix_(index - low, col_index - src0)]
+                strip = take_padded(block, index - low, col_index - src0)
                 del block
                 for x in cols.starts[band.first : band.stop]:
                     yield number, k, x - left, strip[:, x - left : x - left + tile]
