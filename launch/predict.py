@@ -196,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         "--band-width",
         type=int,
         default=16384,
-        help="columns per band for wider rasters (bounds memory; 0 = one band)",
+        help="columns per band for wider rasters (bounds memory; 0 = one band). A strip "
+        "holds tile x (band width + tile) pixels of every input band, twice while read: "
+        "lower it for many-band 16-bit rasters (13 int16 bands: ~9x the bytes of RGB)",
     )
     parser.add_argument(
         "--format",

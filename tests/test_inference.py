@@ -17,6 +17,7 @@ from torch import nn
 
 from engine.data.normalize import BandStats, Normalization
 from engine.data.raster_base import ArrayReader
+from engine.infer.bands import normalize_
 from engine.infer.sliding import (
     InferenceError,
     iter_probability_blocks,
@@ -249,6 +250,9 @@ def test_native_bands_are_normalised_per_band_with_nodata_as_zero(dtype):
     with torch.no_grad():
         zero = model(torch.zeros(1, 5, 1, 1)).softmax(1)[0, :, 0, 0].numpy()
     np.testing.assert_allclose(probs[:, 80, 120], zero, atol=1e-5)
+    native = torch.from_numpy(image).permute(2, 0, 1)[None]
+    native = native.to(torch.int32) if dtype == "uint16" else native  # as sliding does
+    assert torch.equal(normalize_(native, normalization), normalization(native))
     with pytest.raises(InferenceError, match=r"4 band\(s\).*model takes 5 \(b0, b1"):
         predict_probabilities(
             model, image[..., :4], num_classes=4, normalization=normalization, tile=64
