@@ -283,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
             opened = open_model_raster(path, normalization, bands=args.bands, nodata=args.nodata)
             with opened as reader:
                 height, width = reader.shape[:2]
+                georef = reader.georef
+                target = polygons.get(path)
+                if target and polygon_driver(target) == "GeoJSON" and not (georef or {}).get("crs"):
+                    raise UserError(
+                        f"{path}: no CRS, but GeoJSON coordinates are longitude/latitude "
+                        f"(RFC 7946); give --polygons a .gpkg name"
+                    )
                 with prediction_writer(
                     reader,
                     out,
@@ -321,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                     values=values,
                     min_area=args.min_area,
                     simplify=args.simplify,
+                    georef=georef,
                 )
                 written += f", {polygons[path]} ({count} polygons)"
             print(f"[{number}/{len(inputs)}] {path} ({width}x{height}) -> {written}")

@@ -236,3 +236,18 @@ def test_polygon_requests_are_checked_before_predicting(scene, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and expected in err, err
     assert not list((folder / "early").glob("chip_*"))
+
+
+def test_png_outputs_of_a_georeferenced_input_still_give_placed_polygons(scene, predicted):
+    folder, export, chip, _ = scene
+    out = folder / "png"
+    argv = ["--model", str(export), "--input", str(chip), "--out", str(out), "--tile", "256"]
+    argv += ["--format", "png", "--polygons", str(out / "chip.gpkg"), "--device", "cpu"]
+    assert predict_main(argv + ["--no-progress"]) == 0
+    assert (out / "chip_mask.png").is_file()
+    meta, _, wkb, fields = pyogrio.raw.read(out / "chip.gpkg")
+    meta_tif, _, wkb_tif, fields_tif = pyogrio.raw.read(predicted / "chip.gpkg")
+    assert meta["crs"] == meta_tif["crs"] == "EPSG:4326"
+    assert fields[1].tolist() == fields_tif[1].tolist()
+    png, tif = shapely.from_wkb(wkb), shapely.from_wkb(wkb_tif)
+    assert shapely.equals_exact(shapely.normalize(png), shapely.normalize(tif), 1e-9).all()

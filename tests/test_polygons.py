@@ -130,3 +130,26 @@ def test_original_values_map_back_to_classes_and_bad_requests_are_named(tmp_path
     with pytest.raises(PolygonError, match="cannot write polygons"):
         write_polygons(source, tmp_path / "missing" / "v.gpkg", NAMES)
     assert not list(tmp_path.glob("*partial*")) and not (tmp_path / "rgb.gpkg").exists()
+
+
+def test_a_mask_without_crs_gives_pixel_coordinates_and_no_crs(tmp_path):
+    from PIL import Image
+
+    mask = scene()
+    Image.fromarray(mask).save(tmp_path / "plain_mask.png")
+    # a PNG declares no nodata: 255 (ignore/nodata) still makes no polygon, it is no class
+    assert write_polygons(tmp_path / "plain_mask.png", tmp_path / "plain.gpkg", NAMES) == 5
+    meta, geometries, fields = read(tmp_path / "plain.gpkg")
+    assert meta["crs"] is None and sorted(set(fields["class_index"].tolist())) == [0, 1, 2]
+    assert shapely.area(geometries).sum() == (mask != 255).sum()  # one unit per pixel
+    assert shapely.union_all(geometries).bounds == (0.0, 0.0, 47.0, 40.0)
+    with pytest.raises(PolygonError, match=r"plain_mask\.png: no CRS, but GeoJSON coordinates"):
+        write_polygons(tmp_path / "plain_mask.png", tmp_path / "plain.geojson", NAMES)
+    # with the input's georeferencing the PNG mask's polygons are placed on the map
+    georef = {"crs": "EPSG:32632", "transform": from_origin(500000, 5000000, PIXEL, PIXEL)}
+    write_polygons(tmp_path / "plain_mask.png", tmp_path / "placed.geojson", NAMES, georef=georef)
+    write_mask(tmp_path / "geo_mask.tif", mask, nodata=255)
+    write_polygons(tmp_path / "geo_mask.tif", tmp_path / "geo.geojson", NAMES)
+    _, placed, _ = read(tmp_path / "placed.geojson")
+    _, expected, _ = read(tmp_path / "geo.geojson")
+    assert shapely.equals(shapely.normalize(placed), shapely.normalize(expected)).all()

@@ -15,8 +15,9 @@ so both mean the same whatever the CRS (degrees in EPSG:4326).
 
 CRS: a GeoPackage is written in the raster's CRS; a GeoJSON file is reprojected to
 EPSG:4326 (longitude, latitude) as RFC 7946 requires, written with GDAL's ``RFC7946=YES``
-(7 decimals, about 1 cm). A raster without a CRS gives polygons in its pixel or map
-coordinates and no CRS.
+(7 decimals, about 1 cm). A raster without a CRS (e.g. a PNG input's mask) gives a
+GeoPackage in its pixel coordinates (x right, y down) without a CRS; GeoJSON is refused
+for it, since GeoJSON coordinates are always longitude/latitude.
 
 Writing uses pyogrio (``pyogrio.raw.write`` with shapely WKB) to ``<stem>.partial<suffix>``,
 renamed when complete. Memory: GDAL holds every polygon of the raster at once (the raster
@@ -89,6 +90,7 @@ def write_polygons(
     values: np.ndarray | None = None,
     min_area: float = 0.0,
     simplify: float = 0.0,
+    georef: dict[str, Any] | None = None,
 ) -> int:
     """Vectorise a written mask into one polygon feature per connected region.
 
@@ -100,6 +102,8 @@ def write_polygons(
         values: The ``--values original`` table the mask was written with (``[256]``).
         min_area: Drop regions of fewer pixels than this.
         simplify: Simplification tolerance in pixel widths (0: none).
+        georef: ``{"crs", "transform"}`` of the input, used when the mask file has no
+            georeferencing of its own (a PNG mask of a GeoTIFF input).
 
     Returns:
         The number of features written.
@@ -125,6 +129,14 @@ def write_polygons(
         if src.count != 1:
             raise PolygonError(f"{mask_path}: {src.count}-band mask; polygons need one band")
         transform, crs, nodata = src.transform, src.crs, src.nodata
+        to_map = None
+        if crs is None and transform.is_identity and georef and georef.get("transform"):
+            to_map, crs = georef["transform"], georef.get("crs")  # pixels -> map, below
+        if driver == "GeoJSON" and crs is None:
+            raise PolygonError(
+                f"{mask_path}: no CRS, but GeoJSON coordinates are longitude/latitude "
+                f"(RFC 7946); write {out_path.with_suffix('.gpkg').name} instead"
+            )
         pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
         pixel_width = math.sqrt(pixel_area)
         geometries, indices = [], []
@@ -140,8 +152,12 @@ def write_polygons(
     array = np.array(geometries, dtype=object)
     if simplify and len(array):
         array = shapely.simplify(array, simplify * pixel_width, preserve_topology=True)
+    if to_map is not None and len(array):
+        a, b, c, d, e, f = to_map[:6]
+        matrix = np.array([[a, d], [b, e]])
+        array = shapely.transform(array, lambda xy: xy @ matrix + np.array([c, f]))
     options: dict[str, Any] = {}
-    if driver == "GeoJSON" and crs is not None:
+    if driver == "GeoJSON":
         array = _reproject(array, crs, GEOJSON_CRS) if len(array) else array
         crs = rasterio.crs.CRS.from_string(GEOJSON_CRS)
         options["layer_options"] = {"RFC7946": "YES"}
