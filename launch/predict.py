@@ -1,10 +1,18 @@
 """Predict segmentation masks for images of any size with a trained model.
 
-Writes, per input, ``<stem>_mask`` (class indices), ``<stem>_color`` (palette rendering) and
-optionally ``<stem>_confidence`` and ``<stem>_overlay`` into --out: PNG for PNG/JPEG inputs,
-TIFF (GeoTIFF with the input's CRS and transform) for TIFF inputs and very large images.
+Writes, per input, ``<stem>_mask`` (class indices; 255 = nodata where the input is nodata),
+``<stem>_color`` (palette rendering) and optionally ``<stem>_confidence``,
+``<stem>_probabilities`` and ``<stem>_overlay`` into --out: PNG for PNG/JPEG inputs,
+GeoTIFF with the input's CRS, transform and nodata for every other raster (--format cog:
+Cloud-Optimised GeoTIFF). --polygons FILE.gpkg|FILE.geojson also vectorises each mask (one
+feature per connected region; see engine/infer/polygons.py for the CRS and units).
 Rasters are processed in strips, and rasters wider than --band-width in column bands, so
 memory does not grow with the raster size.
+
+Bands: the model reads the bands it was trained on (the export's dataset.json), by name
+from the file's band descriptions, else by position when the counts agree; --bands chooses
+them (numbers or names) for other files. Pixel values are used at native precision, never
+rescaled (see engine/infer/bands.py).
 
 --input takes files, globs and folders (a folder: its .tif/.png/.jpg/... files). Outputs never
 overwrite an input: --out may be the input folder as long as no output name is an input.
@@ -15,6 +23,8 @@ as RGB; see engine/infer/values.py for ignored pixels).
 Example:
     python launch/predict.py --model runs/dubai --input "scenes/*.tif" --out preds --tta flip
     python launch/predict.py --model runs/dubai/best --input scenes/ --out preds --values original
+    python launch/predict.py --model runs/s2 --input S2/chip.tif --out preds --format cog \
+        --polygons preds/chip.gpkg --min-area 4
 """
 
 import argparse
@@ -22,15 +32,19 @@ import glob
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from engine.cli import HelpFormatter
 from engine.data.raster_base import PIL_SUFFIXES, TIFF_SUFFIXES
-from engine.data.rasters import open_raster
 from engine.errors import UserError
+from engine.infer.bands import model_normalization, open_model_raster
+from engine.infer.display import display_rgb
+from engine.infer.outputs import output_paths, planned_format
+from engine.infer.polygons import polygon_driver, write_polygons
 from engine.infer.sliding import AMP_DTYPES, predict_raster, resolve_device
 from engine.infer.values import VALUE_MODES, original_values
 from engine.infer.windows import TTA_MODES
-from engine.infer.writer import output_paths, planned_format, prediction_writer
+from engine.infer.writer import FORMATS, prediction_writer
 from engine.render.colors import class_info
 from engine.train.export import load_exported
 
@@ -94,7 +108,11 @@ def prepare_out(out: str, inputs: list[Path], args: argparse.Namespace) -> Path:
     resolved = {path.resolve(): path for path in inputs}
     for path in inputs:
         for fmt in planned_format(path, args.format):
-            options = {"confidence": args.confidence, "overlay": args.overlay}
+            options = {
+                "confidence": args.confidence,
+                "probabilities": args.probabilities,
+                "overlay": args.overlay,
+            }
             for target in output_paths(folder, path.stem, fmt, **options):
                 clash = resolved.get(target.resolve())
                 if clash is None and target.exists():
@@ -105,6 +123,44 @@ def prepare_out(out: str, inputs: list[Path], args: argparse.Namespace) -> Path:
                         "choose another --out"
                     )
     return folder
+
+
+def parse_nodata(text: str) -> float:
+    """``--nodata``: a number or ``nan``."""
+    try:
+        return float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a number or nan: {text!r}") from error
+
+
+def polygon_targets(args: argparse.Namespace, inputs: list[Path], values: Any) -> dict[Path, Path]:
+    """Input → ``--polygons`` file (``{stem}`` replaced by the input's stem); checked early.
+
+    Raises:
+        UserError: for an unknown suffix, several inputs without ``{stem}``, a folder that
+            is missing or not writable, negative --min-area/--simplify, or RGB-valued masks
+            (--values original of colour classes).
+    """
+    if not args.polygons:
+        return {}
+    polygon_driver(args.polygons)
+    if len(inputs) > 1 and "{stem}" not in args.polygons:
+        raise UserError(
+            f"--polygons {args.polygons}: {len(inputs)} inputs would write the same file; "
+            "put {stem} in the name"
+        )
+    if args.min_area < 0 or args.simplify < 0:
+        raise UserError("--min-area and --simplify must be >= 0")
+    if values is not None and values.ndim == 2:
+        raise UserError("--polygons needs a one-band mask: colour-coded --values original masks")
+    targets = {path: Path(args.polygons.replace("{stem}", path.stem)) for path in inputs}
+    for target in targets.values():
+        folder = target.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(
+                f"--polygons {target}: folder {folder} does not exist or is not writable"
+            )
+    return targets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,15 +196,41 @@ def main(argv: list[str] | None = None) -> int:
         "--band-width",
         type=int,
         default=16384,
-        help="columns per band for wider rasters (bounds memory; 0 = one band)",
+        help="columns per band for wider rasters (bounds memory; 0 = one band). A strip "
+        "holds tile x (band width + tile) pixels of every input band, twice while read: "
+        "lower it for many-band 16-bit rasters (13 int16 bands: ~9x the bytes of RGB)",
     )
     parser.add_argument(
         "--format",
         default="auto",
-        choices=("auto", "png", "tif"),
-        help="output format (auto: TIFF for TIFF or very large inputs)",
+        choices=("auto", *FORMATS),
+        help="output format: png, tif (GeoTIFF) or cog (Cloud-Optimised GeoTIFF); auto: PNG "
+        "for PNG/JPEG inputs up to 64 M pixels, GeoTIFF otherwise",
     )
     parser.add_argument("--confidence", action="store_true", help="also write max-probability maps")
+    parser.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write the class probabilities (float32, one band per class; tif/cog)",
+    )
+    parser.add_argument(
+        "--polygons",
+        metavar="FILE",
+        help="also vectorise each mask: FILE.gpkg (the raster's CRS) or FILE.geojson "
+        "(EPSG:4326); with several inputs FILE must contain {stem}",
+    )
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        help="with --polygons: drop regions of fewer pixels than this",
+    )
+    parser.add_argument(
+        "--simplify",
+        type=float,
+        default=0.0,
+        help="with --polygons: simplification tolerance in pixel widths (0 = none)",
+    )
     parser.add_argument(
         "--overlay", action="store_true", help="also write mask-over-image overlays"
     )
@@ -159,7 +241,16 @@ def main(argv: list[str] | None = None) -> int:
         choices=VALUE_MODES,
         help="mask values: class indices, or the dataset's own label values (original)",
     )
-    parser.add_argument("--uint16-max", type=int, help="uint16 input value that maps to 255")
+    parser.add_argument(
+        "--bands",
+        nargs="+",
+        help="bands to read, in the model's channel order: 1-based numbers or band names "
+        "(comma- or space-separated; default: the model's band names, or by position for "
+        "files without band descriptions)",
+    )
+    parser.add_argument(
+        "--nodata", type=parse_nodata, help="input nodata value overriding the file's (or nan)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
@@ -179,26 +270,36 @@ def main(argv: list[str] | None = None) -> int:
                 f"{exported.path}: the model has {num_classes} classes but dataset.json lists "
                 f"{len(names)}"
             )
-        for key in ("mean", "std"):
-            if key not in manifest:
-                raise UserError(f"{where}: no {key!r} for normalisation")
+        in_channels = int(exported.spec.get("in_channels", 3))
+        normalization = model_normalization(manifest, in_channels, where)
         values = original_values(manifest, where) if args.values == "original" else None
         out = prepare_out(args.out, inputs, args)
+        polygons = polygon_targets(args, inputs, values)
         print(
             f"model {exported.spec['arch']} ({num_classes} classes) on {device}; "
             f"{len(inputs)} input(s)"
         )
         for number, path in enumerate(inputs, 1):
-            with open_raster(path, uint16_max=args.uint16_max) as reader:
+            opened = open_model_raster(path, normalization, bands=args.bands, nodata=args.nodata)
+            with opened as reader:
                 height, width = reader.shape[:2]
+                georef = reader.georef
+                target = polygons.get(path)
+                if target and polygon_driver(target) == "GeoJSON" and not (georef or {}).get("crs"):
+                    raise UserError(
+                        f"{path}: no CRS, but GeoJSON coordinates are longitude/latitude "
+                        f"(RFC 7946); give --polygons a .gpkg name"
+                    )
                 with prediction_writer(
                     reader,
                     out,
                     palette,
                     fmt=args.format,
                     confidence=args.confidence,
+                    probabilities=args.probabilities,
                     overlay=args.overlay,
                     overlay_alpha=args.alpha,
+                    overlay_rgb=display_rgb(normalization),
                     mask_values=values,
                 ) as writer:
                     predict_raster(
@@ -206,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                         reader,
                         writer,
                         num_classes=num_classes,
-                        mean=manifest["mean"],
-                        std=manifest["std"],
+                        normalization=normalization,
                         tile=args.tile,
                         overlap=args.overlap,
                         batch_size=args.batch,
@@ -220,6 +320,17 @@ def main(argv: list[str] | None = None) -> int:
                         desc=f"[{number}/{len(inputs)}] {path.name}",
                     )
             written = ", ".join(p.name for p in writer.paths.values())
+            if path in polygons:
+                count = write_polygons(
+                    writer.paths["mask"],
+                    polygons[path],
+                    names,
+                    values=values,
+                    min_area=args.min_area,
+                    simplify=args.simplify,
+                    georef=georef,
+                )
+                written += f", {polygons[path]} ({count} polygons)"
             print(f"[{number}/{len(inputs)}] {path} ({width}x{height}) -> {written}")
     except (UserError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -15,8 +15,11 @@ import pytest
 import torch
 from torch import nn
 
+from engine.data.normalize import BandStats, Normalization
 from engine.data.raster_base import ArrayReader
+from engine.infer.bands import normalize_
 from engine.infer.sliding import (
+    InferenceError,
     iter_probability_blocks,
     predict_mask,
     predict_probabilities,
@@ -28,6 +31,19 @@ from engine.infer.writer import PredictionWriter
 MEAN = (0.42, 0.47, 0.51)
 STD = (0.21, 0.23, 0.26)
 REPO = Path(__file__).resolve().parents[1]
+
+
+def read_output(path: Path) -> np.ndarray:
+    """An output image as ``HxW`` or ``HxWxC``: GeoTIFF through rasterio, PNG through PIL."""
+    if path.suffix == ".png":
+        from PIL import Image
+
+        return np.array(Image.open(path))
+    import rasterio
+
+    with rasterio.open(path) as src:
+        data = src.read()
+    return data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
 
 
 def pointwise_model(num_classes: int = 5, seed: int = 0) -> nn.Module:
@@ -197,12 +213,50 @@ def test_wrong_logits_shape_is_a_clear_error():
 
 def test_bad_inputs_are_rejected():
     model = pointwise_model()
-    with pytest.raises(ValueError, match="uint8 HxWx3"):
+    with pytest.raises(InferenceError, match=r"1 band\(s\) \(band1\), but the model takes 3"):
         predict(model, np.zeros((10, 10), np.uint8), tile=64)
     with pytest.raises(ValueError, match="overlap"):
         predict(model, random_image(10, 10), tile=64, overlap=1.0)
     with pytest.raises(ValueError, match="tta"):
         predict(model, random_image(10, 10), tile=64, tta="rot")
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int16", "float32"])
+def test_native_bands_are_normalised_per_band_with_nodata_as_zero(dtype):
+    """5 bands at native precision: the sliding window feeds the model (x - mean) / std per
+    band and 0 where a band is nodata, as the contract's Normalization does."""
+    rng = np.random.default_rng(31)
+    image = rng.integers(100, 9000, (90, 130, 5)).astype(dtype)
+    nodata = 0
+    image[10:20, 5:60, 2] = nodata  # one band missing
+    image[70:, 100:] = nodata  # every band missing
+    bands = tuple(
+        BandStats(f"b{i}", dtype, 4000.0 + 100 * i, 2500.0 - 50 * i, (300.0, 8800.0), nodata)
+        for i in range(5)
+    )
+    normalization = Normalization(bands, None)
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(5, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    probs = predict_probabilities(
+        model, image, num_classes=4, normalization=normalization, tile=64, overlap=0.25
+    )
+    native = torch.from_numpy(image.astype(np.float64)).permute(2, 0, 1)[None]
+    mean = torch.tensor([b.mean for b in bands], dtype=torch.float64).view(1, 5, 1, 1)
+    std = torch.tensor([b.std for b in bands], dtype=torch.float64).view(1, 5, 1, 1)
+    x = torch.where(native == nodata, 0.0, (native - mean) / std).float()
+    with torch.no_grad():
+        expected = model(x).softmax(1)[0].numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        zero = model(torch.zeros(1, 5, 1, 1)).softmax(1)[0, :, 0, 0].numpy()
+    np.testing.assert_allclose(probs[:, 80, 120], zero, atol=1e-5)
+    native = torch.from_numpy(image).permute(2, 0, 1)[None]
+    native = native.to(torch.int32) if dtype == "uint16" else native  # as sliding does
+    assert torch.equal(normalize_(native, normalization), normalization(native))
+    with pytest.raises(InferenceError, match=r"4 band\(s\).*model takes 5 \(b0, b1"):
+        predict_probabilities(
+            model, image[..., :4], num_classes=4, normalization=normalization, tile=64
+        )
 
 
 def test_bf16_autocast_runs_on_cpu():
@@ -328,42 +382,51 @@ def test_column_bands_give_the_one_band_result_and_read_only_their_columns(overl
 
 def test_banded_prediction_writes_the_same_files(tmp_path):
     """Column bands reach the writer out of row order; it stages them and writes the same
-    outputs as a streamed pass, leaving no staging file behind."""
-    import tifffile
-    from PIL import Image
+    outputs (values, nodata, GDAL masks) as a streamed pass, leaving no staging file behind."""
+    import rasterio
 
     image = random_image(200, 700, seed=22)
+    image[50:90, 100:400] = 0  # nodata: every band 0 (and any random pixel with a 0)
+    valid = image.all(-1)
     model = SymmetricConv(num_classes=4)
     palette = ["#000000", "#FF0000", "#00FF00", "#0000FF"]
+    kinds = ("mask", "color", "confidence", "probabilities", "overlay")
     outputs = {}
     for name, band_width in (("one", None), ("banded", 150)):
-        for fmt in ("png", "tif"):
+        for fmt in ("png", "tif", "cog"):
             out = tmp_path / f"{name}-{fmt}"
+            reader = ArrayReader(image, nodata=0)
             with PredictionWriter(
                 out, "x", 200, 700, palette, fmt=fmt, confidence=True,
-                overlay_reader=ArrayReader(image),
+                probabilities=fmt != "png", overlay_reader=reader, valid_reader=reader,
             ) as writer:  # fmt: skip
                 predict_raster(
-                    model, ArrayReader(image), writer, num_classes=4, mean=MEAN, std=STD,
+                    model, reader, writer, num_classes=4, mean=MEAN, std=STD,
                     tile=64, overlap=0.25, band_width=band_width, progress=False,
                 )  # fmt: skip
-            assert sorted(p.name for p in out.iterdir()) == sorted(
-                f"x_{kind}.{fmt}" for kind in ("mask", "color", "confidence", "overlay")
-            )
+            ext = "png" if fmt == "png" else "tif"
+            written = [k for k in kinds if fmt != "png" or k != "probabilities"]
+            assert sorted(p.name for p in out.iterdir()) == sorted(f"x_{k}.{ext}" for k in written)
             for path in out.iterdir():
-                read = tifffile.imread if fmt == "tif" else (lambda p: np.array(Image.open(p)))
-                outputs[name, fmt, path.name] = read(path)
+                outputs[name, fmt, path.name] = read_output(path)
+                if fmt != "png":
+                    with rasterio.open(path) as src:
+                        outputs[name, fmt, path.name + "/mask"] = src.dataset_mask()
+    assert outputs["one", "png", "x_mask.png"][~valid].tolist() == [255] * (~valid).sum()
+    for fmt in ("tif", "cog"):
+        for kind in kinds:
+            assert np.array_equal(outputs["one", fmt, f"x_{kind}.tif/mask"] > 0, valid), kind
+        probs = outputs["one", fmt, "x_probabilities.tif"]
+        assert np.isnan(probs[~valid]).all() and np.allclose(probs[valid].sum(-1), 1, atol=1e-5)
     for (name, fmt, file), array in outputs.items():
         if name == "banded":
-            assert np.array_equal(array, outputs["one", fmt, file]), (fmt, file)
+            other = outputs["one", fmt, file]
+            assert np.array_equal(array, other, equal_nan=array.dtype.kind == "f"), (fmt, file)
 
 
 def test_original_values_are_written_as_uint16_or_rgb_streamed_or_banded(tmp_path):
     """--values original: the mask holds the dataset's values (uint16 above 255, RGB for
     colour classes) in PNG and TIFF, streamed or staged in column bands."""
-    import tifffile
-    from PIL import Image
-
     from engine.infer.values import ValuesError, original_values
 
     image = random_image(70, 200, seed=23)
@@ -385,8 +448,7 @@ def test_original_values_are_written_as_uint16_or_rgb_streamed_or_banded(tmp_pat
                         tile=64, band_width=band_width, progress=False,
                     )  # fmt: skip
                 path = out / f"x_mask.{fmt}"
-                read = tifffile.imread if fmt == "tif" else (lambda p: np.array(Image.open(p)))
-                written[label, band_width, fmt] = read(path)
+                written[label, band_width, fmt] = read_output(path)
                 assert sorted(p.name for p in out.iterdir()) == [f"x_color.{fmt}", f"x_mask.{fmt}"]
     index = predict(model, image, tile=64, num_classes=3).argmax(axis=0)
     expected = {
@@ -437,7 +499,7 @@ MEMORY_CHILD = textwrap.dedent(
     base = high_water_mb()
     src, out = sys.argv[1], sys.argv[2]
     tile, band_width = (json.loads(sys.argv[3]) if len(sys.argv) > 3 else [1024, 16384])
-    with open_raster(src, backend="tifffile") as reader:
+    with open_raster(src) as reader:
         with prediction_writer(reader, out, ["#000000", "#FF0000", "#00FF00", "#0000FF"],
                                fmt="tif", color=False) as writer:
             predict_raster(model, reader, writer, num_classes=4, mean=[0.5] * 3,
@@ -452,20 +514,17 @@ MEMORY_CHILD = textwrap.dedent(
 
 
 def write_random_tiff(path: Path, height: int, width: int) -> None:
-    """An uncompressed RGB TIFF written strip by strip, never whole in memory."""
-    import tifffile
+    """An uncompressed RGB GeoTIFF written 500 rows at a time, never whole in memory."""
+    import rasterio
+    from rasterio.windows import Window
 
-    tifffile.imwrite(
-        path, shape=(height, width, 3), dtype=np.uint8, photometric="rgb", metadata=None
-    )
-    with tifffile.TiffFile(path) as tif:
-        offset = tif.pages[0].dataoffsets[0]
     rng = np.random.default_rng(0)
-    with path.open("r+b") as handle:
-        handle.seek(offset)
+    options = dict(driver="GTiff", height=height, width=width, count=3, dtype="uint8")
+    with rasterio.open(path, "w", photometric="RGB", **options) as dst:
         for row in range(0, height, 500):
             rows = min(500, height - row)
-            handle.write(rng.integers(0, 256, (rows, width, 3), dtype=np.uint8).tobytes())
+            block = rng.integers(0, 256, (3, rows, width), dtype=np.uint8)
+            dst.write(block, window=Window(0, row, width, rows))
 
 
 def predict_in_child(source: Path, out: Path, *options) -> dict:
@@ -502,27 +561,25 @@ def test_large_raster_streams_with_bounded_memory(tmp_path):
 
     The 20000x20000 measurement is ``bench/bench_inference_memory.py``.
     """
-    import tifffile
+    import rasterio
+    from rasterio.windows import Window
 
     size = 8000
     source = tmp_path / "big.tif"
     write_random_tiff(source, size, size)
     report = predict_in_child(source, tmp_path / "out")
     assert report["peak_mb"] < 2048, report
-    mask_path = Path(report["paths"]["mask"])
-    with tifffile.TiffFile(mask_path) as tif:
-        assert tif.pages[0].shape == (size, size)
-        mask = tif.pages[0].asarray()
     assert sorted(report["paths"]) == ["mask"]
     # spot-check windows against a direct pass of the same pointwise model
     model = pointwise_model(num_classes=4)
     model.load_state_dict(torch.load(tmp_path / "out" / "model.pt"))
-    window = tifffile.memmap(source)
-    for row, col in ((0, 0), (3999, 5123), (7900, 7800)):
-        image = np.array(window[row : row + 100, col : col + 200])
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
-        with torch.no_grad():
-            expected = model((x - 0.5) / 0.25).argmax(1)[0].numpy()
-        agree = (mask[row : row + 100, col : col + 200] == expected).mean()
-        assert agree > 0.999
-    del window
+    with rasterio.open(report["paths"]["mask"]) as out, rasterio.open(source) as src:
+        assert (out.height, out.width, out.count) == (size, size, 1)
+        for row, col in ((0, 0), (3999, 5123), (7900, 7800)):
+            window = Window(col, row, 200, 100)
+            image = np.moveaxis(src.read(window=window), 0, -1)
+            x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+            with torch.no_grad():
+                expected = model((x - 0.5) / 0.25).argmax(1)[0].numpy()
+            agree = (out.read(1, window=window) == expected).mean()
+            assert agree > 0.999

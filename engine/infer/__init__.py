@@ -1,6 +1,10 @@
 """The inference stage: sliding-window prediction over rasters of any size, and its outputs.
 
-:mod:`.windows` lays the windows out, :mod:`.sliding` runs the model over them in bounded
-memory, :mod:`.writer` and :mod:`.sinks` write the outputs, in class indices or, with
-:mod:`.values`, in the dataset's own label values. It loads models exported by training.
+:mod:`.bands` opens an input with the bands the model was trained on, :mod:`.windows` lays
+the windows out, :mod:`.sliding` runs the model over them in bounded memory (native band
+values normalised on the device), :mod:`.writer` and :mod:`.sinks` write the outputs (PNG,
+GeoTIFF or COG through rasterio, nodata where the input is nodata; :mod:`.outputs` names
+them beforehand), in class indices or, with :mod:`.values`, in the dataset's own label
+values; :mod:`.polygons` vectorises a written mask; :mod:`.display` makes the overlay's
+true-colour view. It loads models exported by training.
 """

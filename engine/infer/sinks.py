@@ -1,42 +1,67 @@
-"""Output sinks: one image written in consecutive row blocks (PNG, TIFF, GeoTIFF), staging.
+"""Output sinks: one image written in consecutive row blocks (PNG, GeoTIFF, COG), staging.
 
-Every sink writes to ``<name>.partial`` and renames it when complete. PNG outputs are
-assembled in memory and written on close; TIFF outputs are streamed (256x256 tiles,
-deflate) so a 20000x20000 prediction never holds its mask in memory. :class:`Staging`
-holds outputs of rasters predicted in column bands on disk until they can be replayed in
-row order.
+Every sink writes to ``<name>.partial`` and renames it when complete, so nothing appears
+under the final name before it is whole. PNG outputs are assembled in memory and written
+on close. GeoTIFF outputs go through rasterio (GDAL) only: tiled 256x256, deflate, with the
+input's CRS, transform and the output's nodata value, written in 256-row bands so a
+20000x20000 prediction never holds its mask in memory. A COG is that GeoTIFF copied by
+GDAL's COG driver (``rasterio.shutil.copy(driver="COG")``, which adds the overviews) once it
+is complete. :class:`Staging` holds outputs of rasters predicted in column bands on disk
+until they can be replayed in row order.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
-import threading
-from collections.abc import Sequence
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.data.raster_base import gdal_env, pread_exact
-
+#: Tile edge of GeoTIFF outputs, and the rows per band they are written in.
 BLOCK = 256
+#: GDAL block-cache cap (bytes) while rasterio writes: GDAL's default (5 % of RAM) would
+#: otherwise keep up to that much of a streamed output resident.
+GDAL_CACHE_BYTES = 32 * 2**20
+
+
+def gdal_env():
+    """A rasterio environment capping GDAL's block cache (see :data:`GDAL_CACHE_BYTES`)."""
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 
 
 class Sink:
-    """Receives consecutive row blocks of one output image."""
+    """Receives consecutive row blocks of one output image.
+
+    Attributes:
+        nodata: The output's nodata value (``None``: none).
+        masked: Whether the sink keeps a per-pixel validity mask (GeoTIFF: GDAL's
+            per-dataset mask band) for outputs whose values cannot hold a nodata value.
+    """
 
     def __init__(
-        self, path: Path, height: int, width: int, channels: int, dtype: Any = np.uint8
+        self,
+        path: Path,
+        height: int,
+        width: int,
+        channels: int,
+        dtype: Any = np.uint8,
+        nodata: float | None = None,
+        masked: bool = False,
     ) -> None:
         self.path = path
         self.partial = path.with_name(path.name + ".partial")
         self.height, self.width, self.channels = height, width, channels
         self.dtype = np.dtype(dtype)
+        self.nodata = nodata
+        self.masked = masked
 
-    def write(self, row0: int, block: np.ndarray) -> None:
-        """Write the row block starting at ``row0``."""
+    def write(self, row0: int, block: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Write the row block starting at ``row0`` (``valid``: bool ``rows x width``)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -50,7 +75,7 @@ class Sink:
 
 
 class PNGSink(Sink):
-    """Assembles the image in memory and saves it with PIL on close."""
+    """Assembles the image in memory and saves it with PIL on close (no validity mask)."""
 
     def __init__(
         self, path: Path, height: int, width: int, channels: int, dtype: Any = np.uint8
@@ -59,8 +84,8 @@ class PNGSink(Sink):
         shape = (height, width) if channels == 1 else (height, width, channels)
         self.array = np.zeros(shape, self.dtype)
 
-    def write(self, row0: int, block: np.ndarray) -> None:
-        """Write the row block starting at ``row0``."""
+    def write(self, row0: int, block: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Write the row block starting at ``row0`` (``valid`` is not kept in PNG)."""
         self.array[row0 : row0 + block.shape[0]] = block
 
     def close(self) -> None:
@@ -104,15 +129,14 @@ class Aligner:
         return row0, np.ascontiguousarray(block)
 
 
-_END = object()
+class GeoTiffSink(Sink):
+    """GeoTIFF (or COG) through rasterio: the input's CRS and transform, a nodata value.
 
-
-class TiffSink(Sink):
-    """Streams a tiled, deflate-compressed TIFF through tifffile in a writer thread.
-
-    tifffile pulls tiles from an iterator, so a background thread runs ``TiffWriter.write``
-    over a generator fed by a small bounded queue of 256-row bands: memory stays at a few
-    bands and compression overlaps with inference.
+    Written as a tiled (256x256), deflate-compressed GeoTIFF in 256-row bands. With
+    ``cog=True`` the finished GeoTIFF is copied by GDAL's COG driver (256x256 blocks,
+    overviews by nearest-neighbour resampling, or averaging for float outputs) and the copy
+    renamed into place. ``masked=True`` also writes GDAL's per-dataset mask band (0 where
+    ``valid`` is False), for outputs such as colour renderings whose every value is legal.
     """
 
     def __init__(
@@ -121,145 +145,120 @@ class TiffSink(Sink):
         height: int,
         width: int,
         channels: int,
-        extratags: Sequence = (),
         dtype: Any = np.uint8,
-    ) -> None:
-        super().__init__(path, height, width, channels, dtype)
-        self.aligner = Aligner(BLOCK)
-        self.queue: queue.Queue = queue.Queue(maxsize=2)
-        self.error: BaseException | None = None
-        self.extratags = list(extratags)
-        self.thread = threading.Thread(target=self._run, name=f"tiff-{path.name}", daemon=True)
-        self.thread.start()
-
-    def _tiles(self):
-        while True:
-            band = self.queue.get()
-            if band is _END:
-                return
-            if band is None:  # abort
-                raise RuntimeError("aborted")
-            for x in range(0, self.width, BLOCK):
-                yield np.ascontiguousarray(band[:, x : x + BLOCK])
-
-    def _run(self) -> None:
-        import tifffile
-
-        try:
-            shape = (self.height, self.width) + ((self.channels,) if self.channels > 1 else ())
-            big = self.height * self.width * self.channels * self.dtype.itemsize > 2**32 - 2**26
-            with tifffile.TiffWriter(self.partial, bigtiff=big) as tiff:
-                tiff.write(
-                    self._tiles(),
-                    shape=shape,
-                    dtype=self.dtype,
-                    tile=(BLOCK, BLOCK),
-                    compression="zlib",
-                    photometric="rgb" if self.channels == 3 else "minisblack",
-                    extratags=self.extratags,
-                    metadata=None,
-                )
-        except BaseException as error:  # re-raised in the producer thread
-            self.error = error
-
-    def _put(self, item: object) -> None:
-        while True:
-            if self.error is not None:
-                raise RuntimeError(f"{self.path}: TIFF writer failed: {self.error}") from self.error
-            if not self.thread.is_alive():
-                if item is _END:  # tifffile stops pulling once it has every tile it needs
-                    return
-                raise RuntimeError(f"{self.path}: TIFF writer stopped before all rows arrived")
-            try:
-                self.queue.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-
-    def write(self, row0: int, block: np.ndarray) -> None:
-        """Write the row block starting at ``row0``."""
-        for _, band in self.aligner.push(block):
-            self._put(band)
-
-    def close(self) -> None:
-        """Finish the output: flush, then rename it into place."""
-        for _, band in self.aligner.flush():
-            self._put(band)
-        self._put(_END)
-        self.thread.join()
-        if self.error is not None:
-            raise RuntimeError(f"{self.path}: TIFF writer failed: {self.error}") from self.error
-        os.replace(self.partial, self.path)
-
-    def abort(self) -> None:
-        """Remove what was written."""
-        if self.thread.is_alive():
-            with contextlib.suppress(queue.Full):
-                self.queue.put(None, timeout=5)
-            self.thread.join(timeout=30)
-        super().abort()
-
-
-class RasterioSink(Sink):
-    """GeoTIFF through rasterio with the input's CRS and transform (256x256 tiles, deflate)."""
-
-    def __init__(
-        self,
-        path: Path,
-        height: int,
-        width: int,
-        channels: int,
-        crs: Any,
-        transform: Any,
-        dtype: Any = np.uint8,
+        *,
+        crs: Any = None,
+        transform: Any = None,
+        nodata: float | None = None,
+        masked: bool = False,
+        cog: bool = False,
     ) -> None:
         import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
 
-        super().__init__(path, height, width, channels, dtype)
+        super().__init__(path, height, width, channels, dtype, nodata, masked)
+        self.cog = cog
+        self.cog_partial = path.with_name(path.name + ".cog.partial")
         self.aligner = Aligner(BLOCK)
-        self.dataset = rasterio.open(
-            self.partial,
-            "w",
-            driver="GTiff",
-            height=height,
-            width=width,
-            count=channels,
-            dtype=self.dtype.name,
-            crs=crs,
-            transform=transform,
-            tiled=True,
-            blockxsize=BLOCK,
-            blockysize=BLOCK,
-            compress="deflate",
-            BIGTIFF="IF_SAFER",
-            photometric="RGB" if channels == 3 else "MINISBLACK",
-        )
+        self.valid_aligner = Aligner(BLOCK) if masked else None
+        options: dict[str, Any] = {"crs": crs, "transform": transform} if crs or transform else {}
+        if nodata is not None:
+            options["nodata"] = nodata
+        with warnings.catch_warnings(), gdal_env():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            self.dataset = rasterio.open(
+                self.partial,
+                "w",
+                driver="GTiff",
+                height=height,
+                width=width,
+                count=channels,
+                dtype=self.dtype.name,
+                tiled=True,
+                blockxsize=BLOCK,
+                blockysize=BLOCK,
+                compress="deflate",
+                BIGTIFF="IF_SAFER",
+                photometric="RGB" if channels == 3 and self.dtype == np.uint8 else "MINISBLACK",
+                **options,
+            )
 
-    def write(self, row0: int, block: np.ndarray) -> None:
-        """Write the row block starting at ``row0``."""
+    def _write_band(self, start: int, band: np.ndarray, valid: np.ndarray | None) -> None:
         from rasterio.windows import Window
 
-        for start, band in self.aligner.push(block):
-            data = band[None] if band.ndim == 2 else np.moveaxis(band, -1, 0)
-            with gdal_env():
-                self.dataset.write(data, window=Window(0, start, self.width, band.shape[0]))
+        window = Window(0, start, self.width, band.shape[0])
+        data = band[None] if band.ndim == 2 else np.moveaxis(band, -1, 0)
+        self.dataset.write(data, window=window)
+        if self.masked:
+            mask = np.full(band.shape[:2], 255, np.uint8) if valid is None else valid
+            self.dataset.write_mask(np.where(mask, 255, 0).astype(np.uint8), window=window)
+
+    def write(self, row0: int, block: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Write the row block starting at ``row0`` (``valid``: bool ``rows x width``)."""
+        bands = self.aligner.push(block)
+        if self.valid_aligner is None:
+            masks: list = [None] * len(bands)
+        else:
+            valid = np.ones(block.shape[:2], bool) if valid is None else valid
+            masks = [band for _, band in self.valid_aligner.push(valid)]
+        with gdal_env():
+            for (start, band), mask in zip(bands, masks, strict=True):
+                self._write_band(start, band, mask)
 
     def close(self) -> None:
-        """Finish the output: flush, then rename it into place."""
-        from rasterio.windows import Window
-
+        """Finish the output: flush (and copy to a COG), then rename it into place."""
         with gdal_env():
-            for start, band in self.aligner.flush():
-                data = band[None] if band.ndim == 2 else np.moveaxis(band, -1, 0)
-                self.dataset.write(data, window=Window(0, start, self.width, band.shape[0]))
+            bands = self.aligner.flush()
+            masks = (
+                [band for _, band in self.valid_aligner.flush()]
+                if self.valid_aligner is not None
+                else [None] * len(bands)
+            )
+            for (start, band), mask in zip(bands, masks, strict=True):
+                self._write_band(start, band, mask)
             self.dataset.close()
+            if self.cog:
+                self._copy_to_cog()
+                os.replace(self.cog_partial, self.path)
+                self.partial.unlink()
+                return
         os.replace(self.partial, self.path)
+
+    def _copy_to_cog(self) -> None:
+        from rasterio.shutil import copy
+
+        resampling = "AVERAGE" if self.dtype.kind == "f" else "NEAREST"
+        copy(
+            self.partial,
+            self.cog_partial,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=BLOCK,
+            RESAMPLING=resampling,
+            OVERVIEWS="AUTO",
+            BIGTIFF="IF_SAFER",
+        )
 
     def abort(self) -> None:
         """Remove what was written."""
         with contextlib.suppress(Exception):
             self.dataset.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.cog_partial.unlink()
         super().abort()
+
+
+def pread_exact(fd: int, size: int, offset: int) -> bytes:
+    """Read exactly ``size`` bytes at ``offset`` (positional, no seek; large reads chunked)."""
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, min(size, 1 << 30), offset)
+        if not chunk:
+            raise OSError(f"unexpected end of file at byte {offset}")
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 class Staging:

@@ -21,14 +21,17 @@ import numpy as np
 import torch
 
 from archs import segmentation_logits
+from engine.data.normalize import Normalization
 from engine.data.raster_base import ArrayReader, RasterReader
 from engine.errors import UserError
+from engine.infer.bands import normalize_
 from engine.infer.windows import (
     ColumnBand,
     axis_weights,
     column_bands,
     coverage,
     plan_axis,
+    take_padded,
     tta_transforms,
 )
 
@@ -75,14 +78,41 @@ def _softmax_(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _as_reader(image: Any) -> RasterReader:
+    """A reader as it is; an ``HxWxC`` array or tensor (native band values) wrapped."""
     if isinstance(image, RasterReader) or (hasattr(image, "read") and hasattr(image, "shape")):
         return image
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 HxWx3 image, got {array.dtype} {array.shape}")
-    return ArrayReader(array)
+    return ArrayReader(np.asarray(image))
+
+
+def resolve_normalization(
+    normalization: Normalization | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> Normalization:
+    """The input normalisation: ``normalization``, or 3 uint8 RGB bands from 0–1 mean/std.
+
+    ``mean``/``std`` (a version 2 ``dataset.json``'s values) are kept for RGB callers.
+    """
+    if normalization is not None:
+        return normalization
+    if mean is None or std is None:
+        raise InferenceError("give normalization (or the 0-1 mean and std of 3 uint8 bands)")
+    if len(mean) != 3 or len(std) != 3:
+        raise InferenceError(f"mean and std need 3 values, got {list(mean)} and {list(std)}")
+    return Normalization.from_manifest({"mean": list(mean), "std": list(std)})
+
+
+def _check_bands(reader: RasterReader, normalization: Normalization) -> None:
+    channels = reader.shape[2]
+    if channels != normalization.in_channels:
+        names = getattr(reader, "band_names", None) or []
+        has = f" ({', '.join(names)})" if names else ""
+        raise InferenceError(
+            f"{getattr(reader, 'path', None) or '<array>'}: {channels} band(s){has}, but the "
+            f"model takes {normalization.in_channels} ({', '.join(normalization.names)})"
+        )
 
 
 def _check_options(tile: int, overlap: float, batch_size: int, num_classes: int) -> int:
@@ -102,8 +132,9 @@ def iter_probability_blocks(
     image: Any,
     *,
     num_classes: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+    normalization: Normalization | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     tile: int = 1024,
     overlap: float = 0.25,
     batch_size: int = 4,
@@ -130,12 +161,10 @@ def iter_probability_blocks(
     stride = _check_options(tile, overlap, batch_size, num_classes)
     if band_width is not None and band_width < 1:
         raise InferenceError(f"band_width must be >= 1 or None, got {band_width}")
+    normalization = resolve_normalization(normalization, mean, std)
     reader = _as_reader(image)
-    height, width, channels = reader.shape
-    if channels != 3:
-        raise ValueError(f"expected a 3-channel reader, got shape {reader.shape}")
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"mean and std need 3 values, got {list(mean)} and {list(std)}")
+    _check_bands(reader, normalization)
+    height, width = reader.shape[:2]
     transforms = tta_transforms(tta)
     amp = resolve_amp(amp_dtype)
     device = resolve_device(device, model)
@@ -153,9 +182,6 @@ def iter_probability_blocks(
     weights = torch.outer(g, g).to(device)
     row_cover = coverage(rows, g)
     col_cover = (1.0 / coverage(cols, g)).float().to(device)
-    std_t = torch.tensor([float(s) for s in std], device=device).view(1, 3, 1, 1)
-    mean_t = torch.tensor([float(m) for m in mean], device=device).view(1, 3, 1, 1)
-    scale, shift = 1.0 / (255.0 * std_t), mean_t / std_t
 
     def tiles() -> Iterator[tuple[int, int, int, np.ndarray]]:
         for number, band in enumerate(bands):
@@ -166,15 +192,17 @@ def iter_probability_blocks(
                 index = rows.source_index(y, y + tile)
                 low, high = int(index.min()), int(index.max()) + 1
                 block = reader.read(low, high, src0, src1)
-                strip = block[np.ix_(index - low, col_index - src0)]
+                strip = take_padded(block, index - low, col_index - src0)
                 del block
                 for x in cols.starts[band.first : band.stop]:
                     yield number, k, x - left, strip[:, x - left : x - left + tile]
 
     @torch.no_grad()
     def forward(batch: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float()
-        x.mul_(scale).sub_(shift)
+        x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2)
+        if x.dtype == torch.uint16:  # few kernels take uint16: widen on the device
+            x = x.to(torch.int32)
+        x = normalize_(x, normalization)  # native bands -> (x - mean) / std, nodata -> 0
         shape = tuple(x.shape)
         total: torch.Tensor | None = None
         for number, (fwd, inv) in enumerate(transforms):
@@ -281,8 +309,9 @@ def predict_probabilities(
     image: np.ndarray | torch.Tensor | RasterReader,
     *,
     num_classes: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+    normalization: Normalization | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     tile: int = 1024,
     overlap: float = 0.25,
     batch_size: int = 4,
@@ -297,14 +326,18 @@ def predict_probabilities(
 
     Args:
         model: Returns logits ``[B, N, T, T]`` (or an object with ``.segmentation``) for a
-            normalised float batch ``[B, 3, T, T]``. Put in eval mode for the call (its
+            normalised float batch ``[B, C, T, T]``. Put in eval mode for the call (its
             previous mode is restored) and moved to ``device``.
-        image: uint8 ``HxWx3`` array or tensor, or a window reader
+        image: ``HxWxC`` array or tensor of native band values, or a window reader
             (:func:`engine.data.rasters.open_raster`); the output is held in memory, so use
             :func:`predict_raster` for rasters too large for that.
         num_classes: ``N``.
-        mean: Per-channel mean on the 0–1 scale (``dataset.json``).
-        std: Per-channel std on the 0–1 scale.
+        normalization: The model's input contract
+            (:meth:`engine.data.normalize.Normalization.from_manifest` of the export's
+            ``dataset.json``): ``C`` bands, ``(x - mean) / std`` per band, nodata -> 0,
+            applied on the device.
+        mean: Without ``normalization``: per-channel mean of 3 uint8 bands, 0–1 scale.
+        std: Without ``normalization``: per-channel std of 3 uint8 bands, 0–1 scale.
         tile: Window edge ``T`` in pixels.
         overlap: Fraction of ``T`` shared by neighbouring windows, in ``[0, 1)``.
         batch_size: Tiles per forward pass.
@@ -328,6 +361,7 @@ def predict_probabilities(
         model,
         reader,
         num_classes=num_classes,
+        normalization=normalization,
         mean=mean,
         std=std,
         tile=tile,
@@ -356,8 +390,9 @@ def predict_raster(
     writer: Any,
     *,
     num_classes: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+    normalization: Normalization | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     tile: int = 1024,
     overlap: float = 0.25,
     batch_size: int = 4,
@@ -385,6 +420,7 @@ def predict_raster(
         model,
         reader,
         num_classes=num_classes,
+        normalization=normalization,
         mean=mean,
         std=std,
         tile=tile,

@@ -190,3 +190,23 @@ def column_bands(cols: AxisPlan, stride: int, band_width: int | None) -> list[Co
             first -= 1
         bands.append(ColumnBand(first, stop, own0, own1))
     return bands
+
+
+def _whole(index: np.ndarray, length: int) -> bool:
+    return len(index) == length and bool((index == np.arange(length)).all())
+
+
+def take_padded(block: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``block[rows][:, cols]``, copying only along an axis that reflect padding repeats.
+
+    Where an index is the block's own range (no padding) the block itself is used, so an
+    interior strip of a many-band raster is held once, not twice. The result is always
+    C-contiguous, so every batch reaches the model in the same memory layout (a layout
+    change alters a CPU convolution's rounding, and column bands must give the one-band
+    result bit for bit).
+    """
+    if not _whole(rows, block.shape[0]):
+        block = block[rows]
+    if not _whole(cols, block.shape[1]):
+        block = block[:, cols]
+    return np.ascontiguousarray(block)

@@ -2,32 +2,55 @@
 
 :class:`PredictionWriter` turns streamed probability rows into a class-index mask
 (``<stem>_mask``), a colour rendering (``<stem>_color``), and optionally a confidence map
-(``<stem>_confidence``, max probability x 255 as uint8) and an overlay (``<stem>_overlay``),
-through the sinks of :mod:`engine.infer.sinks`; rasters predicted in column bands are staged
-on disk first. The format defaults to TIFF for TIFF inputs and for images over
-:data:`PNG_MAX_PIXELS`, PNG otherwise. Every output is written to ``<name>.partial`` and
-renamed when complete. With ``mask_values`` (see :mod:`engine.infer.values`) the mask holds
-the dataset's own label values (uint8 or uint16, or RGB colours) instead of class indices.
+(``<stem>_confidence``, max probability x 255 as uint8), the class probabilities
+(``<stem>_probabilities``, float32, one band per class; GeoTIFF/COG only) and an overlay
+(``<stem>_overlay``), through the sinks of :mod:`engine.infer.sinks`; rasters predicted in
+column bands are staged on disk first. The format defaults to GeoTIFF for every input but
+PNG/JPEG/WebP/BMP ones up to :data:`PNG_MAX_PIXELS`, which get PNG; ``"cog"`` writes
+Cloud-Optimised GeoTIFFs. Every output is written to ``<name>.partial`` and renamed when
+complete. With ``mask_values`` (see :mod:`engine.infer.values`) the mask holds the
+dataset's own label values (uint8 or uint16, or RGB colours) instead of class indices.
+
+Nodata: pixels the input marks invalid (``reader.read_valid`` False: a band's nodata value,
+GDAL's mask, alpha 0) are written as each output's nodata value, which GeoTIFF outputs
+declare: the mask :data:`MASK_NODATA` (255, the ignore index; with ``mask_values`` the
+dataset's ignore value), the confidence :data:`CONFIDENCE_NODATA` (0: a real confidence is
+at least 1/N), the probabilities NaN. Colour renderings, the overlay and RGB-valued masks,
+whose every value is a legal colour, keep GDAL's per-dataset mask band instead (0 where
+invalid; invalid pixels are black in the colour rendering and the plain image in the
+overlay). PNG outputs have the values but no declaration.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.data.raster_base import TIFF_SUFFIXES, RasterReader
-from engine.infer.sinks import BLOCK, PNGSink, RasterioSink, Sink, Staging, TiffSink
+from engine.errors import UserError
+from engine.infer.sinks import BLOCK, GeoTiffSink, PNGSink, Sink, Staging
 from engine.render.colors import colorize, overlay
 
-#: Above this many pixels predictions are written as TIFF even for PNG/JPEG inputs.
+#: Above this many pixels predictions are written as GeoTIFF even for PNG/JPEG inputs.
 PNG_MAX_PIXELS = 64_000_000
+#: Inputs whose predictions default to PNG (when not larger than :data:`PNG_MAX_PIXELS`).
+PNG_INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+FORMATS = ("png", "tif", "cog")
+OUTPUT_KINDS = ("mask", "color", "confidence", "probabilities", "overlay")
+MASK_NODATA = 255
+CONFIDENCE_NODATA = 0
 
 
-OUTPUT_KINDS = ("mask", "color", "confidence", "overlay")
+class OutputError(UserError):
+    """Output settings that cannot be written (e.g. probabilities as PNG)."""
+
+
+def _extension(fmt: str) -> str:
+    return "png" if fmt == "png" else "tif"
 
 
 class PredictionWriter:
@@ -36,8 +59,8 @@ class PredictionWriter:
     The inference loop calls :meth:`write` with blocks of probabilities: full-width row
     blocks in order (streamed straight to the outputs; nothing is kept beyond what the
     chosen format needs, see the module notes), or, for rasters predicted in column bands,
-    blocks anywhere. Those are rendered at once and staged as uint8 pixels in a raw file
-    beside each output (``<output>.bands``: the output's uncompressed size on disk, not in
+    blocks anywhere. Those are rendered at once and staged as pixels in a raw file beside
+    each output (``<output>.bands``: the output's uncompressed size on disk, not in
     memory), which :meth:`close` replays in row order. Use as a context manager: on an
     exception the partial and staging files are removed, otherwise :meth:`close`
     finalises every output and checks that every pixel was written.
@@ -48,17 +71,21 @@ class PredictionWriter:
         height: Image height in pixels.
         width: Image width in pixels.
         palette: One colour per class, for the colour rendering and overlay.
-        fmt: ``"png"`` or ``"tif"``.
-        georef: ``reader.georef``: GeoTIFF outputs keep it (rasterio CRS/transform, or
-            GeoTIFF tags with tifffile). Ignored for PNG.
+        fmt: ``"png"``, ``"tif"`` (GeoTIFF) or ``"cog"`` (Cloud-Optimised GeoTIFF).
+        georef: ``reader.georef`` (``{"crs", "transform"}``): GeoTIFF outputs keep it.
         color: Write ``<stem>_color``.
         confidence: Write ``<stem>_confidence`` (max probability x 255, uint8).
+        probabilities: Write ``<stem>_probabilities`` (float32, one band per class).
         overlay_reader: When given, write ``<stem>_overlay``: the colour rendering blended
             over the rows read back from this reader.
         overlay_alpha: Opacity of the mask in the overlay.
+        overlay_rgb: Turns the reader's native ``HxWxC`` rows into uint8 ``HxWx3`` for the
+            overlay (default: the rows themselves, for uint8 RGB readers).
         mask_values: Optional lookup table from class index (0..255) to the value written in
             ``<stem>_mask``: ``[256]`` uint8/uint16 (one band) or ``[256, 3]`` uint8 (RGB).
             Default: the class index itself.
+        valid_reader: A reader whose ``read_valid(row0, row1, col0, col1)`` says which
+            pixels are valid; invalid ones become nodata (see the module notes).
     """
 
     def __init__(
@@ -73,53 +100,122 @@ class PredictionWriter:
         georef: dict[str, Any] | None = None,
         color: bool = True,
         confidence: bool = False,
-        overlay_reader: RasterReader | None = None,
+        probabilities: bool = False,
+        overlay_reader: Any = None,
         overlay_alpha: float = 0.5,
+        overlay_rgb: Callable[[np.ndarray], np.ndarray] | None = None,
         mask_values: np.ndarray | None = None,
+        valid_reader: Any = None,
     ) -> None:
-        if fmt not in ("png", "tif"):
-            raise ValueError(f"fmt must be 'png' or 'tif', not {fmt!r}")
+        if fmt not in FORMATS:
+            raise OutputError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        if probabilities and fmt == "png":
+            raise OutputError("probabilities are float32 bands: write them as tif or cog")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.stem = stem
         self.height, self.width = int(height), int(width)
         self.palette = list(palette)
         self.overlay_reader = overlay_reader
         self.overlay_alpha = overlay_alpha
+        self.overlay_rgb = overlay_rgb
         self.mask_values = None if mask_values is None else np.asarray(mask_values)
+        self.valid_reader = valid_reader if hasattr(valid_reader, "read_valid") else None
         self.next_row = 0
         self.staging: dict[str, Staging] = {}
         self.staged_pixels = 0
         self.closed = False
-        kinds = ["mask"] + (["color"] if color else []) + (["confidence"] if confidence else [])
-        if overlay_reader is not None:
-            kinds.append("overlay")
+        chosen = {"mask": True, "color": color, "confidence": confidence}
+        chosen |= {"probabilities": probabilities, "overlay": overlay_reader is not None}
         self.sinks: dict[str, Sink] = {}
         try:
-            for kind in kinds:
-                channels, dtype = (3 if kind in ("color", "overlay") else 1), np.uint8
-                if kind == "mask" and self.mask_values is not None:
-                    lut = self.mask_values
-                    channels, dtype = (lut.shape[1] if lut.ndim == 2 else 1), lut.dtype
-                path = self.out_dir / f"{stem}_{kind}.{fmt}"
-                self.sinks[kind] = self._sink(path, channels, fmt, georef, dtype)
+            for kind in OUTPUT_KINDS:
+                if chosen[kind]:
+                    path = self.out_dir / f"{stem}_{kind}.{_extension(fmt)}"
+                    self.sinks[kind] = self._sink(kind, path, fmt, georef)
         except BaseException:
             self.abort()
             raise
 
-    def _sink(self, path: Path, channels: int, fmt: str, georef: dict | None, dtype: Any) -> Sink:
+    def _spec(self, kind: str) -> tuple[int, Any, float | None, bool]:
+        """``(channels, dtype, nodata, masked)`` of one output."""
+        if kind == "mask":
+            lut = self.mask_values
+            if lut is None:
+                return 1, np.uint8, MASK_NODATA, False
+            if lut.ndim == 2:
+                return lut.shape[1], lut.dtype, None, True
+            return 1, lut.dtype, float(lut[MASK_NODATA]), False
+        if kind == "confidence":
+            return 1, np.uint8, CONFIDENCE_NODATA, False
+        if kind == "probabilities":
+            return len(self.palette), np.float32, math.nan, False
+        return 3, np.uint8, None, True  # colour, overlay
+
+    def _sink(self, kind: str, path: Path, fmt: str, georef: dict | None) -> Sink:
+        channels, dtype, nodata, masked = self._spec(kind)
         h, w = self.height, self.width
         if fmt == "png":
             return PNGSink(path, h, w, channels, dtype)
-        if georef and ("crs" in georef or "transform" in georef):
-            crs, transform = georef.get("crs"), georef.get("transform")
-            return RasterioSink(path, h, w, channels, crs, transform, dtype)
-        tags = georef.get("geotiff_tags", ()) if georef else ()
-        return TiffSink(path, h, w, channels, tags, dtype)
+        georef = georef or {}
+        return GeoTiffSink(
+            path,
+            h,
+            w,
+            channels,
+            dtype,
+            crs=georef.get("crs"),
+            transform=georef.get("transform"),
+            nodata=nodata,
+            masked=masked,
+            cog=fmt == "cog",
+        )
 
     @property
     def paths(self) -> dict[str, Path]:
         """Output kind → file path."""
         return {kind: sink.path for kind, sink in self.sinks.items()}
+
+    def _valid(self, row0: int, rows: int, col0: int, cols: int) -> np.ndarray | None:
+        """Bool ``rows x cols`` validity of the input, or ``None`` when every pixel is valid."""
+        if self.valid_reader is None:
+            return None
+        valid = np.asarray(self.valid_reader.read_valid(row0, row0 + rows, col0, col0 + cols))
+        return None if valid.all() else valid
+
+    def _blocks(self, row0: int, col0: int, probs: np.ndarray, valid: np.ndarray | None):
+        """Yield ``(kind, block)`` for every output of one probability block."""
+        rows, cols = probs.shape[1:]
+        invalid = None if valid is None else ~valid
+        mask = probs.argmax(axis=0).astype(np.uint8)
+        if invalid is not None:
+            mask[invalid] = MASK_NODATA
+        rendered = None
+        for kind in self.sinks:
+            if kind == "mask":
+                block = mask if self.mask_values is None else self.mask_values[mask]
+            elif kind == "confidence":
+                block = np.rint(np.clip(probs.max(axis=0), 0, 1) * 255).astype(np.uint8)
+                if invalid is not None:
+                    block[invalid] = CONFIDENCE_NODATA
+            elif kind == "probabilities":
+                block = np.moveaxis(probs, 0, -1).astype(np.float32)  # a copy, HxWxN
+                if invalid is not None:
+                    block[invalid] = np.nan
+            else:
+                if rendered is None:
+                    rendered = colorize(mask, self.palette)
+                if kind == "color":
+                    block = rendered
+                else:
+                    assert self.overlay_reader is not None
+                    image = self.overlay_reader.read(row0, row0 + rows, col0, col0 + cols)
+                    if self.overlay_rgb is not None:
+                        image = self.overlay_rgb(image)
+                    block = overlay(image, rendered, self.overlay_alpha)
+                    if invalid is not None:
+                        block[invalid] = image[invalid]
+            yield kind, block
 
     def write(self, row0: int, probs: np.ndarray, col0: int = 0) -> None:
         """Add a block of probabilities.
@@ -143,35 +239,27 @@ class PredictionWriter:
             raise ValueError(f"rows must arrive in order: expected row {self.next_row}, got {row0}")
         if not streamed and self.next_row:
             raise ValueError("a column block after full-width rows: write one way per image")
-        mask = probs.argmax(axis=0).astype(np.uint8)
-        rendered = None
-        for kind, sink in self.sinks.items():
-            if kind == "mask":
-                block = mask if self.mask_values is None else self.mask_values[mask]
-            elif kind == "confidence":
-                block = np.rint(np.clip(probs.max(axis=0), 0, 1) * 255).astype(np.uint8)
-            else:
-                if rendered is None:
-                    rendered = colorize(mask, self.palette)
-                if kind == "color":
-                    block = rendered
-                else:
-                    assert self.overlay_reader is not None
-                    image = self.overlay_reader.read(row0, row0 + rows, col0, col0 + cols)
-                    block = overlay(image, rendered, self.overlay_alpha)
+        valid = self._valid(row0, rows, col0, cols)
+        if not streamed and any(sink.masked for sink in self.sinks.values()):
+            flags = np.ones((rows, cols), np.uint8) if valid is None else valid.astype(np.uint8)
+            self._stage("valid", self.out_dir / f"{self.stem}_valid.bands", 1, np.uint8)
+            self.staging["valid"].write(row0, col0, flags)
+        for kind, block in self._blocks(row0, col0, probs, valid):
+            sink = self.sinks[kind]
             if streamed:
-                sink.write(row0, block)
+                sink.write(row0, block, valid)
             else:
-                if kind not in self.staging:
-                    path = sink.path.with_name(sink.path.name + ".bands")
-                    self.staging[kind] = Staging(
-                        path, self.height, self.width, sink.channels, sink.dtype
-                    )
+                path = sink.path.with_name(sink.path.name + ".bands")
+                self._stage(kind, path, sink.channels, sink.dtype)
                 self.staging[kind].write(row0, col0, block)
         if streamed:
             self.next_row += rows
         else:
             self.staged_pixels += rows * cols
+
+    def _stage(self, kind: str, path: Path, channels: int, dtype: Any) -> None:
+        if kind not in self.staging:
+            self.staging[kind] = Staging(path, self.height, self.width, channels, dtype)
 
     def close(self) -> None:
         """Finalise every output.
@@ -189,9 +277,14 @@ class PredictionWriter:
             self.abort()
             raise RuntimeError(f"only {self.next_row} of {self.height} rows were written")
         try:
-            for kind, staged in self.staging.items():
-                for row0 in range(0, self.height, BLOCK):
-                    self.sinks[kind].write(row0, staged.read(row0, min(row0 + BLOCK, self.height)))
+            flags = self.staging.get("valid")
+            outputs = {k: v for k, v in self.staging.items() if k != "valid"}
+            for row0 in range(0, self.height if outputs else 0, BLOCK):
+                row1 = min(row0 + BLOCK, self.height)
+                valid = None if flags is None else flags.read(row0, row1).astype(bool)
+                for kind, staged in outputs.items():
+                    self.sinks[kind].write(row0, staged.read(row0, row1), valid)
+            for staged in self.staging.values():
                 staged.remove()
             for sink in self.sinks.values():
                 sink.close()
@@ -219,14 +312,20 @@ class PredictionWriter:
             self.abort()
 
 
-def output_format(reader: RasterReader) -> str:
-    """Default output format for a reader: TIFF for TIFF or very large inputs, else PNG."""
+def output_format(reader: Any) -> str:
+    """Default output format for a reader: PNG for small PNG/JPEG/WebP/BMP inputs, else tif."""
     height, width = reader.shape[:2]
-    return "tif" if reader.is_tiff or height * width > PNG_MAX_PIXELS else "png"
+    path = getattr(reader, "path", None)
+    small = height * width <= PNG_MAX_PIXELS
+    return (
+        "png"
+        if small and (path is None or Path(path).suffix.lower() in PNG_INPUT_SUFFIXES)
+        else "tif"
+    )
 
 
 def prediction_writer(
-    reader: RasterReader,
+    reader: Any,
     out_dir: str | Path,
     palette: Sequence,
     *,
@@ -234,31 +333,35 @@ def prediction_writer(
     fmt: str = "auto",
     color: bool = True,
     confidence: bool = False,
+    probabilities: bool = False,
     overlay: bool = False,
     overlay_alpha: float = 0.5,
+    overlay_rgb: Callable[[np.ndarray], np.ndarray] | None = None,
     mask_values: np.ndarray | None = None,
 ) -> PredictionWriter:
-    """Make the :class:`PredictionWriter` for one input (stem, format and georef from it).
+    """Make the :class:`PredictionWriter` for one input (stem, format, georef, validity).
 
     Args:
-        reader: The input being predicted.
+        reader: The input being predicted (its ``read_valid`` marks the nodata pixels).
         out_dir: Output folder.
         palette: One colour per class.
         stem: Output stem (default: the input's file stem).
-        fmt: ``"auto"`` (see :func:`output_format`), ``"png"`` or ``"tif"``.
+        fmt: ``"auto"`` (see :func:`output_format`), ``"png"``, ``"tif"`` or ``"cog"``.
         color: Write the colour rendering.
         confidence: Write the confidence map.
+        probabilities: Write the class probabilities (GeoTIFF/COG).
         overlay: Write the overlay (reads the input rows a second time).
         overlay_alpha: Opacity of the mask in the overlay.
+        overlay_rgb: See :class:`PredictionWriter`.
         mask_values: See :class:`PredictionWriter`.
 
     Returns:
         The writer.
     """
     if stem is None:
-        if reader.path is None:
+        if getattr(reader, "path", None) is None:
             raise ValueError("an in-memory reader needs an explicit stem")
-        stem = reader.path.stem
+        stem = Path(reader.path).stem
     if fmt == "auto":
         fmt = output_format(reader)
     height, width = reader.shape[:2]
@@ -269,64 +372,13 @@ def prediction_writer(
         width,
         palette,
         fmt=fmt,
-        georef=reader.georef if fmt == "tif" else None,
+        georef=getattr(reader, "georef", None) if fmt != "png" else None,
         color=color,
         confidence=confidence,
+        probabilities=probabilities,
         overlay_reader=reader if overlay else None,
         overlay_alpha=overlay_alpha,
+        overlay_rgb=overlay_rgb,
         mask_values=mask_values,
+        valid_reader=reader,
     )
-
-
-def output_paths(
-    out_dir: str | Path,
-    stem: str,
-    fmt: str,
-    *,
-    color: bool = True,
-    confidence: bool = False,
-    overlay: bool = False,
-) -> list[Path]:
-    """The files a :class:`PredictionWriter` with these settings writes (``fmt`` resolved).
-
-    Args:
-        out_dir: Output folder.
-        stem: Output stem.
-        fmt: ``"png"`` or ``"tif"``.
-        color: Whether the colour rendering is written.
-        confidence: Whether the confidence map is written.
-        overlay: Whether the overlay is written.
-
-    Returns:
-        The output paths, in :data:`OUTPUT_KINDS` order.
-    """
-    chosen = {"mask": True, "color": color, "confidence": confidence, "overlay": overlay}
-    return [Path(out_dir) / f"{stem}_{kind}.{fmt}" for kind in OUTPUT_KINDS if chosen[kind]]
-
-
-def planned_format(path: str | Path, fmt: str = "auto") -> tuple[str, ...]:
-    """The output format(s) :func:`prediction_writer` will choose for an input, undecoded.
-
-    ``fmt="auto"``: TIFF for TIFF inputs and images over :data:`PNG_MAX_PIXELS` (read from
-    the header); both formats when the header cannot be read.
-
-    Args:
-        path: The input raster.
-        fmt: ``"auto"``, ``"png"`` or ``"tif"``.
-
-    Returns:
-        One format, or ``("png", "tif")`` when it cannot be told.
-    """
-    if fmt != "auto":
-        return (fmt,)
-    path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        return ("tif",)
-    try:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            width, height = image.size
-    except Exception:  # noqa: BLE001 - unreadable here: open_raster names the problem later
-        return ("png", "tif")
-    return ("tif",) if width * height > PNG_MAX_PIXELS else ("png",)
