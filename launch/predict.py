@@ -31,6 +31,7 @@ import argparse
 import glob
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,13 @@ from engine.cli import HelpFormatter
 from engine.data.raster_base import PIL_SUFFIXES, TIFF_SUFFIXES
 from engine.errors import UserError
 from engine.infer.bands import model_normalization, open_model_raster
-from engine.infer.display import display_rgb
 from engine.infer.outputs import output_paths, planned_format
 from engine.infer.polygons import polygon_driver, write_polygons
 from engine.infer.sliding import AMP_DTYPES, predict_raster, resolve_device
 from engine.infer.values import VALUE_MODES, original_values
 from engine.infer.windows import TTA_MODES
 from engine.infer.writer import FORMATS, prediction_writer
-from engine.render.colors import class_info
+from engine.render.colors import class_info, display_rgb
 from engine.train.export import load_exported
 
 RASTER_SUFFIXES = TIFF_SUFFIXES | PIL_SUFFIXES
@@ -299,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                     probabilities=args.probabilities,
                     overlay=args.overlay,
                     overlay_alpha=args.alpha,
-                    overlay_rgb=display_rgb(normalization),
+                    overlay_rgb=partial(
+                        display_rgb, normalization=normalization, channels_last=True
+                    ),
                     mask_values=values,
                 ) as writer:
                     predict_raster(

@@ -224,7 +224,7 @@ def test_export_records_the_bands_and_older_exports_load_as_rgb(tmp_path):
 def test_predict_script_end_to_end(tmp_path, model_factory, monkeypatch):
     import importlib.util
 
-    import tifffile
+    import rasterio
 
     spec, make = model_factory
     model = _trained(make)
@@ -235,7 +235,9 @@ def test_predict_script_end_to_end(tmp_path, model_factory, monkeypatch):
     png = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
     Image.fromarray(png).save(images / "a.png")
     tif = rng.integers(0, 256, (150, 130, 3), dtype=np.uint8)
-    tifffile.imwrite(images / "b.tif", tif, photometric="rgb")
+    profile = dict(driver="GTiff", height=150, width=130, count=3, dtype="uint8")
+    with rasterio.open(images / "b.tif", "w", **profile) as dataset:
+        dataset.write(np.moveaxis(tif, -1, 0))
     script = importlib.util.spec_from_file_location("predict", REPO / "launch" / "predict.py")
     module = importlib.util.module_from_spec(script)
     script.loader.exec_module(module)

@@ -229,24 +229,20 @@ def test_a_model_of_other_bands_is_refused_by_evaluation(tmp_path):
     assert str(shards / "dataset.json") in message and "\n" not in message
 
 
-def test_panel_pictures_show_the_rgb_bands_stretched():
+def test_panel_pictures_show_the_rgb_bands_stretched(tmp_path):
+    """Validation panels draw each kept tile with engine.render.colors.display_rgb."""
     from engine.data.normalize import BandStats, Normalization
-    from engine.evaluate.shard_eval import display_rgb
+    from engine.render.colors import display_rgb
 
     bands = tuple(
         BandStats(name, "uint16", 2000.0, 500.0, (1000.0, 3000.0), 0.0) for name in "bgrn"
     )
-    images = torch.full((1, 4, 2, 3), 2000, dtype=torch.uint16)
-    images[0, 2, 0, 0] = 3500  # red above the display high: full red
-    images[0, 1, 0, 1] = 1000  # green at the display low: no green
-    images[0, :, 1, 2] = 0  # nodata everywhere: the bands' mean, mid grey
-    picture = display_rgb(images, Normalization(bands, (2, 1, 0)))
-    assert picture.dtype == np.uint8 and picture.shape == (1, 2, 3, 3)
-    assert picture[0, 0, 0].tolist() == [255, 128, 128]
-    assert picture[0, 0, 1].tolist() == [128, 0, 128]
-    assert picture[0, 1, 2].tolist() == [128, 128, 128]
-    grey = display_rgb(images, Normalization(bands, None))  # no rgb bands: band 0 in grey
-    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 0] == 128).all()
-    rgb8 = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
-    uint8 = Normalization.from_manifest({"mean": [0.5] * 3, "std": [0.2] * 3})
-    assert np.array_equal(display_rgb(rgb8, uint8), rgb8.permute(0, 2, 3, 1).numpy())
+    image = torch.full((4, 2, 3), 2000, dtype=torch.uint16)
+    image[2, 0, 0] = 3500  # red above the display high: full red
+    image[1, 0, 1] = 1000  # green at the display low: no green
+    image[:, 1, 2] = 0  # nodata: black
+    picture = display_rgb(image, Normalization(bands, (2, 1, 0)))
+    assert picture.dtype == np.uint8 and picture.shape == (2, 3, 3)
+    assert picture[0, 0].tolist() == [255, 128, 128]
+    assert picture[0, 1].tolist() == [128, 0, 128]
+    assert picture[1, 2].tolist() == [0, 0, 0]

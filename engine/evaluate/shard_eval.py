@@ -17,9 +17,10 @@ from torch import nn
 from archs import segmentation_logits, unwrap_model
 from engine.data.loader import eval_batches
 from engine.data.manifest import Manifest
-from engine.data.normalize import Normalization, normalize
+from engine.data.normalize import normalize
 from engine.errors import UserError
 from engine.evaluate.metrics import ConfusionMatrix, SegmentationMetrics
+from engine.render.colors import display_rgb
 
 
 class ClassCountError(UserError):
@@ -64,20 +65,6 @@ def check_band_count(model_channels: int, manifest: Manifest, model: str = "the 
         )
 
 
-def display_rgb(images: torch.Tensor, normalization: Normalization) -> np.ndarray:
-    """uint8 ``[B, H, W, 3]`` pictures of native ``[B, C, H, W]`` images (for panels).
-
-    The ``rgb_bands`` on each band's unit scale (uint8 bands as they are, other bands
-    stretched between their display percentiles), or the first band in grey when the data
-    has no rgb bands; nodata pixels show the band's mean.
-    """
-    unit = normalization.to_unit(images)
-    rgb = normalization.rgb_bands
-    view = unit[:, list(rgb)] if rgb is not None else unit[:, :1].expand(-1, 3, -1, -1)
-    pixels = (view.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
-
-
 @dataclass
 class Example:
     """One evaluated tile, kept for panels.
@@ -85,7 +72,7 @@ class Example:
     Attributes:
         key: The sample's key.
         image: uint8 ``HxWx3`` picture of the image (its ``rgb_bands``, see
-            :func:`display_rgb`).
+            :func:`engine.render.colors.display_rgb`).
         truth: uint8 ``HxW`` class indices (255 = ignore).
         prediction: uint8 ``HxW`` predicted classes.
     """
@@ -189,7 +176,7 @@ def evaluate_split(
         confusion.update(prediction, masks)
         wanted = min(examples - len(kept), len(batch.keys))
         if wanted > 0:
-            pictures = display_rgb(batch.images[:wanted], normalization)
+            pictures = [display_rgb(image, normalization) for image in batch.images[:wanted]]
         for index in range(wanted):
             kept.append(
                 Example(

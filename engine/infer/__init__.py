@@ -5,6 +5,6 @@ the windows out, :mod:`.sliding` runs the model over them in bounded memory (nat
 values normalised on the device), :mod:`.writer` and :mod:`.sinks` write the outputs (PNG,
 GeoTIFF or COG through rasterio, nodata where the input is nodata; :mod:`.outputs` names
 them beforehand), in class indices or, with :mod:`.values`, in the dataset's own label
-values; :mod:`.polygons` vectorises a written mask; :mod:`.display` makes the overlay's
-true-colour view. It loads models exported by training.
+values; :mod:`.polygons` vectorises a written mask. The overlay's true-colour view is
+:func:`engine.render.colors.display_rgb`. It loads models exported by training.
 """
