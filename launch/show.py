@@ -202,18 +202,11 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--model needs an image (--image or --shards)")
             from engine.infer.sliding import predict_mask
 
-            try:
-                mean, std = Normalization.from_manifest(exported.manifest).unit_mean_std()
-            except (KeyError, TypeError, ValueError) as error:
-                raise UserError(
-                    f"{exported.path}/dataset.json: no band statistics for normalisation ({error})"
-                ) from error
             prediction = predict_mask(
                 exported.model,
                 image.transpose(1, 2, 0),
                 num_classes=int(exported.spec["num_classes"]),
-                mean=mean,
-                std=std,
+                normalization=exported.normalization,
                 tile=args.tile,
                 tta=args.tta,
             )
