@@ -23,7 +23,6 @@ the file's band descriptions, else ``red/green/blue`` for 3-band uint8 RGB, else
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -343,19 +342,6 @@ class ArrayReader(RasterReader):
         if positions == list(range(self._array.shape[2])):
             return self._array[row0:row1, col0:col1]
         return self._array[row0:row1, col0:col1][..., positions]
-
-
-def pread_exact(fd: int, size: int, offset: int) -> bytes:
-    """Read exactly ``size`` bytes at ``offset`` (positional, no seek; large reads chunked)."""
-    chunks = []
-    while size > 0:
-        chunk = os.pread(fd, min(size, 1 << 30), offset)
-        if not chunk:
-            raise OSError(f"unexpected end of file at byte {offset}")
-        chunks.append(chunk)
-        size -= len(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
 
 
 def gdal_env():
