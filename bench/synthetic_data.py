@@ -6,6 +6,10 @@ single-band class-index PNG masks (``masks_index/``), so the folder baseline doe
 pay for mapping mask colours to classes (the shards do not either). The shards are built
 from the same files by :func:`engine.data.shard_builder.build_shards`, one folder per codec,
 with every image in the train split.
+
+:func:`prepare_multispectral` turns the same scenes into N-band GeoTIFFs (13 bands of
+Sentinel-2-like int16 reflectance x 10000 by default, georeferenced, nodata 0 where the
+scene has its no-data region) and builds them into ``npy`` shards with the same labels.
 """
 
 from __future__ import annotations
@@ -104,6 +108,91 @@ def prepare(
         manifest.std if manifest else [0.25] * 3,
         manifest.num_classes if manifest else len(load_classes(folder / "classes.yaml").names),
     )
+
+
+# Sentinel-2 L1C band names and a rough reflectance (x 10000) per synthetic class and band:
+# water dark and falling into the infrared, vegetation with its red edge, the rest flat.
+S2_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12")
+_WATER = (900, 800, 700, 500, 400, 300, 250, 200, 180, 100, 20, 60, 40)
+_VEGETATION = (1200, 900, 1100, 700, 1500, 2900, 3400, 3600, 3700, 1200, 30, 2100, 1100)
+_BARE = (1600, 1800, 2100, 2500, 2700, 2800, 2900, 3000, 3100, 1000, 40, 3500, 3000)
+
+
+def _reflectance(image: np.ndarray, index: np.ndarray, bands: int, rng) -> np.ndarray:
+    """``(H, W, bands)`` float32 reflectance x 10000 from an RGB scene and its class mask.
+
+    Each class gets one of three spectra (water, vegetation, bare), shaded by the scene's
+    brightness, plus noise; deterministic for a given ``rng``.
+    """
+    spectra = np.array([_WATER, _VEGETATION, _BARE], np.float32)
+    spectra = np.resize(spectra, (3, max(bands, 1)))[:, :bands]  # bands beyond 13 repeat
+    kind = np.asarray(index, np.int64) % 3
+    shade = image.astype(np.float32).mean(axis=2) / 128.0  # ~0..2
+    out = spectra[kind] * (0.5 + 0.5 * shade)[..., None]
+    out += rng.normal(0.0, 60.0, size=out.shape).astype(np.float32)
+    return out
+
+
+def prepare_multispectral(
+    data: BenchData, bands: int = 13, dtype: str = "int16", seed: int = 0
+) -> Path:
+    """Write ``bands``-band GeoTIFFs of ``data``'s scenes and build them into ``npy`` shards.
+
+    One GeoTIFF per scene (``<folder>-ms<bands>-<dtype>/Scene N/images/*.tif``: EPSG:32640,
+    10 m pixels, band descriptions ``B1``... ``B12`` for 13 bands, nodata 0 where the
+    scene's mask is ignore), values from :func:`_reflectance` (for ``float32`` divided by
+    10000, for ``uint8`` by 40), paired with the scene's colour mask. Reused when present.
+
+    Args:
+        data: The RGB bench data (:func:`prepare`).
+        bands: Bands per image.
+        dtype: ``int16`` (default), ``uint16``, ``uint8`` or ``float32``.
+        seed: Seed of the noise.
+
+    Returns:
+        The shard folder (all samples in the train split, tile = scene edge).
+    """
+    import rasterio
+    from rasterio.transform import from_origin
+
+    scale = {"int16": 1.0, "uint16": 1.0, "uint8": 1 / 40, "float32": 1e-4}[dtype]
+    folder = data.folder.parent / f"{data.folder.name}-ms{bands}-{dtype}"
+    out = folder.parent / f"{folder.name}-shards-npy"
+    names = S2_BANDS if bands == len(S2_BANDS) else tuple(f"band{i + 1}" for i in range(bands))
+    size = 0
+    for number, (jpg, index_mask) in enumerate(data.pairs):
+        target = folder / jpg.parent.parent.name / "images" / f"{jpg.stem}.tif"
+        image = np.asarray(Image.open(jpg).convert("RGB"))
+        size = image.shape[0]
+        if target.exists():
+            continue
+        index = np.asarray(Image.open(index_mask))
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(number,)))
+        values = _reflectance(image, index, bands, rng) * scale
+        if dtype != "float32":
+            info = np.iinfo(dtype)
+            values = np.clip(np.rint(values), max(info.min, 1), info.max)
+        values[index == 255] = 0  # nodata
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        profile = {
+            "driver": "GTiff", "width": image.shape[1], "height": image.shape[0],
+            "count": bands, "dtype": dtype, "nodata": 0, "crs": "EPSG:32640",
+            "transform": from_origin(300000.0 + 20000.0 * number, 2800000.0, 10.0, 10.0),
+            "tiled": True, "blockxsize": 256, "blockysize": 256, "interleave": "pixel",
+        }  # fmt: skip
+        with rasterio.open(partial, "w", **profile) as raster:
+            raster.write(np.moveaxis(values.astype(dtype), 2, 0))
+            for band, name in enumerate(names, 1):
+                raster.set_band_description(band, name)
+        partial.rename(target)
+    if not (out / "dataset.json").exists():
+        found = pair_by_glob(str(folder / "*/images/*.tif"), str(data.folder / "*/masks/*.png"))
+        options = BuildOptions(
+            tile=size, val=0.0, test=0.0, seed=seed, image_codec="npy", workers=2
+        )
+        build_shards(found, load_classes(data.folder / "classes.yaml"), out, options)
+    return out
 
 
 def shard_bytes(shard_dir: Path) -> dict[str, float]:

@@ -13,7 +13,17 @@ REPO = Path(__file__).resolve().parents[1]
 # script -> {top-level key: keys it must contain}
 EXPECTED = {
     "bench_data": {
-        "results": {"folder-pil", "shards-png", "shards-jpg", "shards-webp", "shards-npy"},
+        "results": {
+            "folder-pil",
+            "shards-png",
+            "shards-jpg",
+            "shards-webp",
+            "shards-npy",
+            "shards-npy, host only",
+            "read floor (npy)",
+            "shards-npy 13xint16, host only",  # 13-band int16 GeoTIFFs → npy shards
+            "read floor (npy 13xint16)",
+        },
     },
     "bench_train_step": {
         "results": {"resunet34"},
@@ -48,6 +58,13 @@ def test_quick_run_writes_its_json(script, tmp_path):
         assert inner <= set(data[key]), (key, sorted(data[key]))
     for name, metrics in data["results" if "results" in data else "speed"].items():
         assert isinstance(metrics, dict) and metrics, name
+    if script == "bench_data":  # each host-only row against the floor of its own data
+        results = data["results"]
+        for kind, bands, itemsize in (("npy", 3, 1), ("npy 13xint16", 13, 2)):
+            floor, host = results[f"read floor ({kind})"], results[f"shards-{kind}, host only"]
+            assert floor["times_floor_cpu"] == 1.0 and host["times_floor_cpu"] > 0
+            pixels = 512 * 512 * bands * itemsize  # --quick: 512² tiles; + the npy header
+            assert pixels < host["image_member_bytes_per_image"] < pixels + 1024, kind
 
 
 @pytest.mark.slow

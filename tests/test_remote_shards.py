@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -232,6 +233,7 @@ def test_pipe_and_cache_read_the_same_samples(synthetic_shards, tmp_path, monkey
 
 def _objects(prefix: str) -> dict[str, bytes]:
     fs = filesystem(prefix)
+    fs.invalidate_cache()  # what the server holds now, not a listing s3fs cached earlier
     return {Path(p).name: fs.cat_file(p) for p in fs.find(prefix)}
 
 
@@ -261,12 +263,38 @@ def test_build_to_s3_is_byte_identical_to_a_local_build(tmp_path, s3_endpoint):
         build_tiny(data, "http://127.0.0.1:9/x")
     with pytest.raises(ShardStoreError, match=r"s3://no-such-bucket/x/train-000000\.tar"):
         build_tiny(data, "s3://no-such-bucket/x")
-    # a failed build uploads nothing, so no manifest
+    # a failed build uploads no manifest (here no shard either: the mix buffer held them all)
     broken = data / "Tile 1" / "masks" / "part_0.png"
     broken.write_bytes(b"not a png")
     with pytest.raises(UserError, match="part_0.png"):
         build_tiny(data, "s3://shards/broken")
     assert _objects("s3://shards/broken") == {}
+
+
+def test_build_to_s3_uploads_each_shard_once_complete_and_no_manifest_if_it_fails(
+    tmp_path, s3_endpoint
+):
+    data = make_tiny_dataset(tmp_path / "data")
+    options = dict(val=0.0, test=0.0, samples_per_shard=2, mix_buffer=0, workers=1)
+    local = tmp_path / "local"
+    build_tiny(data, local, **options)  # 8 images of 2x2 tiles: 16 samples, 8 shards
+    metas = []  # with no mix buffer the shards hold the images' tiles in the build's order
+    for shard in load_manifest(local).split("train").shards:
+        with tarfile.open(shard) as tar:
+            metas += [
+                json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")
+            ]
+    second = next(m for m in metas if m["image"] != metas[0]["image"])
+    assert [m["image"] for m in metas[:4]] == [metas[0]["image"]] * 4 and metas[4] == second
+    Path(second["mask"]).write_bytes(b"not a png")  # the build's 2nd image fails
+    with pytest.raises(UserError, match=Path(second["mask"]).name):
+        build_tiny(data, "s3://shards/streamed", **options)
+    # the first image's two shards went up as each was complete; no manifest
+    uploaded = _objects("s3://shards/streamed")
+    assert set(uploaded) == {"train-000000.tar", "train-000001.tar"}
+    assert all(uploaded[name] == (local / name).read_bytes() for name in uploaded)
+    with pytest.raises(ManifestError, match=r"s3://shards/streamed/dataset\.json"):
+        load_manifest("s3://shards/streamed")
 
 
 def test_two_ranks_train_from_s3_in_lockstep(synthetic_shards, tmp_path, s3_endpoint):

@@ -14,7 +14,6 @@ import io
 import json
 import random
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,7 +42,8 @@ from engine.data.imageio import (
 from engine.data.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
 from engine.data.pairing import Pair, check_member_keys, safe_key
 from engine.data.processes import parallel_map
-from engine.data.shard_store import check_remote_out, is_url, publish
+from engine.data.shard_store import is_url
+from engine.data.shard_upload import ShardUploader, build_to_url
 from engine.data.splits import (
     PairSplit,
     groups_by_split,
@@ -146,6 +146,7 @@ class _SplitWriter:
     mask_ext: str
     mix: int  # samples held back and written in seeded random order
     rng: random.Random
+    done: Callable[[Path], None] | None = None  # gets each tar once full or finished (uploads)
     shards: list[str] = field(default_factory=list)
     shard_samples: list[int] = field(default_factory=list)
     _tar: tarfile.TarFile | None = None
@@ -168,8 +169,7 @@ class _SplitWriter:
         self.close()
 
     def _write(self, sample: _Sample) -> None:
-        if self._tar is None or self.shard_samples[-1] >= self.limit:
-            self.close()
+        if self._tar is None:
             name = shard_name(self.split, len(self.shards))
             self.shards.append(name)
             self.shard_samples.append(0)
@@ -183,12 +183,16 @@ class _SplitWriter:
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             self._tar.addfile(info, io.BytesIO(data))
         self.shard_samples[-1] += 1
+        if self.shard_samples[-1] >= self.limit:
+            self.close()
 
-    def close(self) -> None:
-        """Close the open tar (after an error too)."""
+    def close(self, complete: bool = True) -> None:
+        """Close the open tar; a ``complete`` one (not after an error) goes to ``done``."""
         if self._tar is not None:
             self._tar.close()
             self._tar = None
+            if complete and self.done is not None:
+                self.done(self.folder / self.shards[-1])
 
 
 def _open_tar(path: Path) -> tarfile.TarFile:
@@ -312,7 +316,8 @@ def build_shards(
         classes: The classes file mapping mask values to class indices.
         out: Output folder (created; must be empty unless ``options.overwrite``), or an
             object-store URL (``s3://``, ``gs://``): built in a local temporary folder
-            (``TMPDIR``), then uploaded, ``dataset.json`` last.
+            (``TMPDIR``), each shard uploaded once complete and ``dataset.json`` last
+            (:mod:`engine.data.shard_upload`; a failed build uploads no manifest).
         options: Tiling, codec, split and parallelism settings.
         warn: Called once per build-time warning (mostly-padding tiles, classes missing
             or rare in train); default: print ``warning: …`` on stderr.
@@ -332,13 +337,16 @@ def build_shards(
         )
     if not pairs:
         raise BuildError("no image/mask pairs to build from")
-    if is_url(out):  # built in a local staging folder, uploaded with the manifest last
-        check_remote_out(str(out), options.overwrite)
-        with tempfile.TemporaryDirectory(prefix="terraseg-upload-") as staging:
-            local = Path(staging) / "shards"
-            manifest = build_shards(pairs, classes, local, replace(options, overwrite=False), warn)
-            publish(local, manifest, str(out))
-        return manifest
+    if is_url(out):  # built locally; each shard uploaded once complete, the manifest last
+        local = replace(options, overwrite=False)
+        return build_to_url(
+            str(out), options.overwrite, lambda to, up: _build(pairs, classes, to, local, warn, up)
+        )
+    return _build(pairs, classes, out, options, warn)
+
+
+def _build(pairs, classes, out, options, warn, uploader: ShardUploader | None = None) -> dict:
+    """:func:`build_shards` into the folder ``out``; with ``uploader``, published as it goes."""
     output = BuildOutput(Path(out), options.overwrite)
     output.check()
     warn = warn or print_warning
@@ -369,6 +377,7 @@ def build_shards(
             MEMBER_EXT[mask_codec_for(options.image_codec)],
             options.mix_buffer,
             random.Random(f"{options.seed}/{s}"),
+            uploader.put if uploader else None,
         )
         for s in SPLITS
     }
@@ -418,14 +427,18 @@ def build_shards(
             },
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        if uploader is not None:
+            uploader.finish(staging / MANIFEST_NAME)
         output.commit()
         for message in coverage_warnings(manifest["class_pixels"], classes.names):
             warn(message)
     except BaseException as error:
         stream.close()
+        if uploader is not None:  # uploads in flight end before staging goes
+            uploader.abort()
         for writer in writers.values():
             with contextlib.suppress(OSError):  # a full disk fails the close too
-                writer.close()
+                writer.close(complete=False)
         output.__exit__(type(error), error, error.__traceback__)
         raise
     output.__exit__(None, None, None)

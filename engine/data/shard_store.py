@@ -1,6 +1,7 @@
 """Where shards live: a local folder or a URL, and the one seam that opens a shard.
 
-``data.shards`` / ``--shards`` / ``--out`` take a folder or a URL:
+``data.shards`` / ``--shards`` / ``--out`` take a folder or a URL (builds to a URL are
+uploaded by :mod:`engine.data.shard_upload`):
 
 * ``http://`` / ``https://`` (read only), ``s3://`` (any S3-compatible store: the endpoint
   from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, credentials as boto reads them),
@@ -44,8 +45,6 @@ from pathlib import Path
 from engine.errors import UserError
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-READ_ONLY = ("http", "https", "pipe")
-_SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar$")  # manifest.shard_name
 CHUNK = 8 << 20  # bytes per ranged request to object stores
 
 
@@ -94,7 +93,8 @@ def _setting(name: str, default: float) -> float:
         raise ShardStoreError(f"{name}={value!r} is not a number") from error
 
 
-def _protocol(url: str) -> str:
+def protocol_of(url: str) -> str:
+    """The scheme of ``url`` in lower case (``pipe`` for ``pipe:``)."""
     return "pipe" if url.startswith("pipe:") else url.split("://", 1)[0].lower()
 
 
@@ -102,7 +102,7 @@ def filesystem(url: str):
     """The fsspec file system for ``url``, with timeouts (and the S3 endpoint from the env)."""
     import fsspec
 
-    protocol = _protocol(url)
+    protocol = protocol_of(url)
     timeout = _setting("TERRASEG_SHARD_TIMEOUT", 30.0)
     if protocol in ("http", "https"):
         import aiohttp
@@ -174,7 +174,7 @@ class RetryingReader(io.RawIOBase):
         if self.size is None:
             info = self._fs.info(self.url)
             self.size = int(info.get("size") or 0) or None
-        if _protocol(self.url) in ("http", "https"):
+        if protocol_of(self.url) in ("http", "https"):
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             stream = self._fs.open(
                 self.url, "rb", block_size=0, size=self.size or 1, headers=headers
@@ -340,89 +340,3 @@ def tar_members(shard: object) -> Iterator[dict]:
             f"{url}: cannot read the tar (truncated or corrupt?): {error}"
         ) from error
     yield {}  # end of shard: the last sample is complete (as webdataset marks it)
-
-
-def upload_folder(folder: Path, names: list[str], url: str) -> None:
-    """Upload ``names`` from ``folder`` to ``url`` in order (the caller puts the manifest last).
-
-    Raises:
-        ShardStoreError: naming the URL when the store refuses or cannot be reached.
-    """
-    fs = filesystem(url)
-    for name in names:
-        target = ShardUrl(url) / name
-        try:
-            fs.put_file(str(folder / name), target)
-        except Exception as error:  # noqa: BLE001 - named
-            raise ShardStoreError(f"{target}: upload failed: {error}") from error
-
-
-def check_writable(url: str) -> None:
-    """Refuse a read-only scheme for ``--out`` before any work."""
-    if _protocol(url) in READ_ONLY:
-        raise ShardStoreError(
-            f"--out {url}: {_protocol(url)} locations are read-only; build to a folder or an "
-            "object store (s3://, gs://)"
-        )
-
-
-def _is_terraseg_manifest(fs, url: str) -> bool:
-    import json
-
-    try:
-        with fs.open(url, "rb") as handle:
-            data = json.loads(handle.read())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == "terraseg-shards"
-
-
-def check_remote_out(url: str, overwrite: bool) -> None:
-    """Refuse an unusable ``--out URL`` before any work (the rules of a local ``--out``).
-
-    Raises:
-        ShardStoreError: a read-only scheme, a non-empty location without ``overwrite``, or
-            (with it) one that is not a terraseg shard location, so is left alone.
-    """
-    check_writable(url)
-    fs = filesystem(url)
-    try:
-        present = fs.ls(url, detail=False)
-    except FileNotFoundError:
-        present = []
-    except Exception as error:  # noqa: BLE001 - named
-        raise ShardStoreError(f"--out {url}: cannot list it: {error}") from error
-    if not present:
-        return
-    if not overwrite:
-        raise ShardStoreError(f"--out {url}: not empty (pass --overwrite to replace it)")
-    names = {ShardUrl(p).name for p in present}
-    manifest = "dataset.json" in names and _is_terraseg_manifest(fs, ShardUrl(url) / "dataset.json")
-    others = [n for n in names if n != "dataset.json" and not _SHARD_NAME.match(n)]
-    if others or ("dataset.json" in names and not manifest):
-        what = sorted(others)[:3] or "a dataset.json not written by terraseg"
-        raise ShardStoreError(
-            f"--out {url}: --overwrite replaces only terraseg shards (a terraseg dataset.json "
-            f"and split-NNNNNN.tar) and this location also holds {what}, so it is left alone"
-        )
-
-
-def publish(folder: Path, manifest: dict, url: str) -> None:
-    """Upload a finished local build to ``url``: shards in order, ``dataset.json`` LAST.
-
-    A previous terraseg ``dataset.json`` there is removed first, so a reader sees either no
-    dataset or the complete new one, never a manifest naming shards not yet uploaded.
-
-    Raises:
-        ShardStoreError: naming the URL of the object that could not be written.
-    """
-    fs = filesystem(url)
-    target = ShardUrl(url) / "dataset.json"
-    try:
-        if fs.exists(target):
-            fs.rm_file(target)
-    except Exception as error:  # noqa: BLE001 - named
-        raise ShardStoreError(f"{target}: cannot replace the old manifest: {error}") from error
-    shards = [name for split in manifest["splits"].values() for name in split["shards"]]
-    upload_folder(folder, shards, url)
-    upload_folder(folder, ["dataset.json"], url)
