@@ -1,15 +1,18 @@
-"""The data stage: from source files to the uint8 batches the device receives.
+"""The data stage: from source files to the native N-band batches the device receives.
 
-It owns reading images, masks and rasters (:mod:`.imageio`, :mod:`.raster_base`,
-:mod:`.rasters`), the classes file (:mod:`.classes`) and mask
-inspection (:mod:`.mask_inspect`), pairing images with masks (:mod:`.pairing`), splitting by
-group or by blocks of tiles (:mod:`.splits`), the shard builder (:mod:`.shard_builder`, with
-its output folder, lock and clean-up in :mod:`.build_output` and its warnings in
-:mod:`.build_warnings`, its worker processes in :mod:`.processes`), the shard format's
+It owns reading rasters at native precision with their nodata (:mod:`.raster_base`,
+:mod:`.rasters`: rasterio for every GDAL format, PIL for JPEG/PNG), images and masks
+(:mod:`.imageio`), labels drawn as polygons (:mod:`.vector_labels`), the classes file
+(:mod:`.classes`) and mask inspection (:mod:`.mask_inspect`), pairing images with labels
+(:mod:`.pairing`), splitting by group or by blocks of tiles (:mod:`.splits`), the shard
+builder (:mod:`.shard_builder`: what it reads of each pair in :mod:`.build_sources`, its
+per-band statistics in :mod:`.band_stats`, its output folder, lock and clean-up in
+:mod:`.build_output`, its warnings in :mod:`.build_warnings`, its worker processes in
+:mod:`.processes`, uploads to object stores in :mod:`.shard_upload`), the shard format's
 manifest (:mod:`.manifest`), where shards live (local folders or URLs: :mod:`.shard_store`),
 the loader that streams shards to each rank (:mod:`.loader`; local ``npy`` shards read
 straight into batch memory by :mod:`.direct_read`; every sample checked by
-:mod:`.sample_checks`), the input normalisation contract (:mod:`.normalize`) and the
-synthetic scenes used as default data (:mod:`.synthetic`). It imports nothing from the other
-stages.
+:mod:`.sample_checks`), the per-band input normalisation contract (:mod:`.normalize`), the
+data paths of tests and benchmarks (:mod:`.paths`) and the synthetic scenes used as default
+data (:mod:`.synthetic`). It imports nothing from the other stages.
 """
