@@ -30,6 +30,12 @@ spread, no class collapsed that the reference learns) are printed and stored in 
     python bench/bench_learning.py                            # CPU: 300 steps, seeds 0,1,2
     python bench/bench_learning.py --steps 150 --jobs 2       # shorter, two processes
     python bench/bench_learning.py --arch resunet34,unet,resuneta_d6
+    python bench/bench_learning.py --no-reference --seeds 2 \
+        --arch resunet34:head_kernel=1,resunet34:zero_init_last=true   # screen variants
+
+Each run records the SHA-256 of its initial state (``init_sha256``); the acceptance record
+names the seeds where a contender starts from the reference's very weights (then the two
+train identically: ``resunet34`` is initialised as smp's U-Net is, docs/archs.md).
     python bench/bench_learning.py --device cuda --steps 2000 --batch 16 --crop 256 --seeds 0-4
 """
 
