@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -141,11 +143,12 @@ def conv_fan(conv: nn.Conv2d | nn.ConvTranspose2d, mode: str = "fan_in") -> int:
 
 
 @torch.no_grad()
-def init_conv_bn_(module: nn.Module, mode: str = "fan_in") -> None:
+def init_conv_bn_(module: nn.Module, mode: str = "fan_in", distribution: str = "normal") -> None:
     """He-initialise every conv of ``module`` and reset its norm layers.
 
-    Convs (``Conv2d`` and ``ConvTranspose2d``): normal with std ``sqrt(2 / fan)``
-    (:func:`conv_fan`; ``fan_in`` by default, the scale of smp's decoders), zero bias.
+    Convs (``Conv2d`` and ``ConvTranspose2d``): std ``sqrt(2 / fan)`` (:func:`conv_fan`;
+    ``fan_in`` by default, the scale of smp's decoders), ``distribution`` ``"normal"`` or
+    ``"uniform"`` (bound ``sqrt(6 / fan)``, smp's ``kaiming_uniform_``), zero bias.
     Norms: scale 1, shift 0. PyTorch's default conv init (``kaiming_uniform_(a=sqrt(5))``,
     std ``1/sqrt(3 fan_in)``) is 0.41x that. A conv followed by BatchNorm computes the same
     function at any weight scale, but AdamW moves every weight by about ``lr`` per step
@@ -154,9 +157,15 @@ def init_conv_bn_(module: nn.Module, mode: str = "fan_in") -> None:
 
     Apply it to freshly built layers only, never to a pretrained encoder.
     """
+    if distribution not in ("normal", "uniform"):
+        raise ValueError(f"distribution must be 'normal' or 'uniform', got {distribution!r}")
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            m.weight.normal_(0.0, (2.0 / conv_fan(m, mode)) ** 0.5)
+            std = math.sqrt(2.0) / math.sqrt(conv_fan(m, mode))
+            if distribution == "normal":
+                m.weight.normal_(0.0, std)
+            else:  # the arithmetic of nn.init.kaiming_uniform_, to the last bit
+                m.weight.uniform_(-math.sqrt(3.0) * std, math.sqrt(3.0) * std)
             if m.bias is not None:
                 m.bias.zero_()
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:

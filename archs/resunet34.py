@@ -4,8 +4,13 @@ The encoder is ``timm.create_model(encoder, features_only=True)`` (default ``res
 stem and layer1..layer4 at strides 2, 4, 8, 16, 32 with 64, 64, 128, 256, 512 channels).
 The decoder has one block per factor of two from stride 32 to full resolution: nearest x2
 up-sampling, concatenation with the encoder feature of that stride when there is one, and two
-Conv3x3 + BN + ReLU (``decoder_channels``, default 256-128-64-32-16). A 1x1 conv gives the
+Conv3x3 + BN + ReLU (``decoder_channels``, default 256-128-64-32-16). A 3x3 conv gives the
 logits at the input size. Inputs must have sides that are multiples of 32.
+
+Layer for layer this is ``segmentation_models_pytorch.Unet("resnet34")``, and without
+pretrained weights it is initialised as smp initialises it: the encoder's residual-branch
+BatchNorm scales start at 1 (not timm's ``zero_init_last`` zeros), decoder convs He-uniform
+(fan-in), the 3x3 head Xavier-uniform. docs/archs.md, "Initialisation", gives the measurements.
 """
 
 from __future__ import annotations
@@ -22,6 +27,28 @@ from .layers import DoubleConv, SegmentationModel, init_conv_bn_, init_head_
 from .weights import create_timm_model
 
 
+@torch.no_grad()
+def restore_residual_scales_(encoder: nn.Module) -> int:
+    """Set to 1 the residual-branch norm scales that timm's ``zero_init_last`` zeroed.
+
+    timm zero-initialises the last BatchNorm scale of every residual block (the blocks with
+    a ``zero_init_last`` method); torchvision and smp's encoders start them at 1. Only zero
+    scales inside such blocks are touched, and no random numbers are drawn, so the other
+    weights stay those of the seed. Returns the number of norms set.
+    """
+    count = 0
+    for block in encoder.modules():
+        if not callable(getattr(block, "zero_init_last", None)):
+            continue
+        for m in block.modules():
+            if not isinstance(m, nn.BatchNorm2d) or m.weight is None:
+                continue
+            if m.weight.is_meta or not m.weight.any():  # meta tensors hold no values
+                m.weight.fill_(1.0)
+                count += 1
+    return count
+
+
 class ResUNet(SegmentationModel):
     """UNet decoder on a timm feature encoder of output stride 32.
 
@@ -32,6 +59,11 @@ class ResUNet(SegmentationModel):
         decoder_channels: Widths of the 5 decoder blocks, stride 16 down to stride 1.
         pretrained: Load timm's ImageNet weights (see :mod:`archs.weights`).
         weights: Local state-dict file of the same timm model.
+        head_kernel: Kernel of the logits conv, 3 (default, as smp) or 1 (before issue #16;
+            a state dict with a 1x1 head also loads into a model built with the default).
+        zero_init_last: Keep timm's zero scales of the residual branches' last BatchNorm
+            (default ``False``: they start at 1, as in torchvision and smp). Loaded weights
+            are never changed.
     """
 
     def __init__(
@@ -43,6 +75,8 @@ class ResUNet(SegmentationModel):
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         pretrained: bool = False,
         weights: str | os.PathLike[str] | None = None,
+        head_kernel: int = 3,
+        zero_init_last: bool = False,
     ) -> None:
         super().__init__(num_classes, in_channels, size_divisor=32)
         decoder_channels = tuple(int(c) for c in decoder_channels)
@@ -55,6 +89,8 @@ class ResUNet(SegmentationModel):
             features_only=True,
             in_chans=in_channels,
         )
+        if not (zero_init_last or pretrained or weights):
+            restore_residual_scales_(self.encoder)
         channels = self.encoder.feature_info.channels()
         reductions = self.encoder.feature_info.reduction()
         if reductions[-1] != 32 or any(r not in (2, 4, 8, 16, 32) for r in reductions):
@@ -74,10 +110,24 @@ class ResUNet(SegmentationModel):
             blocks.append(DoubleConv(prev + skip_ch, width))
             prev = width
         self.decoder = nn.ModuleList(blocks)
-        self.head = nn.Conv2d(prev, num_classes, 1)
+        if head_kernel not in (1, 3):
+            raise ValueError(f"head_kernel must be 1 or 3, got {head_kernel!r}")
+        self.head = nn.Conv2d(prev, num_classes, head_kernel, padding=head_kernel // 2)
         # the encoder keeps timm's init (or its loaded weights); see docs/archs.md
-        init_conv_bn_(self.decoder)
+        init_conv_bn_(self.decoder, distribution="uniform")
         init_head_(self.head)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # a state of the 1x1-head era (exports from before issue #16) loads into a 1x1 head
+        weight = state_dict.get(prefix + "head.weight")
+        old = self.head
+        if weight is not None and weight.ndim == 4 and weight.shape[-1] in (1, 3):
+            k = int(weight.shape[-1])
+            if k != old.kernel_size[0]:
+                self.head = nn.Conv2d(
+                    old.in_channels, old.out_channels, k, padding=k // 2, bias=old.bias is not None
+                ).to(device=old.weight.device, dtype=old.weight.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits ``[B, num_classes, H, W]``."""
@@ -101,6 +151,8 @@ def resunet34(
     decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
     pretrained: bool = False,
     weights: str | os.PathLike[str] | None = None,
+    head_kernel: int = 3,
+    zero_init_last: bool = False,
 ) -> ResUNet:
     """ResUNet-34: timm ResNet-34 encoder, UNet decoder with skip concatenations.
 
@@ -111,6 +163,9 @@ def resunet34(
         decoder_channels: Widths of the 5 decoder blocks (stride 16 -> full resolution).
         pretrained: Load timm's ImageNet weights (online, or from the local HF cache).
         weights: Local ``.pth``/``.safetensors`` state dict of the same timm encoder model.
+        head_kernel: Kernel of the logits conv (3, or 1 as before issue #16).
+        zero_init_last: Start the residual branches' last BatchNorm scales at 0 (timm's
+            default) instead of 1.
 
     Returns:
         The model; ``forward`` returns logits ``[B, N, H, W]``.
@@ -122,4 +177,6 @@ def resunet34(
         decoder_channels=decoder_channels,
         pretrained=pretrained,
         weights=weights,
+        head_kernel=head_kernel,
+        zero_init_last=zero_init_last,
     )

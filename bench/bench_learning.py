@@ -30,11 +30,18 @@ spread, no class collapsed that the reference learns) are printed and stored in 
     python bench/bench_learning.py                            # CPU: 300 steps, seeds 0,1,2
     python bench/bench_learning.py --steps 150 --jobs 2       # shorter, two processes
     python bench/bench_learning.py --arch resunet34,unet,resuneta_d6
+    python bench/bench_learning.py --no-reference --seeds 2 \
+        --arch resunet34:head_kernel=1,resunet34:zero_init_last=true   # screen variants
+
+Each run records the SHA-256 of its initial state (``init_sha256``); the acceptance record
+names the seeds where a contender starts from the reference's very weights (then the two
+train identically: ``resunet34`` is initialised as smp's U-Net is, docs/archs.md).
     python bench/bench_learning.py --device cuda --steps 2000 --batch 16 --crop 256 --seeds 0-4
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import multiprocessing
 import statistics
@@ -142,14 +149,30 @@ def make_batch(data: Data, plan: np.ndarray, crop: int) -> tuple[torch.Tensor, t
     return x.contiguous(), torch.from_numpy(np.ascontiguousarray(np.stack(masks))).long()
 
 
-def build_network(name: str, num_classes: int, seed: int) -> torch.nn.Module:
-    """A registered architecture or the smp reference, randomly initialised from ``seed``."""
+def parse_contender(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"resunet34:head_kernel=3:zero_init_last=false"`` -> name and architecture options."""
+    import yaml
+
+    name, *pairs = spec.split(":")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"contender {spec!r}: option {pair!r} is not KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    return name, options
+
+
+def build_network(spec: str, num_classes: int, seed: int) -> torch.nn.Module:
+    """A registered architecture (with ``:key=value`` options) or the smp reference,
+    randomly initialised from ``seed``."""
     torch.manual_seed(seed)
-    if name == REFERENCE:
+    if spec == REFERENCE:
         import segmentation_models_pytorch as smp
 
         return smp.Unet("resnet34", encoder_weights=None, classes=num_classes)
-    return archs.create_model(name, num_classes)
+    name, options = parse_contender(spec)
+    return archs.create_model(name, num_classes, **options)
 
 
 @torch.no_grad()
@@ -180,6 +203,16 @@ def evaluate(model: torch.nn.Module, data: Data, device: torch.device) -> dict[s
     }
 
 
+def state_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the initial state's tensor bytes in order (names and layout aside): equal
+    digests mean two contenders start from the same numbers and, in this deterministic loop,
+    train identically."""
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def poly(step: int, steps: int) -> float:
     """The engine's default schedule: ``(1 - step / steps) ** 0.9``."""
     return (1 - step / steps) ** 0.9
@@ -193,6 +226,7 @@ def train_one(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_num_threads(cfg["threads"])
     model = build_network(name, len(data.class_names), seed).to(device)
+    init_sha = state_digest(model)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: poly(s, cfg["steps"]))
@@ -222,7 +256,7 @@ def train_one(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
         flush=True,
     )
     return {"contender": name, "seed": seed, "losses": losses, "windows": windows,
-            "train_s": train_s, **scores}  # fmt: skip
+            "train_s": train_s, "init_sha256": init_sha, **scores}  # fmt: skip
 
 
 _DATA: dict[str, Data] = {}
@@ -308,6 +342,11 @@ def main() -> int:
     parser.add_argument("--limit", type=int, help="at most this many images per split")
     parser.add_argument("--name", default=NAME, help="result file name (without .json)")
     parser.add_argument("--verbose", action="store_true", help="print every loss window")
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="train only the --arch contenders (screening; no acceptance checks)",
+    )
     args = parser.parse_args()
     device = setup(args)
     quick = args.quick
@@ -317,7 +356,10 @@ def main() -> int:
     seeds = parse_seeds(args.seeds or ("0,1" if quick else "0,1,2"))
     batch = 2 if quick and args.batch == 8 else args.batch
     root = args.data or dubai_dataset_dir() / "Semantic segmentation dataset"
-    names = [*args.arch.split(","), REFERENCE]
+    names = [*args.arch.split(","), *([] if args.no_reference else [REFERENCE])]
+    for spec in names:  # fail on a bad contender before decoding the data
+        if spec != REFERENCE:
+            build_network(spec, 2, 0)
     env = environment(device)
 
     start = time.perf_counter()
@@ -365,7 +407,17 @@ def main() -> int:
         ["contender", "median mIoU", "worst mIoU", "spread", "median OA", *wcols],
         srows,
     )
-    checks = {n: acceptance(summary, n) for n in names if n != REFERENCE}
+    checks = {n: acceptance(summary, n) for n in names if REFERENCE in names and n != REFERENCE}
+    ref_sha = {r["seed"]: r["init_sha256"] for r in runs if r["contender"] == REFERENCE}
+    for n in checks:
+        same = [
+            r["seed"]
+            for r in runs
+            if r["contender"] == n and ref_sha.get(r["seed"]) == r["init_sha256"]
+        ]
+        checks[n]["seeds_with_reference_init"] = same
+        if same:
+            print(f"{n} starts from {REFERENCE}'s initial weights in seed(s) {same}", flush=True)
     for n, c in checks.items():
         print(f"{n} vs {REFERENCE}: {c}", flush=True)
     payload = {

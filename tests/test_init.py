@@ -1,9 +1,12 @@
 """Initialisation statistics the learning-parity fix (issue #16) relies on.
 
-The decoder convs of ResUNet-34 (and every conv of UNet and ResUNet-a) are He-initialised
-(std ``sqrt(2 / fan_in)``), the logits convs Xavier-uniform; PyTorch's default conv init is
-2.5-4x smaller and made ResUNet-34 learn slower and collapse classes in some seeds
-(docs/BENCHMARKS.md, "Learning parity"). Pretrained encoder weights are never re-initialised.
+ResUNet-34 is initialised as ``smp.Unet("resnet34")`` is: the encoder's residual-branch
+BatchNorm scales start at 1 (timm would zero them), decoder convs He-uniform (fan-in), a 3x3
+Xavier-uniform head. Drawn in the same order, the same seed gives smp's weights bit for bit,
+and the learning-parity benchmark then trains the two identically (docs/BENCHMARKS.md,
+"Learning parity"). The decoder convs of ResUNet-a are He-initialised too, the logits convs
+of every architecture Xavier-uniform; PyTorch's default conv init is 2.5-4x smaller. Pretrained
+encoder weights are never re-initialised.
 """
 
 import math
@@ -89,13 +92,66 @@ def test_init_head_is_xavier_uniform():
     check_head(conv)
 
 
+def test_init_conv_bn_uniform_is_kaiming_uniform_to_the_bit():
+    """``distribution="uniform"`` draws what ``nn.init.kaiming_uniform_`` (smp's) draws."""
+    conv = nn.Conv2d(96, 64, 3)
+    torch.manual_seed(5)
+    init_conv_bn_(conv, distribution="uniform")
+    ours = conv.weight.detach().clone()
+    torch.manual_seed(5)
+    nn.init.kaiming_uniform_(conv.weight, mode="fan_in", nonlinearity="relu")
+    assert torch.equal(ours, conv.weight)
+    with pytest.raises(ValueError, match="distribution"):
+        init_conv_bn_(conv, distribution="gamma")
+
+
 def test_resunet34_decoder_and_head_init():
     torch.manual_seed(0)
     model = archs.create_model("resunet34", NUM_CLASSES)
     assert check_he(model.decoder) >= 7
+    for conv in convs(model.decoder):  # He-uniform: the whole range up to sqrt(6 / fan_in)
+        bound = math.sqrt(6.0 / conv_fan(conv))
+        assert 0.95 * bound < conv.weight.abs().max().item() <= bound * (1 + 1e-6)
+    assert model.head.kernel_size == (3, 3) and model.head.padding == (1, 1)
     check_head(model.head)
     for bn in (m for m in model.decoder.modules() if isinstance(m, nn.BatchNorm2d)):
         assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and not bn.bias.any()
+
+
+def test_resunet34_residual_scales_start_at_one_with_the_seed_s_draws():
+    """timm's zero-init of the residual branches' last BN is undone without drawing numbers:
+    the encoder is timm's ``zero_init_last=False`` model of the same seed, tensor for tensor."""
+    torch.manual_seed(3)
+    ref = timm.create_model("resnet18", features_only=True, zero_init_last=False)
+    torch.manual_seed(3)
+    model = archs.create_model("resunet34", NUM_CLASSES, encoder="resnet18")
+    ours, theirs = model.encoder.state_dict(), ref.state_dict()
+    assert list(ours) == list(theirs)
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    last = [b.bn2.weight for layer in (model.encoder.layer1, model.encoder.layer4) for b in layer]
+    assert len(last) == 4 and all(torch.equal(w, torch.ones_like(w)) for w in last)
+    torch.manual_seed(3)  # the option gives timm's zeros back
+    timm_init = archs.create_model(
+        "resunet34", NUM_CLASSES, encoder="resnet18", zero_init_last=True
+    )
+    assert not timm_init.encoder.layer1[0].bn2.weight.any()
+
+
+def test_resunet34_loads_a_state_with_the_old_1x1_head():
+    """Exports from before the 3x3 head load into a model built with today's defaults."""
+    torch.manual_seed(0)
+    old = archs.create_model("resunet34", NUM_CLASSES, encoder="resnet10t", head_kernel=1)
+    new = archs.create_model("resunet34", NUM_CLASSES, encoder="resnet10t")
+    new.load_state_dict(old.state_dict(), strict=True)
+    assert new.head.kernel_size == (1, 1)
+    x = torch.randn(1, 3, 64, 64)
+    old.eval()
+    new.eval()
+    with torch.no_grad():
+        assert torch.equal(old(x), new(x))
+    with pytest.raises(ValueError, match="head_kernel"):
+        archs.create_model("resunet34", NUM_CLASSES, encoder="resnet10t", head_kernel=5)
 
 
 @pytest.mark.parametrize(
