@@ -17,7 +17,6 @@ from torch import nn
 
 from engine.data.normalize import BandStats, Normalization
 from engine.data.raster_base import ArrayReader
-from engine.infer.bands import normalize_
 from engine.infer.sliding import (
     InferenceError,
     iter_probability_blocks,
@@ -252,7 +251,8 @@ def test_native_bands_are_normalised_per_band_with_nodata_as_zero(dtype):
     np.testing.assert_allclose(probs[:, 80, 120], zero, atol=1e-5)
     native = torch.from_numpy(image).permute(2, 0, 1)[None]
     native = native.to(torch.int32) if dtype == "uint16" else native  # as sliding does
-    assert torch.equal(normalize_(native, normalization), normalization(native))
+    unit = normalization.to_unit(native)  # the two-step path augmentation takes
+    assert torch.equal(normalization(native), normalization.standardize_unit(unit))
     with pytest.raises(InferenceError, match=r"4 band\(s\).*model takes 5 \(b0, b1"):
         predict_probabilities(
             model, image[..., :4], num_classes=4, normalization=normalization, tile=64

@@ -194,8 +194,24 @@ class Normalization:
         return (unit - self._column(mean, unit)) / self._column(std, unit)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Native images ``[B, C, H, W]`` to the model's float32 input (evaluation path)."""
-        return self.standardize_unit(self.to_unit(images))
+        """Native images ``[B, C, H, W]`` to the model's float32 input (evaluation path).
+
+        ``standardize_unit(to_unit(images))`` computed in one float32 buffer (a 13-band
+        batch of 4 x 1024² is 218 MB per float32 copy): the same operations in the same
+        order, so the same bits; nodata pixels are 0.
+        """
+        import torch
+
+        self._check(images)
+        lo, span = self.unit_scale()
+        mean, std = self.unit_mean_std()
+        x = images.float() if images.dtype != torch.float32 else images.clone()
+        x.sub_(self._column(lo, x)).div_(self._column(span, x))
+        x.sub_(self._column(mean, x)).div_(self._column(std, x))
+        nodata = self.nodata_mask(images)
+        if nodata is not None:
+            x.masked_fill_(nodata, 0.0)
+        return x
 
     def _check(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != self.in_channels:

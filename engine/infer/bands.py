@@ -155,25 +155,3 @@ def open_model_raster(
         reader.close()
         raise
     return reader
-
-
-def normalize_(images: Any, normalization: Normalization) -> Any:
-    """The model input of native ``[B, C, H, W]`` images, computed in one float32 buffer.
-
-    Bit for bit :meth:`Normalization.__call__ <engine.data.normalize.Normalization.__call__>`
-    (the same operations in the same order, nodata -> 0), without its temporaries: a
-    13-band batch of 4 x 1024² is 218 MB per float32 copy.
-    """
-    import torch
-
-    def column(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-
-    lo, span = normalization.unit_scale()
-    mean, std = normalization.unit_mean_std()
-    x = images.float() if images.dtype != torch.float32 else images.clone()
-    x.sub_(column(lo)).div_(column(span)).sub_(column(mean)).div_(column(std))
-    nodata = normalization.nodata_mask(images)
-    if nodata is not None:
-        x.masked_fill_(nodata, 0.0)
-    return x

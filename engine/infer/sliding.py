@@ -24,7 +24,6 @@ from archs import segmentation_logits
 from engine.data.normalize import Normalization
 from engine.data.raster_base import ArrayReader, RasterReader
 from engine.errors import UserError
-from engine.infer.bands import normalize_
 from engine.infer.windows import (
     ColumnBand,
     axis_weights,
@@ -202,7 +201,7 @@ def iter_probability_blocks(
         x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2)
         if x.dtype == torch.uint16:  # few kernels take uint16: widen on the device
             x = x.to(torch.int32)
-        x = normalize_(x, normalization)  # native bands -> (x - mean) / std, nodata -> 0
+        x = normalization(x)  # native bands -> (x - mean) / std, nodata -> 0
         shape = tuple(x.shape)
         total: torch.Tensor | None = None
         for number, (fwd, inv) in enumerate(transforms):
