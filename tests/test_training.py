@@ -285,3 +285,34 @@ def test_run_folder_is_never_overwritten(synthetic_shards, tmp_path, capsys):
     assert (run / "notes.txt").read_text() == "keep"
     assert [r["step"] for r in history(run) if r["split"] == "train"] == ["1", "2"]
     assert [p.name for p in list_checkpoints(run)] == ["step-00000002"]
+
+
+def test_resume_of_a_1x1_head_checkpoint_keeps_training_its_head(synthetic_shards, tmp_path):
+    """A ResUNet-34 checkpoint written before the 3x3 head (issue #16: options without
+    ``head_kernel``, a 1x1 head) resumes under today's default and keeps optimising that head."""
+    from engine.train.checkpoint import MODEL_NAME
+    from engine.train.state_io import load_tensors
+
+    def config(*overrides):
+        cfg = tiny_config(synthetic_shards, "model.arch=resunet34", *overrides)
+        cfg.model.options = {"encoder": "resnet10t", "decoder_channels": [16, 16, 8, 8, 8]}
+        return cfg
+
+    old = config("train.checkpoint_every=2", "train.stop_after_steps=2")
+    old.model.options["head_kernel"] = 1
+    with pytest.raises(SystemExit):
+        train(old, tmp_path / "run")
+    latest = find_latest(tmp_path / "run")
+    state = json.loads((latest / "trainer_state.json").read_text())
+    del state["model"]["options"]["head_kernel"]  # what the code before the 3x3 head wrote
+    (latest / "trainer_state.json").write_text(json.dumps(state))
+    head_before, _ = load_tensors(latest / MODEL_NAME)
+
+    train(config("train.checkpoint_every=2"), tmp_path / "run", resume="latest")
+    head_after, _ = load_tensors(find_latest(tmp_path / "run") / MODEL_NAME)
+    assert read_state(find_latest(tmp_path / "run"))["step"] == 8
+    assert head_after["head.weight"].shape == head_before["head.weight"].shape
+    assert head_after["head.weight"].shape[-2:] == (1, 1)
+    assert not torch.equal(head_after["head.weight"], head_before["head.weight"])  # trained
+    exported = load_exported(tmp_path / "run")
+    assert exported.model.head.kernel_size == (1, 1)

@@ -341,29 +341,42 @@ def check_fits(checkpoint: Checkpoint, model_spec: dict[str, Any], shards: str |
             )
 
 
-def apply_checkpoint(
-    checkpoint: Checkpoint,
-    accelerator: Any,
-    model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    model_spec: dict[str, Any],
-    shards: str | Path,
-) -> None:
-    """Load a verified checkpoint into the run (weights, optimiser, schedule, scaler, RNG).
+def load_checkpoint_weights(checkpoint: Checkpoint, model: torch.nn.Module) -> None:
+    """Load a verified checkpoint's weights into the freshly built, unprepared model.
+
+    Called before the optimiser is built: a model may adapt a module to the saved shapes
+    while loading (ResUNet-34 takes a 1x1 head from checkpoints written before the 3x3 head,
+    docs/archs.md), and the optimiser must hold the parameters the model ends up with.
 
     Raises:
-        CheckpointError: when the checkpoint's model does not fit the run (classes, arch).
+        CheckpointError: when the saved weights do not fit the model.
+    """
+    try:
+        model.load_state_dict(checkpoint.model, strict=True)
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
+        text = str(error).strip().splitlines()
+        raise CheckpointError(
+            f"{checkpoint.path}: does not fit this run's model ({text[0] if text else error})"
+        ) from error
+
+
+def restore_training_state(
+    checkpoint: Checkpoint, accelerator: Any, optimizer: Any, scheduler: Any
+) -> None:
+    """Restore the optimiser, schedule, scaler, accumulation step and this rank's RNG.
+
+    The weights are loaded first, by :func:`load_checkpoint_weights`.
+
+    Raises:
+        CheckpointError: when the saved optimiser state does not fit the run's.
     """
     import random
 
     import numpy as np
 
-    check_fits(checkpoint, model_spec, shards)
     path = checkpoint.path
+    training = checkpoint.training
     try:
-        unwrap_model(model).load_state_dict(checkpoint.model, strict=True)
-        training = checkpoint.training
         optimizer.load_state_dict(training["optimizer"])
         scheduler.load_state_dict(training["scheduler"])
         scaler = getattr(accelerator, "scaler", None)
@@ -372,7 +385,7 @@ def apply_checkpoint(
     except (RuntimeError, KeyError, ValueError, TypeError) as error:
         text = str(error).strip().splitlines()
         raise CheckpointError(
-            f"{path}: does not fit this run's model or optimiser ({text[0] if text else error})"
+            f"{path}: does not fit this run's optimiser ({text[0] if text else error})"
         ) from error
     accelerator.step = int(training.get("accumulation_step", 0))
     rng = checkpoint.rng

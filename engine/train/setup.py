@@ -23,7 +23,12 @@ import archs
 from engine.data.loader import train_batches
 from engine.data.manifest import Manifest, load_manifest
 from engine.train.augment import TrainAugment
-from engine.train.checkpoint import apply_checkpoint, check_fits, resolve_resume
+from engine.train.checkpoint import (
+    check_fits,
+    load_checkpoint_weights,
+    resolve_resume,
+    restore_training_state,
+)
 from engine.train.config import Config, ConfigError, save_config
 from engine.train.config_check import check_model_options
 from engine.train.history import History, history_columns
@@ -196,6 +201,7 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     model, model_spec = build_model(config, manifest)
     if checkpoint is not None:
         check_fits(checkpoint, model_spec, config.data.shards)
+        load_checkpoint_weights(checkpoint, model)  # before the optimiser takes its parameters
     multitask = archs.is_multitask(model)
     check_rgb_bands(config, manifest, multitask)
     loss_fn = build_training_loss(config, manifest, multitask).to(device)
@@ -214,9 +220,7 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     model, optimizer = accelerator.prepare(model, optimizer)
     state = LoopState()
     if checkpoint is not None:
-        apply_checkpoint(
-            checkpoint, accelerator, model, optimizer, scheduler, model_spec, config.data.shards
-        )
+        restore_training_state(checkpoint, accelerator, optimizer, scheduler)
         saved = checkpoint.state
         state = LoopState(saved["step"], saved["best_miou"], saved["best_step"], saved["bad_steps"])
         if main:
