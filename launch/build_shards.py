@@ -26,7 +26,7 @@ import sys
 from dataclasses import replace
 
 from engine.cli import HelpFormatter
-from engine.data.band_stats import parse_band_list
+from engine.data.band_select import parse_band_list
 from engine.data.classes import load_classes
 from engine.data.imageio import IMAGE_CODECS
 from engine.data.pairing import pair_by_glob, pair_from_csv, pairs_from_vector

@@ -92,18 +92,6 @@ def render(where: str, draw, *args, **kwargs) -> None:
         raise UserError(f"{where}: {error}") from error
 
 
-def parse_band(text: str, normalization: Normalization) -> str | int:
-    """``--band``/``--rgb`` item: a band name, else a 1-based band number → 0-based index."""
-    if text in normalization.names:
-        return text
-    if text.strip().isdigit() and 1 <= int(text) <= normalization.in_channels:
-        return int(text) - 1
-    raise UserError(
-        f"band {text!r}: not a band name or a number 1..{normalization.in_channels}; the "
-        f"bands are {', '.join(normalization.names)}"
-    )
-
-
 def read_image(path: str, normalization: Normalization | None):
     """A raster as a native ``[C, H, W]`` array and the normalization that draws it.
 
@@ -215,14 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         if image is not None:
             if normalization is None:
                 normalization = image_normalization(image)
-            band = parse_band(args.band, normalization) if args.band else None
-            rgb = None
-            if args.rgb:
-                rgb = [parse_band(b.strip(), normalization) for b in args.rgb.split(",")]
-                if len(rgb) != 3:
-                    raise UserError(f"--rgb {args.rgb}: give three bands (red,green,blue)")
+            rgb = [b.strip() for b in args.rgb.split(",")] if args.rgb else None
             try:
-                image = display_rgb(image, normalization, band, rgb=rgb)
+                image = display_rgb(image, normalization, args.band, rgb=rgb)
             except RenderError as error:
                 raise UserError(f"{where}: {error}") from error
         elif args.band or args.rgb:

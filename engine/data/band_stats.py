@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.data.band_select import band_positions
 from engine.data.build_output import BuildError
 from engine.data.normalize import BandStats, Normalization
 
@@ -170,14 +171,6 @@ class BandAccumulator:
         ]
 
 
-def parse_band_list(text: str | None) -> tuple[int | str, ...] | None:
-    """``"4,3,2"`` or ``"B4,B3,B2"`` (a CLI value) → ``(4, 3, 2)`` / ``("B4", "B3", "B2")``."""
-    if text is None:
-        return None
-    items = [item.strip() for item in text.split(",")]
-    return tuple(int(item) if item.isdigit() else item for item in items)
-
-
 def check_band_options(
     bands: object, band_files: object, nodata: object, rgb_bands: object
 ) -> None:
@@ -199,36 +192,6 @@ def check_band_options(
         raise BuildError(f"--nodata {nodata!r}: must be a number or nan")
     if rgb_bands is not None and not isinstance(rgb_bands, (str, tuple)):
         raise BuildError(f"--rgb-bands {rgb_bands!r}: give 3 bands or 'none'")
-
-
-def resolve_bands(names: Sequence[str], wanted: Sequence[int | str], where: str) -> list[int]:
-    """0-based positions of ``wanted`` (1-based indices or band names) among ``names``.
-
-    A name matches exactly, else case-insensitively when that is unique.
-
-    Raises:
-        BuildError: naming ``where`` and the band that is not there.
-    """
-    positions = []
-    for item in wanted:
-        if isinstance(item, int):
-            if not 1 <= item <= len(names):
-                raise BuildError(
-                    f"{where}: band {item} does not exist (the image has {len(names)} bands)"
-                )
-            positions.append(item - 1)
-            continue
-        if item in names:
-            positions.append(list(names).index(item))
-            continue
-        folded = [i for i, name in enumerate(names) if name.lower() == item.lower()]
-        if len(folded) != 1:
-            raise BuildError(
-                f"{where}: no band named {item!r} (bands: {', '.join(names)}); "
-                "give names from this list or 1-based indices"
-            )
-        positions.append(folded[0])
-    return positions
 
 
 def resolve_rgb(
@@ -254,7 +217,7 @@ def resolve_rgb(
     if option is not None:
         if len(option) != 3:
             raise BuildError(f"--rgb-bands {option!r}: give exactly 3 bands (red, green, blue)")
-        a, b, c = resolve_bands(names, option, where)
+        a, b, c = band_positions(option, names, f"{where}: --rgb-bands", error=BuildError)
         return a, b, c
     lower = [name.lower() for name in names]
     for wanted in RGB_NAMES:

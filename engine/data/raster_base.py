@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.data.band_select import band_positions
 from engine.errors import UserError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -65,60 +66,6 @@ def default_band_names(count: int, dtype: Any, rgb: bool) -> list[str]:
     if rgb and count == 3 and np.dtype(dtype) == np.uint8:
         return ["red", "green", "blue"]
     return [f"band{n}" for n in range(1, count + 1)]
-
-
-def select_bands(
-    name: Any,
-    bands: list[int | str] | None,
-    names: list[str],
-    numbers: list[int],
-    alpha: int | None,
-) -> list[int]:
-    """Resolve a ``bands`` selection to positions in ``names`` (the data bands), in order.
-
-    Args:
-        name: The file (for messages).
-        bands: 1-based band numbers of the file or band names (a digit string that names no
-            band is a number); ``None`` selects all.
-        names: The data bands' names.
-        numbers: The data bands' 1-based numbers in the file.
-        alpha: The alpha band's 1-based number, or ``None``.
-
-    Raises:
-        RasterError: naming the file, the band asked for and the bands available.
-    """
-    if bands is None:
-        return list(range(len(names)))
-    if isinstance(bands, (str, int)):
-        bands = [bands]
-    available = ", ".join(f"{n}:{b}" for n, b in zip(numbers, names))
-    chosen: list[int] = []
-    for band in bands:
-        if isinstance(band, str) and band.strip().isdigit() and band.strip() not in names:
-            band = int(band)  # "4" from a command line is band 4 unless a band is named "4"
-        if isinstance(band, (int, np.integer)) and not isinstance(band, bool):
-            if int(band) == alpha:
-                raise RasterError(f"{name}: band {band} is the alpha band, not a data band")
-            if int(band) not in numbers:
-                raise RasterError(
-                    f"{name}: no band {band} (bands are 1-based; available: {available})"
-                )
-            position = numbers.index(int(band))
-        else:
-            text = str(band)
-            matches = [i for i, b in enumerate(names) if b == text]
-            if not matches:
-                matches = [i for i, b in enumerate(names) if b.lower() == text.lower()]
-            if len(matches) != 1:
-                problem = "no band named" if not matches else "several bands named"
-                raise RasterError(f"{name}: {problem} {text!r} (available: {available})")
-            position = matches[0]
-        if position in chosen:
-            raise RasterError(f"{name}: band {band!r} selected twice")
-        chosen.append(position)
-    if not chosen:
-        raise RasterError(f"{name}: empty band selection")
-    return chosen
 
 
 def nodata_equal(data: np.ndarray, nodata: float) -> np.ndarray:
@@ -170,7 +117,15 @@ class RasterReader:
         self._height, self._width = int(height), int(width)
         self._dtype = check_dtype(label, dtype)
         numbers = numbers or list(range(1, len(names) + 1))
-        self._select = select_bands(label, bands, list(names), numbers, alpha)
+        self._select = list(range(len(names)))
+        if bands is not None:
+            asked = [bands] if isinstance(bands, (str, int)) else list(bands)
+            numbered = [band for band in asked if not (isinstance(band, str) and band in names)]
+            if alpha is not None and any(str(band).strip() == str(alpha) for band in numbered):
+                raise RasterError(f"{label}: band {alpha} is the alpha band, not a data band")
+            self._select = band_positions(
+                asked, names, str(label), numbers=numbers, error=RasterError
+            )
         self._band_names = [names[i] for i in self._select]
         if nodata is not None:
             nodata = float(nodata)

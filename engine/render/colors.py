@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.data.band_select import BandSpec, band_positions
 from engine.data.classes import parse_color
 from engine.data.normalize import BandStats, Normalization
 from engine.errors import UserError
@@ -177,31 +178,12 @@ def class_info(manifest: dict | None = None, classes: Any = None) -> tuple[list[
 #: Colour of image pixels that are nodata in any band (or NaN) in :func:`display_rgb`.
 NODATA_COLOR = (0, 0, 0)
 
-Band = int | str
-
 
 def _as_numpy(image: Any) -> np.ndarray:
     """A NumPy view of an array or a (CPU or device) torch tensor."""
     if hasattr(image, "detach"):
         image = image.detach().cpu().numpy()
     return np.asarray(image)
-
-
-def band_index(normalization: Normalization, band: Band) -> int:
-    """The channel of a band given by 0-based channel index or by name.
-
-    Raises:
-        RenderError: when there is no such band (the message lists the bands there are).
-    """
-    names = normalization.names
-    if isinstance(band, str):
-        if band in names:
-            return names.index(band)
-        raise RenderError(f"no band named {band!r}; the bands are {', '.join(names)}")
-    index = int(band)
-    if not 0 <= index < len(names):
-        raise RenderError(f"band index {index} is outside 0..{len(names) - 1} ({', '.join(names)})")
-    return index
 
 
 def image_normalization(
@@ -244,9 +226,9 @@ def image_normalization(
 def display_rgb(
     image: Any,
     normalization: Normalization | None = None,
-    band: Band | None = None,
+    band: BandSpec | None = None,
     *,
-    rgb: Sequence[Band] | None = None,
+    rgb: Sequence[BandSpec] | None = None,
     channels_last: bool = False,
     nodata_color: Color = NODATA_COLOR,
 ) -> np.ndarray:
@@ -267,8 +249,9 @@ def display_rgb(
         normalization: The data's per-band statistics (``Manifest.normalization``,
             ``Normalization.from_manifest(export_manifest)``); ``None``: the image's own
             (:func:`image_normalization`).
-        band: One band to show in grey: 0-based channel index or band name.
-        rgb: Three bands (indices or names) to show as red, green, blue.
+        band: One band to show in grey: its 1-based number or its name
+            (:func:`~engine.data.band_select.band_positions`).
+        rgb: Three bands (numbers or names) to show as red, green, blue.
         channels_last: The image is ``[H, W, C]`` (as raster readers return it).
         nodata_color: Colour of nodata pixels.
 
@@ -291,14 +274,15 @@ def display_rgb(
             f"image has {image.shape[0]} bands (shape {image.shape}), the data has "
             f"{normalization.in_channels} ({', '.join(normalization.names)})"
         )
+    names = normalization.names
     if band is not None:
-        shown = [band_index(normalization, band)] * 3
+        shown = band_positions(band, names, "band to show", error=RenderError) * 3
     elif rgb is not None:
-        if len(rgb) != 3:
-            raise RenderError(f"rgb needs 3 bands (red, green, blue), got {list(rgb)}")
-        shown = [band_index(normalization, b) for b in rgb]
+        if isinstance(rgb, str) or len(rgb) != 3:
+            raise RenderError(f"rgb needs 3 bands (red, green, blue), got {rgb!r}")
+        shown = band_positions(rgb, names, "bands to show", distinct=False, error=RenderError)
     elif normalization.rgb_bands is not None:
-        shown = [band_index(normalization, b) for b in normalization.rgb_bands]
+        shown = list(normalization.rgb_bands)
     else:
         shown = [0, 0, 0]
     out = np.empty((*image.shape[1:], 3), np.uint8)

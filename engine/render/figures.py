@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.data.band_select import BandSpec
 from engine.data.normalize import Normalization
 from engine.render.colors import (
     ERROR_COLORS,
     IGNORE_INDEX,
-    Band,
     Color,
     RenderError,
     colorize,
@@ -32,9 +32,9 @@ from engine.render.colors import (
 def picture(
     image,
     normalization: Normalization | None = None,
-    band: Band | None = None,
+    band: BandSpec | None = None,
     *,
-    rgb: Sequence[Band] | None = None,
+    rgb: Sequence[BandSpec] | None = None,
     channels_last: bool = False,
 ) -> np.ndarray:
     """The uint8 ``HxWx3`` picture a figure shows for an image.
@@ -128,8 +128,8 @@ def panel(
     panel_inches: float = 4.0,
     dpi: int = 100,
     normalization: Normalization | None = None,
-    band: Band | None = None,
-    rgb: Sequence[Band] | None = None,
+    band: BandSpec | None = None,
+    rgb: Sequence[BandSpec] | None = None,
     channels_last: bool = False,
 ) -> np.ndarray:
     """Draw ``image | truth | prediction | error`` side by side with a class legend.
@@ -152,7 +152,7 @@ def panel(
         panel_inches: Width of each panel in inches (pixels = inches x dpi).
         dpi: Resolution.
         normalization: The data's bands (``Manifest.normalization``) for a native image.
-        band: Show this band (index or name) in grey instead of true colour.
+        band: Show this band (1-based number or name) in grey instead of true colour.
         rgb: Show these three bands (indices or names) as red, green, blue.
         channels_last: A native image is ``[H, W, C]``.
 
@@ -203,8 +203,8 @@ def mask_figure(
     panel_inches: float = 6.0,
     dpi: int = 100,
     normalization: Normalization | None = None,
-    band: Band | None = None,
-    rgb: Sequence[Band] | None = None,
+    band: BandSpec | None = None,
+    rgb: Sequence[BandSpec] | None = None,
     channels_last: bool = False,
 ) -> np.ndarray:
     """Draw a class-index mask with a legend (and, given the image, an overlay beside it).
