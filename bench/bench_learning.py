@@ -55,6 +55,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from common import base_parser, environment, format_table, print_table, setup, write_results
+from learning_engine import (
+    build_shards_once,
+    engine_config,
+    initial_state,
+    is_engine,
+    stream_measures,
+    train_engine,
+)
 
 import archs
 from engine.data.classes import load_classes
@@ -130,6 +138,20 @@ def crop_plan(data: Data, seed: int, steps: int, batch: int, crop: int) -> np.nd
     return np.stack([image, rows, cols, flips[..., 0], flips[..., 1]], axis=-1)
 
 
+def plan_measures(data: Data, plan: np.ndarray, crop: int) -> dict[str, float]:
+    """The plain stream's counterpart of ``learning_engine.stream_measures``."""
+    labelled, empty = [], 0
+    for image, row, col, _, _ in plan.reshape(-1, 5):
+        window = data.train_masks[image][row : row + crop, col : col + crop]
+        labelled.append(float((window != IGNORE).mean()))
+        empty += int(labelled[-1] == 0)
+    return {
+        "labelled_fraction": statistics.fmean(labelled),
+        "crops_without_labels": empty,
+        "sources_per_batch": statistics.fmean(len(set(step[:, 0])) for step in plan),
+    }
+
+
 def make_batch(data: Data, plan: np.ndarray, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut, flip and normalise one batch of the plan."""
     images, masks = [], []
@@ -164,30 +186,38 @@ def parse_contender(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def build_network(spec: str, num_classes: int, seed: int) -> torch.nn.Module:
-    """A registered architecture (with ``:key=value`` options) or the smp reference,
-    randomly initialised from ``seed``."""
+    """A registered architecture (with ``:key=value`` options; ``engine:`` names the same
+    network) or the smp reference, randomly initialised from ``seed``."""
     torch.manual_seed(seed)
     if spec == REFERENCE:
         import segmentation_models_pytorch as smp
 
         return smp.Unet("resnet34", encoder_weights=None, classes=num_classes)
-    name, options = parse_contender(spec)
+    name, options = parse_contender(spec.removeprefix("engine:"))
     return archs.create_model(name, num_classes, **options)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Data, device: torch.device) -> dict[str, Any]:
-    """Val mIoU, OA and per-class IoU (scikit-learn) over whole images."""
+def evaluate(
+    model: torch.nn.Module, data: Data, device: torch.device, normalize: Any = None
+) -> dict[str, Any]:
+    """Val mIoU, OA and per-class IoU (scikit-learn) over whole images.
+
+    ``normalize`` turns a native ``[1, 3, H, W]`` uint8 tensor into the model's input
+    (default: the train mean/std of :func:`load_data`).
+    """
     from sklearn.metrics import accuracy_score, jaccard_score
 
     model.eval()
-    mean = torch.from_numpy(data.mean).float()[:, None, None]
-    std = torch.from_numpy(data.std).float()[:, None, None]
+    if normalize is None:
+        mean = torch.from_numpy(data.mean).float()[:, None, None]
+        std = torch.from_numpy(data.std).float()[:, None, None]
+        normalize = lambda x: (x.float() / 255 - mean) / std  # noqa: E731
     truth, preds = [], []
     for image, mask in zip(data.val_images, data.val_masks):
-        x = (torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255 - mean) / std
+        x = normalize(torch.from_numpy(image.copy()).permute(2, 0, 1)[None])
         h, w = mask.shape
-        x = F.pad(x[None], (0, -w % 32, 0, -h % 32), mode="reflect").to(device)
+        x = F.pad(x, (0, -w % 32, 0, -h % 32), mode="reflect").to(device)
         logits = archs.segmentation_logits(model(x))[0, :, :h, :w]
         valid = mask != IGNORE
         truth.append(mask[valid])
@@ -225,6 +255,8 @@ def train_one(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
     device = torch.device(cfg["device"])
     if device.type == "cpu":
         torch.set_num_threads(cfg["threads"])
+    if is_engine(name):
+        return train_one_engine(job)
     model = build_network(name, len(data.class_names), seed).to(device)
     init_sha = state_digest(model)
     model.train()
@@ -247,7 +279,26 @@ def train_one(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
             recent = statistics.fmean(losses[-cfg["window"] :])
             print(f"  {name} seed {seed} step {step + 1}: loss {recent:.3f}", flush=True)
     train_s = time.perf_counter() - start
-    scores = evaluate(model, data, device)
+    return finish_run(name, seed, cfg, model, losses, train_s, init_sha)
+
+
+def train_one_engine(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
+    """Train contender ``engine:<arch>`` through terraseg's own loop (``learning_engine``)."""
+    import tempfile
+
+    name, seed, cfg = job
+    config = engine_config(name, Path(cfg["engine_shards"]), seed, cfg)
+    init_sha = state_digest(initial_state(config))
+    run_dir = Path(tempfile.mkdtemp(prefix=f"seed{seed}-", dir=cfg["engine_runs"])) / "run"
+    start = time.perf_counter()
+    model, normalization, losses = train_engine(name, seed, cfg, run_dir)
+    train_s = time.perf_counter() - start
+    return finish_run(name, seed, cfg, model, losses, train_s, init_sha, normalization)
+
+
+def finish_run(name, seed, cfg, model, losses, train_s, init_sha, normalize=None) -> dict:
+    """Score a trained contender and make its result record."""
+    scores = evaluate(model, _DATA["data"], torch.device(cfg["device"]), normalize)
     w = cfg["window"]
     windows = [statistics.fmean(losses[i : i + w]) for i in range(0, len(losses), w)]
     print(
@@ -263,8 +314,9 @@ _DATA: dict[str, Data] = {}
 
 
 def run_jobs(jobs: list[tuple[str, int, dict[str, Any]]], processes: int) -> list[dict]:
-    """Run the jobs in order, in ``processes`` forked processes (1: in this one)."""
-    if processes <= 1:
+    """Run the jobs in order, in ``processes`` forked processes (1: in this one, unless an
+    engine contender runs: accelerate's process state is made once per process)."""
+    if processes <= 1 and not any(is_engine(job[0]) for job in jobs):
         return [train_one(job) for job in jobs]
     ctx = multiprocessing.get_context("fork")  # the decoded data is shared copy-on-write
     with ctx.Pool(processes, maxtasksperchild=1) as pool:
@@ -343,6 +395,14 @@ def main() -> int:
     parser.add_argument("--name", default=NAME, help="result file name (without .json)")
     parser.add_argument("--verbose", action="store_true", help="print every loss window")
     parser.add_argument(
+        "--engine-tile", type=int, default=512, help="tile edge of the engine contenders' shards"
+    )
+    parser.add_argument(
+        "--engine-shards",
+        type=Path,
+        help="shard folder for engine: contenders (built there once; default under --out)",
+    )
+    parser.add_argument(
         "--no-reference",
         action="store_true",
         help="train only the --arch contenders (screening; no acceptance checks)",
@@ -376,10 +436,31 @@ def main() -> int:
     cfg = {"device": str(device), "threads": torch.get_num_threads(), "steps": steps,
            "batch": batch, "crop": crop, "lr": args.lr, "window": window,
            "verbose": args.verbose}  # fmt: skip
+    if any(is_engine(n) for n in names):
+        shards = args.engine_shards or args.out / f"learning-shards-{args.engine_tile}"
+        cfg["engine_shards"] = str(build_shards_once(root, CLASSES, shards, args.engine_tile))
+        cfg["engine_runs"] = str(args.out / "learning-runs")
+        Path(cfg["engine_runs"]).mkdir(parents=True, exist_ok=True)
     jobs = []
     for seed in seeds:  # interleaved: the contender order rotates with the seed
         shift = seed % len(names)
         jobs += [(name, seed, cfg) for name in names[shift:] + names[:shift]]
+    streams = {}
+    if "engine_shards" in cfg:  # what each training stream feeds the network, per seed
+        engine_spec = next(n for n in names if is_engine(n))
+        for seed in seeds:
+            plan = crop_plan(data, seed, steps, batch, crop)
+            config = engine_config(engine_spec, Path(cfg["engine_shards"]), seed, cfg)
+            streams[seed] = {"plain": plan_measures(data, plan, crop),
+                             "engine": stream_measures(config, steps)}  # fmt: skip
+        print_table(
+            "Training streams (labelled fraction of crop pixels, crops without a label, "
+            "source images per batch)",
+            ["seed", "stream", "labelled", "empty crops", "sources / batch"],
+            [[seed, kind, m["labelled_fraction"], m["crops_without_labels"],
+              m["sources_per_batch"]] for seed, both in streams.items()
+             for kind, m in both.items()],
+        )  # fmt: skip
     runs = run_jobs(jobs, args.jobs if device.type == "cpu" else 1)
 
     classes = data.class_names
@@ -427,6 +508,7 @@ def main() -> int:
             "train_images": len(data.train_images), "val_images": len(data.val_images),
             "optimizer": "AdamW(weight_decay=1e-4), clip 1.0, poly 0.9", "loss": "ce"},
         "runs": runs,
+        "streams": streams,
         "summary": summary,
         "acceptance": checks,
         "table": format_table(columns, rows),

@@ -275,3 +275,46 @@ def test_hue_and_saturation_act_on_rgb_bands_only():
     assert torch.equal(jittered[:, 0], plain[:, 0])
     assert (jittered[:, 1:] - plain[:, 1:]).abs().mean() > 0.01
     assert jittered.min() >= 0 and jittered.max() <= 1
+
+
+def _offsets_of(raw: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
+    """(top, left) of an upright crop of an encoded tile (green = row, blue = column)."""
+    pixels = torch.round(raw * 255).long()
+    return int(pixels[1].min()), int(pixels[2].min())
+
+
+def test_crops_stay_inside_the_labelled_part_of_a_padded_edge_tile():
+    """The builder pads an edge tile with ignore; crops never waste pixels on that padding,
+    and every position inside the labelled part stays reachable."""
+    images, masks = _encoded_batch(400, 48, 40, seed=3)
+    masks[:, 30:], masks[:, :, 26:] = IGNORE, IGNORE  # 30 x 26 of image, the rest padding
+    images[:, :, 30:], images[:, :, :, 26:] = 0, 0
+    upright = TrainAugment(16, NORM, hflip=False, vflip=False, rot90=False, seed=0)
+    _, out_masks, raw = upright(images, masks, return_raw=True)
+    offsets = [_offsets_of(raw[b], out_masks[b]) for b in range(400)]
+    assert {top for top, _ in offsets} == set(range(30 - 16 + 1))
+    assert {left for _, left in offsets} == set(range(26 - 16 + 1))
+    turned = TrainAugment(16, NORM, seed=1)
+    _, out_masks, raw = turned(images, masks, return_raw=True)
+    for b in range(0, 400, 25):
+        _check_sample(raw[b], out_masks[b], masks[b])
+    padding = (raw.sum(1) == 0) & (out_masks == IGNORE)
+    assert not padding.any()
+
+
+def test_a_labelled_box_smaller_than_the_crop_is_always_inside_it():
+    images, masks = _encoded_batch(200, 40, 40, seed=4)
+    box = torch.full_like(masks, IGNORE)
+    box[:, 10:18, 5:12] = masks[:, 10:18, 5:12].clamp(max=5)  # 8 x 7 labelled pixels
+    aug = TrainAugment(16, NORM, hflip=False, vflip=False, rot90=False, seed=0)
+    _, out_masks, raw = aug(images, box, return_raw=True)
+    assert ((out_masks != IGNORE).sum((1, 2)) == 56).all()
+    tops = {_offsets_of(raw[b], out_masks[b])[0] for b in range(200)}
+    assert tops == set(range(18 - 16, 10 + 1))  # every crop that covers rows 10..17
+
+
+def test_an_unlabelled_tile_is_cropped_anywhere():
+    images, masks = _encoded_batch(200, 30, 30, seed=5)
+    aug = TrainAugment(16, NORM, hflip=False, vflip=False, rot90=False, seed=0)
+    _, out_masks, raw = aug(images, torch.full_like(masks, IGNORE), return_raw=True)
+    assert {_offsets_of(raw[b], out_masks[b])[0] for b in range(200)} == set(range(15))

@@ -52,10 +52,14 @@ def imagenet_normalization() -> Normalization:
 class TrainAugment(nn.Module):
     """Random crop, flips, 90-degree rotations and optional photometric jitter, per sample.
 
-    Every call draws a fresh crop position and transform for each sample. A tile smaller
-    than the crop is padded (image 0 on the unit scale: black for uint8 bands, the display
-    low for others; mask ``ignore_index``) and lands at a random place in the crop. The mask
-    goes through exactly the same pixel permutation as the image.
+    Every call draws a fresh crop position and transform for each sample. The crop lies
+    uniformly within the box around the sample's labelled pixels (mask not
+    ``ignore_index``), which is the whole tile unless the tile's edges are unlabelled: the
+    shard builder pads edge tiles with ignore, and a crop of padding teaches nothing. A box
+    smaller than the crop lands at a random place inside it. A tile smaller than the crop
+    is padded (image 0 on the unit scale: black for uint8 bands, the display low for others;
+    mask ``ignore_index``). The mask goes through exactly the same pixel permutation as the
+    image.
 
     Jitter (fixed order: brightness, contrast, saturation, hue) touches the image only, on
     the unit scale, before standardisation. Brightness scales every band by the sample's
@@ -177,10 +181,12 @@ class TrainAugment(nn.Module):
         device = images.device
         c = self.crop_size
         pad_h, pad_w = max(0, c - height), max(0, c - width)
-        # Offsets into the (symmetrically) padded tile; with padding this places the tile
-        # uniformly inside the crop.
-        top = self._offsets(height + 2 * pad_h - c, batch, device)
-        left = self._offsets(width + 2 * pad_w - c, batch, device)
+        # Offsets into the (symmetrically) padded tile, within the labelled box: for a fully
+        # labelled tile, uniform over every position (with padding, the tile uniformly
+        # inside the crop).
+        labelled = masks != self.ignore_index
+        top = self._offsets(*_extent(labelled.any(2)), pad_h, height + 2 * pad_h - c)
+        left = self._offsets(*_extent(labelled.any(1)), pad_w, width + 2 * pad_w - c)
         k = (self._uniform(batch, device) * 4).long().clamp(max=3)
         if not self.rot90:
             k = torch.zeros_like(k)
@@ -208,8 +214,18 @@ class TrainAugment(nn.Module):
             return normalised, mask[:, 0].long(), raw
         return normalised, mask[:, 0].long()
 
-    def _offsets(self, high: int, batch: int, device: torch.device) -> torch.Tensor:
-        return (self._uniform(batch, device) * (high + 1)).long().clamp(max=high)
+    def _offsets(self, start: torch.Tensor, end: torch.Tensor, pad: int, high: int):
+        """Per sample, a crop offset into the padded tile, always within ``[0, high]``.
+
+        Uniform over the offsets whose crop lies inside ``[start, end)`` (shifted by
+        ``pad``), or covers it when it is smaller than the crop.
+        """
+        c = self.crop_size
+        start, end = start + pad, end + pad
+        low = torch.minimum(start, end - c).clamp(0, high)
+        span = torch.maximum(start, end - c).clamp(0, high) - low
+        draw = self._uniform(start.shape[0], start.device)
+        return low + torch.minimum((draw * (span + 1)).long(), span)
 
     def _source_index(
         self,
@@ -311,6 +327,19 @@ class TrainAugment(nn.Module):
             f"hflip={self.hflip}, vflip={self.vflip}, "
             f"rot90={self.rot90}, jitter={self.jitter}, jitter_p={self.jitter_p}"
         )
+
+
+def _extent(labelled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and past-the-last labelled index per sample of ``[B, N]`` bool.
+
+    Each entry says whether a row (or column) holds a labelled pixel; a sample without one
+    gets the whole ``[0, N)``.
+    """
+    n = labelled.shape[1]
+    empty = ~labelled.any(1)
+    first = labelled.int().argmax(1)
+    end = n - labelled.flip(1).int().argmax(1)
+    return first.masked_fill(empty, 0), end.masked_fill(empty, n)
 
 
 def _parse_jitter(
