@@ -68,13 +68,16 @@ def test_quick_run_writes_its_json(script, tmp_path):
 
 
 @pytest.mark.slow
-def test_learning_benchmark_quick_run_compares_both_contenders(tmp_path):
+def test_learning_benchmark_quick_run_compares_the_contenders(tmp_path):
+    """The plain-loop network, terraseg's own loop (``engine:``) and the smp reference."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     result = subprocess.run(
         [
             sys.executable,
             str(REPO / "bench" / "bench_learning.py"),
             "--quick",
+            "--arch",
+            "resunet34,engine:resunet34",
             "--out",
             str(tmp_path),
         ],
@@ -86,8 +89,17 @@ def test_learning_benchmark_quick_run_compares_both_contenders(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     data = json.loads((tmp_path / "bench_learning.json").read_text())
-    assert {"resunet34", "smp-unet-r34"} <= set(data["summary"])
-    for name in ("resunet34", "smp-unet-r34"):
+    names = ("resunet34", "engine:resunet34", "smp-unet-r34")
+    assert set(names) <= set(data["summary"])
+    for name in names:
         summary = data["summary"][name]
         assert len(summary["seeds"]) == 2 and 0 <= summary["miou_median"] <= 1
     assert data["acceptance"] and {"env", "protocol", "runs"} <= set(data)
+    steps = data["protocol"]["steps"]
+    assert all(len(run["losses"]) == steps for run in data["runs"])
+    # the engine builds the network the plain loop and smp start from, seed for seed
+    assert data["acceptance"]["engine:resunet34"]["seeds_with_reference_init"] == [0, 1]
+    for seed in ("0", "1"):
+        for stream in ("plain", "engine"):
+            measures = data["streams"][seed][stream]
+            assert 0 < measures["labelled_fraction"] <= 1 and measures["sources_per_batch"] >= 1
