@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, build_tiny, make_tiny_dataset
 from PIL import Image
 
-from engine.data.build_warnings import coverage_warnings, padding_warnings
+from engine.data.build_warnings import coverage_warnings, fitting_tile, padding_warnings
 from engine.data.manifest import load_manifest
 from engine.data.splits import (
     SplitBy,
@@ -115,6 +115,10 @@ def test_padding_warning_names_a_fitting_tile(tmp_path, capsys):
     assert (
         padding_warnings([(512, 512)], 512) == [] and padding_warnings([(2000, 3000)], 1024) == []
     )
+    # Images of mixed odd sizes pad least at tiny tiles; the advice stays a trainable tile.
+    mixed = [(644, 797), (979, 842), (1013, 1205), (520, 701), (853, 1099)]
+    assert fitting_tile(mixed) >= 256
+    assert fitting_tile([(64, 64)] * 3) == 64  # unless the images are smaller
     root = make_tiny_dataset(tmp_path / "d", groups=1, per_group=1, size=(300, 300))
     build_tiny(root, tmp_path / "out", tile=256, val=0, test=0)
     printed = capsys.readouterr().err.splitlines()

@@ -13,6 +13,8 @@ import sys
 PADDING_WARN = 0.40  # warn when more than this share of all tile pixels is padding
 RARE_CLASS = 0.001  # warn when a class is under this share of the train pixels
 TILE_STEP = 32  # suggested tile sizes are multiples of this
+MIN_SUGGESTED_TILE = 256  # ... and no smaller than this, unless the images are: a tile
+# must still hold a useful training crop, and smaller tiles always pad less
 
 
 def print_warning(message: str) -> None:
@@ -29,11 +31,12 @@ def padding_share(sizes: list[tuple[int, int]], tile: int) -> float:
 def fitting_tile(sizes: list[tuple[int, int]]) -> int:
     """A tile size that fits the images.
 
-    The largest multiple of 32, up to the median short image side rounded up, whose padding
-    is within 2 points of the least any such tile gives.
+    The largest multiple of 32 from 256 (or the median short image side, when smaller) up to
+    that side rounded up, whose padding is within 2 points of the least any such tile gives.
     """
     median = statistics.median(min(h, w) for h, w in sizes)
-    candidates = range(TILE_STEP, TILE_STEP * math.ceil(median / TILE_STEP) + 1, TILE_STEP)
+    top = TILE_STEP * math.ceil(median / TILE_STEP)
+    candidates = range(min(MIN_SUGGESTED_TILE, top), top + 1, TILE_STEP)
     shares = {t: padding_share(sizes, t) for t in candidates}
     least = min(shares.values())
     return max(t for t, share in shares.items() if share <= least + 0.02)
