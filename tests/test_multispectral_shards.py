@@ -401,8 +401,10 @@ def test_alpha_band_is_the_valid_mask_not_a_band(tmp_path):
     assert [b["name"] for b in manifest["bands"]] == ["red", "green", "blue"]
     assert manifest["rgb_bands"] == [0, 1, 2] and manifest["ignore_pixels"]["train"] == 80
     images, masks = _train_pixels(tmp_path / "out")
-    assert images.shape[-1] == 3  # tiles r0 c0, r0 c32, r32 c0, r32 c32
-    assert (masks[0, 20:32, :4] == 255).all() and (masks[2, :8, :4] == 255).all()
+    # Tiles r0 c0, r0 c8, r8 c0, r8 c8: the edge tiles end at the image's edge.
+    assert images.shape[-1] == 3
+    assert (masks[0, 20:32, :4] == 255).all() and (masks[2, 12:, :4] == 255).all()
+    assert (masks[2, :12] == 0).all() and (masks[2, 12:, 4:] == 0).all()
     assert (masks[0, :20] == 0).all() and (masks[0, 20:32, 4:] == 0).all()
     expected = rgba[rgba[..., 3] == 255][:, :3].astype(np.float64)
     np.testing.assert_allclose([b["mean"] for b in manifest["bands"]], expected.mean(0), rtol=1e-12)

@@ -18,7 +18,12 @@ from engine.data.imageio import ImageReadError, decode_image
 from engine.data.loader import Codecs, read_samples
 from engine.data.manifest import ManifestError, load_manifest
 from engine.data.pairing import PairingError, pair_by_glob, pair_from_csv
-from engine.data.shard_builder import BuildOptions, build_shards, tile_windows
+from engine.data.shard_builder import (
+    BuildOptions,
+    build_shards,
+    tile_windows,
+    train_window_start,
+)
 from engine.data.splits import split_groups
 
 
@@ -105,7 +110,10 @@ def test_build_writes_tiles_masks_stats_and_manifest(tmp_path):
                         and meta["group"] in manifest["splits"][split]["groups"]
                     )
     for split, pixels in mask_pixels.items():
-        assert sum(manifest["class_pixels"][split]) == pixels
+        images = 2 * len(manifest["splits"][split]["groups"])
+        assert sum(manifest["class_pixels"][split]) == (40 * 56 - 9) * images
+        if split != "train":  # train tiles overlap at the image edges (counted once above)
+            assert pixels == (40 * 56 - 9) * images
         # 9 no-data pixels per image, 2 images per group.
         assert manifest["ignore_pixels"][split] == 9 * 2 * len(manifest["splits"][split]["groups"])
     # Statistics: train pixels whose label is a class (the no-data corner is left out).
@@ -140,10 +148,72 @@ def test_padding_is_ignore_and_windows_recorded(tmp_path):
         for k, v in members.items()
         if k.endswith("meta.json")
     )
-    assert windows == [(0, 32), (32, 13)]
-    right = decode_image(members["Tile_0/part_0/r00000_c00032.mask.png"], "png")
-    assert (right[20:, :] == 255).all() and (right[:, 13:] == 255).all()
-    assert (right[3:20, :13] != 255).all()
+    assert windows == [(0, 32), (13, 32)]  # the right tile ends at the image's edge
+    right = decode_image(members["Tile_0/part_0/r00000_c00013.mask.png"], "png")
+    assert (right[20:, :] == 255).all()  # 20 rows: shorter than the tile, so padded
+    assert (right[:20, :] != 255).all()
+
+
+def test_train_tiles_end_at_the_image_edge():
+    every = lambda row, col: "train"  # noqa: E731
+    starts = [train_window_start(r, c, (600, 1100), 512, every)
+              for r, c, _, _ in tile_windows(600, 1100, 512)]  # fmt: skip
+    assert starts == [(0, 0), (0, 512), (0, 588), (88, 0), (88, 512), (88, 588)]
+    # Shorter than a tile: nothing to move back over, the tile is padded.
+    assert train_window_start(0, 512, (300, 700), 512, every) == (0, 188)
+    # A val block next door: the tile moves back only where it covers train cells alone.
+    val_middle = lambda row, col: "val" if col == 512 else "train"  # noqa: E731
+    assert train_window_start(0, 1024, (600, 1100), 512, val_middle) == (0, 1024)
+    assert train_window_start(512, 1024, (600, 1100), 512, val_middle) == (88, 1024)
+
+
+def test_train_tiles_hold_image_pixels_only_and_no_val_pixel(tmp_path):
+    root = make_dataset(tmp_path / "data", groups=2, per_group=2, size=(100, 90))
+    manifest = build(root, tmp_path / "out", split_by="blocks:1", val=0.3, test=0)
+    loaded = load_manifest(tmp_path / "out")
+    codec, whole = loaded.image_codec, {"train": 0, "val": 0}
+    windows: dict[str, dict[str, list]] = {}
+    for split in manifest["splits"]:
+        for shard in loaded.split(split).shards:
+            members = read_members(shard)
+            for name, data in members.items():
+                if not name.endswith("meta.json"):
+                    continue
+                meta = json.loads(data)
+                w = meta["window"]
+                windows.setdefault(meta["key"], {}).setdefault(split, []).append(w)
+                mask = decode_image(members[name.replace("meta.json", f"mask.{codec}")], codec)
+                padding = np.ones((32, 32), bool)
+                padding[: w["height"], : w["width"]] = False
+                assert (mask[padding] == 255).all()
+                image = np.asarray(Image.open(meta["image"]))
+                tile = decode_image(members[name.replace("meta.json", f"image.{codec}")], codec)
+                cut = image[w["row"] : w["row"] + w["height"], w["col"] : w["col"] + w["width"]]
+                np.testing.assert_array_equal(tile[: w["height"], : w["width"]], cut)
+                whole[split] += (w["height"], w["width"]) == (32, 32)
+    assert len(windows) == 4 and {"train", "val"} <= set(manifest["splits"])
+    moved_back = 0
+    for key, by_split in windows.items():
+        covered = {s: np.zeros((100, 90), int) for s in ("train", "val")}
+        for split, cuts in by_split.items():
+            for w in cuts:
+                rows, cols = (
+                    slice(w["row"], w["row"] + w["height"]),
+                    slice(w["col"], w["col"] + w["width"]),
+                )
+                covered[split][rows, cols] += 1
+        assert ((covered["train"] > 0) | (covered["val"] > 0)).all(), key  # nothing left out
+        assert not ((covered["train"] > 0) & (covered["val"] > 0)).any(), key  # no leak
+        assert covered["val"].max() <= 1, key  # each val pixel scored once
+        moved_back += int((covered["train"] > 1).any())
+    assert moved_back > 0  # some train tiles did reach back over a train neighbour
+    # 100x90 at tile 32: 4x3 grid cells, 9 of them whole. Train has more whole tiles.
+    cells = {s: sum(len(b.get(s, [])) for b in windows.values()) for s in whole}
+    on_grid = [
+        w["row"] % 32 == w["col"] % 32 == 0 for b in windows.values() for w in b.get("val", [])
+    ]
+    assert all(on_grid) and whole["val"] < cells["val"]  # val stays on the grid, padded
+    assert whole["train"] > 9 * cells["train"] / 12
 
 
 @pytest.mark.parametrize("codec", ["png", "jpg", "webp", "npy"])

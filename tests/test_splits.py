@@ -12,7 +12,12 @@ import pytest
 from conftest import REPO, build_tiny, make_tiny_dataset
 from PIL import Image
 
-from engine.data.build_warnings import coverage_warnings, fitting_tile, padding_warnings
+from engine.data.build_warnings import (
+    coverage_warnings,
+    fitting_tile,
+    padding_share,
+    padding_warnings,
+)
 from engine.data.manifest import load_manifest
 from engine.data.splits import (
     SplitBy,
@@ -119,13 +124,16 @@ def test_padding_warning_names_a_fitting_tile(tmp_path, capsys):
     mixed = [(644, 797), (979, 842), (1013, 1205), (520, 701), (853, 1099)]
     assert fitting_tile(mixed) >= 256
     assert fitting_tile([(64, 64)] * 3) == 64  # unless the images are smaller
-    root = make_tiny_dataset(tmp_path / "d", groups=1, per_group=1, size=(300, 300))
+    # Train tiles end at the image's edge: images at least a tile long leave no padding.
+    assert padding_share([(300, 1000)], 256) == 0.0
+    assert padding_share([(150, 1000)], 256) == 1 - 150 / 256
+    root = make_tiny_dataset(tmp_path / "d", groups=1, per_group=1, size=(150, 150))
     build_tiny(root, tmp_path / "out", tile=256, val=0, test=0)
     printed = capsys.readouterr().err.splitlines()
     assert (
         printed.count(
-            "warning: tiles are 66 % padding (median image 300x300 px, --tile 256); "
-            "--tile 320 would give 12 %"
+            "warning: tiles are 66 % padding (median image 150x150 px, --tile 256); "
+            "--tile 160 would give 12 %"
         )
         == 1
     )

@@ -10,7 +10,7 @@ import math
 import statistics
 import sys
 
-PADDING_WARN = 0.40  # warn when more than this share of all tile pixels is padding
+PADDING_WARN = 0.40  # warn when more than this share of train tile pixels is padding
 RARE_CLASS = 0.001  # warn when a class is under this share of the train pixels
 TILE_STEP = 32  # suggested tile sizes are multiples of this
 MIN_SUGGESTED_TILE = 256  # ... and no smaller than this, unless the images are: a tile
@@ -23,9 +23,14 @@ def print_warning(message: str) -> None:
 
 
 def padding_share(sizes: list[tuple[int, int]], tile: int) -> float:
-    """The share of all tile pixels that is padding when ``sizes`` (H, W) are cut at ``tile``."""
-    tiles = sum(math.ceil(h / tile) * math.ceil(w / tile) for h, w in sizes)
-    return 1.0 - sum(h * w for h, w in sizes) / max(tiles * tile * tile, 1)
+    """The share of train tile pixels that is padding when ``sizes`` (H, W) are cut at ``tile``.
+
+    Train tiles end at the image's edge (``shard_builder.train_window_start``), so only an
+    image shorter or narrower than the tile leaves padding in them.
+    """
+    tiles = [math.ceil(h / tile) * math.ceil(w / tile) for h, w in sizes]
+    valid = sum(n * min(h, tile) * min(w, tile) for n, (h, w) in zip(tiles, sizes))
+    return 1.0 - valid / max(sum(tiles) * tile * tile, 1)
 
 
 def fitting_tile(sizes: list[tuple[int, int]]) -> int:

@@ -209,6 +209,41 @@ def tile_windows(height: int, width: int, tile: int) -> list[tuple[int, int, int
     ]
 
 
+def train_window_start(
+    row: int, col: int, size: tuple[int, int], tile: int, split_at: Callable[[int, int], str]
+) -> tuple[int, int]:
+    """Where the train tile of grid cell ``(row, col)`` is cut from an image of ``size`` (H, W).
+
+    A grid tile at the bottom or right edge holds only the image's last strip; the rest
+    would be padding (black pixels the network trains on, ignored labels). Where the image
+    is at least a tile long in that direction, the tile is moved back to end at the edge
+    instead, overlapping its neighbour, so it holds only image pixels. It moves only as far
+    as every grid cell it then covers is train too: no val or test pixel (``--split-by
+    blocks``) enters a train tile. Val and test tiles stay on the grid, padded, so each of
+    their pixels is scored once.
+
+    Args:
+        row: The grid cell's top row.
+        col: The grid cell's left column.
+        size: The image's ``(height, width)``.
+        tile: The tile edge.
+        split_at: The split of the grid cell at ``(row, col)`` (``PairSplit.at``).
+
+    Returns:
+        The top-left pixel of the tile to store.
+    """
+    snapped_row = min(row, max(size[0] - tile, 0))
+    snapped_col = min(col, max(size[1] - tile, 0))
+
+    def all_train(top: int, left: int) -> bool:
+        rows = range(top - top % tile, min(top + tile, size[0]), tile)
+        cols = range(left - left % tile, min(left + tile, size[1]), tile)
+        return all(split_at(r, c) == "train" for r in rows for c in cols)
+
+    candidates = [(snapped_row, snapped_col), (snapped_row, col), (row, snapped_col)]
+    return next((start for start in candidates if all_train(*start)), (row, col))
+
+
 def _member_key(key: str, row: int, col: int) -> str:
     return f"{safe_key(key)}/r{row:05d}_c{col:05d}"
 
@@ -238,18 +273,24 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
     samples, class_pixels = [], {}
     stats = BandAccumulator(bands, dtype)
     tile = options.tile
-    for row, col, height, width in tile_windows(*image.shape[:2], tile):
+    size = image.shape[:2]
+    for row, col, height, width in tile_windows(*size, tile):
         split = pair_split.at(row, col, tile)
+        # The grid cell's own pixels are counted; the stored tile may reach back over a
+        # neighbour's (train_window_start), whose pixels that neighbour counts.
         window = mask[row : row + height, col : col + width]
         counts = np.bincount(np.minimum(window, num_classes).ravel(), minlength=num_classes + 1)
         class_pixels[split] = class_pixels.get(split, 0) + counts.astype(np.int64)
         if split == "train":
             pixels = image[row : row + height, col : col + width][window != IGNORE_INDEX]
             stats.add(tile_sums(pixels))
+            at = lambda r, c: pair_split.at(r, c, tile)  # noqa: E731
+            row, col = train_window_start(row, col, size, tile, at)
+            height, width = min(tile, size[0] - row), min(tile, size[1] - col)
         image_tile = np.zeros((tile, tile, bands), image.dtype)
         mask_tile = np.full((tile, tile), IGNORE_INDEX, np.uint8)
         image_tile[:height, :width] = image[row : row + height, col : col + width]
-        mask_tile[:height, :width] = window
+        mask_tile[:height, :width] = mask[row : row + height, col : col + width]
         meta = {
             "key": pair.key,
             "image": str(pair.image),
