@@ -17,7 +17,10 @@ One protocol for every contender, on the real Dubai aerial data (PROVENANCE.md b
   schedule to 0 over ``--steps`` steps.
 * scoring: whole val images (padded to a multiple of 32 and cropped back), arg-max, mIoU
   (``sklearn.metrics.jaccard_score``, mean over classes) and OA (``accuracy_score``) over
-  the labelled pixels.
+  the labelled pixels. ``--eval-tile N`` scores what ``launch/predict.py --tile N`` gives
+  instead (blended sliding windows): for networks whose output depends on the input's
+  extent, such as ResUNet-a's PSP pooling (a max over the whole input), which a whole
+  2,000-pixel image changes from the crops it was trained on.
 
 Contenders run interleaved: for seed ``s`` the order is rotated by ``s``, and with
 ``--jobs 2`` the (seed, contender) runs are spread over two processes of one torch thread
@@ -67,6 +70,7 @@ from learning_engine import (
 import archs
 from engine.data.classes import load_classes
 from engine.data.imageio import read_image, read_mask_values
+from engine.data.normalize import Normalization
 from engine.data.pairing import pair_by_glob
 from engine.data.paths import dubai_dataset_dir
 from engine.data.shard_builder import BuildOptions
@@ -199,29 +203,50 @@ def build_network(spec: str, num_classes: int, seed: int) -> torch.nn.Module:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, data: Data, device: torch.device, normalize: Any = None
+    model: torch.nn.Module,
+    data: Data,
+    device: torch.device,
+    normalize: Any = None,
+    tile: int | None = None,
 ) -> dict[str, Any]:
     """Val mIoU, OA and per-class IoU (scikit-learn) over whole images.
 
-    ``normalize`` turns a native ``[1, 3, H, W]`` uint8 tensor into the model's input
-    (default: the train mean/std of :func:`load_data`).
+    Args:
+        model: The trained network.
+        data: The decoded split.
+        device: Where the model runs.
+        normalize: The model's input transform, a :class:`Normalization` (default: the
+            train mean/std of :func:`load_data`).
+        tile: Score what ``launch/predict.py --tile`` predicts: blended sliding windows of
+            ``tile``² (``engine.infer.sliding.predict_mask``, overlap 0.25). None: one
+            forward pass over each whole image (padded to a multiple of 32).
     """
     from sklearn.metrics import accuracy_score, jaccard_score
 
+    from engine.infer.sliding import predict_mask
+
     model.eval()
-    if normalize is None:
+    rgb = {"mean": data.mean.tolist(), "std": data.std.tolist()}
+    if normalize is None and tile:
+        normalize = Normalization.from_manifest(rgb)
+    elif normalize is None:  # the plain loop's own arithmetic (make_batch), bit for bit
         mean = torch.from_numpy(data.mean).float()[:, None, None]
         std = torch.from_numpy(data.std).float()[:, None, None]
         normalize = lambda x: (x.float() / 255 - mean) / std  # noqa: E731
     truth, preds = [], []
     for image, mask in zip(data.val_images, data.val_masks):
-        x = normalize(torch.from_numpy(image.copy()).permute(2, 0, 1)[None])
         h, w = mask.shape
-        x = F.pad(x, (0, -w % 32, 0, -h % 32), mode="reflect").to(device)
-        logits = archs.segmentation_logits(model(x))[0, :, :h, :w]
+        if tile:
+            num_classes = len(data.class_names)
+            pred = predict_mask(model, image, num_classes=num_classes, normalization=normalize,
+                                tile=tile, device=device)  # fmt: skip
+        else:
+            x = normalize(torch.from_numpy(image.copy()).permute(2, 0, 1)[None])
+            x = F.pad(x, (0, -w % 32, 0, -h % 32), mode="reflect").to(device)
+            pred = archs.segmentation_logits(model(x))[0, :, :h, :w].argmax(0).cpu().numpy()
         valid = mask != IGNORE
         truth.append(mask[valid])
-        preds.append(logits.argmax(0).cpu().numpy()[valid])
+        preds.append(pred[valid])
     y, p = np.concatenate(truth), np.concatenate(preds)
     labels = list(range(len(data.class_names)))
     iou = jaccard_score(y, p, labels=labels, average=None, zero_division=0.0)
@@ -298,7 +323,8 @@ def train_one_engine(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
 
 def finish_run(name, seed, cfg, model, losses, train_s, init_sha, normalize=None) -> dict:
     """Score a trained contender and make its result record."""
-    scores = evaluate(model, _DATA["data"], torch.device(cfg["device"]), normalize)
+    scores = evaluate(model, _DATA["data"], torch.device(cfg["device"]), normalize,
+                      cfg["eval_tile"])  # fmt: skip
     w = cfg["window"]
     windows = [statistics.fmean(losses[i : i + w]) for i in range(0, len(losses), w)]
     print(
@@ -388,6 +414,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, help="crop edge (default 192; quick 64)")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--eval-tile",
+        type=int,
+        help="score sliding windows of this edge, as predict.py --tile does (default: each "
+        "whole val image in one pass)",
+    )
     parser.add_argument("--window", type=int, help="steps per loss window (default 100)")
     parser.add_argument("--jobs", type=int, default=1, help="processes (CPU: one thread each)")
     parser.add_argument("--data", type=Path, help="dataset folder (default: the Dubai data)")
@@ -435,7 +467,7 @@ def main() -> int:
     )
     cfg = {"device": str(device), "threads": torch.get_num_threads(), "steps": steps,
            "batch": batch, "crop": crop, "lr": args.lr, "window": window,
-           "verbose": args.verbose}  # fmt: skip
+           "eval_tile": args.eval_tile, "verbose": args.verbose}  # fmt: skip
     if any(is_engine(n) for n in names):
         shards = args.engine_shards or args.out / f"learning-shards-{args.engine_tile}"
         cfg["engine_shards"] = str(build_shards_once(root, CLASSES, shards, args.engine_tile))
@@ -474,7 +506,8 @@ def main() -> int:
     ]
     title = (
         f"Learning parity on Dubai ({steps} steps, batch {batch}, {crop}² crops, lr {args.lr}, "
-        f"{device}, {cfg['threads']} thread(s))"
+        f"{device}, {cfg['threads']} thread(s)"
+        + (f", scored on {args.eval_tile}² windows)" if args.eval_tile else ")")
     )
     print_table(title, columns, rows)
     summary = summarize(runs, names)

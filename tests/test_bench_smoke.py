@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,3 +105,41 @@ def test_learning_benchmark_quick_run_compares_the_contenders(tmp_path):
         for stream in ("plain", "engine"):
             measures = data["streams"][seed][stream]
             assert 0 < measures["labelled_fraction"] <= 1 and measures["sources_per_batch"] >= 1
+
+
+class _GlobalContext(torch.nn.Module):
+    """Per-pixel logits plus the input's global max: its output depends on the extent seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pixel = torch.nn.Conv2d(3, 3, 1)
+        self.scene = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pixel(x) + 20 * self.scene(x.amax((2, 3), keepdim=True))
+
+
+def test_learning_benchmark_scores_sliding_windows_as_predict_does():
+    """``--eval-tile`` scores predict's sliding windows: the same as whole images for a
+    per-pixel network, not for one that sees its whole input (ResUNet-a's PSP pooling)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_learning
+
+    from engine.data.normalize import Normalization
+    from engine.infer.sliding import predict_mask
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0.1, 1, 90)[None, :, None]  # darker to the left: windows differ
+    images = [(rng.random((70, 90, 3)) * 255 * ramp).astype(np.uint8) for _ in range(2)]
+    mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.25, 0.3])
+    normalization = Normalization.from_manifest({"mean": mean.tolist(), "std": std.tolist()})
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    for model, sees_whole_input in ((torch.nn.Conv2d(3, 3, 1), False), (_GlobalContext(), True)):
+        # Labels: what predict.py --tile 32 says, so its windows score exactly 1.
+        masks = [predict_mask(model, im, num_classes=3, normalization=normalization, tile=32)
+                 for im in images]  # fmt: skip
+        data = bench_learning.Data(images, masks, images, masks, mean, std, ["a", "b", "c"], [])
+        whole, windows = (bench_learning.evaluate(model, data, cpu, tile=t) for t in (None, 32))
+        assert windows["oa"] == 1.0
+        assert (whole["oa"] < 0.99) == sees_whole_input, whole["oa"]
