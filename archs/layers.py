@@ -17,9 +17,14 @@ class SegmentationModel(nn.Module):
         in_channels: Number of input channels.
         size_divisor: Input height and width must be multiples of this.
         multitask: Whether ``forward`` returns :class:`archs.MultitaskOutput`.
+        input_extent_matters: Whether the output at a pixel depends on the whole input's
+            extent, not only on a neighbourhood (ResUNet-a: its PSP pooling takes a max
+            over the whole input). Such a network is evaluated and predicts on windows of
+            the crop it was trained on (:func:`engine.evaluate.shard_eval.context_window`).
     """
 
     multitask: bool = False
+    input_extent_matters: bool = False
 
     def __init__(self, num_classes: int, in_channels: int, size_divisor: int) -> None:
         super().__init__()

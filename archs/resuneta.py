@@ -94,6 +94,8 @@ class ResUNetA(SegmentationModel):
         multitask: Use the conditioned multitask head.
     """
 
+    input_extent_matters = True  # PSP pooling: a max over the whole input (docs/archs.md)
+
     def __init__(
         self,
         num_classes: int,

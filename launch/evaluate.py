@@ -81,7 +81,7 @@ def evaluate_model(args: argparse.Namespace) -> int:
     result = evaluate_split(
         exported.model, manifest, args.split, batch_size=args.batch, device=state.device,
         num_workers=args.workers, rank=state.process_index, world_size=state.num_processes,
-        autocast_dtype=dtype,
+        autocast_dtype=dtype, train_crop=exported.train_crop,
     )  # fmt: skip
     if state.is_main_process:
         title = f"{args.split} split of {args.shards}"

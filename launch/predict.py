@@ -38,6 +38,7 @@ from typing import Any
 from engine.cli import HelpFormatter
 from engine.data.raster_base import PIL_SUFFIXES, TIFF_SUFFIXES
 from engine.errors import UserError
+from engine.evaluate.shard_eval import context_window
 from engine.infer.bands import model_normalization, open_model_raster
 from engine.infer.outputs import output_paths, planned_format
 from engine.infer.polygons import polygon_driver, write_polygons
@@ -49,6 +50,7 @@ from engine.render.colors import class_info, display_rgb
 from engine.train.export import load_exported
 
 RASTER_SUFFIXES = TIFF_SUFFIXES | PIL_SUFFIXES
+DEFAULT_TILE = 1024  # predict windows (a network that needs its training crop gets that)
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -175,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         help="image file(s), glob(s) (quote them) or folder(s) (their raster files)",
     )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--tile", type=int, default=1024, help="window edge in pixels")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        help="window edge in pixels (default 1024; for a network whose output depends on "
+        "its input's extent, ResUNet-a, the crop it was trained on)",
+    )
     parser.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
     parser.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation")
     parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
@@ -275,9 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         values = original_values(manifest, where) if args.values == "original" else None
         out = prepare_out(args.out, inputs, args)
         polygons = polygon_targets(args, inputs, values)
+        tile = args.tile or context_window(exported.model, exported.train_crop) or DEFAULT_TILE
         print(
             f"model {exported.spec['arch']} ({num_classes} classes) on {device}; "
-            f"{len(inputs)} input(s)"
+            f"{len(inputs)} input(s); {tile}² windows"
         )
         for number, path in enumerate(inputs, 1):
             opened = open_model_raster(path, normalization, bands=args.bands, nodata=args.nodata)
@@ -310,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                         writer,
                         num_classes=num_classes,
                         normalization=normalization,
-                        tile=args.tile,
+                        tile=tile,
                         overlap=args.overlap,
                         batch_size=args.batch,
                         tta=args.tta,

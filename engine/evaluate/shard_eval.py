@@ -101,8 +101,53 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def forward_logits(model: nn.Module, images: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """Segmentation logits for normalised images of any size (padded to a multiple of 32)."""
+def context_window(model: nn.Module, train_crop: int | None) -> int | None:
+    """The input size ``model`` must be evaluated at (None: any size).
+
+    ``train_crop`` for a network whose output depends on its whole input's extent
+    (``input_extent_matters``: ResUNet-a); None for the others or when the crop is unknown.
+    A ResUNet-a d6 trained on 128² crops scored 0.449 val mIoU on 128² windows but 0.310 on
+    whole 2,000-pixel images (docs/BENCHMARKS.md, Learning parity).
+    """
+    if train_crop and getattr(unwrap_model(model), "input_extent_matters", False):
+        return int(train_crop)
+    return None
+
+
+def _window_starts(length: int, window: int) -> list[int]:
+    """Starts of ``window``-long windows that cover ``length``, the last ending at its end."""
+    starts = list(range(0, max(length - window, 0) + 1, window))
+    if starts[-1] + window < length:
+        starts.append(length - window)
+    return starts
+
+
+def forward_logits(
+    model: nn.Module, images: torch.Tensor, channels_last: bool, window: int | None = None
+) -> torch.Tensor:
+    """Segmentation logits for normalised images of any size (padded to a multiple of 32).
+
+    With ``window`` (:func:`context_window`), an image larger than it is run as windows of
+    ``window``² (the last of each row and column ending at the image's edge, overlapping
+    its neighbour) whose logits are stitched: the network sees inputs of the size it was
+    trained on.
+    """
+    height, width = images.shape[-2:]
+    if not window or (height <= window and width <= window):
+        return _padded_logits(model, images, channels_last)
+    logits = None
+    for top in _window_starts(height, window):
+        for left in _window_starts(width, window):
+            part = _padded_logits(
+                model, images[..., top : top + window, left : left + window], channels_last
+            )
+            if logits is None:
+                logits = part.new_empty((*part.shape[:2], height, width))
+            logits[..., top : top + part.shape[-2], left : left + part.shape[-1]] = part
+    return logits
+
+
+def _padded_logits(model: nn.Module, images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     height, width = images.shape[-2:]
     pad_h, pad_w = -height % 32, -width % 32
     if pad_h or pad_w:
@@ -125,6 +170,7 @@ def evaluate_split(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     examples: int = 0,
+    train_crop: int | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on every sample of ``split`` exactly once across all ranks.
 
@@ -143,6 +189,8 @@ def evaluate_split(
         autocast_dtype: ``torch.bfloat16``/``torch.float16`` for mixed precision, or None.
         channels_last: Feed channels-last tensors.
         examples: How many tiles to keep for panels (from this rank's first batches).
+        train_crop: The crop the model was trained on: a network whose output depends on
+            its input's extent sees windows of it (:func:`context_window`).
 
     Raises:
         ClassCountError: when the model's logits have another number of classes than the
@@ -152,6 +200,7 @@ def evaluate_split(
     channels = getattr(unwrap_model(model), "in_channels", None)
     if isinstance(channels, int):
         check_band_count(channels, manifest)
+    window = context_window(model, train_crop)
     model.eval()
     confusion = ConfusionMatrix(
         manifest.num_classes, manifest.ignore_index, manifest.class_names, device
@@ -169,7 +218,7 @@ def evaluate_split(
         images = batch.images.to(device, non_blocking=True)
         masks = batch.masks.to(device, non_blocking=True)
         with autocast:
-            logits = forward_logits(model, normalize(images, normalization), channels_last)
+            logits = forward_logits(model, normalize(images, normalization), channels_last, window)
         if logits.shape[1] != manifest.num_classes:
             check_class_count(logits.shape[1], manifest)
         prediction = logits.argmax(1)

@@ -70,6 +70,13 @@ class ExportedModel:
         """Input channels of the model (= bands)."""
         return int(self.spec["in_channels"])
 
+    @property
+    def train_crop(self) -> int | None:
+        """The training crop edge (``config.yaml``'s ``data.crop_size``), None if absent."""
+        data = self.config.get("data")
+        crop = data.get("crop_size") if isinstance(data, dict) else None
+        return crop if isinstance(crop, int) and crop > 0 else None
+
 
 def export_normalization(spec: dict[str, Any], manifest: dict[str, Any]) -> Normalization:
     """The input bands of an export: ``model.json``'s ``bands``, else its manifest copy's.

@@ -41,6 +41,7 @@ def evaluate(run: Run, split: str, network: torch.nn.Module | None = None) -> Ev
         autocast_dtype=run.autocast_dtype,
         channels_last=run.channels_last,
         examples=config.train.panels if run.tracker.active else 0,
+        train_crop=config.data.crop_size,
     )
     run.model.train()
     return result
