@@ -63,8 +63,9 @@ class BuildOptions:
     """How to cut, encode and split.
 
     Attributes:
-        tile: Tile edge in pixels; larger images are cut, smaller ones padded (image 0,
-            label 255).
+        tile: Tile edge in pixels; larger images are cut (train tiles at the bottom and
+            right edges end at the image's edge: :func:`train_window_start`), smaller
+            ones padded (image 0, label 255).
         val: Fraction of groups (or blocks) for validation.
         test: Fraction of groups (or blocks) for testing.
         split_by: ``group`` (whole groups) or ``blocks:N`` (N×N-tile blocks of each image;
