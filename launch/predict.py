@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tile",
         type=int,
-        help="window edge in pixels (default 1024; for a network whose output depends on "
-        "its input's extent, ResUNet-a, the crop it was trained on)",
+        help="window edge in pixels (default: 1024, or the crop it was trained on for a "
+        "network whose output depends on its input's extent: ResUNet-a)",
     )
     parser.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction")
     parser.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation")
@@ -282,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         values = original_values(manifest, where) if args.values == "original" else None
         out = prepare_out(args.out, inputs, args)
         polygons = polygon_targets(args, inputs, values)
-        tile = args.tile or context_window(exported.model, exported.train_crop) or DEFAULT_TILE
+        tile = args.tile
+        if tile is None:
+            tile = context_window(exported.model, exported.train_crop) or DEFAULT_TILE
         print(
             f"model {exported.spec['arch']} ({num_classes} classes) on {device}; "
             f"{len(inputs)} input(s); {tile}² windows"

@@ -48,7 +48,7 @@ def help_text(capsys, name: str) -> str:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("predict", ["--tile TILE", "(default: 1024)", "(default: 0.25)", "(default: 16384)",
+        ("predict", ["--tile TILE", "(default: 1024,", "(default: 0.25)", "(default: 16384)",
                      "(default: gaussian)", "(default: index)"]),
         ("evaluate", ["(default: test)", "(default: 4)", "(default: 2)", "(default: no)"]),
         ("show", ["(default: val)", "(default: 0)", "(default: 1024)", "(default: auto)"]),
