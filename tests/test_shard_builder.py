@@ -18,13 +18,9 @@ from engine.data.imageio import ImageReadError, decode_image
 from engine.data.loader import Codecs, read_samples
 from engine.data.manifest import ManifestError, load_manifest
 from engine.data.pairing import PairingError, pair_by_glob, pair_from_csv
-from engine.data.shard_builder import (
-    BuildOptions,
-    build_shards,
-    tile_windows,
-    train_window_start,
-)
+from engine.data.shard_builder import BuildOptions, build_shards
 from engine.data.splits import split_groups
+from engine.data.tiling import tile_windows, train_window_start
 
 
 def read_members(tar_path: Path) -> dict[str, bytes]:

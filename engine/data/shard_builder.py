@@ -51,6 +51,7 @@ from engine.data.splits import (
     parse_split_by,
     plan_splits,
 )
+from engine.data.tiling import tile_windows, train_window_start
 
 if TYPE_CHECKING:
     from engine.data.vector_labels import VectorLabels
@@ -64,8 +65,8 @@ class BuildOptions:
 
     Attributes:
         tile: Tile edge in pixels; larger images are cut (train tiles at the bottom and
-            right edges end at the image's edge: :func:`train_window_start`), smaller
-            ones padded (image 0, label 255).
+            right edges end at the image's edge: :mod:`engine.data.tiling`), smaller ones
+            padded (image 0, label 255).
         val: Fraction of groups (or blocks) for validation.
         test: Fraction of groups (or blocks) for testing.
         split_by: ``group`` (whole groups) or ``blocks:N`` (N×N-tile blocks of each image;
@@ -201,50 +202,6 @@ def _open_tar(path: Path) -> tarfile.TarFile:
     return tarfile.open(path, "w", format=tarfile.GNU_FORMAT)
 
 
-def tile_windows(height: int, width: int, tile: int) -> list[tuple[int, int, int, int]]:
-    """Cut an image into a grid of ``(row, col, height, width)`` windows of at most ``tile``."""
-    return [
-        (row, col, min(tile, height - row), min(tile, width - col))
-        for row in range(0, height, tile)
-        for col in range(0, width, tile)
-    ]
-
-
-def train_window_start(
-    row: int, col: int, size: tuple[int, int], tile: int, split_at: Callable[[int, int], str]
-) -> tuple[int, int]:
-    """Where the train tile of grid cell ``(row, col)`` is cut from an image of ``size`` (H, W).
-
-    A grid tile at the bottom or right edge holds only the image's last strip; the rest
-    would be padding (black pixels the network trains on, ignored labels). Where the image
-    is at least a tile long in that direction, the tile is moved back to end at the edge
-    instead, overlapping its neighbour, so it holds only image pixels. It moves only as far
-    as every grid cell it then covers is train too: no val or test pixel (``--split-by
-    blocks``) enters a train tile. Val and test tiles stay on the grid, padded, so each of
-    their pixels is scored once.
-
-    Args:
-        row: The grid cell's top row.
-        col: The grid cell's left column.
-        size: The image's ``(height, width)``.
-        tile: The tile edge.
-        split_at: The split of the grid cell at ``(row, col)`` (``PairSplit.at``).
-
-    Returns:
-        The top-left pixel of the tile to store.
-    """
-    snapped_row = min(row, max(size[0] - tile, 0))
-    snapped_col = min(col, max(size[1] - tile, 0))
-
-    def all_train(top: int, left: int) -> bool:
-        rows = range(top - top % tile, min(top + tile, size[0]), tile)
-        cols = range(left - left % tile, min(left + tile, size[1]), tile)
-        return all(split_at(r, c) == "train" for r in rows for c in cols)
-
-    candidates = [(snapped_row, snapped_col), (snapped_row, col), (row, snapped_col)]
-    return next((start for start in candidates if all_train(*start)), (row, col))
-
-
 def _member_key(key: str, row: int, col: int) -> str:
     return f"{safe_key(key)}/r{row:05d}_c{col:05d}"
 
@@ -278,7 +235,7 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
     for row, col, height, width in tile_windows(*size, tile):
         split = pair_split.at(row, col, tile)
         # The grid cell's own pixels are counted; the stored tile may reach back over a
-        # neighbour's (train_window_start), whose pixels that neighbour counts.
+        # neighbour's (engine.data.tiling.train_window_start), whose pixels that neighbour counts.
         window = mask[row : row + height, col : col + width]
         counts = np.bincount(np.minimum(window, num_classes).ravel(), minlength=num_classes + 1)
         class_pixels[split] = class_pixels.get(split, 0) + counts.astype(np.int64)
