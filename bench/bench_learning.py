@@ -209,7 +209,7 @@ def evaluate(
     normalize: Any = None,
     tile: int | None = None,
 ) -> dict[str, Any]:
-    """Val mIoU, OA and per-class IoU (scikit-learn) over whole images.
+    """Val mIoU, OA and per-class IoU (scikit-learn) over the whole val images.
 
     Args:
         model: The trained network.
@@ -226,9 +226,9 @@ def evaluate(
     from engine.infer.sliding import predict_mask
 
     model.eval()
-    rgb = {"mean": data.mean.tolist(), "std": data.std.tolist()}
     if normalize is None and tile:
-        normalize = Normalization.from_manifest(rgb)
+        stats = {"mean": data.mean.tolist(), "std": data.std.tolist()}
+        normalize = Normalization.from_manifest(stats)
     elif normalize is None:  # the plain loop's own arithmetic (make_batch), bit for bit
         mean = torch.from_numpy(data.mean).float()[:, None, None]
         std = torch.from_numpy(data.std).float()[:, None, None]

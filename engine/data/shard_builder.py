@@ -16,6 +16,7 @@ import random
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -232,6 +233,7 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
     stats = BandAccumulator(bands, dtype)
     tile = options.tile
     size = image.shape[:2]
+    split_at = partial(pair_split.at, tile=tile)
     for row, col, height, width in tile_windows(*size, tile):
         split = pair_split.at(row, col, tile)
         # The grid cell's own pixels are counted; the stored tile may reach back over a
@@ -242,8 +244,7 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
         if split == "train":
             pixels = image[row : row + height, col : col + width][window != IGNORE_INDEX]
             stats.add(tile_sums(pixels))
-            at = lambda r, c: pair_split.at(r, c, tile)  # noqa: E731
-            row, col = train_window_start(row, col, size, tile, at)
+            row, col = train_window_start(row, col, size, tile, split_at)
             height, width = min(tile, size[0] - row), min(tile, size[1] - col)
         image_tile = np.zeros((tile, tile, bands), image.dtype)
         mask_tile = np.full((tile, tile), IGNORE_INDEX, np.uint8)
