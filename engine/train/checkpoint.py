@@ -229,15 +229,14 @@ def _write_parts(
         state_io.save_state(staging / OPTIMIZER_NAME, training)
 
 
-def _ensure_finite(run_dir: Path, step: int, model: Any, optimizer: Any) -> None:
+def _ensure_finite(step: int, model: Any, optimizer: Any) -> None:
     tensors = list(unwrap_model(model).state_dict().values())
     tensors += state_io.state_tensors(optimizer.state_dict()["state"])
     if not state_io.all_finite(tensors):
-        latest = find_latest(run_dir)
         raise TrainingDiverged(
-            f"step {step}: the model's weights or buffers or the optimiser state are no longer "
-            f"finite (diverged), nothing saved; the last finite checkpoint is "
-            f"{latest if latest else 'none'}; lower optim.lr or set optim.grad_clip"
+            step,
+            "the model's weights or buffers or the optimiser state are no longer finite, "
+            "nothing saved; lower optim.lr or set optim.grad_clip",
         )
 
 
@@ -280,7 +279,7 @@ def save_checkpoint(
         DiskFullError: when the disk fills (the temporary folder is removed).
     """
     run_dir = Path(run_dir)
-    _ensure_finite(run_dir, state["step"], model, optimizer)
+    _ensure_finite(state["step"], model, optimizer)
     folder = checkpoints_dir(run_dir)
     final = folder / f"{PREFIX}{state['step']:08d}"
     staging = folder / f".tmp-{final.name}"
