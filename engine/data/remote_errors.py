@@ -98,8 +98,10 @@ def named(url: str, error: BaseException, kind: str) -> UserError:
     return ShardStoreError(f"{url}: {type(error).__name__}: {error}")
 
 
-def gave_up(url: str, error: BaseException, tries: int, position: int) -> ShardStoreError:
-    """The one-line error after ``tries`` transient failures."""
+def gave_up(
+    url: str, error: BaseException, tries: int, position: int, per: str = f"{CHUNK >> 20} MiB chunk"
+) -> ShardStoreError:
+    """The one-line error after ``tries`` transient failures (``per``: what one deadline is for)."""
     status = status_of(error)
     if status == 429:
         return ShardStoreError(f"{url}: too many requests (HTTP 429) after {tries} tries")
@@ -108,8 +110,7 @@ def gave_up(url: str, error: BaseException, tries: int, position: int) -> ShardS
     if any(isinstance(link, TimeoutError) for link in _chain(error)):
         deadline = setting("TERRASEG_SHARD_DEADLINE", 120.0, positive=True)
         return ShardStoreError(
-            f"{url}: timed out after {tries} tries (deadline {deadline:g}s per "
-            f"{CHUNK >> 20} MiB chunk)"
+            f"{url}: timed out after {tries} tries (deadline {deadline:g}s per {per})"
         )
     return ShardStoreError(
         f"{url}: failed after {tries} tries at byte {position}: {type(error).__name__}: {error}"

@@ -141,7 +141,7 @@ def object_info(url: str) -> dict:
             if kind != "transient":
                 raise named(url, error, kind) from error
             if failures == retries:
-                raise gave_up(url, error, failures + 1, 0) from error
+                raise gave_up(url, error, failures + 1, 0, "request") from error
             backoff_wait(failures)
     raise AssertionError("unreachable")
 
@@ -163,6 +163,16 @@ async def _s3_get(fs, url: str, offset: int, etag: str | None) -> dict:
     if etag:
         request["IfMatch"] = etag
     return await fs._call_s3("get_object", **request)
+
+
+async def _fill(read, count: int, pieces: list) -> None:
+    """Await ``read`` until ``count`` bytes or the end, into ``pieces`` (kept if cancelled)."""
+    while count > 0:
+        piece = await read(count)
+        if not piece:
+            return
+        pieces.append(piece)
+        count -= len(piece)
 
 
 async def _call(function) -> None:
@@ -250,7 +260,8 @@ class RetryingReader(io.RawIOBase):
         if kind != "transient":
             raise named(self.url, error, kind) from error
         if self._failures >= self.retries:
-            raise gave_up(self.url, error, self._failures + 1, self.position) from error
+            per = "file" if self._chunk is None else f"{self._chunk / 2**20:g} MiB chunk"
+            raise gave_up(self.url, error, self._failures + 1, self.position, per) from error
         backoff_wait(self._failures)
         self._failures += 1
         self.reopened += 1
@@ -319,8 +330,14 @@ class RetryingReader(io.RawIOBase):
         return version, True
 
     def _read_some(self, count: int) -> bytes:
-        if self._async:
-            return run_timed(self._fs, self._ends, self._read, count)
+        if self._async:  # what arrived before a failure is delivered; the failure recurs
+            pieces: list[bytes] = []
+            try:
+                run_timed(self._fs, self._ends, _fill, self._read, count, pieces)
+            except Exception:
+                if not pieces:
+                    raise
+            return b"".join(pieces)
         if self._process is not None:
             pipe = self._process.stdout.fileno()
             remaining = self._ends - time.monotonic()

@@ -84,6 +84,7 @@ __all__ = [
     "open_shard_stream",
     "protocol_of",
     "read_bytes",
+    "shard_digests",
     "tar_members",
 ]
 
@@ -124,6 +125,12 @@ def as_location(location: str | Path) -> Path | ShardUrl:
     if text.startswith("file://"):
         return Path(text[len("file://") :])
     return ShardUrl(text) if is_url(text) else Path(text)
+
+
+def shard_digests(split) -> dict[str, ShardDigest]:
+    """A manifest split's shard SHA-256s and sizes, by shard location (where recorded)."""
+    pairs = zip(split.shards, split.shard_sha256, split.shard_bytes)
+    return {str(s): ShardDigest(h, n) for s, h, n in pairs if h is not None and n is not None}
 
 
 def open_shard_stream(location: str | Path, *, whole: bool = False) -> io.BufferedReader:
