@@ -131,7 +131,8 @@ def object_info(url: str) -> dict:
     """The fsspec ``info`` of ``url`` (size, ETag, ``Last-Modified``), retried like reads."""
     fs, retries = filesystem(url), int(setting("TERRASEG_SHARD_RETRIES", 5))
     deadline = setting("TERRASEG_SHARD_DEADLINE", 120.0, positive=True)
-    for failures in range(retries + 1):
+    failures = 0
+    while True:
         try:
             if getattr(fs, "async_impl", False):
                 return run_timed(fs, time.monotonic() + deadline, fs._info, url)
@@ -140,10 +141,10 @@ def object_info(url: str) -> dict:
             kind = kind_of(error)
             if kind != "transient":
                 raise named(url, error, kind) from error
-            if failures == retries:
+            if failures >= retries:
                 raise gave_up(url, error, failures + 1, 0, "request") from error
             backoff_wait(failures)
-    raise AssertionError("unreachable")
+            failures += 1
 
 
 async def _http_get(fs, url: str, headers: dict):
