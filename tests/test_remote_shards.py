@@ -316,3 +316,30 @@ def test_two_ranks_train_from_s3_in_lockstep(synthetic_shards, tmp_path, s3_endp
     assert ranks[0]["steps"] == ranks[1]["steps"] == 8
     assert ranks[0]["sha256"] == ranks[1]["sha256"]
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 8
+
+
+def test_s3_missing_key_is_not_found_at_once(s3_endpoint, fast_retries, tmp_path, monkeypatch):
+    from engine.data.shard_store import read_bytes, tar_members
+
+    url = "s3://shards/absent/train-000000.tar"
+    with pytest.raises(ShardStoreError, match=rf"^{url}: not found$"):
+        read_bytes(url)
+    monkeypatch.setenv("TERRASEG_SHARD_CACHE", str(tmp_path / "cache"))  # the size lookup
+    with pytest.raises(ShardStoreError, match=rf"^{url}: not found$"):
+        list(tar_members(url))
+
+
+def test_s3_object_replaced_mid_read_fails_on_the_conditional_reopen(s3_endpoint, fast_retries):
+    from engine.data.shard_store import RetryingReader, ShardReadError
+
+    fs = filesystem("s3://shards")
+    url = "s3://shards/changing/train-000000.tar"
+    fs.pipe_file(url, bytes(range(256)) * 64)
+    with RetryingReader(url) as reader:
+        assert reader.read(1000) == bytes(range(256)) * 3 + bytes(range(232))
+        first = reader.version.etag
+        fs.pipe_file(url, bytes(range(256))[::-1] * 64)  # same size, new ETag
+        reader._close_stream()  # as a dropped connection: the next read re-opens at byte 1000
+        with pytest.raises(ShardReadError, match=rf"^{url}: the object changed while it was "
+                           rf"read \(ETag {first} no longer matches\)$"):  # fmt: skip
+            reader.read(1000)

@@ -33,6 +33,8 @@ class SplitInfo:
     shards: tuple[Path | ShardUrl, ...]
     shard_samples: tuple[int, ...]
     groups: tuple[str, ...]
+    shard_sha256: tuple[str | None, ...] = ()
+    shard_bytes: tuple[int | None, ...] = ()
 
     @property
     def num_samples(self) -> int:
