@@ -9,7 +9,8 @@ builder (:mod:`.shard_builder`: what it reads of each pair in :mod:`.build_sourc
 per-band statistics in :mod:`.band_stats`, its output folder, lock and clean-up in
 :mod:`.build_output`, its warnings in :mod:`.build_warnings`, its worker processes in
 :mod:`.processes`, uploads to object stores in :mod:`.shard_upload`), the shard format's
-manifest (:mod:`.manifest`), where shards live (local folders or URLs: :mod:`.shard_store`),
+manifest (:mod:`.manifest`; shards checked against its digests by :mod:`.shard_verify`),
+where shards live (local folders or URLs: :mod:`.shard_store`),
 the loader that streams shards to each rank (:mod:`.loader`; local ``npy`` shards read
 straight into batch memory by :mod:`.direct_read`; every sample checked by
 :mod:`.sample_checks`), the per-band input normalisation contract (:mod:`.normalize`), the

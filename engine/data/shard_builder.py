@@ -10,10 +10,8 @@ succeeded, so a failed build leaves no ``*.tar`` behind. The file-system rules (
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import random
-import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -30,7 +28,7 @@ from engine.data.band_stats import (
     check_band_options,
     tile_sums,
 )
-from engine.data.build_output import BuildError, BuildOutput
+from engine.data.build_output import BuildError, BuildOutput, ShardTar
 from engine.data.build_sources import map_mask, read_labels, read_source
 from engine.data.build_warnings import coverage_warnings, padding_warnings, print_warning
 from engine.data.classes import IGNORE_INDEX, ClassesFile
@@ -152,7 +150,9 @@ class _SplitWriter:
     done: Callable[[Path], None] | None = None  # gets each tar once full or finished (uploads)
     shards: list[str] = field(default_factory=list)
     shard_samples: list[int] = field(default_factory=list)
-    _tar: tarfile.TarFile | None = None
+    shard_sha256: list[str] = field(default_factory=list)  # of each closed tar, as written
+    shard_bytes: list[int] = field(default_factory=list)
+    _tar: ShardTar | None = None
     _held: list[_Sample] = field(default_factory=list)
 
     def add(self, sample: _Sample) -> None:
@@ -182,9 +182,7 @@ class _SplitWriter:
             (f"mask.{self.mask_ext}", sample.mask),
             ("meta.json", sample.meta),
         ):
-            info = tarfile.TarInfo(f"{sample.key}.{suffix}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            self._tar.addfile(info, io.BytesIO(data))
+            self._tar.add(f"{sample.key}.{suffix}", data)
         self.shard_samples[-1] += 1
         if self.shard_samples[-1] >= self.limit:
             self.close()
@@ -192,15 +190,17 @@ class _SplitWriter:
     def close(self, complete: bool = True) -> None:
         """Close the open tar; a ``complete`` one (not after an error) goes to ``done``."""
         if self._tar is not None:
-            self._tar.close()
-            self._tar = None
+            tar, self._tar = self._tar, None
+            digest, size = tar.close()
+            self.shard_sha256.append(digest)
+            self.shard_bytes.append(size)
             if complete and self.done is not None:
                 self.done(self.folder / self.shards[-1])
 
 
-def _open_tar(path: Path) -> tarfile.TarFile:
+def _open_tar(path: Path) -> ShardTar:
     """Create one shard tar (a seam the full-disk test replaces)."""
-    return tarfile.open(path, "w", format=tarfile.GNU_FORMAT)
+    return ShardTar(path)
 
 
 def _member_key(key: str, row: int, col: int) -> str:
@@ -419,6 +419,8 @@ def _build(pairs, classes, out, options, warn, uploader: ShardUploader | None = 
                 s: {
                     "shards": w.shards,
                     "shard_samples": w.shard_samples,
+                    "shard_sha256": w.shard_sha256,
+                    "shard_bytes": w.shard_bytes,
                     "num_samples": sum(w.shard_samples),
                     "groups": groups[s],
                 }
