@@ -32,14 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from engine.data.npy_member import (
-    MAX_HEADER_BYTES,
-    PREFIX_BYTES,
-    NpyHeader,
-    check_stored,
-    npy_view,
-    parse_header,
-)
+from engine.data.npy_member import HEAD_BYTES, NpyHeader, check_stored, npy_view, parse_header
 from engine.errors import UserError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -435,7 +428,7 @@ def decode_image(
     """
     name = f"{name}.{codec}"
     if codec == "npy":
-        header = parse_header(memoryview(data)[: PREFIX_BYTES + MAX_HEADER_BYTES], len(data), name)
+        header = parse_header(memoryview(data)[:HEAD_BYTES], len(data), name)
         if check is not None:
             check(header)
         check_stored(header, len(data) - header.start, name)

@@ -25,6 +25,8 @@ import numpy as np
 MAX_HEADER_BYTES = 10_000
 #: Bytes that hold an ``npy`` member's magic, version and header length.
 PREFIX_BYTES = 12
+#: Most bytes from a member's start to the end of its header.
+HEAD_BYTES = PREFIX_BYTES + MAX_HEADER_BYTES
 _MAGIC = b"\x93NUMPY"
 
 
