@@ -29,6 +29,7 @@ import math
 import random
 import signal
 from collections.abc import Iterable, Iterator
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -38,7 +39,13 @@ from webdataset.tariterators import group_by_keys
 from engine.data.direct_read import direct_batches, indexed_samples
 from engine.data.imageio import decode_image
 from engine.data.manifest import Manifest, SplitInfo
-from engine.data.sample_checks import Codecs, check_members
+from engine.data.sample_checks import (
+    Codecs,
+    check_image,
+    check_mask,
+    check_members,
+    unique_members,
+)
 from engine.data.shard_store import ShardReadError, is_url, shard_digests, tar_members
 from engine.errors import UserError
 
@@ -78,12 +85,16 @@ def decode_sample(raw: dict, codecs: Codecs) -> Sample:
     key = raw.get("__key__")
     try:
         members = {}
-        for name, codec in (("image", codecs.image), ("mask", codecs.mask)):
+        for name, codec, check in (
+            ("image", codecs.image, check_image),
+            ("mask", codecs.mask, check_mask),
+        ):
             suffix = f"{name}.{codec}"
             if suffix not in raw:
                 have = sorted(k for k in raw if not k.startswith("__"))
                 raise ValueError(f"no {suffix} member (has {have})")
-            members[name] = decode_image(raw[suffix], codec)
+            # the header is checked against the manifest before any array is made
+            members[name] = decode_image(raw[suffix], codec, partial(check, codecs=codecs), name)
         image, mask = members["image"], members["mask"]
         check_members(image, mask, codecs)
         meta = json.loads(raw["meta.json"]) if "meta.json" in raw else {}
@@ -98,7 +109,8 @@ def _shard_samples(shard: object, expected: int | None, digests: dict | None = N
     A remote shard must match its entry in ``digests`` (:func:`shard_digests`), if any.
     """
     count = 0
-    for raw in group_by_keys(tar_members(shard, (digests or {}).get(str(shard)))):
+    members = tar_members(shard, (digests or {}).get(str(shard)))
+    for raw in group_by_keys(unique_members(members, shard)):
         count += 1
         if expected is not None and count > expected:
             raise ShardReadError(
