@@ -9,6 +9,7 @@ run in this process, as ``python launch/train.py`` would.
 import csv
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +164,43 @@ def test_one_rank_resumes_on_two(colour_shards, tmp_path, capsys):
     assert output.count("warning: global batch changed from 2 to 4 images per step") == 1
     assert_continues(run_dir, config(colour_shards), world_size=2)
     assert {s: v for s, v in train_losses(run_dir).items() if s <= K} == first_half
+
+
+@pytest.mark.slow
+def test_resume_with_more_accumulation_steps_the_optimiser_every_step(colour_shards, tmp_path):
+    """Keeping the global batch on fewer processes means more accumulation: 8 steps of
+    accumulation 1, then 3 (8 is no multiple of 3, so a carried-over micro-batch counter
+    would put the gradient syncs, and the optimiser steps, off the step boundaries)."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        train(config(colour_shards, f"train.stop_after_steps={K}", "data.val_split="), run_dir)
+    train(config(colour_shards, "train.grad_accum=3", "data.val_split="), run_dir, "latest")
+    optimizer = load_state(run_dir / f"checkpoints/step-{TOTAL:08d}/optimizer.safetensors")
+    assert {float(s["step"]) for s in optimizer["optimizer"]["state"].values()} == {TOTAL}
+    assert read_state(run_dir / f"checkpoints/step-{TOTAL:08d}")["global_batch"] == 6
+
+
+def test_world_change_lines_only_when_something_changed(colour_shards):
+    """Same world and batch: silent. Fields an older checkpoint lacks, or that are not
+    positive integers (the file is data), are left out of the lines, never trusted."""
+    from engine.train.checkpoint import Checkpoint
+    from engine.train.elastic import world_change
+
+    cfg = config(colour_shards)  # batch 2, accumulation 1
+
+    def checkpoint(ranks, **recorded):
+        files = {f"rng-{r}.safetensors": 1 for r in ranks} | {"model.safetensors": 1}
+        return Checkpoint(Path("ck"), {"step": 5, "files": files, **recorded}, {}, {}, None)
+
+    assert world_change(checkpoint([0, 1], world_size=2, global_batch=4), cfg, 2) == ("", "")
+    note, warning = world_change(checkpoint([0]), cfg, 2)
+    assert note == (
+        "resumed on 2 process(es); rank(s) 1 have no saved RNG state and are seeded from "
+        "(seed 0, step 5, rank)"
+    )
+    assert warning == ""
+    note, warning = world_change(checkpoint([0, 1], world_size="2", global_batch=-1), cfg, 1)
+    assert (note, warning) == ("", "")
+    note, warning = world_change(checkpoint(range(4), world_size=4, global_batch=8), cfg, 3)
+    assert note == "resumed on 3 process(es); the checkpoint was written by 4"
+    assert warning.startswith("global batch changed from 8 to 6 images per step at step 5 ")

@@ -13,6 +13,8 @@ the main process, and do not depend on the world size). What changes:
   (:func:`engine.train.setup.stream_from_here`), independent of the world size: a resumed
   run on N processes (with the same ``data.num_workers``) is reproducible given N, and the
   ranks both worlds share draw what they would have drawn.
+* **Gradient accumulation** may be changed on resume (to keep the global batch, say):
+  accelerate's micro-batch counter is set to whole steps of the new ``train.grad_accum``.
 * **RNG states** are per rank (``rng-<rank>.safetensors``). Ranks the checkpoint has a file
   for restore it; files of ranks that no longer exist are ignored; ranks without one are
   seeded from ``(seed, step, rank)`` (:func:`rank_seed`), said once by the main process.
@@ -86,13 +88,16 @@ def world_change(checkpoint: Checkpoint, config: Config, world_size: int) -> tup
 
 
 def continue_on_this_world(checkpoint: Checkpoint, config: Config, accelerator: Any) -> None:
-    """Seed this rank if the checkpoint has no RNG state for it; say what changed, once.
+    """Align accumulation, seed this rank if it has no RNG state; say what changed, once.
 
     Called on every rank after the checkpoint's training state is restored.
     """
+    step = checkpoint.state["step"]
+    # Checkpoints fall between optimiser steps: count whole steps of *this* run's
+    # accumulation, or a changed train.grad_accum would shift every gradient sync.
+    accelerator.step = step * config.train.grad_accum
     if checkpoint.rng is None:
-        step, rank = checkpoint.state["step"], accelerator.process_index
-        set_seed(rank_seed(config.seed, step, rank))
+        set_seed(rank_seed(config.seed, step, accelerator.process_index))
     if not accelerator.is_main_process:
         return
     note, warning = world_change(checkpoint, config, accelerator.num_processes)

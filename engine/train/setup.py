@@ -249,9 +249,10 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
 def stream_from_here(run: Run, steps: int) -> tuple[Any, TrainAugment]:
     """Batches and augmentation of this rank for the next ``steps`` optimiser steps.
 
-    Data and augmentation are seeded by the first step they serve: a run resumed at an
-    epoch boundary sees exactly what the uninterrupted run saw, one resumed mid-epoch a
-    fresh but reproducible stream.
+    Data and augmentation are seeded by ``(seed, rank, first step they serve)`` (the loader
+    adds the worker), not by the world size: a run resumed at an epoch boundary sees exactly
+    what the uninterrupted run saw, one resumed mid-epoch or on another number of processes
+    a fresh stream, reproducible given the number of processes (:mod:`engine.train.elastic`).
     """
     config, manifest, rank = run.config, run.manifest, run.accelerator.process_index
     augment = TrainAugment(
