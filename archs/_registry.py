@@ -182,8 +182,9 @@ def _meta_model(name: str, num_classes: int, in_channels: int, options: dict) ->
 def create_model(name: str, num_classes: int, in_channels: int = 3, **options: Any) -> nn.Module:
     """Build a registered model.
 
-    Every value is checked against the model's declarations first, then the network is built
-    on the ``meta`` device (no memory) and its size checked, and only then built for real.
+    Every value is checked against the model's declarations first; requested initial weights
+    must be obtainable (fails fast offline); then the network is built on the ``meta`` device
+    (no memory) and its size checked (:data:`MAX_VALUES`), and only then built for real.
     Under ``with torch.device("meta")`` that meta network is returned, without the
     ``pretrained``/``weights`` options (there are no values to load into it).
 
