@@ -415,8 +415,7 @@ def restore_training_state(
         ) from error
     accelerator.step = int(training.get("accumulation_step", 0))
     rng = checkpoint.rng
-    if rng is None:
-        log.warning("%s: no RNG state for this rank; its RNG is not restored", path)
+    if rng is None:  # a rank the saving run did not have: engine.train.elastic seeds it
         return
     try:
         random.setstate(rng["python"])

@@ -222,6 +222,10 @@ def check_model_options(config: Config) -> None:
     for key in ("pretrained", "weights"):
         if getattr(config.model, key) and key not in accepted:
             raise ConfigError(f"model.{key} is set but {arch!r} has no encoder weights to load")
+    try:  # types and ranges, before anything is built: base_width 4096 is one line
+        archs.check_options(arch, options)
+    except archs.ModelSpecError as error:
+        raise ConfigError(f"model.options: {error}") from None
 
 
 def _loss_is_multitask(spec: Any) -> bool:

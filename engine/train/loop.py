@@ -194,7 +194,7 @@ def _checkpoint(run: Run) -> None:
     save_checkpoint(
         run.accelerator,
         run.run_dir,
-        {**run.state.to_dict(run.config), "model": run.model_spec},
+        {**run.state.to_dict(run.config, run.accelerator.num_processes), "model": run.model_spec},
         run.config.train.keep_checkpoints,
         model=run.model,
         optimizer=run.optimizer,
