@@ -102,6 +102,8 @@ INTEGER = r"must be an integer in \[0, 1000000000000\]"
         ({"best_step": 3}, r"'best_step' must be an integer in \[-1, 2\], got 3"),
         ({"bad_steps": -1}, r"'bad_steps' must be an integer in \[0, 2\], got -1"),
         ({"seed": 2**32}, r"'seed' must be an integer in \[0, 4294967295\], got 4294967296"),
+        ({"world_size": 0}, r"'world_size' must be an integer in \[1, 65536\], got 0"),
+        ({"global_batch": True}, r"'global_batch' must be an integer in \[1, 1000000000000\]"),
         ({"best_miou": 1.5}, r"'best_miou' must be a number in \[0, 1\] \(or -1: none yet\)"),
         ({"best_miou": "0.5"}, r"'best_miou' must be a number in \[0, 1\].*got '0\.5'"),
         ({"best_miou": False}, r"'best_miou' must be a number in \[0, 1\].*got False"),

@@ -25,7 +25,8 @@ from engine.train.state_io import StateFileError
 
 SEED_MAX = 2**32 - 1  # as config_check's bound on seed
 REQUIRED = ("format", "files", "step", "best_miou", "best_step", "bad_steps")
-OPTIONAL = ("epoch", "seed", "model")
+OPTIONAL = ("epoch", "seed", "model", "world_size", "global_batch")
+MAX_PROCESSES = 65536
 RNG_FILE = re.compile(r"rng-(0|[1-9][0-9]{0,5})\.safetensors")
 RNG_KEYS = {"python", "numpy", "torch", "cuda"}
 MT_WORDS = 624  # Mersenne Twister state words (Python and NumPy)
@@ -72,6 +73,10 @@ def check_trainer_state(state: dict[str, Any], where: Path, folder_step: int | N
         _integer(state, "epoch", 0, step, where)
     if "seed" in state:
         _integer(state, "seed", 0, SEED_MAX, where)
+    if "world_size" in state:  # engine.train.elastic: the processes that wrote it
+        _integer(state, "world_size", 1, MAX_PROCESSES, where)
+    if "global_batch" in state:
+        _integer(state, "global_batch", 1, MAX_STEPS, where)
     best = state["best_miou"]
     valid = isinstance(best, (int, float)) and not isinstance(best, bool) and math.isfinite(best)
     if not valid or not (best == -1 or 0 <= best <= 1):
