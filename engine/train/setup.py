@@ -200,7 +200,7 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     manifest = load_manifest(config.data.shards)
     check_and_warn(config, manifest, main)
     # Verified before anything is written: a refused resume leaves the run folder as it was.
-    checkpoint = resolve_resume(run_dir, resume, accelerator.process_index) if resume else None
+    checkpoint = resolve_resume(run_dir, resume, accelerator.process_index, config.total_steps)
     model, model_spec = build_model(config, manifest)
     if checkpoint is not None:
         check_fits(checkpoint, model_spec, config.data.shards)
