@@ -11,30 +11,48 @@ Every model returns **logits**: a tensor ``[B, N, H, W]``, or for the multitask 
 Losses and inference apply the activations (softmax for segmentation/distance, sigmoid for
 boundary/colour). :func:`archs.segmentation_logits` returns the segmentation tensor of either
 kind. Inputs must have sides that are multiples of ``model.size_divisor`` (32, UNet 16);
-the output has the input's spatial size. See ``docs/archs.md``.
+the output has the input's spatial size. Every option has a declared type and range
+(:func:`archs.option_table`), checked before anything is built: a bad value is an
+:class:`archs.ModelSpecError` (a ``ValueError``). See ``docs/archs.md``.
 """
 
 from . import fcn, resunet34, resuneta, unet  # noqa: F401  (registers the entrypoints)
 from ._registry import (
+    IN_CHANNELS_RANGE,
+    NUM_CLASSES_RANGE,
+    WEIGHT_OPTIONS,
+    check_model_args,
+    check_options,
     create_model,
     is_model,
     list_models,
     model_entrypoint,
     model_options,
+    option_table,
     register_model,
 )
+from .options import ModelSpecError, ModelSpecTypeError, Option
 from .outputs import MultitaskOutput, is_multitask, segmentation_logits, unwrap_model
 from .weights import PretrainedWeightsError
 
 __all__ = [
+    "IN_CHANNELS_RANGE",
+    "NUM_CLASSES_RANGE",
+    "WEIGHT_OPTIONS",
+    "ModelSpecError",
+    "ModelSpecTypeError",
     "MultitaskOutput",
+    "Option",
     "PretrainedWeightsError",
+    "check_model_args",
+    "check_options",
     "create_model",
     "is_model",
     "is_multitask",
     "list_models",
     "model_entrypoint",
     "model_options",
+    "option_table",
     "register_model",
     "segmentation_logits",
     "unwrap_model",

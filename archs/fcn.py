@@ -18,6 +18,7 @@ has exactly the input size. Outputs are logits.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +26,18 @@ from torch import nn
 
 from ._registry import register_model
 from .layers import SegmentationModel, init_bilinear_
+from .options import Option
 from .weights import create_timm_model
 
 _TIMM_FC_WIDTH = 4096  # width of timm VGG pre_logits (fc6/fc7)
+
+FCN_OPTIONS = {
+    "backbone": Option(str, 1, 64, timm_model=True),
+    "fc_width": Option(int, 1, 8192),
+    "drop_rate": Option(float, 0.0, 1.0),
+    "pretrained": Option(bool),
+    "weights": Option(Path, optional=True),
+}
 
 
 def _transposed_up(num_classes: int, factor: int) -> nn.ConvTranspose2d:
@@ -152,7 +162,7 @@ class FCN(SegmentationModel):
         return self.upscore8(score)
 
 
-@register_model
+@register_model(FCN_OPTIONS)
 def fcn8s(
     num_classes: int,
     in_channels: int = 3,
@@ -189,7 +199,7 @@ def fcn8s(
     )
 
 
-@register_model
+@register_model(FCN_OPTIONS)
 def fcn32s(
     num_classes: int,
     in_channels: int = 3,

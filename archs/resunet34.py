@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from torch import nn
 
 from ._registry import register_model
 from .layers import DoubleConv, SegmentationModel, init_conv_bn_, init_head_
+from .options import Option
 from .weights import create_timm_model
 
 
@@ -142,7 +144,16 @@ class ResUNet(SegmentationModel):
         return self.head(h)
 
 
-@register_model
+@register_model(
+    {
+        "encoder": Option(str, 1, 128, timm_model=True),
+        "decoder_channels": Option(int, 1, 2048, lengths=((5, 5),)),
+        "pretrained": Option(bool),
+        "weights": Option(Path, optional=True),
+        "head_kernel": Option(int, choices=(1, 3)),
+        "zero_init_last": Option(bool),
+    }
+)
 def resunet34(
     num_classes: int,
     in_channels: int = 3,

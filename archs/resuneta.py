@@ -46,6 +46,7 @@ from torch import nn
 
 from ._registry import register_model
 from .layers import SegmentationModel, conv_bn, init_conv_bn_, init_head_
+from .options import Option
 from .outputs import MultitaskOutput
 from .resuneta_blocks import (
     Combine,
@@ -67,6 +68,22 @@ D6_DILATIONS: tuple[tuple[int, ...], ...] = (
     (1,),
 )
 D7_DILATIONS: tuple[tuple[int, ...], ...] = (*D6_DILATIONS, (1,))
+
+
+def _options(levels: int) -> dict[str, Option]:
+    """The option declarations of the ResUNet-a models with ``levels`` levels."""
+    sets = (1, 8)  # parallel branches of one ResBlock-a
+    return {
+        "base_width": Option(int, 4, 512),
+        "dilations": Option(int, 1, 128, lengths=((levels, levels), sets)),
+        "decoder_dilations": Option(int, 1, 128, optional=True, lengths=((levels - 1,) * 2, sets)),
+        "down_kernel_size": Option(int, 1, 7),
+        "psp_depth": Option(int, 1, 6),
+    }
+
+
+D6_OPTIONS = _options(6)
+D7_OPTIONS = _options(7)
 
 
 def default_decoder_dilations(dilations: Dilations) -> tuple[tuple[int, ...], ...]:
@@ -202,7 +219,7 @@ def _resuneta(
     return ResUNetA(num_classes, in_channels, multitask=multitask, **kwargs)  # type: ignore[arg-type]
 
 
-@register_model
+@register_model(D6_OPTIONS)
 def resuneta_d6(
     num_classes: int,
     in_channels: int = 3,
@@ -246,7 +263,7 @@ def resuneta_d6(
     )
 
 
-@register_model
+@register_model(D6_OPTIONS)
 def resuneta_d6_mtsk(
     num_classes: int,
     in_channels: int = 3,
@@ -286,7 +303,7 @@ def resuneta_d6_mtsk(
     )
 
 
-@register_model
+@register_model(D7_OPTIONS)
 def resuneta_d7(
     num_classes: int,
     in_channels: int = 3,
@@ -325,7 +342,7 @@ def resuneta_d7(
     )
 
 
-@register_model
+@register_model(D7_OPTIONS)
 def resuneta_d7_mtsk(
     num_classes: int,
     in_channels: int = 3,

@@ -9,16 +9,13 @@ pooling and interpolation are not counted. ``FLOPs = 2 * MACs``.
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ._registry import create_model, list_models, model_options
+from ._registry import create_model, list_models, model_options, option_table
 
 
 @dataclass(frozen=True)
@@ -164,136 +161,22 @@ def format_table(rows: list[SummaryRow]) -> str:
     return "\n".join(text)
 
 
-#: Options that fetch initial weights; irrelevant for a trained model's shape, and not
-#: loadable on the ``meta`` device.
-_INIT_OPTIONS = ("pretrained", "weights")
+def format_option_table(names: list[str] | None = None) -> str:
+    """The declared options of the architectures as a Markdown table (``docs/archs.md``).
 
-
-class RunSummaryError(ValueError):
-    """A run folder has no readable ``model.json``; the message names the path."""
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """A trained model's summary, from its ``model.json`` (and ``dataset.json``).
-
-    Attributes:
-        folder: The export folder holding ``model.json``.
-        spec: ``model.json``: ``{"arch", "num_classes", "in_channels", "options"}`` (and the
-            input ``bands``/``rgb_bands`` in exports that record them).
-        class_names: From ``dataset.json`` when present, else empty.
-        row: The architecture summary built with the spec.
-        stored_values: Numbers held by ``model.safetensors`` (None without it).
-        expected_values: Numbers in the rebuilt model's state dict (parameters + buffers).
+    Architectures whose options are the same (``fcn8s`` and ``fcn32s``, ...) share rows.
     """
-
-    folder: Path
-    spec: dict[str, Any]
-    class_names: list[str]
-    row: SummaryRow
-    stored_values: int | None
-    expected_values: int
-
-
-def find_export(path: str | Path) -> Path:
-    """The folder holding ``model.json`` for ``RUN``, ``RUN/best`` or a ``.safetensors``.
-
-    Raises:
-        RunSummaryError: naming ``path`` when none is found.
-    """
-    path = Path(path)
-    candidates = [path.parent] if path.is_file() else [path, path / "best"]
-    for folder in candidates:
-        if (folder / "model.json").is_file():
-            return folder
-    if not path.exists():
-        raise RunSummaryError(f"{path}: no such run folder")
-    raise RunSummaryError(f"{path}: no model.json here or in {path / 'best'}; not a run folder?")
-
-
-def _safetensors_values(path: Path) -> int | None:
-    """Total numbers in a safetensors file, from its header (the tensors are not read)."""
-    if not path.is_file():
-        return None
-    with path.open("rb") as handle:
-        (size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(size))
-    total = 0
-    for name, info in header.items():
-        if name != "__metadata__":
-            count = 1
-            for dim in info["shape"]:
-                count *= int(dim)
-            total += count
-    return total
-
-
-def summarize_run(path: str | Path, size: int | tuple[int, int] = 512) -> RunSummary:
-    """Summarise the trained model of a run folder (``RUN``, ``RUN/best`` or its weights).
-
-    Args:
-        path: The run, its export folder, or its ``model.safetensors``.
-        size: Input side, or ``(H, W)``, for MACs and output shapes.
-
-    Returns:
-        The summary, built with the run's arch, classes, in_channels and options.
-
-    Raises:
-        RunSummaryError: naming the file when ``model.json`` is missing or malformed.
-    """
-    folder = find_export(path)
-    where = folder / "model.json"
-    try:
-        spec = json.loads(where.read_text())
-        arch, num_classes = spec["arch"], int(spec["num_classes"])
-        in_channels = int(spec.get("in_channels", 3))
-        options = dict(spec.get("options") or {})
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise RunSummaryError(f"{where}: not a model description ({error})") from error
-    if arch not in list_models():
-        raise RunSummaryError(f"{where}: unknown architecture {arch!r}")
-    options = {k: v for k, v in options.items() if k not in _INIT_OPTIONS}
-    row = summarize_model(
-        arch, num_classes=num_classes, size=size, in_channels=in_channels, **options
-    )
-    with torch.device("meta"):
-        model = create_model(arch, num_classes, in_channels, **options)
-    expected = sum(t.numel() for t in model.state_dict().values())
-    names: list[str] = []
-    dataset = folder / "dataset.json"
-    if dataset.is_file():
-        try:
-            classes = json.loads(dataset.read_text()).get("classes") or []
-            names = [c["name"] if isinstance(c, dict) else str(c) for c in classes]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            names = []
-    try:
-        stored = _safetensors_values(folder / "model.safetensors")
-    except (OSError, ValueError, KeyError, struct.error) as error:
-        raise RunSummaryError(f"{folder / 'model.safetensors'}: unreadable ({error})") from error
-    return RunSummary(folder, spec, names, row, stored, expected)
-
-
-def format_run(summary: RunSummary) -> str:
-    """The run's model as text: what it is, its classes, and its table row."""
-    spec = summary.spec
-    options = ", ".join(f"{k}={v}" for k, v in (spec.get("options") or {}).items()) or "-"
-    classes = f"{spec['num_classes']}"
-    if summary.class_names:
-        classes += f" ({', '.join(summary.class_names)})"
-    lines = [
-        f"trained model in {summary.folder}",
-        f"arch: {spec['arch']}   in_channels: {spec.get('in_channels', 3)}   options: {options}",
-        f"classes: {classes}",
-    ]
-    if spec.get("bands"):
-        names = ", ".join(f"{b['name']} ({b['dtype']})" for b in spec["bands"])
-        rgb = spec.get("rgb_bands")
-        lines.append(f"bands: {names}   rgb_bands: {rgb if rgb is not None else 'none'}")
-    if summary.stored_values is not None:
-        match = "matches" if summary.stored_values == summary.expected_values else "DIFFERS from"
-        lines.append(
-            f"weights: {summary.stored_values:,} values in model.safetensors ({match} the "
-            f"{summary.expected_values:,} of this architecture)"
+    groups: dict[tuple, list[str]] = {}
+    for name in names or list_models():
+        defaults = model_options(name)
+        rows = tuple(
+            (option, repr(defaults[option]), declared.describe())
+            for option, declared in option_table(name).items()
         )
-    return "\n".join(lines + ["", format_table([summary.row])])
+        groups.setdefault(rows, []).append(name)
+    lines = ["| architectures | option | default | type and range |", "|---|---|---|---|"]
+    for rows, members in groups.items():
+        archs = ", ".join(f"`{m}`" for m in members)
+        for option, default, described in rows:
+            lines.append(f"| {archs} | `{option}` | `{default}` | {described} |")
+    return "\n".join(lines)

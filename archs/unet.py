@@ -17,6 +17,7 @@ from torch import nn
 
 from ._registry import register_model
 from .layers import DoubleConv, SegmentationModel, init_head_
+from .options import Option
 
 
 class _Up(nn.Module):
@@ -87,7 +88,9 @@ class UNet(SegmentationModel):
         return self.head(h)
 
 
-@register_model
+@register_model(
+    {"base_width": Option(int, 1, 512), "depth": Option(int, 1, 8), "bilinear": Option(bool)}
+)
 def unet(
     num_classes: int,
     in_channels: int = 3,

@@ -77,6 +77,12 @@ def main() -> int:
     )
     source.add_argument("--mask-key", help="regex on each mask's key (as --image-key)")
     source.add_argument(
+        "--resample-labels",
+        action="store_true",
+        help="resample a georeferenced mask that is off its image's grid (another CRS, offset,\n"
+        "resolution or size) onto it, nearest neighbour; default: refuse it naming what differs",
+    )
+    source.add_argument(
         "--mask-from",
         help="template of the mask key from the image key: {key}, {stem}, {folder}\n"
         "(e.g. '{key}_mask' pairs x.tif with x_mask.png)",
@@ -158,6 +164,7 @@ def main() -> int:
         samples_per_shard=args.samples_per_shard, mix_buffer=args.mix_buffer, unknown=args.unknown,
         bands=parse_band_list(args.bands), band_files=parse_band_list(args.band_files),
         nodata=args.nodata, workers=args.workers, overwrite=args.overwrite,
+        resample_labels=args.resample_labels,
         rgb_bands=(
             "none" if (args.rgb_bands or "").lower() == "none" else parse_band_list(args.rgb_bands)
         ),

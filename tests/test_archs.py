@@ -374,9 +374,9 @@ def test_summary_script():
 
 
 def test_summary_of_a_multiband_run_names_its_bands(tmp_path):
-    from archs.summary import format_run, summarize_run
     from engine.data.normalize import BandStats, Normalization
     from engine.train.export import save_exported
+    from engine.train.run_summary import format_run, summarize_run
 
     bands = Normalization(
         tuple(BandStats(f"B{i}", "uint16", 900.0, 90.0, (100.0, 2000.0)) for i in range(5)),

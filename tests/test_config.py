@@ -42,6 +42,18 @@ def test_overrides_parse_yaml_values_and_merge_free_form_options():
         ("data.hflip=1", "data.hflip must be true or false, got 1"),
         ("model.arch=unet3", r"model\.arch = 'unet3' is not known; choose from \[.*'unet'\]"),
         ("loss.spec=ce+dise", r"loss\.spec = 'ce\+dise': unknown loss 'dise'"),
+        ("seed=-1", r"seed must be ≥ 0, got -1"),
+        ("seed=4294967296", r"seed must be at most 4294967295 \(NumPy seeds are 32-bit\)"),
+        ("data.batch_size=4097", r"data\.batch_size must be at most 4096 .*got 4097"),
+        ("data.eval_batch_size=100000", r"data\.eval_batch_size must be at most 4096"),
+        ("data.crop_size=8224", r"data\.crop_size must be at most 8192 .*got 8224"),
+        ("data.num_workers=129", r"data\.num_workers must be at most 128"),
+        ("data.shuffle_buffer=16385", r"data\.shuffle_buffer must be at most 16384"),
+        ("train.grad_accum=1025", r"train\.grad_accum must be at most 1024"),
+        ("train.keep_checkpoints=1001", r"train\.keep_checkpoints must be at most 1000"),
+        ("train.panels=65", r"train\.panels must be at most 64"),
+        ("train.dist_timeout_s=100000000000000000000", r"dist_timeout_s must be at most 604800"),
+        ("train.epochs=1000000000000", r"train\.epochs × train\.steps_per_epoch must be at most"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -56,6 +68,17 @@ def test_every_error_is_one_line_and_a_user_error():
         with pytest.raises(UserError) as caught:
             load_config(TINY, [override])
         assert "\n" not in str(caught.value), override
+
+
+def test_the_largest_allowed_values_load():
+    bounds = [
+        "seed=4294967295", "data.batch_size=4096", "data.eval_batch_size=4096",
+        "data.crop_size=8192", "data.num_workers=128", "data.shuffle_buffer=16384",
+        "train.grad_accum=1024", "train.keep_checkpoints=1000", "train.panels=64",
+        "train.dist_timeout_s=604800", "seed=0",
+    ]  # fmt: skip
+    config = load_config(TINY, bounds)
+    assert (config.seed, config.data.batch_size, config.data.crop_size) == (0, 4096, 8192)
 
 
 def test_yaml_1_1_booleans_are_text_for_text_fields(tmp_path):

@@ -21,7 +21,7 @@ from conftest import build_tiny, make_tiny_dataset, write_pair
 from PIL import Image, ImageOps
 
 import engine.data.shard_builder as shard_builder
-from engine.data.build_output import BuildError, BuildOutput
+from engine.data.build_output import BuildError, BuildOutput, ShardTar
 from engine.data.classes import load_classes
 from engine.data.imageio import ImageReadError, read_image, read_mask_values
 from engine.data.loader import ShardReadError, eval_batches, read_split, train_batches
@@ -188,7 +188,7 @@ def test_full_disk_removes_the_partial_build_and_says_so(tmp_path, monkeypatch):
 
     def open_tar(path):
         opened.append(path)
-        return tarfile.open(fileobj=_FullDisk(path, "w"), mode="w", format=tarfile.GNU_FORMAT)
+        return ShardTar(path, _FullDisk(path, "w"))
 
     monkeypatch.setattr(shard_builder, "_open_tar", open_tar)
     with pytest.raises(BuildError, match=r"\.tar: no space left on device while building .*out"):
@@ -317,6 +317,17 @@ def _tiny_shards(tmp_path: Path) -> Path:
     return tmp_path / "s"
 
 
+def _forget_digests(folder: Path) -> Path:
+    """Make the manifest one written before digests were recorded (``shard_bytes`` would
+    refuse a changed shard up front), so the reader's own checks are what is tested."""
+    path = folder / "dataset.json"
+    data = json.loads(path.read_text())
+    for split in data["splits"].values():
+        del split["shard_sha256"], split["shard_bytes"]
+    path.write_text(json.dumps(data))
+    return folder
+
+
 def _evaluate(folder: Path, workers: int = 0) -> int:
     manifest = load_manifest(folder)
     batches = eval_batches(manifest, "train", 4, num_workers=workers, pin_memory=False)
@@ -342,6 +353,10 @@ def test_truncated_shards_are_named(tmp_path):
         members = tar.getmembers()
     whole = shard.read_bytes()
     shard.write_bytes(whole[: members[6].offset])  # two whole samples, at a sample boundary
+    size = rf"train-000000\.tar of split 'train' is {members[6].offset} bytes, the manifest .*"
+    with pytest.raises(ManifestError, match=rf"dataset\.json: shard {size}{len(whole)}"):
+        load_manifest(folder)  # the recorded size catches it before any read
+    _forget_digests(folder)
     with pytest.raises(ShardReadError, match=r"train-000000\.tar: holds 2 samples but its mani"):
         _evaluate(folder)
     shard.write_bytes(whole[: members[6].offset_data + 100])  # inside a member
@@ -367,7 +382,7 @@ def test_manifest_counts_must_match_the_shards(tmp_path):
 
 
 def test_member_types_shapes_and_mask_values_are_checked(tmp_path):
-    folder = _tiny_shards(tmp_path)
+    folder = _forget_digests(_tiny_shards(tmp_path))
     shard = folder / "train-000001.tar"
     whole = shard.read_bytes()
 
@@ -410,14 +425,14 @@ def test_member_types_shapes_and_mask_values_are_checked(tmp_path):
     "change, message",
     [
         ({"classes": 3}, "classes must be a non-empty list"),
-        ({"tile_size": "32"}, "tile_size '32' must be a positive integer"),
+        ({"tile_size": "32"}, r"tile_size '32' must be an integer in 1\.\.65536"),
         ({"version": 2, "mean": [0.5]}, "mean must be a list of 3 numbers"),
         ({"bands": [{"name": "red", "dtype": "int32"}]}, r"bands\[0\]\.dtype 'int32' is not one"),
         ({"rgb_bands": [0, 1, 3]}, r"rgb_bands \[0, 1, 3\] must be null or 3 band indices below 3"),
         ({"splits": []}, "splits must be a mapping"),
         ({"train": {"num_samples": "x"}}, r"num_samples 'x' is not a non-negative integer"),
         ({"train": {"shard_samples": [-1, 0, 0, 0]}}, "shard_samples must be a list of non-neg"),
-        ({"train": {"shards": ["../elsewhere.tar"]}}, "must be names inside the shard folder"),
+        ({"train": {"shards": ["../elsewhere.tar"]}}, "is not a plain file name inside the shard"),
         ({"version": "2"}, "version '2' is not a positive integer"),
     ],
 )

@@ -3,21 +3,20 @@
 Every server runs on 127.0.0.1 in this process (threads), started and stopped by fixtures.
 """
 
-import functools
-import http.server
 import importlib.util
 import json
-import os
 import subprocess
 import tarfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import build_tiny, make_tiny_dataset, tiny_args
-from launching import REPO, accelerate_command, cpu_env, free_port
+from launching import REPO, accelerate_command, cpu_env
+from servers import QuietHandler as _Quiet
+from servers import moto_s3
+from servers import serve as _serve
 
 from engine.data.loader import read_sample, read_split
 from engine.data.manifest import ManifestError, load_manifest
@@ -25,11 +24,6 @@ from engine.data.shard_store import ShardStoreError, ShardUrl, filesystem
 from engine.errors import UserError
 
 FAST_RETRIES = {"TERRASEG_SHARD_RETRIES": "2", "TERRASEG_SHARD_BACKOFF": "0.05"}
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
 
 
 class _Counting(_Quiet):
@@ -79,15 +73,6 @@ class _Dropping(_Quiet):
         return None
 
 
-def _serve(folder: Path, handler=_Quiet):
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(folder))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
 @pytest.fixture
 def http_shards(synthetic_shards):
     server, url = _serve(synthetic_shards.parent)
@@ -104,31 +89,9 @@ def fast_retries(monkeypatch):
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    """A moto S3 server on 127.0.0.1 with bucket ``shards``; its endpoint and test keys in the
-    environment for the module (as a cluster job would set them)."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import boto3
-
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="shards")
-    yield env
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    """A moto S3 server for the module (see :func:`servers.moto_s3`)."""
+    with moto_s3() as env:
+        yield env
 
 
 def _samples(manifest, split: str) -> list[tuple[str, bytes, bytes]]:
@@ -316,3 +279,30 @@ def test_two_ranks_train_from_s3_in_lockstep(synthetic_shards, tmp_path, s3_endp
     assert ranks[0]["steps"] == ranks[1]["steps"] == 8
     assert ranks[0]["sha256"] == ranks[1]["sha256"]
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 8
+
+
+def test_s3_missing_key_is_not_found_at_once(s3_endpoint, fast_retries, tmp_path, monkeypatch):
+    from engine.data.shard_store import read_bytes, tar_members
+
+    url = "s3://shards/absent/train-000000.tar"
+    with pytest.raises(ShardStoreError, match=rf"^{url}: not found$"):
+        read_bytes(url)
+    monkeypatch.setenv("TERRASEG_SHARD_CACHE", str(tmp_path / "cache"))  # the size lookup
+    with pytest.raises(ShardStoreError, match=rf"^{url}: not found$"):
+        list(tar_members(url))
+
+
+def test_s3_object_replaced_mid_read_fails_on_the_conditional_reopen(s3_endpoint, fast_retries):
+    from engine.data.shard_store import RetryingReader, ShardReadError
+
+    fs = filesystem("s3://shards")
+    url = "s3://shards/changing/train-000000.tar"
+    fs.pipe_file(url, bytes(range(256)) * 64)
+    with RetryingReader(url) as reader:
+        assert reader.read(1000) == bytes(range(256)) * 3 + bytes(range(232))
+        first = reader.version.etag
+        fs.pipe_file(url, bytes(range(256))[::-1] * 64)  # same size, new ETag
+        reader._close_stream()  # as a dropped connection: the next read re-opens at byte 1000
+        with pytest.raises(ShardReadError, match=rf"^{url}: the object changed while it was "
+                           rf"read \(ETag {first} no longer matches\)$"):  # fmt: skip
+            reader.read(1000)

@@ -27,10 +27,17 @@ def test_no_warnings_for_good_data(synthetic_shards):
     assert data_warnings(tiny_config(synthetic_shards), load_manifest(synthetic_shards)) == []
 
 
-def test_crop_larger_than_the_tiles_warns(synthetic_shards):
+def test_a_crop_larger_than_the_tiles_is_refused_naming_both(synthetic_shards, tmp_path):
     config = tiny_config(synthetic_shards, "data.crop_size=128")
-    [warning] = data_warnings(config, load_manifest(synthetic_shards))
-    assert warning.startswith("data.crop_size = 128 is larger than the tiles (64)")
+    with pytest.raises(ConfigError) as refused:
+        train(config, tmp_path / "run")
+    assert str(refused.value) == (
+        f"data.crop_size = 128 is larger than the tiles of {synthetic_shards / 'dataset.json'} "
+        "(tile_size 64): use --set data.crop_size=64 or less, or rebuild the shards with a "
+        "--tile of at least 128"
+    )
+    assert not (tmp_path / "run").exists()
+    train(tiny_config(synthetic_shards, "data.crop_size=64", "train.epochs=1"), tmp_path / "ok")
 
 
 def test_classes_rare_in_train_but_present_in_val_or_test_warn(synthetic_shards, tmp_path):
@@ -105,6 +112,16 @@ def test_train_script_help_shows_defaults(capsys):
         (["data.shards="], "data.shards is not set: add --set data.shards=DIR"),
         (["data.shards=/no/such/shards"], "data.shards = /no/such/shards: no such folder"),
         (["model.arch=resuneta_d6_mtsk", "loss.spec=dice"], "add --set loss.spec=multitask"),
+        (["seed=4294967296"], "seed must be at most 4294967295 (NumPy seeds are 32-bit)"),
+        (["data.batch_size=100000000"], "data.batch_size must be at most 4096 (samples per"),
+        (["data.crop_size=20000"], "data.crop_size must be at most 8192 (pixels a side)"),
+        (["data.crop_size=100000"], "data.crop_size must be at most 8192 (pixels a side)"),
+        (["data.crop_size=100"], "data.crop_size must be divisible by 32, got 100"),
+        (["data.eval_batch_size=5000"], "data.eval_batch_size must be at most 4096"),
+        (["train.grad_accum=100000"], "train.grad_accum must be at most 1024"),
+        (["data.num_workers=1000"], "data.num_workers must be at most 128"),
+        # The tiles are known once the manifest is read, before the run folder is made.
+        (["data.crop_size=128"], "data.crop_size = 128 is larger than the tiles of "),
     ],
 )
 def test_train_script_prints_one_line_errors_and_exits_2(
@@ -117,6 +134,7 @@ def test_train_script_prints_one_line_errors_and_exits_2(
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert not (tmp_path / "run").exists()
 
 
 def test_run_folder_rules(tmp_path):

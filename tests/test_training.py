@@ -17,7 +17,7 @@ from engine.train.export import load_exported
 from engine.train.loop import train
 from engine.train.loss_factory import build_loss
 from engine.train.step import forward_backward
-from engine.train.stopping import EXIT_PREEMPTED, TrainingDiverged
+from engine.train.stopping import EXIT_DIVERGED, EXIT_PREEMPTED, TrainingDiverged
 
 
 def history(run_dir):
@@ -144,7 +144,7 @@ def test_non_finite_steps_stop_training_and_keep_last_checkpoint(
     monkeypatch.setattr(trainer, "forward_backward", poisoned)
     # Steps 3.. are bad; the host looks at sync points only (here every 2 steps, the
     # checkpoints): at step 4 it sees 2 bad steps (no checkpoint), at step 6 four.
-    with pytest.raises(TrainingDiverged, match="4 consecutive non-finite steps by step 6"):
+    with pytest.raises(TrainingDiverged, match="at step 6 .4 consecutive non-finite steps"):
         train(config, tmp_path / "run")
     latest = find_latest(tmp_path / "run")
     assert read_state(latest)["step"] == 2
@@ -154,25 +154,26 @@ def test_non_finite_steps_stop_training_and_keep_last_checkpoint(
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
 
 
+DIVERGING = (
+    "optim.name=sgd",
+    "optim.lr=1e12",
+    "optim.grad_clip=0",
+    "train.checkpoint_every=1",
+    "train.eval_every=1",
+    "train.log_every=1",
+)
+
+
 def test_huge_learning_rate_diverges_without_saving_non_finite_weights(synthetic_shards, tmp_path):
     """SGD at lr 1e12 without clipping: step 1 is finite (huge), step 2 overflows the weights.
 
     The gradient norm of step 2 is finite, so only the weight check stops the run: nothing
     non-finite is written, the step-1 checkpoint stays the latest and ``best`` keeps step 1.
     """
-    config = tiny_config(
-        synthetic_shards,
-        "optim.name=sgd",
-        "optim.lr=1e12",
-        "optim.grad_clip=0",
-        "train.checkpoint_every=1",
-        "train.eval_every=1",
-        "train.log_every=1",
-    )
+    config = tiny_config(synthetic_shards, *DIVERGING)
     run = tmp_path / "run"
-    with pytest.raises(TrainingDiverged, match="step 2: .* no longer finite") as diverged:
+    with pytest.raises(TrainingDiverged, match=r"^training diverged at step 2 \(.* no longer fin"):
         train(config, run)
-    assert "step-00000001" in str(diverged.value)
     from safetensors.torch import load_file
 
     assert [p.name for p in list_checkpoints(run)] == ["step-00000001"]
@@ -183,6 +184,32 @@ def test_huge_learning_rate_diverges_without_saving_non_finite_weights(synthetic
     assert best.keys() == latest.keys()
     assert all(torch.equal(best[k], latest[k]) for k in best)  # best is still step 1
     assert not list(run.glob("checkpoints/.tmp-*")) and not list(run.glob(".best*"))
+
+
+@pytest.mark.slow
+def test_divergence_is_one_line_and_exit_code_3_from_the_script(synthetic_shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--config", str(REPO / "launch/configs/tiny-cpu.yaml"), "--out", str(run)]
+    for override in tiny_args(synthetic_shards, *DIVERGING):
+        args += ["--set", override]
+    assert _train_script_main(args) == EXIT_DIVERGED == 3
+    err = capsys.readouterr().err
+    # One error line, the last one (after the progress bar's), and no traceback.
+    assert "Traceback" not in err and err.count("error: ") == 1, err
+    assert err.splitlines()[-1] == (
+        "error: training diverged at step 2 (the model's weights or buffers or the optimiser "
+        "state are no longer finite, nothing saved; lower optim.lr or set optim.grad_clip); "
+        f"the last finite checkpoint is {run / 'checkpoints' / 'step-00000001'}"
+    )
+    # Before the first checkpoint (due at step 4), the line says that none was saved.
+    fresh = ["--set", "train.checkpoint_every=4", "--set", "train.eval_every=4"]
+    assert _train_script_main([*args, "--overwrite", *fresh]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error: ") == 1, err
+    last = err.splitlines()[-1]
+    assert last.startswith("error: training diverged at step 4 (the model's weights or buffers")
+    assert last.endswith("lower optim.lr or set optim.grad_clip); no checkpoint was saved")
+    assert not list_checkpoints(run)
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -17,21 +17,28 @@ Rules (issue #12): terraseg never deletes what it did not create.
   up like Ctrl-C.
 * A full disk (``ENOSPC``/``EDQUOT``) removes the staging folder and is reported as
   "no space left on device" with the path.
+* Each shard tar is written through :class:`ShardTar`, which hashes its bytes (SHA-256)
+  and counts them as they go to the file, for the manifest's ``shard_sha256`` and
+  ``shard_bytes`` (no second read of the tar).
 """
 
 from __future__ import annotations
 
 import errno
-import json
+import hashlib
+import io
 import os
 import shutil
 import signal
+import tarfile
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from engine.errors import UserError
+from engine.jsonfile import MetadataError, read_json
 
 STAGING_MARK = ".terraseg-staging"
 SHARD_FORMAT = "terraseg-shards"
@@ -42,12 +49,75 @@ class BuildError(UserError):
 
 
 def is_shard_folder(path: Path) -> bool:
-    """Whether ``path`` holds a ``dataset.json`` written by terraseg."""
+    """Whether ``path`` holds a ``dataset.json`` written by terraseg (read with a size cap)."""
     try:
-        data = json.loads((path / "dataset.json").read_text())
-    except (OSError, ValueError):
+        data = read_json(path / "dataset.json")
+    except (OSError, MetadataError):
         return False
     return isinstance(data, dict) and data.get("format") == SHARD_FORMAT
+
+
+class _DigestFile:
+    """The binary file a tar is written to, hashed (SHA-256) and counted as bytes go in."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def close(self) -> None:
+        self._file.close()
+
+    @property
+    def sha256(self) -> str:
+        """The hex SHA-256 of the bytes written so far."""
+        return self._hash.hexdigest()
+
+
+class ShardTar:
+    """One shard tar written reproducibly (``mtime`` 0, mode 0644, uid/gid 0, GNU format).
+
+    Args:
+        path: The new tar file.
+        file: Where its bytes go (default: ``path`` created for writing; tests pass a file
+            that fails like a full disk).
+    """
+
+    def __init__(self, path: Path, file: BinaryIO | None = None) -> None:
+        self.path = Path(path)
+        self._file = _DigestFile(file if file is not None else open(path, "wb"))  # noqa: SIM115
+        try:
+            self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def add(self, name: str, data: bytes) -> None:
+        """Append the member ``name`` holding ``data``."""
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> tuple[str, int]:
+        """End the tar and close its file.
+
+        Returns:
+            ``(sha256, size)`` of the whole file: lower-case hex digest and bytes.
+        """
+        try:
+            self._tar.close()
+        finally:
+            self._file.close()
+        return self._file.sha256, self._file.size
 
 
 def _lock_path(out: Path) -> Path:

@@ -4,25 +4,77 @@ The image goes through :func:`engine.data.rasters.open_raster` (the one raster r
 band selection, band files, nodata, GDAL masks and alpha); the labels come from the mask
 file (:func:`engine.data.imageio.read_mask_values`) or from a vector file rasterised on the
 image's grid (:class:`engine.data.vector_labels.VectorLabels`), and are mapped to class
-indices by the classes file (:func:`map_mask`).
+indices by the classes file (:func:`map_mask`). :func:`read_pair` puts these together, the
+labels checked against (or resampled onto) the image's grid (:mod:`engine.data.label_grid`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from engine.data.build_output import BuildError
 from engine.data.classes import IGNORE_INDEX, ClassesFile
 from engine.data.imageio import TRANSPARENT, ImageReadError, read_mask_values
+from engine.data.label_grid import (
+    Grid,
+    check_label_grid,
+    georeferenced,
+    resample_labels,
+    resampled_note,
+)
 from engine.data.raster_base import RasterError
 from engine.data.rasters import open_raster
 
 if TYPE_CHECKING:
     from engine.data.pairing import Pair
+    from engine.data.shard_builder import BuildOptions
     from engine.data.vector_labels import VectorLabels
+
+
+class PairData(NamedTuple):
+    """What a build reads of one pair, the labels on the image's grid."""
+
+    image: np.ndarray  # HxWxC native
+    mask: np.ndarray  # uint8 HxW class indices; 255 = ignore (and nodata pixels of the image)
+    names: list[str]  # band names
+    nodata: float | None  # the image's nodata value
+    note: str | None  # one line to print (a mask resampled onto the image's grid)
+
+
+def read_pair(pair: Pair, classes: ClassesFile, options: BuildOptions) -> PairData:
+    """Read a pair's image and labels, the labels checked (or resampled) onto its grid.
+
+    The one place every build (worker processes too) reads a pair; the grid rules are in
+    :mod:`engine.data.label_grid`.
+
+    Raises:
+        BuildError, ImageReadError, LabelGridError: naming the file(s) and the problem.
+    """
+    image, valid, names, nodata, grid = read_source(
+        Path(pair.image), options.bands, options.nodata, options.band_files
+    )
+    bands, dtype = image.shape[2], str(image.dtype)
+    if options.image_codec != "npy" and (bands != 3 or dtype != "uint8"):
+        raise BuildError(
+            f"{pair.image}: {bands}-band {dtype} image; --image-codec {options.image_codec} "
+            "holds 3-band uint8 only: use --image-codec npy"
+        )
+    vector = options.vector_labels
+    values = read_labels(pair, classes.encoding, vector)
+    on_grid = None if vector else grid  # vector labels are rasterised on the image's grid
+    mask_grid = check_label_grid(
+        pair.image, pair.mask, values.shape, on_grid, image.shape[:2], options.resample_labels
+    )
+    mask = map_mask(values, classes, options.unknown, pair.mask, transparent_is_ignore=bool(vector))
+    note = None
+    if mask_grid is not None:
+        mask = resample_labels(mask, mask_grid, grid)
+        note = resampled_note(pair.mask, pair.image, mask_grid, grid)
+    mask[~valid] = IGNORE_INDEX
+    return PairData(image, mask, names, nodata, note)
 
 
 def read_source(
@@ -30,10 +82,11 @@ def read_source(
     bands: tuple[int | str, ...] | None,
     nodata: float | None,
     band_files: tuple[str, ...] | None,
-) -> tuple[np.ndarray, np.ndarray, list[str], float | None]:
-    """A pair's image: ``(HxWxC native, valid HxW, band names, nodata value)``.
+) -> tuple[np.ndarray, np.ndarray, list[str], float | None, Grid | None]:
+    """A pair's image: ``(HxWxC native, valid HxW, band names, nodata value, grid)``.
 
-    NaN pixels of float bands are never valid, whatever the nodata value.
+    NaN pixels of float bands are never valid, whatever the nodata value. The grid is
+    ``None`` unless the image is georeferenced (a CRS and a non-identity transform).
 
     Raises:
         BuildError: naming the file that cannot be read, lacks a band or does not fit.
@@ -49,11 +102,13 @@ def read_source(
             image = reader.read(0, height, 0, width)
             valid = reader.read_valid(0, height, 0, width)
             names, value = list(reader.band_names), reader.nodata
+            georef = reader.georef or {}
     except (RasterError, FileNotFoundError) as error:
         raise BuildError(str(error).strip("'\"")) from error
     if image.dtype.kind == "f":
         valid &= np.isfinite(image).all(-1)
-    return image, valid, names, value
+    grid = georeferenced(georef.get("crs"), georef.get("transform"), height, width)
+    return image, valid, names, value, grid
 
 
 def read_labels(pair: Pair, encoding: str, vector: VectorLabels | None) -> np.ndarray:

@@ -16,7 +16,6 @@ For ``npy`` shards on a local disk nothing needs decoding, so this module:
 
 from __future__ import annotations
 
-import ast
 import itertools
 import os
 import tarfile
@@ -30,10 +29,10 @@ import numpy as np
 import torch
 from webdataset.tariterators import base_plus_ext
 
-from engine.data.sample_checks import Codecs, check_layout, check_values
+from engine.data.npy_member import NpyHeader, check_stored, header_end, parse_header
+from engine.data.sample_checks import Codecs, check_layout, check_values, duplicate_member
 from engine.data.shard_store import ShardReadError
 
-_NPY_MAGIC = b"\x93NUMPY"
 _HEAD = 128  # bytes read for an npy header (numpy pads headers to 64; longer ones re-read)
 
 
@@ -42,9 +41,17 @@ class NpyMember(NamedTuple):
 
     offset: int  # absolute file offset of the array data
     available: int  # bytes of the member after the header
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    fortran: bool
+    header: NpyHeader  # what the header claims (checked against the manifest before reads)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The claimed shape."""
+        return self.header.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The claimed type."""
+        return self.header.dtype
 
 
 class IndexedSample(NamedTuple):
@@ -61,29 +68,13 @@ _CACHE_SHARDS = 4096  # shard indexes kept per process (a few KiB each)
 
 
 def _npy_header(fd: int, offset: int, size: int, name: str) -> NpyMember:
-    """Parse the ``npy`` header of the member whose data starts at ``offset``."""
+    """Parse the ``npy`` header of the member whose data starts at ``offset`` (bounded reads)."""
     head = os.pread(fd, min(size, _HEAD), offset)
-    if len(head) < 10 or not head.startswith(_NPY_MAGIC):
-        raise ValueError(f"{name} is not an npy array")
-    major = head[6]
-    if major == 1:
-        start, length = 10, int.from_bytes(head[8:10], "little")
-    elif major in (2, 3) and len(head) >= 12:
-        start, length = 12, int.from_bytes(head[8:12], "little")
-    else:
-        raise ValueError(f"{name}: unsupported npy version {major}")
-    if start + length > len(head):
-        head = os.pread(fd, min(size, start + length), offset)
-    if start + length > len(head):
-        raise ValueError(f"{name}: npy header is truncated")
-    header = ast.literal_eval(head[start : start + length].decode("latin1"))
-    try:
-        shape = tuple(int(n) for n in header["shape"])
-        dtype = np.dtype(header["descr"])
-        fortran = bool(header["fortran_order"])
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{name}: malformed npy header ({error})") from error
-    return NpyMember(offset + start + length, size - start - length, shape, dtype, fortran)
+    end = header_end(head, name)  # at most MAX_HEADER_BYTES: a claimed length is not read
+    if end > len(head):
+        head = os.pread(fd, min(size, end), offset)
+    header = parse_header(head, size, name)
+    return NpyMember(offset + header.start, size - header.start, header)
 
 
 def _build_index(path: str) -> list[IndexedSample]:
@@ -101,7 +92,7 @@ def _build_index(path: str) -> list[IndexedSample]:
                 samples.append(IndexedSample(path, key, {}))
             members = samples[-1].members
             if suffix in members:
-                raise ValueError(f"{member.name}: duplicate file name in the tar")
+                raise duplicate_member(path, key, member.name)
             if suffix.endswith("npy"):
                 try:
                     members[suffix] = _npy_header(fd, member.offset_data, member.size, suffix)
@@ -126,6 +117,8 @@ def shard_index(shard: str) -> list[IndexedSample]:
         if cached is not None and cached[0] == stamp:
             return cached[1]
         samples = _build_index(shard)
+    except ShardReadError:
+        raise
     except (tarfile.TarError, OSError, EOFError, ValueError) as error:
         raise ShardReadError(
             f"{shard}: cannot read the tar (truncated or corrupt?): {error}"
@@ -179,8 +172,6 @@ def _member(sample: IndexedSample, suffix: str) -> NpyMember:
     if member is None:
         have = sorted(sample.members)
         raise ValueError(f"no {suffix} member (has {have})")
-    if member.fortran:
-        raise ValueError(f"{suffix} is stored in Fortran order; shards hold C order")
     return member
 
 
@@ -189,17 +180,15 @@ def _read_sample(sample, slots, index: int, codecs: Codecs, fds: dict) -> None:
     try:
         image = _member(sample, f"image.{codecs.image}")
         mask = _member(sample, f"mask.{codecs.mask}")
-        check_layout(image, mask, codecs)
+        check_layout(image, mask, codecs)  # what the headers claim, before any read
+        for member, name in ((image, "image.npy"), (mask, "mask.npy")):
+            check_stored(member.header, member.available, name)
         fd = fds.get(sample.shard)
         if fd is None:
             fd = fds[sample.shard] = os.open(sample.shard, os.O_RDONLY)
         for member, slot, name in ((image, slots[0], "image"), (mask, slots[1], "mask")):
             if member.shape != slot.shape[1:]:
                 raise ValueError(f"{name} {member.shape} differs from the batch's {slot.shape[1:]}")
-            if member.available < slot[index].nbytes:
-                raise ValueError(
-                    f"{name}.npy is truncated ({member.available} of {slot[index].nbytes} bytes)"
-                )
             read_into(fd, slot[index], member.offset)
         check_values(slots[1][index], codecs)
     except (ValueError, OSError, SyntaxError) as error:
@@ -256,14 +245,17 @@ _TORCH_DTYPES = {
 
 
 def _batch_size(samples: list, codecs: Codecs) -> tuple:
-    """``(H, W, bands, dtype)`` of a batch: its first sample's tile, the manifest's bands.
+    """``(H, W, bands, dtype)`` of a batch: the manifest's tile size, bands and type.
 
-    Every sample is checked against the manifest when it is read.
+    Never a header's claimed shape: every sample is checked against the manifest before
+    it is read into the batch. Only without a tile size (``Codecs`` made by hand, with no
+    manifest to check against) does the first sample's header size the batch.
     """
-    first = samples[0].members.get(f"image.{codecs.image}")
-    tile = (
-        tuple(first.shape[:2]) if isinstance(first, NpyMember) and len(first.shape) == 3 else (0, 0)
-    )
+    tile = (codecs.tile, codecs.tile)
+    if codecs.tile is None:
+        first = samples[0].members.get(f"image.{codecs.image}")
+        usable = isinstance(first, NpyMember) and len(first.shape) == 3
+        tile = tuple(first.shape[:2]) if usable else (0, 0)
     return (*tile, codecs.bands, _TORCH_DTYPES.get(codecs.dtype, torch.uint8))
 
 

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from engine.data.npy_member import HEAD_BYTES, NpyHeader, check_stored, npy_view, parse_header
 from engine.errors import UserError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -390,29 +392,52 @@ def encode_image(array: np.ndarray, codec: str, quality: int = 95) -> bytes:
     return buffer.getvalue()
 
 
-def _npy_view(data: bytes | bytearray) -> np.ndarray:
-    """The array of an ``.npy`` payload as a view of ``data`` (no copy; writable if ``data`` is)."""
-    header = io.BytesIO(data)
-    version = np.lib.format.read_magic(header)
-    if version == (1, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(header)
-    else:
-        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(header)
-    if fortran_order or dtype.hasobject:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    count = int(np.prod(shape))
-    return np.frombuffer(data, dtype, count=count, offset=header.tell()).reshape(shape)
+def _picture_header(image: Image.Image) -> NpyHeader:
+    """What a picture member's header claims, as an :class:`NpyHeader` (before decoding)."""
+    bands = len(image.getbands())
+    dtype = np.dtype(_MODE_DTYPES.get(image.mode, np.uint8))
+    shape = (image.height, image.width) + ((bands,) if bands > 1 else ())
+    return NpyHeader(0, shape, dtype, False)
 
 
-def decode_image(data: bytes | bytearray, codec: str) -> np.ndarray:
+_MODE_DTYPES = {"1": bool, "I": np.int32, "F": np.float32, "I;16": np.uint16}
+
+
+def decode_image(
+    data: bytes | bytearray,
+    codec: str,
+    check: Callable[[NpyHeader], None] | None = None,
+    name: str = "member",
+) -> np.ndarray:
     """Decode a shard member written by :func:`encode_image` back to its array.
 
     ``png``/``jpg``/``webp`` give uint8; ``npy`` gives the stored type (the bands' type).
-
     ``npy`` members are not copied: the array is a view of ``data``, writable when ``data``
     is a ``bytearray`` (as :mod:`engine.data.loader` reads them).
+
+    Args:
+        data: The member's bytes.
+        codec: Its codec.
+        check: Called with what the header claims (shape, type) before any pixel is
+            decoded or any array made; raises ``ValueError`` when that is not what the
+            manifest describes (:func:`engine.data.sample_checks.check_image`).
+        name: The member's name in messages (``image``, ``mask``).
+
+    Raises:
+        ValueError: naming the member and the problem (see :mod:`engine.data.npy_member`).
     """
+    name = f"{name}.{codec}"
     if codec == "npy":
-        return _npy_view(data)
-    with Image.open(io.BytesIO(data)) as image:
+        header = parse_header(memoryview(data)[:HEAD_BYTES], len(data), name)
+        if check is not None:
+            check(header)
+        check_stored(header, len(data) - header.start, name)
+        return npy_view(data, header)
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{name}: {error}") from None
+    with image:
+        if check is not None:
+            check(_picture_header(image))
         return np.array(image)  # a writable copy: torch.from_numpy needs one

@@ -22,12 +22,14 @@ member, batch memory reused); other codecs and URLs are decoded in DataLoader wo
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
 import random
 import signal
 from collections.abc import Iterable, Iterator
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -37,8 +39,14 @@ from webdataset.tariterators import group_by_keys
 from engine.data.direct_read import direct_batches, indexed_samples
 from engine.data.imageio import decode_image
 from engine.data.manifest import Manifest, SplitInfo
-from engine.data.sample_checks import Codecs, check_members
-from engine.data.shard_store import ShardReadError, is_url, tar_members
+from engine.data.sample_checks import (
+    Codecs,
+    check_image,
+    check_mask,
+    check_members,
+    unique_members,
+)
+from engine.data.shard_store import ShardReadError, is_url, shard_digests, tar_members
 from engine.errors import UserError
 
 
@@ -77,12 +85,16 @@ def decode_sample(raw: dict, codecs: Codecs) -> Sample:
     key = raw.get("__key__")
     try:
         members = {}
-        for name, codec in (("image", codecs.image), ("mask", codecs.mask)):
+        for name, codec, check in (
+            ("image", codecs.image, check_image),
+            ("mask", codecs.mask, check_mask),
+        ):
             suffix = f"{name}.{codec}"
             if suffix not in raw:
                 have = sorted(k for k in raw if not k.startswith("__"))
                 raise ValueError(f"no {suffix} member (has {have})")
-            members[name] = decode_image(raw[suffix], codec)
+            # the header is checked against the manifest before any array is made
+            members[name] = decode_image(raw[suffix], codec, partial(check, codecs=codecs), name)
         image, mask = members["image"], members["mask"]
         check_members(image, mask, codecs)
         meta = json.loads(raw["meta.json"]) if "meta.json" in raw else {}
@@ -91,10 +103,14 @@ def decode_sample(raw: dict, codecs: Codecs) -> Sample:
     return Sample(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask), key, meta)
 
 
-def _shard_samples(shard: object, expected: int | None) -> Iterator[dict]:
-    """Raw samples of one shard; with ``expected``, the count must match the manifest."""
+def _shard_samples(shard: object, expected: int | None, digests: dict | None = None):
+    """Raw samples of one shard; with ``expected``, the count must match the manifest.
+
+    A remote shard must match its entry in ``digests`` (:func:`shard_digests`), if any.
+    """
     count = 0
-    for raw in group_by_keys(tar_members(shard)):
+    members = tar_members(shard, (digests or {}).get(str(shard)))
+    for raw in group_by_keys(unique_members(members, shard)):
         count += 1
         if expected is not None and count > expected:
             raise ShardReadError(
@@ -109,31 +125,33 @@ def _shard_samples(shard: object, expected: int | None) -> Iterator[dict]:
         )
 
 
-def raw_samples(shards: Iterable, counts: Iterable[int] | None = None) -> Iterator[dict]:
+def raw_samples(shards: Iterable, counts: Iterable[int] | None = None, digests=None):
     """Raw samples (``__key__`` plus one entry per member suffix) of shard files, in order.
 
     Args:
         shards: Shard files.
         counts: Samples each shard must hold (the manifest's ``shard_samples``); a shard
             holding fewer or more is a :class:`ShardReadError` once it has been read.
+        digests: :func:`shard_digests`; a remote shard must match its own.
     """
     shards = list(shards)
     for shard, expected in zip(shards, [None] * len(shards) if counts is None else counts):
-        yield from _shard_samples(shard, expected)
+        yield from _shard_samples(shard, expected, digests)
 
 
 def read_samples(
-    shards: list, codecs: Codecs, counts: Iterable[int] | None = None
+    shards: list, codecs: Codecs, counts: Iterable[int] | None = None, digests=None
 ) -> Iterator[Sample]:
     """Decode every sample of the given shard files, in order (see :func:`raw_samples`)."""
-    for raw in raw_samples(shards, counts):
+    for raw in raw_samples(shards, counts, digests):
         yield decode_sample(raw, codecs)
 
 
 def read_split(manifest: Manifest, split: str) -> Iterator[Sample]:
     """Decode every sample of ``split``, checking each shard's count against the manifest."""
     info = manifest.split(split)
-    return read_samples(list(info.shards), Codecs.of(manifest), info.shard_samples)
+    digests = shard_digests(info)
+    return read_samples(list(info.shards), Codecs.of(manifest), info.shard_samples, digests)
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -224,11 +242,12 @@ class _TrainStream(IterableDataset):
     ):
         self.shards = [(str(s), n) for s, n in zip(split.shards, split.shard_samples)]
         self.codecs, self.seed, self.rank = codecs, seed, rank
-        self.epoch, self.buffer = epoch, buffer
+        self.epoch, self.buffer, self.digests = epoch, buffer, shard_digests(split)
 
     def __iter__(self) -> Iterator[Sample]:
         rng = _train_rng(self.seed, self.rank, _worker()[0], self.epoch)
-        for raw in _train_order(self.shards, rng, self.buffer, _shard_samples):
+        samples = functools.partial(_shard_samples, digests=self.digests)
+        for raw in _train_order(self.shards, rng, self.buffer, samples):
             yield decode_sample(raw, self.codecs)
 
 
@@ -359,8 +378,9 @@ class _EvalPart(IterableDataset):
 
     def __iter__(self) -> Iterator[Sample]:
         worker, workers = _worker()
+        samples = functools.partial(_shard_samples, digests=shard_digests(self.split))
         for raw in _eval_part(self.split, self.rank * workers + worker, self.world_size * workers,
-                              _shard_samples):  # fmt: skip
+                              samples):  # fmt: skip
             yield decode_sample(raw, self.codecs)
 
 

@@ -1,12 +1,19 @@
-"""What every shard sample must be: the manifest's codecs, bands and type, masks of classes."""
+"""What every shard sample must be: the manifest's codecs, bands and type, masks of classes.
+
+Checks run on what a member's header claims before anything is decoded (nothing is ever
+allocated from a claimed shape), then on the arrays; a sample holds each member name once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
+from webdataset.tariterators import base_plus_ext
 
 from engine.data.manifest import Manifest
+from engine.data.shard_store import ShardReadError
 
 
 class Codecs(NamedTuple):
@@ -41,14 +48,19 @@ class Codecs(NamedTuple):
         )
 
 
-def check_layout(image, mask, codecs: Codecs) -> None:
-    """Dtypes and shapes (of arrays, or of ``NpyMember`` headers) against the manifest."""
+def check_image(image, codecs: Codecs) -> None:
+    """An image's type, band count and tile size (of an array, or of what a header claims).
+
+    Run on headers before any array is made from them, so a claimed shape is never
+    allocated.
+
+    Raises:
+        ValueError: naming what differs from the manifest.
+    """
     if image.dtype != np.dtype(codecs.dtype):
         raise ValueError(f"image is {image.dtype}, but the manifest's bands are {codecs.dtype}")
-    if mask.dtype != np.uint8:
-        raise ValueError(f"mask is {mask.dtype}; shards hold uint8 masks")
-    if len(image.shape) != 3 or mask.shape != image.shape[:2]:
-        raise ValueError(f"image {image.shape} and mask {mask.shape} do not form a sample")
+    if len(image.shape) != 3:
+        raise ValueError(f"image {image.shape} is not HxWx{codecs.bands}")
     if image.shape[2] != codecs.bands:
         raise ValueError(f"image has {image.shape[2]} bands, but the manifest lists {codecs.bands}")
     tile = codecs.tile
@@ -56,6 +68,27 @@ def check_layout(image, mask, codecs: Codecs) -> None:
         raise ValueError(
             f"image {image.shape} is not {tile}x{tile}x{codecs.bands} (tile_size in the manifest)"
         )
+
+
+def check_mask(mask, codecs: Codecs) -> None:
+    """A mask's type and tile size (of an array, or of what a header claims).
+
+    Raises:
+        ValueError: naming what differs from the manifest.
+    """
+    if mask.dtype != np.uint8:
+        raise ValueError(f"mask is {mask.dtype}; shards hold uint8 masks")
+    tile = codecs.tile
+    if len(mask.shape) != 2 or (tile is not None and mask.shape != (tile, tile)):
+        raise ValueError(f"mask {mask.shape} is not {tile or 'H'}x{tile or 'W'} (tile_size)")
+
+
+def check_layout(image, mask, codecs: Codecs) -> None:
+    """Dtypes and shapes (of arrays, or of ``NpyHeader`` headers) against the manifest."""
+    check_image(image, codecs)
+    check_mask(mask, codecs)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"image {image.shape} and mask {mask.shape} do not form a sample")
 
 
 def check_values(mask: np.ndarray, codecs: Codecs) -> None:
@@ -81,3 +114,30 @@ def check_members(image, mask, codecs: Codecs) -> None:
     """Types, shapes and mask values against the manifest."""
     check_layout(image, mask, codecs)
     check_values(mask, codecs)
+
+
+def unique_members(members: Iterable[dict], shard: object) -> Iterator[dict]:
+    """The webdataset file dicts of one shard, refusing a member name seen twice in a sample.
+
+    Raises:
+        ShardReadError: naming the shard, the sample and the member.
+    """
+    current, seen = None, set()
+    for member in members:
+        if member:  # {} marks the end of the shard
+            key, suffix = base_plus_ext(member["fname"])
+            if key != current:
+                current, seen = key, set()
+            if key is not None:
+                suffix = suffix.lower()
+                if suffix in seen:
+                    raise duplicate_member(shard, key, member["fname"])
+                seen.add(suffix)
+        yield member
+
+
+def duplicate_member(shard: object, key: str, name: str) -> ShardReadError:
+    """The error for a member name that appears twice in one sample."""
+    return ShardReadError(
+        f"{shard}: sample {key}: member {name} appears twice (one member per name and sample)"
+    )

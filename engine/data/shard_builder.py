@@ -10,10 +10,8 @@ succeeded, so a failed build leaves no ``*.tar`` behind. The file-system rules (
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import random
-import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -30,16 +28,11 @@ from engine.data.band_stats import (
     check_band_options,
     tile_sums,
 )
-from engine.data.build_output import BuildError, BuildOutput
-from engine.data.build_sources import map_mask, read_labels, read_source
+from engine.data.build_output import BuildError, BuildOutput, ShardTar
+from engine.data.build_sources import read_pair
 from engine.data.build_warnings import coverage_warnings, padding_warnings, print_warning
 from engine.data.classes import IGNORE_INDEX, ClassesFile
-from engine.data.imageio import (
-    IMAGE_CODECS,
-    encode_image,
-    exif_hint,
-    mask_codec_for,
-)
+from engine.data.imageio import IMAGE_CODECS, encode_image, mask_codec_for
 from engine.data.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
 from engine.data.pairing import Pair, check_member_keys, safe_key
 from engine.data.processes import parallel_map
@@ -95,6 +88,8 @@ class BuildOptions:
             :func:`engine.data.band_stats.resolve_rgb`).
         vector_labels: Labels from a vector file rasterised on each image's grid, instead
             of mask files (:mod:`engine.data.vector_labels`).
+        resample_labels: Resample a georeferenced mask that is off its image's grid onto
+            it (nearest neighbour) instead of refusing it (:mod:`engine.data.label_grid`).
         workers: Processes that decode and encode in parallel.
         overwrite: Replace an existing output folder.
     """
@@ -114,6 +109,7 @@ class BuildOptions:
     nodata: float | None = None
     rgb_bands: tuple[int | str, ...] | str | None = None
     vector_labels: VectorLabels | None = None
+    resample_labels: bool = False
     workers: int = 1
     overwrite: bool = False
 
@@ -136,6 +132,7 @@ class _PairResult:
     samples: list[_Sample]
     sums: BandSums  # of the valid (mask not ignore) non-padding pixels of train tiles
     class_pixels: dict[str, np.ndarray]  # split → int64 [num_classes + 1], last = ignore
+    note: str | None  # a line for the user (a mask resampled onto the image's grid)
 
 
 @dataclass
@@ -152,7 +149,9 @@ class _SplitWriter:
     done: Callable[[Path], None] | None = None  # gets each tar once full or finished (uploads)
     shards: list[str] = field(default_factory=list)
     shard_samples: list[int] = field(default_factory=list)
-    _tar: tarfile.TarFile | None = None
+    shard_sha256: list[str] = field(default_factory=list)  # of each closed tar, as written
+    shard_bytes: list[int] = field(default_factory=list)
+    _tar: ShardTar | None = None
     _held: list[_Sample] = field(default_factory=list)
 
     def add(self, sample: _Sample) -> None:
@@ -182,9 +181,7 @@ class _SplitWriter:
             (f"mask.{self.mask_ext}", sample.mask),
             ("meta.json", sample.meta),
         ):
-            info = tarfile.TarInfo(f"{sample.key}.{suffix}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            self._tar.addfile(info, io.BytesIO(data))
+            self._tar.add(f"{sample.key}.{suffix}", data)
         self.shard_samples[-1] += 1
         if self.shard_samples[-1] >= self.limit:
             self.close()
@@ -192,15 +189,17 @@ class _SplitWriter:
     def close(self, complete: bool = True) -> None:
         """Close the open tar; a ``complete`` one (not after an error) goes to ``done``."""
         if self._tar is not None:
-            self._tar.close()
-            self._tar = None
+            tar, self._tar = self._tar, None
+            digest, size = tar.close()
+            self.shard_sha256.append(digest)
+            self.shard_bytes.append(size)
             if complete and self.done is not None:
                 self.done(self.folder / self.shards[-1])
 
 
-def _open_tar(path: Path) -> tarfile.TarFile:
+def _open_tar(path: Path) -> ShardTar:
     """Create one shard tar (a seam the full-disk test replaces)."""
-    return tarfile.open(path, "w", format=tarfile.GNU_FORMAT)
+    return ShardTar(path)
 
 
 def _member_key(key: str, row: int, col: int) -> str:
@@ -209,25 +208,8 @@ def _member_key(key: str, row: int, col: int) -> str:
 
 def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _PairResult:
     pair, pair_split, classes, options = args
-    image, valid, names, nodata = read_source(
-        Path(pair.image), options.bands, options.nodata, options.band_files
-    )
+    image, mask, names, nodata, note = read_pair(pair, classes, options)
     bands, dtype = image.shape[2], str(image.dtype)
-    if options.image_codec != "npy" and (bands != 3 or dtype != "uint8"):
-        raise BuildError(
-            f"{pair.image}: {bands}-band {dtype} image; --image-codec {options.image_codec} "
-            "holds 3-band uint8 only: use --image-codec npy"
-        )
-    values = read_labels(pair, classes.encoding, options.vector_labels)
-    if values.shape != image.shape[:2]:
-        raise BuildError(
-            f"{pair.mask}: mask is {values.shape[1]}x{values.shape[0]} (WxH) but its image "
-            f"{pair.image} is {image.shape[1]}x{image.shape[0]}"
-            + exif_hint(pair.image, values.shape)
-        )
-    vector = options.vector_labels is not None
-    mask = map_mask(values, classes, options.unknown, pair.mask, transparent_is_ignore=vector)
-    mask[~valid] = IGNORE_INDEX
     num_classes = len(classes.classes)
     samples, class_pixels = [], {}
     stats = BandAccumulator(bands, dtype)
@@ -269,7 +251,7 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
             )
         )
     return _PairResult(
-        str(pair.image), tuple(names), dtype, nodata, samples, stats.sums(), class_pixels
+        str(pair.image), tuple(names), dtype, nodata, samples, stats.sums(), class_pixels, note
     )
 
 
@@ -386,7 +368,9 @@ def _build(pairs, classes, out, options, warn, uploader: ShardUploader | None = 
     stream = _results(jobs, options.workers)
     try:
         progress = tqdm(total=len(jobs), desc="building shards", unit="image")
+        notes = []  # said once the progress bar is closed, one line each
         for result in stream:
+            notes += [result.note] if result.note else []
             for sample in result.samples:
                 writers[sample.split].add(sample)
             for split, counts in result.class_pixels.items():
@@ -395,6 +379,8 @@ def _build(pairs, classes, out, options, warn, uploader: ShardUploader | None = 
             progress.update()
         stream.close()  # the pool's workers end here
         progress.close()
+        for note in notes:
+            warn(note)
         for writer in writers.values():
             writer.finish()
         normalization = bands.normalization(options.rgb_bands, warn)
@@ -419,6 +405,8 @@ def _build(pairs, classes, out, options, warn, uploader: ShardUploader | None = 
                 s: {
                     "shards": w.shards,
                     "shard_samples": w.shard_samples,
+                    "shard_sha256": w.shard_sha256,
+                    "shard_bytes": w.shard_bytes,
                     "num_samples": sum(w.shard_samples),
                     "groups": groups[s],
                 }

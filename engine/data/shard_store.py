@@ -6,25 +6,43 @@ uploaded by :mod:`engine.data.shard_upload`):
 * ``http://`` / ``https://`` (read only), ``s3://`` (any S3-compatible store: the endpoint
   from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, credentials as boto reads them),
   ``gs://`` (needs ``gcsfs``) and any other scheme fsspec knows;
-* ``pipe:CMD`` (webdataset's): ``CMD`` is run by the shell and its stdout is the file;
-  ``{}`` in ``CMD`` is replaced by the file name (``dataset.json``, ``train-000000.tar``),
-  else the name is appended (``pipe:cat /data/shards/`` reads ``/data/shards/dataset.json``).
+* ``pipe:CMD`` (webdataset's): ``CMD`` is split into arguments like a shell would
+  (``shlex.split``) and run *without* a shell; its stdout is the file. The file name
+  (``dataset.json``, ``train-000000.tar``) replaces ``{}`` inside an argument, else it is
+  appended to the last argument (``pipe:cat /data/shards/`` reads
+  ``/data/shards/dataset.json``), and stays one argument whatever it holds. Shell syntax
+  (``|``, ``;``, ``$VAR``) is not interpreted; for a pipeline, run a shell yourself and
+  hand it the name as an argument: ``pipe:sh -c 'curl -s "$1" | zstd -d' sh http://h/{}``.
 
 All URLs go through fsspec (s3fs for ``s3://``): one client and one error model for every
-scheme, kept up by the projects that maintain them. Remote shards are read *sequentially*
-(``tarfile`` mode ``r|``) through :class:`RetryingReader`, which counts the bytes it has
-delivered and, on a transient error (dropped connection, timeout, 5xx, short body), re-opens
-the URL at that byte (HTTP ``Range`` / S3 ranged GET; when a server ignores ``Range`` the
-bytes already delivered are read again and dropped), so no sample is duplicated or skipped.
+scheme. Remote shards are read *sequentially* (``tarfile`` mode ``r|``) through
+:class:`~engine.data.remote_stream.RetryingReader`, which counts the bytes it has
+delivered and, on a transient error (dropped connection, missed deadline, HTTP 5xx/429, a
+short body), re-opens the URL at that byte (HTTP ``Range`` + ``If-Range``, S3 ranged GET +
+``IfMatch``; when a server ignores ``Range`` the bytes already delivered are read again and
+dropped), so no sample is duplicated or skipped. The first response's ETag (else
+``Last-Modified``) and size must hold on every re-open: an object replaced mid-read fails
+("changed while it was read"), two versions are never spliced. 404 fails at once as "not
+found", 403 as "forbidden". When the manifest records a shard's SHA-256 and size, a remote
+shard is hashed as it streams and checked at its end (local files are not hashed per read).
 
 Environment (all optional):
 
 * ``TERRASEG_SHARD_CACHE``: a folder; each remote shard is downloaded there once (to a
-  temporary name, then renamed) and then read like a local one. Keyed by URL, size and
-  ETag/mtime, so a rebuilt shard is fetched again. Never evicted: size it for the dataset.
-* ``TERRASEG_SHARD_TIMEOUT``: seconds to connect and between bytes (default 30).
-* ``TERRASEG_SHARD_RETRIES``: tries after the first on transient errors (default 5), with
-  backoff ``TERRASEG_SHARD_BACKOFF`` x 2^n seconds (default 1, at most 30 a wait).
+  temporary name, then renamed) and then read like a local one. With the manifest's digest
+  it is stored by content (``CACHE/sha256/<hex>.tar``), checked once on download (a
+  mismatch keeps nothing); without one, keyed by URL, size and ETag or ``Last-Modified``,
+  so a rebuilt shard is fetched again. Never evicted: size it for the dataset.
+* ``TERRASEG_SHARD_DEADLINE``: seconds (default 120) within which each 8 MiB of a remote
+  shard, a whole metadata file (``dataset.json``) or a size lookup must arrive, however
+  slowly bytes trickle; missing it is a transient error (re-opened at the byte reached).
+  Applies to ``http(s)://``, ``s3://`` and ``pipe:``.
+* ``TERRASEG_SHARD_TIMEOUT``: seconds to connect and to wait for the next byte (default 30).
+* ``TERRASEG_SHARD_RETRIES``: tries after the first on transient errors (default 5), per
+  8 MiB chunk (counted afresh only when a chunk has arrived within its deadline), with
+  backoff ``TERRASEG_SHARD_BACKOFF`` x 2^n seconds (default 1, at most 30 a wait). Then the
+  read fails naming the URL ("timed out after N tries (deadline Xs per 8 MiB chunk)",
+  "server error (HTTP 503) after N tries", …).
 
 Local files keep the random-access fast path (``tarfile`` mode ``r:``).
 """
@@ -36,24 +54,49 @@ import hashlib
 import io
 import os
 import re
-import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
-from engine.errors import UserError
+from engine.data.remote_errors import CHUNK, ShardReadError, ShardStoreError
+from engine.data.remote_stream import (
+    RetryingReader,
+    Version,
+    filesystem,
+    object_info,
+    pipe_join,
+    protocol_of,
+    version_change,
+)
+
+__all__ = [
+    "CHUNK",
+    "RetryingReader",
+    "ShardDigest",
+    "ShardReadError",
+    "ShardStoreError",
+    "ShardUrl",
+    "as_location",
+    "cached_copy",
+    "filesystem",
+    "is_url",
+    "open_shard_stream",
+    "protocol_of",
+    "read_bytes",
+    "shard_digests",
+    "tar_members",
+]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-CHUNK = 8 << 20  # bytes per ranged request to object stores
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class ShardReadError(UserError):
-    """A shard sample cannot be decoded; the message names the shard, the sample and why."""
+class ShardDigest(NamedTuple):
+    """What a shard must hash to: its SHA-256 (hex) and size in bytes (from the manifest)."""
 
-
-class ShardStoreError(UserError):
-    """A URL cannot be read or written (after retries); the message names the URL."""
+    sha256: str
+    size: int
 
 
 class ShardUrl(str):
@@ -66,8 +109,7 @@ class ShardUrl(str):
 
     def __truediv__(self, name: str) -> ShardUrl:
         if self.startswith("pipe:"):
-            text = self.replace("{}", name) if "{}" in self else self + name
-            return ShardUrl(text)
+            return ShardUrl(pipe_join(self, name))
         return ShardUrl(self.rstrip("/") + "/" + name)
 
 
@@ -85,221 +127,97 @@ def as_location(location: str | Path) -> Path | ShardUrl:
     return ShardUrl(text) if is_url(text) else Path(text)
 
 
-def _setting(name: str, default: float) -> float:
-    value = os.environ.get(name, "")
-    try:
-        return float(value) if value else default
-    except ValueError as error:
-        raise ShardStoreError(f"{name}={value!r} is not a number") from error
+def shard_digests(split) -> dict[str, ShardDigest]:
+    """A manifest split's shard SHA-256s and sizes, by shard location (where recorded)."""
+    pairs = zip(split.shards, split.shard_sha256, split.shard_bytes)
+    return {str(s): ShardDigest(h, n) for s, h, n in pairs if h is not None and n is not None}
 
 
-def protocol_of(url: str) -> str:
-    """The scheme of ``url`` in lower case (``pipe`` for ``pipe:``)."""
-    return "pipe" if url.startswith("pipe:") else url.split("://", 1)[0].lower()
+def open_shard_stream(location: str | Path, *, whole: bool = False) -> io.BufferedReader:
+    """A sequential binary stream of a local file or URL (URLs retry and resume; see module).
 
-
-def filesystem(url: str):
-    """The fsspec file system for ``url``, with timeouts (and the S3 endpoint from the env)."""
-    import fsspec
-
-    protocol = protocol_of(url)
-    timeout = _setting("TERRASEG_SHARD_TIMEOUT", 30.0)
-    if protocol in ("http", "https"):
-        import aiohttp
-
-        limits = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
-        return fsspec.filesystem(protocol, client_kwargs={"timeout": limits})
-    if protocol in ("s3", "s3a"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        config = {
-            "connect_timeout": timeout,
-            "read_timeout": timeout,
-            "retries": {"max_attempts": 2, "mode": "standard"},  # ours resume mid-shard
-        }
-        try:
-            return fsspec.filesystem("s3", endpoint_url=endpoint or None, config_kwargs=config)
-        except ImportError as error:
-            raise ShardStoreError(f"{url}: s3:// needs the s3fs package ({error})") from error
-    try:
-        return fsspec.filesystem(protocol)
-    except (ImportError, ValueError) as error:
-        raise ShardStoreError(f"{url}: cannot open {protocol}:// URLs ({error})") from error
-
-
-def _transient(error: BaseException) -> bool:
-    """Whether retrying may help: dropped connections, timeouts, 5xx/429, short bodies."""
-    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError)):
-        return False
-    status = getattr(error, "status", None)  # aiohttp.ClientResponseError
-    if isinstance(status, int):
-        return status >= 500 or status == 429
-    response = getattr(error, "response", None)  # botocore.exceptions.ClientError
-    code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
-    if code in ("NoSuchKey", "NoSuchBucket", "AccessDenied", "404", "403"):
-        return False
-    return isinstance(error, Exception) and not isinstance(error, (UserError, ValueError))
-
-
-class RetryingReader(io.RawIOBase):
-    """A read-once binary stream of a URL that resumes at the byte it reached after an error.
-
-    Up to ``TERRASEG_SHARD_RETRIES`` tries after a transient error (counted afresh once bytes
-    flow again), waiting ``TERRASEG_SHARD_BACKOFF`` x 2^n seconds between them; then a
-    :class:`ShardStoreError` naming the URL. A missing object fails at once.
+    With ``whole``, the whole object must arrive within one deadline (a metadata file).
     """
-
-    def __init__(self, url: str) -> None:
-        super().__init__()
-        self.url = str(url)
-        self.position = 0
-        self.size: int | None = None
-        self.retries = int(_setting("TERRASEG_SHARD_RETRIES", 5))
-        self.backoff = _setting("TERRASEG_SHARD_BACKOFF", 1.0)
-        self._stream = None
-        self._process: subprocess.Popen | None = None
-        self._fs = None if self.url.startswith("pipe:") else filesystem(self.url)
-        self.reopened = 0  # how many times the stream was re-opened after an error
-
-    def readable(self) -> bool:
-        """Always: the stream is for reading."""
-        return True
-
-    def _open_at(self, offset: int):
-        if self._fs is None:  # pipe: the command again, dropping what was delivered
-            command = self.url[len("pipe:") :]
-            self._process = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE)
-            stream = self._process.stdout
-            _skip(stream, offset, self.url)
-            return stream
-        if self.size is None:
-            info = self._fs.info(self.url)
-            self.size = int(info.get("size") or 0) or None
-        if protocol_of(self.url) in ("http", "https"):
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
-            stream = self._fs.open(
-                self.url, "rb", block_size=0, size=self.size or 1, headers=headers
-            )
-            status = getattr(getattr(stream, "r", None), "status", 200)
-            if offset and status != 206:  # Range ignored: the body starts at byte 0
-                _skip(stream, offset, self.url)
-            return stream
-        stream = self._fs.open(self.url, "rb", block_size=CHUNK, cache_type="readahead")
-        if offset:
-            stream.seek(offset)
-        return stream
-
-    def _close_stream(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.close()
-            except Exception:  # noqa: BLE001 - a broken connection may fail to close
-                pass
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            self._process = None
-
-    def _end_of_stream(self) -> None:
-        """At EOF: a short body (or a failed pipe command) is an error to retry."""
-        if self.size is not None and self.position < self.size:
-            raise ConnectionError(f"body ended at byte {self.position} of {self.size}")
-        if self._process is not None and self._process.wait() != 0:
-            raise ConnectionError(f"command exited with status {self._process.returncode}")
-
-    def readinto(self, buffer) -> int:
-        """Fill ``buffer`` from the current byte on, re-opening there after transient errors."""
-        failures = 0
-        while True:
-            try:
-                if self._stream is None:
-                    self._stream = self._open_at(self.position)
-                data = self._stream.read(len(buffer))
-                if not data:
-                    self._end_of_stream()
-                count = len(data)
-                buffer[:count] = data
-                self.position += count
-                return count
-            except Exception as error:  # noqa: BLE001 - sorted by _transient
-                self._close_stream()
-                if not _transient(error):
-                    raise _named(self.url, error) from error
-                if failures >= self.retries:
-                    raise ShardStoreError(
-                        f"{self.url}: failed after {failures + 1} tries at byte "
-                        f"{self.position}: {type(error).__name__}: {error}"
-                    ) from error
-                time.sleep(min(self.backoff * 2**failures, 30.0))
-                failures += 1
-                self.reopened += 1
-
-    def close(self) -> None:
-        """Close the connection (or end the command)."""
-        self._close_stream()
-        super().close()
-
-
-def _skip(stream, count: int, url: str) -> None:
-    while count > 0:
-        data = stream.read(min(count, CHUNK))
-        if not data:
-            raise ConnectionError(f"{url}: ended before byte {count} on re-reading")
-        count -= len(data)
-
-
-def _named(url: str, error: BaseException) -> UserError:
-    if isinstance(error, UserError):
-        return error
-    if isinstance(error, FileNotFoundError):
-        return ShardStoreError(f"{url}: not found")
-    if isinstance(error, PermissionError):
-        return ShardStoreError(f"{url}: access denied ({error})")
-    return ShardStoreError(f"{url}: {type(error).__name__}: {error}")
-
-
-def open_shard_stream(location: str | Path) -> io.BufferedReader:
-    """A sequential binary stream of a local file or URL (URLs retry and resume; see module)."""
     if not is_url(location):
         return open(as_location(location), "rb")  # noqa: SIM115 - the caller closes it
-    return io.BufferedReader(RetryingReader(str(location)), buffer_size=1 << 20)
+    return io.BufferedReader(RetryingReader(str(location), whole=whole), buffer_size=1 << 20)
 
 
-def read_bytes(location: str | Path) -> bytes:
-    """The whole content of a local file or URL (e.g. ``dataset.json``)."""
-    with open_shard_stream(location) as stream:
-        return stream.read()
+def read_bytes(location: str | Path, limit: int | None = None) -> bytes:
+    """The whole content of a local file or URL (e.g. ``dataset.json``), within one deadline.
+
+    Raises:
+        ShardStoreError: naming the location when it holds more than ``limit`` bytes.
+    """
+    with open_shard_stream(location, whole=True) as stream:
+        data = stream.read() if limit is None else stream.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise ShardStoreError(f"{location}: larger than {limit} bytes")
+    return data
 
 
-def cached_copy(url: str) -> Path | None:
-    """With ``TERRASEG_SHARD_CACHE`` set, a local copy of ``url`` (downloaded once); else None."""
+def _cache_path(folder: Path, url: str, digest: ShardDigest | None) -> tuple[Path, Version | None]:
+    """Where the cached copy of ``url`` lives, and (without a digest) the version it keys."""
+    if digest is not None:  # by content: the same bytes under any URL, a rebuild elsewhere
+        return folder / "sha256" / f"{digest.sha256}.tar", None
+    info = object_info(url)
+    # fsspec's HTTP client reports Last-Modified, s3fs LastModified
+    modified = info.get("Last-Modified") or info.get("LastModified")
+    version = Version(info.get("size"), info.get("ETag"), str(modified) if modified else None)
+    key = f"{url}|{version.size}|{version.etag or version.modified or ''}"
+    return folder / hashlib.sha256(key.encode()).hexdigest()[:24] / ShardUrl(url).name, version
+
+
+def cached_copy(url: str, digest: ShardDigest | None = None) -> Path | None:
+    """With ``TERRASEG_SHARD_CACHE`` set, a local copy of ``url`` (downloaded once); else None.
+
+    Raises:
+        ShardReadError: when the download does not match ``digest``, or the object changed
+            since its size lookup (nothing is kept).
+    """
     folder = os.environ.get("TERRASEG_SHARD_CACHE")
-    if not folder or url.startswith("pipe:"):
+    if not folder or (url.startswith("pipe:") and digest is None):
         return None
-    fs, tries = filesystem(url), int(_setting("TERRASEG_SHARD_RETRIES", 5))
-    for attempt in range(tries + 1):
-        try:
-            info = fs.info(url)
-            break
-        except Exception as error:  # noqa: BLE001 - sorted by _transient, named
-            if not _transient(error) or attempt == tries:
-                raise _named(url, error) from error
-            time.sleep(min(_setting("TERRASEG_SHARD_BACKOFF", 1.0) * 2**attempt, 30.0))
-    version = f"{url}|{info.get('size')}|{info.get('ETag') or info.get('LastModified') or ''}"
-    key = hashlib.sha256(version.encode()).hexdigest()[:24]
-    path = Path(folder) / key / ShardUrl(url).name
+    path, version = _cache_path(Path(folder), url, digest)
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        with open_shard_stream(url) as source, open(partial, "wb") as target:
-            while block := source.read(CHUNK):
+        hasher = hashlib.sha256() if digest is not None else None
+        with RetryingReader(url, hasher) as reader, open(partial, "wb") as target:
+            while block := reader.read(CHUNK):
                 target.write(block)
+                if digest is not None and reader.position > digest.size:
+                    break
+        if digest is not None:
+            _check_digest(url, reader, digest)
+        elif version is not None and reader.version is not None:
+            if change := version_change(version, reader.version):
+                raise ShardReadError(f"{url}: the object changed while it was read ({change})")
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def _check_digest(url: str, reader: RetryingReader, digest: ShardDigest) -> None:
+    got = reader.hasher.hexdigest()
+    if reader.position != digest.size or got != digest.sha256:
+        raise ShardReadError(
+            f"{url}: does not match the manifest (sha256 {digest.sha256}, {digest.size} bytes; "
+            f"read sha256 {got}, {reader.position} bytes): changed or corrupt"
+        )
+
+
+def _drain_and_check(url: str, stream: io.BufferedReader, reader, digest: ShardDigest) -> None:
+    """Read the rest of the shard and compare its size and SHA-256 with ``digest``.
+
+    The rest is the tar's end padding; never read past the size the manifest gives.
+    """
+    while reader.position <= digest.size and stream.read(CHUNK):
+        pass
+    _check_digest(url, reader, digest)
 
 
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytearray:
@@ -310,31 +228,37 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytearray:
     return data
 
 
-def tar_members(shard: object) -> Iterator[dict]:
+def tar_members(shard: object, digest: ShardDigest | None = None) -> Iterator[dict]:
     """The regular files of one tar shard (a path or URL), in order, as webdataset file dicts.
 
     A local file is read with random access (``tarfile`` mode ``r:``: one ``read`` per
     member; the streaming reader of ``webdataset.tarfile_samples`` copies in 10 KiB records,
     ~5 ms per 1024² ``npy`` sample on a 2-core CPU against ~1 ms). A URL is streamed (mode
-    ``r|``) through :func:`open_shard_stream`, or read from its cached copy.
+    ``r|``) through :class:`RetryingReader`, or read from its cached copy; with ``digest``
+    the stream is hashed as it is read and checked at the end of the shard.
 
     Raises:
-        ShardReadError: naming the shard when it is missing, not a tar, or truncated inside
-            a member.
+        ShardReadError: naming the shard when it is missing, not a tar, truncated inside
+            a member, or (a URL with ``digest``) its size or SHA-256 differ.
         ShardStoreError: naming the URL when it cannot be fetched after retries.
     """
     url = str(shard)
+    if digest is not None and not (_SHA256.fullmatch(digest.sha256) and digest.size >= 0):
+        raise ShardReadError(f"{url}: the manifest's digest {digest} is not a SHA-256 and size")
     try:
-        local = cached_copy(url) if is_url(url) else as_location(url)
+        local = cached_copy(url, digest) if is_url(url) else as_location(url)
         with contextlib.ExitStack() as stack:
             if local is not None:  # random access: each member with one read
                 tar = stack.enter_context(tarfile.open(str(local), "r:"))
             else:  # remote: streamed in order
-                stream = stack.enter_context(open_shard_stream(url))
+                reader = RetryingReader(url, hashlib.sha256() if digest else None)
+                stream = stack.enter_context(io.BufferedReader(reader, buffer_size=1 << 20))
                 tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r|"))
             for member in tar:
                 if member.isreg():
                     yield {"fname": member.name, "data": _read_member(tar, member), "__url__": url}
+            if local is None and digest is not None:
+                _drain_and_check(url, stream, reader, digest)
     except (tarfile.TarError, OSError, EOFError) as error:
         raise ShardReadError(
             f"{url}: cannot read the tar (truncated or corrupt?): {error}"

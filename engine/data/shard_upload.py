@@ -11,11 +11,14 @@ A failed build (bad input, full disk, Ctrl-C, a refused upload) uploads no manif
 previous terraseg ``dataset.json`` at the URL is removed before the first shard goes up.
 The shards uploaded before the failure stay (the location then holds terraseg shards and
 no manifest: readers refuse it, and the next build with ``--overwrite`` replaces them).
+
+The uploaded ``dataset.json`` is the local build's, byte for byte, so it records the
+``shard_sha256`` / ``shard_bytes`` hashed while each tar was written: ``verify_shards.py``
+checks the uploaded objects against them.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from collections import deque
@@ -24,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from engine.data.shard_store import ShardStoreError, ShardUrl, filesystem, protocol_of
+from engine.jsonfile import MetadataError, metadata_limit, parse_json
 
 MANIFEST = "dataset.json"
 READ_ONLY = ("http", "https", "pipe")  # schemes --out refuses
@@ -46,9 +50,9 @@ def check_writable(url: str) -> None:
 
 def _is_terraseg_manifest(fs, url: str) -> bool:
     try:
-        with fs.open(url, "rb") as handle:
-            data = json.loads(handle.read())
-    except (OSError, ValueError):
+        with fs.open(url, "rb") as handle:  # bounded: a huge object is not terraseg's
+            data = parse_json(handle.read(metadata_limit() + 1), url)
+    except (OSError, ValueError, MetadataError):
         return False
     return isinstance(data, dict) and data.get("format") == SHARD_FORMAT
 

@@ -7,4 +7,6 @@ GeoTIFF or COG through rasterio, nodata where the input is nodata; :mod:`.output
 them beforehand), in class indices or, with :mod:`.values`, in the dataset's own label
 values; :mod:`.polygons` vectorises a written mask. The overlay's true-colour view is
 :func:`engine.render.colors.display_rgb`. It loads models exported by training.
+:mod:`.run` is ``predict.py`` as a library (inputs, model, the run's cleanup on errors and
+signals); :mod:`.limits` checks the pixel limit and the free disk before anything is written.
 """

@@ -1,13 +1,15 @@
 """Which files a prediction writes, decided before any input is decoded.
 
-``predict.py`` checks with these that no output would overwrite an input before it starts.
+``predict.py`` checks with these that no output would overwrite an input before it starts,
+and after a failure removes the temporary files (:func:`temporary_paths`) a raster's run
+created.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from engine.infer.writer import OUTPUT_KINDS, PNG_INPUT_SUFFIXES, PNG_MAX_PIXELS
+from engine.infer.writer import OUTPUT_KINDS, PNG_INPUT_SUFFIXES, format_for
 
 
 def output_paths(
@@ -66,4 +68,18 @@ def planned_format(path: str | Path, fmt: str = "auto") -> tuple[str, ...]:
             width, height = image.size
     except Exception:  # noqa: BLE001 - unreadable here: open_raster names the problem later
         return ("png", "tif")
-    return ("tif",) if width * height > PNG_MAX_PIXELS else ("png",)
+    return (format_for(path, height, width),)
+
+
+def temporary_paths(outputs: list[Path], stem: str) -> list[Path]:
+    """Every temporary file a writer of ``outputs`` (of input ``stem``) may create.
+
+    The sinks' ``<output>.partial`` and ``<output>.cog.partial``, the staging files
+    ``<output>.bands`` and ``<stem>_valid.bands`` (see :mod:`engine.infer.sinks` and
+    :mod:`engine.infer.writer`).
+    """
+    names = [".partial", ".cog.partial", ".bands"]
+    paths = [output.with_name(output.name + suffix) for output in outputs for suffix in names]
+    if outputs:
+        paths.append(outputs[0].with_name(f"{stem}_valid.bands"))
+    return paths

@@ -8,6 +8,15 @@ input's CRS, transform and the output's nodata value, written in 256-row bands s
 GDAL's COG driver (``rasterio.shutil.copy(driver="COG")``, which adds the overviews) once it
 is complete. :class:`Staging` holds outputs of rasters predicted in column bands on disk
 until they can be replayed in row order.
+
+Closing is two steps: :meth:`Sink.finish` completes the ``.partial`` file (the COG copy
+included), :meth:`Sink.commit` renames it into place, so a writer can finish every output
+before it renames any. A failed write (``OSError``, GDAL's errors) becomes one
+:class:`OutputWriteError` naming the output; a full disk or quota is a
+:class:`~engine.train.state_io.DiskFullError` ("no space left on device"). GDAL reports a
+full disk as a plain "Write failed", so when the error carries no ``errno`` the file is
+asked to grow by :data:`PROBE_BYTES` (:func:`cannot_grow`): the kernel's ``ENOSPC`` or
+``EDQUOT`` answer decides.
 """
 
 from __future__ import annotations
@@ -20,11 +29,75 @@ from typing import Any
 
 import numpy as np
 
+from engine.errors import UserError
+from engine.train.state_io import DiskFullError, disk_full
+
 #: Tile edge of GeoTIFF outputs, and the rows per band they are written in.
 BLOCK = 256
 #: GDAL block-cache cap (bytes) while rasterio writes: GDAL's default (5 % of RAM) would
 #: otherwise keep up to that much of a streamed output resident.
 GDAL_CACHE_BYTES = 32 * 2**20
+#: Bytes appended to a file that failed to write, to ask the kernel whether it is full.
+PROBE_BYTES = 2**20
+
+
+class OutputWriteError(UserError):
+    """An output could not be written (not a full disk: that is a ``DiskFullError``)."""
+
+
+def cannot_grow(path: Path) -> bool:
+    """Whether appending :data:`PROBE_BYTES` to ``path`` fails with ``ENOSPC``/``EDQUOT``.
+
+    Only asked of terraseg's own temporary files after a failed write; they are removed
+    afterwards, so the appended zeros never reach an output.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except OSError:
+        return False
+    chunk = bytes(64 * 1024)
+    try:
+        for _ in range(PROBE_BYTES // len(chunk)):
+            os.write(fd, chunk)
+    except OSError as error:
+        return disk_full(error, path) is not None
+    finally:
+        os.close(fd)
+    return False
+
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    from rasterio._err import CPLE_BaseError
+    from rasterio.errors import RasterioError
+
+    return (OSError, RasterioError, CPLE_BaseError)
+
+
+@contextlib.contextmanager
+def reported(output: Path, written: Path):
+    """Turn a failed write of ``written`` (output ``output``) into a one-line error.
+
+    Raises:
+        DiskFullError: naming ``output`` when the disk or the quota is full.
+        OutputWriteError: naming ``output`` for any other write failure.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except _write_errors() as error:
+        full = disk_full(error, output) if isinstance(error, OSError) else None
+        if full is None and cannot_grow(written):
+            full = DiskFullError(f"{output}: no space left on device")
+        if full is not None:
+            raise full from error
+        cause = error.__cause__ or error
+        raise OutputWriteError(f"{output}: cannot write ({_first_line(cause)})") from error
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def gdal_env():
@@ -64,9 +137,19 @@ class Sink:
         """Write the row block starting at ``row0`` (``valid``: bool ``rows x width``)."""
         raise NotImplementedError
 
-    def close(self) -> None:
-        """Finish the output: flush, then rename it into place."""
+    def finish(self) -> None:
+        """Complete the temporary file (everything but the rename)."""
         raise NotImplementedError
+
+    def commit(self) -> None:
+        """Rename the finished temporary file into place."""
+        with reported(self.path, self.partial):
+            os.replace(self.partial, self.path)
+
+    def close(self) -> None:
+        """Finish the output, then rename it into place."""
+        self.finish()
+        self.commit()
 
     def abort(self) -> None:
         """Remove what was written."""
@@ -88,12 +171,12 @@ class PNGSink(Sink):
         """Write the row block starting at ``row0`` (``valid`` is not kept in PNG)."""
         self.array[row0 : row0 + block.shape[0]] = block
 
-    def close(self) -> None:
-        """Finish the output: flush, then rename it into place."""
+    def finish(self) -> None:
+        """Save the assembled image to the temporary file."""
         from PIL import Image
 
-        Image.fromarray(self.array).save(self.partial, format="PNG")
-        os.replace(self.partial, self.path)
+        with reported(self.path, self.partial):
+            Image.fromarray(self.array).save(self.partial, format="PNG")
         self.array = None  # type: ignore[assignment]
 
 
@@ -164,7 +247,7 @@ class GeoTiffSink(Sink):
         options: dict[str, Any] = {"crs": crs, "transform": transform} if crs or transform else {}
         if nodata is not None:
             options["nodata"] = nodata
-        with warnings.catch_warnings(), gdal_env():
+        with warnings.catch_warnings(), gdal_env(), reported(path, self.partial):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             self.dataset = rasterio.open(
                 self.partial,
@@ -201,13 +284,13 @@ class GeoTiffSink(Sink):
         else:
             valid = np.ones(block.shape[:2], bool) if valid is None else valid
             masks = [band for _, band in self.valid_aligner.push(valid)]
-        with gdal_env():
+        with gdal_env(), reported(self.path, self.partial):
             for (start, band), mask in zip(bands, masks, strict=True):
                 self._write_band(start, band, mask)
 
-    def close(self) -> None:
-        """Finish the output: flush (and copy to a COG), then rename it into place."""
-        with gdal_env():
+    def finish(self) -> None:
+        """Flush the last rows and close the GeoTIFF (for a COG: copy it, drop the plain one)."""
+        with gdal_env(), reported(self.path, self.partial):
             bands = self.aligner.flush()
             masks = (
                 [band for _, band in self.valid_aligner.flush()]
@@ -217,12 +300,16 @@ class GeoTiffSink(Sink):
             for (start, band), mask in zip(bands, masks, strict=True):
                 self._write_band(start, band, mask)
             self.dataset.close()
-            if self.cog:
+        if self.cog:
+            with gdal_env(), reported(self.path, self.cog_partial):
                 self._copy_to_cog()
-                os.replace(self.cog_partial, self.path)
-                self.partial.unlink()
-                return
-        os.replace(self.partial, self.path)
+            self.partial.unlink()
+
+    def commit(self) -> None:
+        """Rename the finished GeoTIFF (or its COG copy) into place."""
+        finished = self.cog_partial if self.cog else self.partial
+        with reported(self.path, finished):
+            os.replace(finished, self.path)
 
     def _copy_to_cog(self) -> None:
         from rasterio.shutil import copy
@@ -274,9 +361,11 @@ class Staging:
         self.path, self.width, self.channels = path, width, channels
         self.dtype = np.dtype(dtype)
         self.row_bytes = width * channels * self.dtype.itemsize
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        with reported(path, path):
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.ftruncate(self.fd, height * self.row_bytes)
+            with reported(path, path):
+                os.ftruncate(self.fd, height * self.row_bytes)
         except BaseException:
             self.remove()
             raise
@@ -285,9 +374,10 @@ class Staging:
         """Write a block whose top-left pixel is ``(row0, col0)``."""
         rows = np.ascontiguousarray(block, self.dtype).reshape(block.shape[0], -1)
         offset = row0 * self.row_bytes + col0 * self.channels * self.dtype.itemsize
-        for number, row in enumerate(rows):
-            if os.pwrite(self.fd, row, offset + number * self.row_bytes) != row.nbytes:
-                raise OSError(f"{self.path}: short write (disk full?)")
+        with reported(self.path, self.path):
+            for number, row in enumerate(rows):
+                if os.pwrite(self.fd, row, offset + number * self.row_bytes) != row.nbytes:
+                    raise OSError(f"{self.path}: short write")
 
     def read(self, row0: int, row1: int) -> np.ndarray:
         """Read rows ``[row0, row1)``."""

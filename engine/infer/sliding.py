@@ -32,6 +32,7 @@ from engine.infer.windows import (
     plan_axis,
     take_padded,
     tta_transforms,
+    window_stride,
 )
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -123,7 +124,7 @@ def _check_options(tile: int, overlap: float, batch_size: int, num_classes: int)
         raise InferenceError(f"batch_size must be >= 1, got {batch_size}")
     if num_classes < 1:
         raise InferenceError(f"num_classes must be >= 1, got {num_classes}")
-    return max(1, tile - int(round(tile * overlap)))
+    return window_stride(tile, overlap)
 
 
 def iter_probability_blocks(

@@ -84,6 +84,17 @@ def plan_axis(length: int, tile: int, stride: int) -> AxisPlan:
     return AxisPlan(length, padded, pad_before, tuple(i * stride for i in range(count)), tile)
 
 
+def window_stride(tile: int, overlap: float) -> int:
+    """The stride ``S = T - round(T * overlap)`` (at least 1) between windows."""
+    return max(1, tile - int(round(tile * overlap)))
+
+
+def is_banded(width: int, tile: int, overlap: float, band_width: int | None) -> bool:
+    """Whether a raster ``width`` columns wide is predicted in several column bands."""
+    stride = window_stride(tile, overlap)
+    return len(column_bands(plan_axis(width, tile, stride), stride, band_width)) > 1
+
+
 def axis_weights(tile: int, weighting: str = "gaussian") -> torch.Tensor:
     """1-D blending profile ``g`` of length ``T``; tile weights are ``outer(g, g)``.
 

@@ -53,6 +53,30 @@ def _extension(fmt: str) -> str:
     return "png" if fmt == "png" else "tif"
 
 
+def output_spec(
+    kind: str, num_classes: int, mask_values: np.ndarray | None = None
+) -> tuple[int, Any, float | None, bool]:
+    """``(channels, dtype, nodata, masked)`` of one output kind (see the module notes).
+
+    Args:
+        kind: One of :data:`OUTPUT_KINDS`.
+        num_classes: Classes of the model (bands of the probabilities).
+        mask_values: The ``mask_values`` lookup table of :class:`PredictionWriter`, if any.
+    """
+    if kind == "mask":
+        if mask_values is None:
+            return 1, np.uint8, MASK_NODATA, False
+        lut = np.asarray(mask_values)
+        if lut.ndim == 2:
+            return lut.shape[1], lut.dtype, None, True
+        return 1, lut.dtype, float(lut[MASK_NODATA]), False
+    if kind == "confidence":
+        return 1, np.uint8, CONFIDENCE_NODATA, False
+    if kind == "probabilities":
+        return num_classes, np.float32, math.nan, False
+    return 3, np.uint8, None, True  # colour, overlay
+
+
 class PredictionWriter:
     """Writes streamed class probabilities as mask / colour / confidence / overlay images.
 
@@ -138,19 +162,7 @@ class PredictionWriter:
             raise
 
     def _spec(self, kind: str) -> tuple[int, Any, float | None, bool]:
-        """``(channels, dtype, nodata, masked)`` of one output."""
-        if kind == "mask":
-            lut = self.mask_values
-            if lut is None:
-                return 1, np.uint8, MASK_NODATA, False
-            if lut.ndim == 2:
-                return lut.shape[1], lut.dtype, None, True
-            return 1, lut.dtype, float(lut[MASK_NODATA]), False
-        if kind == "confidence":
-            return 1, np.uint8, CONFIDENCE_NODATA, False
-        if kind == "probabilities":
-            return len(self.palette), np.float32, math.nan, False
-        return 3, np.uint8, None, True  # colour, overlay
+        return output_spec(kind, len(self.palette), self.mask_values)
 
     def _sink(self, kind: str, path: Path, fmt: str, georef: dict | None) -> Sink:
         channels, dtype, nodata, masked = self._spec(kind)
@@ -262,7 +274,7 @@ class PredictionWriter:
             self.staging[kind] = Staging(path, self.height, self.width, channels, dtype)
 
     def close(self) -> None:
-        """Finalise every output.
+        """Finalise every output: each is finished before any is renamed into place.
 
         Raises:
             RuntimeError: when fewer rows (or pixels) than the image holds were written.
@@ -287,14 +299,16 @@ class PredictionWriter:
             for staged in self.staging.values():
                 staged.remove()
             for sink in self.sinks.values():
-                sink.close()
+                sink.finish()
+            for sink in self.sinks.values():
+                sink.commit()
         except BaseException:
             self.abort()
             raise
         self.closed = True
 
     def abort(self) -> None:
-        """Stop and delete the partial outputs."""
+        """Stop and delete the partial outputs (outputs already renamed into place stay)."""
         for staged in self.staging.values():
             staged.remove()
         for sink in self.sinks.values():
@@ -312,16 +326,23 @@ class PredictionWriter:
             self.abort()
 
 
-def output_format(reader: Any) -> str:
-    """Default output format for a reader: PNG for small PNG/JPEG/WebP/BMP inputs, else tif."""
-    height, width = reader.shape[:2]
-    path = getattr(reader, "path", None)
+def format_for(path: str | Path | None, height: int, width: int, fmt: str = "auto") -> str:
+    """The output format: ``fmt``, or for ``"auto"`` the default.
+
+    The default is PNG for PNG/JPEG/WebP/BMP inputs up to :data:`PNG_MAX_PIXELS` (and for
+    in-memory images, ``path=None``), GeoTIFF for every other input.
+    """
+    if fmt != "auto":
+        return fmt
     small = height * width <= PNG_MAX_PIXELS
-    return (
-        "png"
-        if small and (path is None or Path(path).suffix.lower() in PNG_INPUT_SUFFIXES)
-        else "tif"
-    )
+    pictured = path is None or Path(path).suffix.lower() in PNG_INPUT_SUFFIXES
+    return "png" if small and pictured else "tif"
+
+
+def output_format(reader: Any) -> str:
+    """Default output format for a reader (see :func:`format_for`)."""
+    height, width = reader.shape[:2]
+    return format_for(getattr(reader, "path", None), height, width)
 
 
 def prediction_writer(

@@ -37,6 +37,7 @@ from archs import unwrap_model
 from engine.errors import UserError
 from engine.train import state_io
 from engine.train.state_io import DiskFullError, StateFileError
+from engine.train.state_schema import check_rng_state, check_trainer_state
 from engine.train.stopping import TrainingDiverged
 
 STATE_NAME = "trainer_state.json"
@@ -66,33 +67,32 @@ def _step_of(path: Path) -> int | None:
 
 
 def read_state(path: str | Path) -> dict[str, Any]:
-    """Read and verify a checkpoint's ``trainer_state.json`` (format and file sizes).
+    """Read and verify a checkpoint's ``trainer_state.json`` (format, fields, file sizes).
+
+    The file is metadata from a possibly hostile writer: size-capped strict JSON, every
+    field checked by :func:`engine.train.state_schema.check_trainer_state`.
 
     Raises:
-        CheckpointError: when the state file is missing or unreadable, the checkpoint has
-            an older (pickled) format, or a file it lists is missing or has another size.
+        CheckpointError: when the state file is missing, unreadable or malformed (naming the
+            field), the checkpoint has an older (pickled) format, or a file it lists is
+            missing or has another size.
     """
     path = Path(path)
+    where = path / STATE_NAME
     try:
-        state = state_io.read_json(path / STATE_NAME, "checkpoint state")
+        state = state_io.read_json(where, "checkpoint state")
+        version = state.get("format", 1)
+        if type(version) is not int or version != FORMAT:
+            raise CheckpointError(
+                f"{where}: checkpoint format {version!r:.40}, this terraseg reads format "
+                f"{FORMAT} only (older checkpoints hold pickles and are never loaded)"
+            )
+        check_trainer_state(state, where, _step_of(path))
     except StateFileError as error:
         raise CheckpointError(str(error)) from error
-    if state.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path / STATE_NAME}: checkpoint format {state.get('format', 1)!r}, this terraseg "
-            f"reads format {FORMAT} only (older checkpoints hold pickles and are never loaded)"
-        )
-    for key in ("step", "best_step", "bad_steps"):
-        if type(state.get(key)) is not int:
-            raise CheckpointError(f"{path / STATE_NAME}: {key!r} must be an integer")
-    if not isinstance(state.get("best_miou"), (int, float)):
-        raise CheckpointError(f"{path / STATE_NAME}: 'best_miou' must be a number")
-    files = state.get("files")
-    if not isinstance(files, dict) or MODEL_NAME not in files or OPTIMIZER_NAME not in files:
-        raise CheckpointError(f"{path / STATE_NAME}: no valid list of files")
-    for name, size in files.items():
-        file = path / str(name)
-        if Path(str(name)).name != name or not file.is_file() or file.stat().st_size != size:
+    for name, size in state["files"].items():
+        file = path / name
+        if not file.is_file() or file.stat().st_size != size:
             raise CheckpointError(f"{file}: missing or truncated (size {size} recorded)")
     return state
 
@@ -146,6 +146,8 @@ def open_checkpoint(path: str | Path, rank: int = 0) -> Checkpoint:
             for name in state["files"]
             if name.startswith(RNG_PREFIX)
         }
+        for name, rng in rngs.items():  # every rank checks all: all refuse the same folder
+            check_rng_state(rng, path / name)
     except StateFileError as error:
         raise CheckpointError(str(error)) from error
     bad = state_io.nonfinite_names(model)
@@ -165,31 +167,56 @@ def open_checkpoint(path: str | Path, rank: int = 0) -> Checkpoint:
     return Checkpoint(path, state, model, training, rng)
 
 
-def resolve_resume(run_dir: str | Path, resume: str, rank: int = 0) -> Checkpoint | None:
+def resolve_resume(
+    run_dir: str | Path, resume: str | None, rank: int = 0, total_steps: int | None = None
+) -> Checkpoint | None:
     """Turn ``--resume latest|DIR`` into a verified checkpoint (``None``: nothing to resume).
 
-    ``latest`` takes the newest checkpoint that verifies, skipping broken ones with a
-    warning; when the run has checkpoints but none verifies, that is an error (a fresh
-    start would overwrite the run's history).
+    Args:
+        run_dir: The run folder.
+        resume: ``"latest"``, a checkpoint folder, or None (not resuming: returns None).
+        rank: This process's rank (whose RNG state is taken).
+        total_steps: The run's planned optimiser steps (None: not checked).
+
+    ``latest`` takes the newest checkpoint that verifies, skipping broken ones (corrupt,
+    or a state file that fails its schema) with a warning; when the run has checkpoints but
+    none verifies, that is an error (a fresh start would overwrite the run's history). A
+    checkpoint past ``total_steps`` is an error, not skipped: it fits another plan, and
+    an older checkpoint would silently throw its steps away.
 
     Raises:
-        CheckpointError: when an explicit folder does not verify, or no checkpoint does.
+        CheckpointError: when an explicit folder does not verify, no checkpoint does, or
+            the chosen one is past the run's ``total_steps``.
     """
+    if not resume:
+        return None
     if resume != "latest":
-        return open_checkpoint(resume, rank)
+        return _within_plan(open_checkpoint(resume, rank), total_steps)
     problems = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            return open_checkpoint(path, rank)
+            checkpoint = open_checkpoint(path, rank)
         except CheckpointError as error:
             log.warning("skipping checkpoint: %s", error)
             problems.append(str(error))
+            continue
+        return _within_plan(checkpoint, total_steps)
     if problems:
         raise CheckpointError(
             f"{checkpoints_dir(run_dir)}: no usable checkpoint among {len(problems)} "
             f"({'; '.join(problems)}); move them aside to start afresh"
         )
     return None
+
+
+def _within_plan(checkpoint: Checkpoint, total_steps: int | None) -> Checkpoint:
+    step = checkpoint.state["step"]
+    if total_steps is not None and step > total_steps:
+        raise CheckpointError(
+            f"{checkpoint.path / STATE_NAME}: 'step' {step} is past this run's {total_steps} "
+            "steps (train.epochs × train.steps_per_epoch); raise train.epochs to continue it"
+        )
+    return checkpoint
 
 
 def any_rank(accelerator: Any, flag: bool) -> bool:
@@ -229,15 +256,14 @@ def _write_parts(
         state_io.save_state(staging / OPTIMIZER_NAME, training)
 
 
-def _ensure_finite(run_dir: Path, step: int, model: Any, optimizer: Any) -> None:
+def _ensure_finite(step: int, model: Any, optimizer: Any) -> None:
     tensors = list(unwrap_model(model).state_dict().values())
     tensors += state_io.state_tensors(optimizer.state_dict()["state"])
     if not state_io.all_finite(tensors):
-        latest = find_latest(run_dir)
         raise TrainingDiverged(
-            f"step {step}: the model's weights or buffers or the optimiser state are no longer "
-            f"finite (diverged), nothing saved; the last finite checkpoint is "
-            f"{latest if latest else 'none'}; lower optim.lr or set optim.grad_clip"
+            step,
+            "the model's weights or buffers or the optimiser state are no longer finite, "
+            "nothing saved; lower optim.lr or set optim.grad_clip",
         )
 
 
@@ -280,7 +306,7 @@ def save_checkpoint(
         DiskFullError: when the disk fills (the temporary folder is removed).
     """
     run_dir = Path(run_dir)
-    _ensure_finite(run_dir, state["step"], model, optimizer)
+    _ensure_finite(state["step"], model, optimizer)
     folder = checkpoints_dir(run_dir)
     final = folder / f"{PREFIX}{state['step']:08d}"
     staging = folder / f".tmp-{final.name}"
@@ -389,8 +415,7 @@ def restore_training_state(
         ) from error
     accelerator.step = int(training.get("accumulation_step", 0))
     rng = checkpoint.rng
-    if rng is None:
-        log.warning("%s: no RNG state for this rank; its RNG is not restored", path)
+    if rng is None:  # a rank the saving run did not have: engine.train.elastic seeds it
         return
     try:
         random.setstate(rng["python"])

@@ -30,11 +30,12 @@ class DataConfig:
     Attributes:
         shards: Shard folder (with ``dataset.json``); required: set it in the config or
             with ``--set data.shards=DIR``.
-        batch_size: Samples per device per micro-batch.
-        eval_batch_size: Samples per device per evaluation batch (whole tiles).
-        num_workers: Loader processes per rank.
-        shuffle_buffer: Samples each training worker shuffles from.
-        crop_size: Edge of the random training crop (always applied).
+        batch_size: Samples per device per micro-batch (1 to 4096).
+        eval_batch_size: Samples per device per evaluation batch (whole tiles; 1 to 4096).
+        num_workers: Loader processes per rank (0 to 128).
+        shuffle_buffer: Samples each training worker shuffles from (1 to 16384).
+        crop_size: Edge of the random training crop (always applied): a multiple of 32, at
+            most 8192 and at most the shards' tile size (checked when training starts).
         hflip: Random horizontal flips.
         vflip: Random vertical flips.
         rot90: Random rotations by multiples of 90°.
@@ -142,9 +143,9 @@ class TrainConfig:
     """The loop.
 
     Attributes:
-        epochs: Number of epochs.
+        epochs: Number of epochs (``epochs × steps_per_epoch`` at most 10¹²).
         steps_per_epoch: Optimiser steps per epoch, the same on every rank.
-        grad_accum: Micro-batches per optimiser step.
+        grad_accum: Micro-batches per optimiser step (1 to 1024).
         mixed_precision: ``no``, ``bf16``, ``fp16`` or ``auto`` (bf16 where the GPU has
             it, else no).
         channels_last: Use the channels-last memory format (``null`` = on CUDA).
@@ -152,12 +153,13 @@ class TrainConfig:
         eval_every: Evaluate the val split every N steps (0 = at the end of each epoch).
         log_every: Write a history row every N steps.
         checkpoint_every: Save a resumable checkpoint every N steps (0 = end of epoch).
-        keep_checkpoints: How many recent checkpoints to keep.
+        keep_checkpoints: How many recent checkpoints to keep (1 to 1000).
         max_bad_steps: Stop after this many consecutive non-finite steps.
-        dist_timeout_s: Collective-operation timeout: a dead rank fails the job after it.
+        dist_timeout_s: Collective-operation timeout: a dead rank fails the job after it
+            (1 s to one week, 604800).
         stop_after_steps: End this invocation after N steps with a checkpoint and exit code
             75, as after a preemption (0 = off); for allocations shorter than the run.
-        panels: Prediction panels sent to wandb at each evaluation.
+        panels: Prediction panels sent to wandb at each evaluation (0 to 64).
     """
 
     epochs: int = 10
@@ -195,7 +197,16 @@ class LogConfig:
 
 @dataclass
 class Config:
-    """A whole experiment."""
+    """A whole experiment.
+
+    Attributes:
+        name: The run's name (wandb).
+        seed: Seeds Python, NumPy and torch, the data order and the augmentation
+            (0 to 2³² − 1).
+
+    The upper bounds on the settings that size memory, processes and disk are checked when
+    the config is loaded, before anything is allocated (``config_check.AT_MOST``).
+    """
 
     name: str = "run"
     seed: int = 0

@@ -52,12 +52,27 @@ AT_LEAST_ONE = (
     "schedule.step_size",
 )  # fmt: skip
 AT_LEAST_ZERO = (
-    "data.num_workers", "data.jitter", "optim.weight_decay", "optim.grad_clip",
+    "seed", "data.num_workers", "data.jitter", "optim.weight_decay", "optim.grad_clip",
     "schedule.warmup_steps", "train.eval_every", "train.checkpoint_every",
     "train.stop_after_steps", "train.panels",
 )  # fmt: skip
 ABOVE_ZERO = ("optim.lr", "schedule.power", "schedule.gamma")
 UNIT = ("optim.momentum",)  # in [0, 1)
+MAX_STEPS = 10**12  # train.epochs × train.steps_per_epoch, and a checkpoint's step
+# Upper bounds, checked before anything is allocated: the settings that size memory,
+# processes, disk use or a timer. Documented in engine/train/config.py.
+AT_MOST = {
+    "seed": (2**32 - 1, "NumPy seeds are 32-bit"),
+    "data.batch_size": (4096, "samples per device"),
+    "data.eval_batch_size": (4096, "tiles per device"),
+    "data.crop_size": (8192, "pixels a side"),
+    "data.num_workers": (128, "processes per rank"),
+    "data.shuffle_buffer": (16384, "samples per worker"),
+    "train.grad_accum": (1024, "micro-batches per step"),
+    "train.keep_checkpoints": (1000, "checkpoints on disk"),
+    "train.panels": (64, "images per evaluation"),
+    "train.dist_timeout_s": (7 * 24 * 3600, "one week"),
+}
 
 
 def _describe(kinds: set[str]) -> str:
@@ -165,6 +180,14 @@ def validate(config: Config) -> None:
         value = _get(config, key)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
             raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+    for key, (limit, unit) in AT_MOST.items():
+        if _get(config, key) > limit:
+            raise ConfigError(f"{key} must be at most {limit} ({unit}), got {_get(config, key)}")
+    if config.total_steps > MAX_STEPS:
+        raise ConfigError(
+            f"train.epochs × train.steps_per_epoch must be at most {MAX_STEPS}, got "
+            f"{config.total_steps}"
+        )
     betas = config.optim.betas
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {betas!r}")
@@ -199,6 +222,10 @@ def check_model_options(config: Config) -> None:
     for key in ("pretrained", "weights"):
         if getattr(config.model, key) and key not in accepted:
             raise ConfigError(f"model.{key} is set but {arch!r} has no encoder weights to load")
+    try:  # types and ranges, before anything is built: base_width 4096 is one line
+        archs.check_options(arch, options)
+    except archs.ModelSpecError as error:
+        raise ConfigError(f"model.options: {error}") from None
 
 
 def _loss_is_multitask(spec: Any) -> bool:

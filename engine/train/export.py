@@ -10,6 +10,11 @@ channel order with their dtype, statistics and nodata: a version 3 manifest's re
 
 Exports written before N-band data have no ``bands`` in ``model.json``; they load as three
 uint8 bands red, green, blue with the 0–1 ``mean``/``std`` of their ``dataset.json`` copy.
+
+Loading trusts nothing in the folder (:mod:`engine.train.export_check`): ``model.json`` is
+read with a size cap and checked field by field against the registry's option declarations,
+and the weights' header must name exactly the tensors, shapes and dtypes of the network
+built on the ``meta`` device, before the real network is allocated.
 """
 
 from __future__ import annotations
@@ -27,8 +32,17 @@ import yaml
 
 from archs import unwrap_model
 from engine.data.normalize import Normalization
-from engine.errors import UserError
+from engine.jsonfile import metadata_limit
 from engine.train import state_io
+from engine.train.export_check import (
+    ExportError,
+    check_spec,
+    check_weights_fit,
+    meta_model,
+    read_object,
+    read_weights_header,
+    strip_prefixes,
+)
 
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"
@@ -36,9 +50,7 @@ CONFIG_NAME = "config.yaml"
 MANIFEST_NAME = "dataset.json"
 EXPORT_DIR = "best"
 
-
-class ExportError(UserError, FileNotFoundError):
-    """An export is missing a file or is malformed; the message names the file."""
+__all__ = ["ExportError", "ExportedModel", "export_normalization", "load_exported", "save_exported"]
 
 
 @dataclass
@@ -119,32 +131,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _check_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
-    if not isinstance(spec, dict) or "arch" not in spec or "num_classes" not in spec:
-        raise ExportError(f"{where}: model spec needs at least 'arch' and 'num_classes'")
-    options = spec.get("options") or {}
-    if not isinstance(options, dict):
-        raise ExportError(f"{where}: 'options' must be a mapping, got {type(options).__name__}")
-    checked = {
-        "arch": str(spec["arch"]),
-        "num_classes": int(spec["num_classes"]),
-        "in_channels": int(spec.get("in_channels", 3)),
-        "options": _plain(options),
-    }
-    if "bands" not in spec:
-        return checked
-    try:
-        normalization = Normalization.from_manifest(spec)
-    except (KeyError, TypeError, ValueError) as error:
-        raise ExportError(f"{where}: malformed bands record ({error!r})") from error
-    if normalization.in_channels != checked["in_channels"]:
-        raise ExportError(
-            f"{where}: in_channels {checked['in_channels']} but {normalization.in_channels} "
-            f"bands ({', '.join(normalization.names)})"
-        )
-    return checked | normalization.records()
-
-
 def save_exported(
     out_dir: str | Path,
     model: torch.nn.Module,
@@ -172,7 +158,7 @@ def save_exported(
     out_dir = Path(out_dir)
     if "bands" not in model_spec and ("bands" in manifest or "mean" in manifest):
         model_spec = {**model_spec, **Normalization.from_manifest(manifest).records()}
-    spec = _check_spec(model_spec, str(out_dir / SPEC_NAME))
+    spec = check_spec(_plain(model_spec), str(out_dir / SPEC_NAME))
     state = state_io.cpu_tensors(unwrap_model(model).state_dict())
     bad = state_io.nonfinite_names(state)
     if bad:
@@ -241,21 +227,6 @@ def _locate(path: Path) -> tuple[Path, Path]:
     return folder, weights
 
 
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop ``_orig_mod.`` (torch.compile) and ``module.`` (DDP) prefixes shared by all keys."""
-    for prefix in ("_orig_mod.", "module."):
-        if state and all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix) :]: value for key, value in state.items()}
-    return state
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        return state_io.read_json(path, what)
-    except state_io.StateFileError as error:
-        raise ExportError(str(error)) from error
-
-
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:
     """Load an export for inference.
 
@@ -273,10 +244,55 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> Expor
         ExportError: naming the missing or malformed file.
     """
     folder, weights = _locate(Path(path))
-    spec = _check_spec(_read_json(folder / SPEC_NAME, "model spec"), str(folder / SPEC_NAME))
-    config_path = folder / CONFIG_NAME
+    where = folder / SPEC_NAME
+    spec = check_spec(read_object(where, "model spec"), str(where))
+    config = _read_config(folder / CONFIG_NAME)
+    manifest = read_object(folder / MANIFEST_NAME, "dataset manifest")
+    if not weights.is_file():
+        raise ExportError(f"{weights}: weights file not found")
+    check_weights_fit(meta_model(spec, str(where)), read_weights_header(weights), weights, spec)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        config = yaml.safe_load(config_path.read_bytes().decode("utf-8"))
+        tensors, _ = state_io.load_tensors(weights)
+    except state_io.StateFileError as error:
+        problem = str(error).split(": ", 1)[-1]
+        raise ExportError(f"{weights}: cannot read weights: {problem}") from error
+    state = strip_prefixes(tensors)
+    bad = state_io.nonfinite_names(state)
+    if bad:
+        raise ExportError(
+            f"{weights}: {len(bad)} weight tensor(s) hold NaN or inf (first: {bad[0]}); "
+            "the model would predict garbage"
+        )
+    import archs  # lazily: the engine does not depend on the model zoo at import time
+
+    # pretrained/weights only choose initial weights, which the export's replace: a shared
+    # model.json must not make loading download or read another file
+    options = {k: v for k, v in spec["options"].items() if k not in archs.WEIGHT_OPTIONS}
+    model = archs.create_model(spec["arch"], spec["num_classes"], spec["in_channels"], **options)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        problem = str(error).strip().splitlines()[-1].strip()
+        raise ExportError(
+            f"{weights}: weights do not match {spec['arch']} {spec['options']}: {problem}"
+        ) from error
+    model.to(device).eval()
+    return ExportedModel(model, spec, config, manifest, folder)
+
+
+def _read_config(config_path: Path) -> dict[str, Any]:
+    """``config.yaml`` of an export (a mapping; an empty file is an empty config)."""
+    try:
+        with open(config_path, "rb") as handle:
+            limit = metadata_limit()
+            if os.fstat(handle.fileno()).st_size > limit:
+                raise ExportError(
+                    f"{config_path}: over the {limit}-byte limit for metadata files "
+                    "(TERRASEG_MAX_METADATA_BYTES)"
+                )
+            config = yaml.safe_load(handle.read(limit + 1).decode("utf-8"))
     except FileNotFoundError as error:
         raise ExportError(f"{config_path}: run config not found") from error
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
@@ -287,33 +303,4 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> Expor
     if not isinstance(config, dict):
         kind = type(config).__name__
         raise ExportError(f"{config_path}: run config must be a mapping, got {kind}")
-    manifest = _read_json(folder / MANIFEST_NAME, "dataset manifest")
-    if not weights.is_file():
-        raise ExportError(f"{weights}: weights file not found")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        tensors, _ = state_io.load_tensors(weights)
-    except state_io.StateFileError as error:
-        problem = str(error).split(": ", 1)[-1]
-        raise ExportError(f"{weights}: cannot read weights: {problem}") from error
-    state = _strip_prefixes(tensors)
-    bad = state_io.nonfinite_names(state)
-    if bad:
-        raise ExportError(
-            f"{weights}: {len(bad)} weight tensor(s) hold NaN or inf (first: {bad[0]}); "
-            "the model would predict garbage"
-        )
-    import archs  # lazily: the engine does not depend on the model zoo at import time
-
-    model = archs.create_model(
-        spec["arch"], spec["num_classes"], spec["in_channels"], **spec["options"]
-    )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ExportError(
-            f"{weights}: weights do not match {spec['arch']} {spec['options']}: {error}"
-        ) from error
-    model.to(device).eval()
-    return ExportedModel(model, spec, config, manifest, folder)
+    return config

@@ -148,8 +148,7 @@ def _check_nonfinite(run: Run, skip: NonFiniteSkip) -> None:
         run.accelerator.wait_for_everyone()
         run.tracker.finish()
         raise TrainingDiverged(
-            f"{worst} consecutive non-finite steps by step {state.step}; "
-            f"the last good checkpoint in {run.run_dir / 'checkpoints'} is untouched"
+            state.step, f"{worst} consecutive non-finite steps, train.max_bad_steps = {limit}"
         )
 
 
@@ -195,7 +194,7 @@ def _checkpoint(run: Run) -> None:
     save_checkpoint(
         run.accelerator,
         run.run_dir,
-        {**run.state.to_dict(run.config), "model": run.model_spec},
+        {**run.state.to_dict(run.config, run.accelerator.num_processes), "model": run.model_spec},
         run.config.train.keep_checkpoints,
         model=run.model,
         optimizer=run.optimizer,

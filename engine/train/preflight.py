@@ -47,16 +47,25 @@ def check_shards(config: Config) -> None:
 
 
 def check_splits(config: Config, manifest: Manifest) -> None:
-    """The train split must be in the manifest.
+    """The train split must be in the manifest, and the training crop fit in its tiles.
 
     Raises:
-        ConfigError: naming the split, the manifest and the splits it has.
+        ConfigError: naming the split, the manifest and the splits it has; or the crop and
+            the tile size.
     """
     split = config.data.train_split
     if not manifest.has_split(split):
         raise ConfigError(
             f"data.train_split = {split!r}: {manifest.root / 'dataset.json'} has no such split "
             f"(has {sorted(manifest.data['splits'])})"
+        )
+    crop, tile = config.data.crop_size, manifest.tile_size
+    if crop > tile:
+        fits = tile - tile % 32  # crops are multiples of 32
+        fix = f"use --set data.crop_size={fits} or less, or " if fits else ""
+        raise ConfigError(
+            f"data.crop_size = {crop} is larger than the tiles of {manifest.root / 'dataset.json'}"
+            f" (tile_size {tile}): {fix}rebuild the shards with a --tile of at least {crop}"
         )
 
 
@@ -82,12 +91,6 @@ def data_warnings(config: Config, manifest: Manifest) -> list[str]:
         warnings.append(
             "no validation split: best/ will be the final weights, not the best ones; build "
             "shards with a val split (e.g. --split-by blocks:N)"
-        )
-    if data.crop_size > manifest.tile_size:
-        warnings.append(
-            f"data.crop_size = {data.crop_size} is larger than the tiles "
-            f"({manifest.tile_size}): crops are padded with ignored pixels; use a crop of at "
-            f"most {manifest.tile_size}"
         )
     rare = _rare_classes(config, manifest)
     if rare:

@@ -31,6 +31,7 @@ from engine.train.checkpoint import (
 )
 from engine.train.config import Config, ConfigError, save_config
 from engine.train.config_check import check_model_options
+from engine.train.elastic import continue_on_this_world, global_batch
 from engine.train.history import History, history_columns
 from engine.train.loss_factory import build_loss, class_weights_from_pixels
 from engine.train.losses import MultitaskLoss
@@ -48,8 +49,8 @@ class LoopState:
     best_step: int = -1
     bad_steps: int = 0
 
-    def to_dict(self, config: Config) -> dict[str, Any]:
-        """The checkpoint's ``trainer_state.json`` content."""
+    def to_dict(self, config: Config, world_size: int) -> dict[str, Any]:
+        """The checkpoint's ``trainer_state.json`` content (``world_size``: processes now)."""
         return {
             "step": self.step,
             "epoch": self.step // config.train.steps_per_epoch,
@@ -57,6 +58,8 @@ class LoopState:
             "best_step": self.best_step,
             "bad_steps": self.bad_steps,
             "seed": config.seed,
+            "world_size": world_size,
+            "global_batch": global_batch(config, world_size),
         }
 
 
@@ -197,7 +200,7 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     manifest = load_manifest(config.data.shards)
     check_and_warn(config, manifest, main)
     # Verified before anything is written: a refused resume leaves the run folder as it was.
-    checkpoint = resolve_resume(run_dir, resume, accelerator.process_index) if resume else None
+    checkpoint = resolve_resume(run_dir, resume, accelerator.process_index, config.total_steps)
     model, model_spec = build_model(config, manifest)
     if checkpoint is not None:
         check_fits(checkpoint, model_spec, config.data.shards)
@@ -225,6 +228,7 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
         state = LoopState(saved["step"], saved["best_miou"], saved["best_step"], saved["bad_steps"])
         if main:
             print(f"resumed from {checkpoint.path} at step {state.step}", flush=True)
+        continue_on_this_world(checkpoint, config, accelerator)
     elif resume and main:
         print(f"--resume {resume}: no checkpoint in {run_dir}, starting fresh", flush=True)
     loss_terms = list(MultitaskLoss.heads) if multitask else list(loss_fn.losses)
@@ -245,9 +249,10 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
 def stream_from_here(run: Run, steps: int) -> tuple[Any, TrainAugment]:
     """Batches and augmentation of this rank for the next ``steps`` optimiser steps.
 
-    Data and augmentation are seeded by the first step they serve: a run resumed at an
-    epoch boundary sees exactly what the uninterrupted run saw, one resumed mid-epoch a
-    fresh but reproducible stream.
+    Data and augmentation are seeded by ``(seed, rank, first step they serve)`` (the loader
+    adds the worker), not by the world size: a run resumed at an epoch boundary sees exactly
+    what the uninterrupted run saw, one resumed mid-epoch or on another number of processes
+    a fresh stream, reproducible given the number of processes (:mod:`engine.train.elastic`).
     """
     config, manifest, rank = run.config, run.manifest, run.accelerator.process_index
     augment = TrainAugment(

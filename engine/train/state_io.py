@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine import jsonfile
 from engine.errors import UserError
 
 META_KEY = "terraseg_state"
@@ -67,22 +68,27 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_json(path: str | Path, value: Any) -> None:
-    """Write ``value`` as indented JSON (through :func:`write_bytes`)."""
-    write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
+    """Write ``value`` as indented strict JSON, no NaN (through :func:`write_bytes`)."""
+    write_bytes(path, (json.dumps(value, indent=2, allow_nan=False) + "\n").encode())
 
 
 def read_json(path: str | Path, what: str) -> dict[str, Any]:
-    """Read a JSON object; anything else (a pickle, bytes, a list) is a named error.
+    """Read a JSON object as metadata (:func:`engine.jsonfile.read_json`: size cap, strict).
+
+    Anything else (a pickle, bytes, NaN, a list, a file over the cap) is a named error; the
+    caller checks the fields it uses.
 
     Raises:
         StateFileError: naming ``path`` and the problem.
     """
     try:
-        value = json.loads(Path(path).read_bytes().decode("utf-8"))
+        value = jsonfile.read_json(path)
     except FileNotFoundError as error:
         raise StateFileError(f"{path}: {what} not found") from error
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise StateFileError(f"{path}: {what} is not valid JSON ({_first_line(error)})") from error
+    except jsonfile.MetadataError as error:
+        raise StateFileError(str(error)) from error  # names the file
+    except OSError as error:
+        raise StateFileError(f"{path}: {what} cannot be read ({_first_line(error)})") from error
     if not isinstance(value, dict):
         raise StateFileError(f"{path}: {what} must be a JSON object, got {type(value).__name__}")
     return value
@@ -174,11 +180,12 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
 def save_state(path: str | Path, value: Any) -> None:
     """Write a nested state (dicts, lists, tuples, numbers, strings, tensors, arrays).
 
-    The tensors go into a safetensors file, the structure into its metadata as JSON.
+    The tensors go into a safetensors file, the structure into its metadata as strict
+    JSON (:func:`load_state` reads it as metadata, which refuses NaN).
     """
     tensors: dict[str, torch.Tensor] = {}
     structure = _encode(value, tensors)
-    save_tensors(path, tensors, {META_KEY: json.dumps(structure)})
+    save_tensors(path, tensors, {META_KEY: json.dumps(structure, allow_nan=False)})
 
 
 def load_state(path: str | Path) -> Any:
@@ -188,13 +195,15 @@ def load_state(path: str | Path) -> Any:
         StateFileError: when the file is missing, not safetensors, or not a terraseg state.
     """
     tensors, metadata = load_tensors(path)
+    if META_KEY not in metadata:
+        raise StateFileError(f"{path}: not a terraseg state file (no {META_KEY} metadata)")
     try:
-        structure = json.loads(metadata[META_KEY])
-    except (KeyError, json.JSONDecodeError) as error:
-        raise StateFileError(f"{path}: not a terraseg state file (no valid metadata)") from error
+        structure = jsonfile.parse_json(metadata[META_KEY], path)
+    except jsonfile.MetadataError as error:
+        raise StateFileError(str(error)) from error  # names the file
     try:
         return _decode(structure, tensors, str(path))
-    except (TypeError, ValueError, AttributeError) as error:
+    except (TypeError, ValueError, AttributeError, RecursionError) as error:
         raise StateFileError(f"{path}: malformed state ({_first_line(error)})") from error
 
 

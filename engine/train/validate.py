@@ -117,9 +117,9 @@ def export_best(run: Run) -> None:
     if not all_finite(run.accelerator.unwrap_model(run.model).state_dict().values()):
         run.accelerator.wait_for_everyone()
         raise TrainingDiverged(
-            f"step {run.state.step}: the model's weights or buffers are no longer finite "
-            f"(diverged); {run.run_dir / 'best'} is left as it was; lower optim.lr or set "
-            "optim.grad_clip"
+            run.state.step,
+            f"the model's weights or buffers are no longer finite; {run.run_dir / 'best'} is "
+            "left as it was; lower optim.lr or set optim.grad_clip",
         )
     error: Exception | None = None
     if run.main:
