@@ -25,6 +25,7 @@ def _summary(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the subcommand on ``argv`` (the command line when None); return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("action", nargs="?", choices=("list", "show", "path"), default="list")
     parser.add_argument("name", nargs="?", help="a shipped config (for show and path)")

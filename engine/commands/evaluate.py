@@ -30,6 +30,7 @@ from engine.train.export import load_exported
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the subcommand on ``argv`` (the command line when None); return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, help="report folder")
     model = parser.add_argument_group("model on shards")
@@ -71,6 +72,7 @@ def check_out(out: str) -> None:
 
 
 def evaluate_model(args: argparse.Namespace) -> int:
+    """Score ``--model`` on ``--shards``' ``--split`` and write the report; 0 on success."""
     if not args.shards:
         raise UserError("--model needs --shards")
     state = PartialState()
@@ -95,6 +97,7 @@ def evaluate_model(args: argparse.Namespace) -> int:
 
 
 def evaluate_predictions(args: argparse.Namespace) -> int:
+    """Score a folder of predicted masks against true masks and write the report."""
     classes = load_classes(args.classes) if args.classes else None
     manifest = None
     if args.manifest:  # a shard folder or its dataset.json
@@ -113,7 +116,3 @@ def evaluate_predictions(args: argparse.Namespace) -> int:
     metrics = write_report(args.out, confusion, names, f"{args.predictions} vs {args.masks}", extra)
     print(f"{summary_line(metrics)}\nreport written to {args.out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

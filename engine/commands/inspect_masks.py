@@ -16,6 +16,7 @@ from engine.data.pairing import PairingError, expand_glob, unique_files
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the subcommand on ``argv`` (the command line when None); return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("masks", nargs="+", help="mask files or globs (quote globs)")
     parser.add_argument("--write-classes", type=Path, help="write a draft classes file here")
@@ -45,7 +46,3 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(partial, target)  # never a half-written classes file
         print(f"draft classes file written to {target}: edit names and ignore values")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

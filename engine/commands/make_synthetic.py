@@ -51,6 +51,7 @@ def check_out(out: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the subcommand on ``argv`` (the command line when None); return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, help="dataset folder to write")
     parser.add_argument("--groups", type=int, default=4, help="number of 'Scene N' folders")
@@ -93,9 +94,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {args.groups * args.per_group} scenes to {out} (classes: {out / 'classes.yaml'})")
     return 0
-
-
-if __name__ == "__main__":
-    code = main()
-    if code:
-        sys.exit(code)

@@ -37,6 +37,7 @@ def find_confusions(metrics: dict) -> dict[str, list]:
 
 
 def class_names(run: Path, metrics: dict, size: int) -> list[str]:
+    """The run's class names (from its dataset.json), else ``class 0`` … for ``size`` classes."""
     for candidate in (run / "best" / "dataset.json", run / "dataset.json"):
         if candidate.is_file():
             try:
@@ -53,6 +54,7 @@ def class_names(run: Path, metrics: dict, size: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the subcommand on ``argv`` (the command line when None); return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run", help="run folder holding history.csv (or the CSV itself)")
     parser.add_argument("--out", help="output folder (default: the run folder)")
@@ -95,7 +97,3 @@ def main(argv: list[str] | None = None) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -121,6 +121,7 @@ def read_image(path: str, normalization: Normalization | None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the subcommand on ``argv`` (the command line when None); return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("mask", nargs="?", help="a class-index mask to render")
     parser.add_argument("--image", help="the image (for a panel or an overlay)")
@@ -232,7 +233,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {args.out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

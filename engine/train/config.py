@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from engine.configs import resolve_config
 from engine.train.config_check import ConfigError, Yaml12Loader, coerce, fit_loss_to_arch, validate
 
 __all__ = ["Config", "ConfigError", "config_from_dict", "load_config", "save_config", "validate"]
@@ -281,7 +282,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Load a config file and apply ``key.path=value`` overrides.
 
     Args:
-        path: YAML file (``None``: defaults only).
+        path: YAML file, or the name of a shipped config (``unet``, ``tiny-cpu``: see
+            :func:`engine.configs.list_configs`); ``None``: defaults only.
         overrides: Strings like ``"optim.lr=3e-4"``.
 
     Raises:
@@ -289,10 +291,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     config = Config()
     if path is not None:
+        path = resolve_config(path)
         try:
             data = yaml.load(Path(path).read_text(), Loader=Yaml12Loader) or {}
         except FileNotFoundError as error:
-            raise ConfigError(f"{path}: config file not found") from error
+            raise ConfigError(
+                f"{path}: config file not found, nor a shipped config ('terraseg configs')"
+            ) from error
         except yaml.YAMLError as error:
             message = " ".join(str(error).split())
             raise ConfigError(f"{path}: not valid YAML: {message}") from error
