@@ -66,7 +66,7 @@ def write_raster(
 CHILD = r"""
 import json, sys, time
 import torch
-from engine.data.rasters import open_raster
+from engine.data.sources.rasters import open_raster
 from engine.infer.sliding import predict_raster
 from engine.infer.writer import prediction_writer
 

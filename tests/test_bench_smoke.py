@@ -125,7 +125,7 @@ def test_learning_benchmark_scores_sliding_windows_as_predict_does():
     sys.path.insert(0, str(REPO / "bench"))
     import bench_learning
 
-    from engine.data.normalize import Normalization
+    from engine.data.shards.normalize import Normalization
     from engine.infer.sliding import predict_mask
 
     rng = np.random.default_rng(0)

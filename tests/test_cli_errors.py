@@ -117,7 +117,7 @@ def test_predict_bad_settings_are_one_line(tmp_path, capsys):
 
 
 def test_show_index_past_the_end_and_short_shards(synthetic_shards, tmp_path, capsys):
-    from engine.data.manifest import load_manifest
+    from engine.data.shards.manifest import load_manifest
 
     count = load_manifest(synthetic_shards).split("val").num_samples
     out = str(tmp_path / "x.png")

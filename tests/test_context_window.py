@@ -10,7 +10,7 @@ from conftest import build_tiny, make_tiny_dataset
 from PIL import Image
 
 import archs
-from engine.data.manifest import load_manifest
+from engine.data.shards.manifest import load_manifest
 from engine.evaluate import shard_eval
 from engine.evaluate.shard_eval import context_window, evaluate_split, forward_logits
 from engine.train.export import save_exported

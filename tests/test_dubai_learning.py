@@ -4,7 +4,7 @@ import torch
 from accelerate.utils import set_seed
 from conftest import REPO
 
-from engine.data.manifest import load_manifest
+from engine.data.shards.manifest import load_manifest
 from engine.evaluate.shard_eval import evaluate_split
 from engine.train.config import load_config
 from engine.train.export import load_exported

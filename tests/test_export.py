@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from engine.data.normalize import BandStats, Normalization
+from engine.data.shards.normalize import BandStats, Normalization
 from engine.train.export import ExportError, load_exported, save_exported
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,7 +265,7 @@ def test_predict_script_end_to_end(tmp_path, model_factory, monkeypatch):
         [f"a_{k}.png" for k in ("mask", "color", "confidence", "overlay")]
         + [f"b_{k}.tif" for k in ("mask", "color", "confidence", "overlay")]
     )
-    from engine.data.rasters import read_index_mask
+    from engine.data.sources.rasters import read_index_mask
     from engine.infer.sliding import predict_mask
 
     for stem, image, ext in (("a", png, "png"), ("b", tif, "tif")):

@@ -21,8 +21,8 @@ import shapely
 import torch
 from rasterio.features import rasterize
 
-from engine.data.normalize import BandStats, Normalization
-from engine.data.paths import multispectral_dataset_dir
+from engine.data.shards.normalize import BandStats, Normalization
+from engine.data.sources.paths import multispectral_dataset_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CHIP = "sen1floods11/S2/Spain_7370579_S2Hand.tif"

@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.data.normalize import BandStats, Normalization
-from engine.data.raster_base import ArrayReader
+from engine.data.shards.normalize import BandStats, Normalization
+from engine.data.sources.raster_base import ArrayReader
 from engine.infer.sliding import (
     InferenceError,
     iter_probability_blocks,
@@ -482,7 +482,7 @@ MEMORY_CHILD = textwrap.dedent(
     """
     import json, sys
     import torch
-    from engine.data.rasters import open_raster
+    from engine.data.sources.rasters import open_raster
     from engine.infer.sliding import predict_raster
     from engine.infer.writer import prediction_writer
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.data.raster_base import RasterError
-from engine.data.rasters import open_raster, read_index_mask
+from engine.data.sources.raster_base import RasterError
+from engine.data.sources.rasters import open_raster, read_index_mask
 from engine.evaluate.folder_eval import FolderEvalError, evaluate_folders, pair_folders
 from engine.infer.writer import PredictionWriter, prediction_writer
 

@@ -173,7 +173,7 @@ def test_plot_history_skips_absent_columns(tmp_path):
 
 
 def test_class_info_from_manifest_and_classes_file(tmp_path):
-    from engine.data.classes import classes_from_dict
+    from engine.data.sources.classes import classes_from_dict
 
     manifest = {"classes": [{"name": n, "color": c} for n, c in zip(NAMES, PALETTE)]}
     assert class_info(manifest) == (NAMES, PALETTE)
@@ -201,9 +201,9 @@ def _run_script(monkeypatch, name: str, argv: list[str]) -> int:
 
 @pytest.mark.slow
 def test_show_script_renders_a_shard_sample_and_masks(tmp_path, monkeypatch):
-    from engine.data.classes import load_classes
-    from engine.data.pairing import pair_by_glob
-    from engine.data.shard_builder import BuildOptions, build_shards
+    from engine.data.build.builder import BuildOptions, build_shards
+    from engine.data.sources.classes import load_classes
+    from engine.data.sources.pairing import pair_by_glob
     from engine.data.synthetic.scenes import write_dataset
 
     data = write_dataset(

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.data.normalize import BandStats, Normalization
-from engine.data.paths import multispectral_dataset_dir
+from engine.data.shards.normalize import BandStats, Normalization
+from engine.data.sources.paths import multispectral_dataset_dir
 from engine.errors import UserError
 from engine.render.colors import RenderError, display_rgb, image_normalization
 from engine.render.figures import mask_figure, panel
@@ -174,11 +174,11 @@ def _pixels(path: Path) -> np.ndarray:
 
 @pytest.mark.slow
 def test_show_draws_shards_with_the_manifests_bands(tmp_path, monkeypatch, capsys):
-    from engine.data.classes import load_classes
-    from engine.data.loader import read_sample
-    from engine.data.manifest import load_manifest
-    from engine.data.pairing import pair_by_glob
-    from engine.data.shard_builder import BuildOptions, build_shards
+    from engine.data.build.builder import BuildOptions, build_shards
+    from engine.data.shards.loader import read_sample
+    from engine.data.shards.manifest import load_manifest
+    from engine.data.sources.classes import load_classes
+    from engine.data.sources.pairing import pair_by_glob
     from engine.data.synthetic.scenes import write_dataset
 
     data = write_dataset(

@@ -13,8 +13,8 @@ import pytest
 from conftest import build_tiny, make_tiny_dataset
 from servers import QuietHandler, moto_s3, served
 
-from engine.data.manifest import ManifestError, load_manifest, shard_name
-from engine.data.shard_upload import _SHARD_NAME
+from engine.data.build.upload import _SHARD_NAME
+from engine.data.shards.manifest import ManifestError, load_manifest, shard_name
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -114,7 +114,7 @@ def test_classes_yaml_matches_palette(small_dataset):
 
 
 def test_classes_yaml_loads_with_the_engine_reader(small_dataset):
-    from engine.data.classes import load_classes, rgb_code
+    from engine.data.sources.classes import load_classes, rgb_code
 
     spec = load_classes(small_dataset / "classes.yaml")
     assert spec.encoding == "rgb"

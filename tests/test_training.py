@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from conftest import REPO, tiny_args, tiny_config
 from torch import nn
 
-from engine.data.manifest import load_manifest
+from engine.data.shards.manifest import load_manifest
 from engine.evaluate.shard_eval import evaluate_split
 from engine.train.checkpoint import find_latest, list_checkpoints, read_state
 from engine.train.export import load_exported

@@ -26,13 +26,13 @@ import sys
 from dataclasses import replace
 
 from engine.cli import HelpFormatter
-from engine.data.band_select import parse_band_list
-from engine.data.classes import load_classes
-from engine.data.imageio import IMAGE_CODECS
-from engine.data.pairing import pair_by_glob, pair_from_csv, pairs_from_vector
-from engine.data.shard_builder import BuildOptions, build_shards
-from engine.data.splits import SPLIT_BY_HELP
-from engine.data.vector_labels import VectorLabels
+from engine.data.build.builder import BuildOptions, build_shards
+from engine.data.build.splits import SPLIT_BY_HELP
+from engine.data.shards.codecs import IMAGE_CODECS
+from engine.data.sources.band_select import parse_band_list
+from engine.data.sources.classes import load_classes
+from engine.data.sources.pairing import pair_by_glob, pair_from_csv, pairs_from_vector
+from engine.data.sources.vector_labels import VectorLabels
 from engine.errors import UserError
 
 

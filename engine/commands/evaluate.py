@@ -19,8 +19,8 @@ import torch
 from accelerate import PartialState
 
 from engine.cli import HelpFormatter
-from engine.data.classes import load_classes
-from engine.data.manifest import load_manifest
+from engine.data.shards.manifest import load_manifest
+from engine.data.sources.classes import load_classes
 from engine.errors import UserError
 from engine.evaluate.folder_eval import FolderEvalError, evaluate_folders
 from engine.evaluate.metrics import summary_line

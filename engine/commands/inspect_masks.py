@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from engine.cli import HelpFormatter
-from engine.data.imageio import ImageReadError
-from engine.data.mask_inspect import draft_classes_yaml, inspect_masks
-from engine.data.pairing import PairingError, expand_glob, unique_files
+from engine.data.sources.mask_inspect import draft_classes_yaml, inspect_masks
+from engine.data.sources.pairing import PairingError, expand_glob, unique_files
+from engine.data.sources.pictures import ImageReadError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,11 +31,11 @@ import sys
 from pathlib import Path
 
 from engine.cli import HelpFormatter
-from engine.data.classes import IGNORE_INDEX, load_classes
-from engine.data.loader import read_sample
-from engine.data.manifest import load_manifest
-from engine.data.normalize import Normalization
-from engine.data.rasters import open_raster, read_index_mask
+from engine.data.shards.loader import read_sample
+from engine.data.shards.manifest import load_manifest
+from engine.data.shards.normalize import Normalization
+from engine.data.sources.classes import IGNORE_INDEX, load_classes
+from engine.data.sources.rasters import open_raster, read_index_mask
 from engine.errors import UserError
 from engine.evaluate.folder_eval import read_truth_mask
 from engine.render.colors import RenderError, class_info, display_rgb, image_normalization

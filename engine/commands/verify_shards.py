@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from engine.cli import HelpFormatter
-from engine.data.shard_verify import verify_shards
+from engine.data.shards.verify import verify_shards
 from engine.errors import UserError
 
 

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.data.classes import IGNORE_INDEX, ClassesFile, load_classes
-from engine.data.imageio import read_mask_values
-from engine.data.rasters import read_index_mask
+from engine.data.sources.classes import IGNORE_INDEX, ClassesFile, load_classes
+from engine.data.sources.imageio import read_mask_values
+from engine.data.sources.rasters import read_index_mask
 from engine.errors import UserError
 from engine.evaluate.metrics import ConfusionMatrix
 

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from archs import segmentation_logits, unwrap_model
-from engine.data.loader import eval_batches
-from engine.data.manifest import Manifest
-from engine.data.normalize import normalize
+from engine.data.shards.loader import eval_batches
+from engine.data.shards.manifest import Manifest
+from engine.data.shards.normalize import normalize
 from engine.errors import UserError
 from engine.evaluate.metrics import ConfusionMatrix, SegmentationMetrics
 from engine.render.colors import display_rgb

@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.data.normalize import Normalization
-from engine.data.raster_base import RasterReader, default_band_names
-from engine.data.rasters import open_raster
+from engine.data.shards.normalize import Normalization
+from engine.data.sources.raster_base import RasterReader, default_band_names
+from engine.data.sources.rasters import open_raster
 from engine.errors import UserError
 
 #: Pixel types that hold the same units (Sentinel-2 reflectance comes as either).

@@ -1,7 +1,7 @@
 """What a prediction checks before it writes anything: the pixel limit and the free disk.
 
 **Pixels.** Every input's ``rows x cols`` is read from its header (nothing decoded) and
-checked against the builder's limit, :func:`engine.data.imageio.check_pixels`:
+checked against the builder's limit, :func:`engine.data.sources.pictures.check_pixels`:
 ``TERRASEG_MAX_PIXELS`` (default 1.5 G pixels), or ``max_pixels`` (``predict.py
 --max-pixels``). Prediction keeps the builder's default although it streams GeoTIFF inputs
 in strips (memory does not grow with the raster): the limit stops an absurd header (a
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.imageio import check_pixels
-from engine.data.raster_base import PIL_SUFFIXES
+from engine.data.sources.pictures import check_pixels
+from engine.data.sources.raster_base import PIL_SUFFIXES
 from engine.errors import UserError
 from engine.infer.writer import output_spec
 
@@ -60,7 +60,7 @@ def header_size(path: str | Path) -> tuple[int, int]:
         finally:
             Image.MAX_IMAGE_PIXELS = previous
         return height, width
-    from engine.data.rasters import open_raster
+    from engine.data.sources.rasters import open_raster
 
     with open_raster(path) as reader:  # rasterio reads the header only
         height, width = reader.shape[:2]

@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from engine.data.raster_base import PIL_SUFFIXES, TIFF_SUFFIXES
+from engine.data.sources.raster_base import PIL_SUFFIXES, TIFF_SUFFIXES
 from engine.errors import UserError
 from engine.evaluate.shard_eval import context_window
 from engine.infer.bands import model_normalization, open_model_raster

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from archs import segmentation_logits
-from engine.data.normalize import Normalization
-from engine.data.raster_base import ArrayReader, RasterReader
+from engine.data.shards.normalize import Normalization
+from engine.data.sources.raster_base import ArrayReader, RasterReader
 from engine.errors import UserError
 from engine.infer.windows import (
     ColumnBand,
@@ -329,11 +329,11 @@ def predict_probabilities(
             normalised float batch ``[B, C, T, T]``. Put in eval mode for the call (its
             previous mode is restored) and moved to ``device``.
         image: ``HxWxC`` array or tensor of native band values, or a window reader
-            (:func:`engine.data.rasters.open_raster`); the output is held in memory, so use
+            (:func:`engine.data.sources.rasters.open_raster`); the output is held in memory, so use
             :func:`predict_raster` for rasters too large for that.
         num_classes: ``N``.
         normalization: The model's input contract
-            (:meth:`engine.data.normalize.Normalization.from_manifest` of the export's
+            (:meth:`engine.data.shards.normalize.Normalization.from_manifest` of the export's
             ``dataset.json``): ``C`` bands, ``(x - mean) / std`` per band, nodata -> 0,
             applied on the device.
         mean: Without ``normalization``: per-channel mean of 3 uint8 bands, 0–1 scale.

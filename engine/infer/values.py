@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.data.classes import parse_color
+from engine.data.sources.classes import parse_color
 from engine.errors import UserError
 
 IGNORE_INDEX = 255

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.data.band_select import BandSpec, band_positions
-from engine.data.classes import parse_color
-from engine.data.normalize import BandStats, Normalization
+from engine.data.shards.normalize import BandStats, Normalization
+from engine.data.sources.band_select import BandSpec, band_positions
+from engine.data.sources.classes import parse_color
 from engine.errors import UserError
 
 IGNORE_INDEX = 255
@@ -152,7 +152,7 @@ def class_info(manifest: dict | None = None, classes: Any = None) -> tuple[list[
 
     Args:
         manifest: ``dataset.json`` contents (``classes: [{name, color}]``).
-        classes: An :class:`engine.data.classes.ClassesFile`.
+        classes: An :class:`engine.data.sources.classes.ClassesFile`.
 
     Returns:
         ``(names, palette)`` in class-index order.
@@ -202,7 +202,7 @@ def image_normalization(
         names: Band names (default ``band1``, ``band2``...).
 
     Returns:
-        A :class:`~engine.data.normalize.Normalization` for :func:`display_rgb`.
+        A :class:`~engine.data.shards.normalize.Normalization` for :func:`display_rgb`.
     """
     image = _as_numpy(image)
     if image.ndim != 3:
@@ -250,7 +250,7 @@ def display_rgb(
             ``Normalization.from_manifest(export_manifest)``); ``None``: the image's own
             (:func:`image_normalization`).
         band: One band to show in grey: its 1-based number or its name
-            (:func:`~engine.data.band_select.band_positions`).
+            (:func:`~engine.data.sources.band_select.band_positions`).
         rgb: Three bands (numbers or names) to show as red, green, blue.
         channels_last: The image is ``[H, W, C]`` (as raster readers return it).
         nodata_color: Colour of nodata pixels.

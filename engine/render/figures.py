@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.band_select import BandSpec
-from engine.data.normalize import Normalization
+from engine.data.shards.normalize import Normalization
+from engine.data.sources.band_select import BandSpec
 from engine.render.colors import (
     ERROR_COLORS,
     IGNORE_INDEX,

@@ -16,7 +16,7 @@ import archs
 from engine.errors import UserError
 
 if TYPE_CHECKING:
-    from engine.train.config import Config
+    from engine.train.config_types import Config
 
 
 class ConfigError(UserError):

@@ -5,7 +5,7 @@ accelerate or the training code: the weights (a plain CPU state dict in safetens
 model spec ``model.json`` = ``{"arch", "num_classes", "in_channels", "options", "bands",
 "rgb_bands"}`` (the architecture that ``archs.create_model`` rebuilds, and the input bands in
 channel order with their dtype, statistics and nodata: a version 3 manifest's records, see
-:mod:`engine.data.normalize`), the run's config and the shard manifest (classes, palette,
+:mod:`engine.data.shards.normalize`), the run's config and the shard manifest (classes, palette,
 ``ignore_index``, the bands again).
 
 Exports written before N-band data have no ``bands`` in ``model.json``; they load as three
@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from archs import unwrap_model
-from engine.data.normalize import Normalization
+from engine.data.shards.normalize import Normalization
 from engine.jsonfile import metadata_limit
 from engine.train import state_io
 from engine.train.export_check import (

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from engine.train.config import OptimConfig, ScheduleConfig
+from engine.train.config_types import OptimConfig, ScheduleConfig
 
 FUSED_DEVICES = ("cuda", "cpu")
 

@@ -20,8 +20,8 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 
 import archs
-from engine.data.loader import train_batches
-from engine.data.manifest import Manifest, load_manifest
+from engine.data.shards.loader import train_batches
+from engine.data.shards.manifest import Manifest, load_manifest
 from engine.train.augment import TrainAugment
 from engine.train.checkpoint import (
     check_fits,

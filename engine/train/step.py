@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from engine.data.loader import Batch
+from engine.data.shards.loader import Batch
 from engine.evaluate.shard_eval import memory_format
 from engine.train.augment import TrainAugment
 from engine.train.targets import make_targets

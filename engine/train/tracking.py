@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.train.config import LogConfig
+from engine.train.config_types import LogConfig
 
 
 class Tracker:

@@ -12,8 +12,8 @@ from typing import NamedTuple
 import numpy as np
 from webdataset.tariterators import base_plus_ext
 
-from engine.data.manifest import Manifest
-from engine.data.shard_store import ShardReadError
+from engine.data.shards.manifest import Manifest
+from engine.data.shards.store import ShardReadError
 
 
 class Codecs(NamedTuple):

@@ -14,7 +14,7 @@ its rank and the world size.
 
 Two ways to move the bytes, with the same batches in the same order: local ``npy`` shards
 (nothing to decode) are read by ``num_workers`` *threads* of this process straight into the
-batch tensors (:mod:`engine.data.direct_read`: tar headers indexed once, one ``preadv`` per
+batch tensors (:mod:`engine.data.shards.direct_read`: tar headers indexed once, one ``preadv`` per
 member, batch memory reused); other codecs and URLs are decoded in DataLoader worker
 *processes*. The order of the samples depends only on ``(seed, rank, worker, epoch)``, where
 "worker" is the DataLoader worker or the thread stream standing for it.
@@ -36,17 +36,17 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys
 
-from engine.data.direct_read import direct_batches, indexed_samples
-from engine.data.imageio import decode_image
-from engine.data.manifest import Manifest, SplitInfo
-from engine.data.sample_checks import (
+from engine.data.shards.checks import (
     Codecs,
     check_image,
     check_mask,
     check_members,
     unique_members,
 )
-from engine.data.shard_store import ShardReadError, is_url, shard_digests, tar_members
+from engine.data.shards.codecs import decode_image
+from engine.data.shards.direct_read import direct_batches, indexed_samples
+from engine.data.shards.manifest import Manifest, SplitInfo
+from engine.data.shards.store import ShardReadError, is_url, shard_digests, tar_members
 from engine.errors import UserError
 
 
@@ -320,7 +320,7 @@ def train_batches(
         split: The split to stream.
         pin_memory: Pin host memory (default: when CUDA is available).
         direct: Read local ``npy`` shards with threads straight into the batches
-            (:mod:`engine.data.direct_read`; the same batches, in the same order, as the
+            (:mod:`engine.data.shards.direct_read`; the same batches, in the same order, as the
             worker processes). Default: whenever the shards allow it.
     """
     info, codecs = manifest.split(split), Codecs.of(manifest)

@@ -2,7 +2,7 @@
 
 The builder records each shard's SHA-256 and size in ``dataset.json`` (``shard_sha256``,
 ``shard_bytes``: hashed while the tar was written). :func:`verify_shards` streams every
-shard once through :func:`engine.data.shard_store.open_shard_stream` (a folder, http(s),
+shard once through :func:`engine.data.shards.store.open_shard_stream` (a folder, http(s),
 s3, ``pipe:``) and compares. ``launch/verify_shards.py`` is its command line.
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.data.manifest import MANIFEST_NAME, load_manifest
-from engine.data.shard_store import ShardUrl, open_shard_stream
+from engine.data.shards.manifest import MANIFEST_NAME, load_manifest
+from engine.data.shards.store import ShardUrl, open_shard_stream
 from engine.errors import UserError
 
 BLOCK = 1 << 20  # bytes hashed per read

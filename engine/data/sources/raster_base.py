@@ -9,8 +9,8 @@ A reader delivers ``C`` bands at their native precision, never rescaled:
 - ``.nodata`` (the value in force, or ``None``), ``.georef`` (``{"crs", "transform"}`` or
   ``None``), ``.profile`` (a dict describing the source); a context manager.
 
-The backends live in :mod:`engine.data.rasters` (PIL, rasterio, band files and
-:func:`~engine.data.rasters.open_raster`); :class:`ArrayReader` serves in-memory arrays.
+The backends live in :mod:`engine.data.sources.rasters` (PIL, rasterio, band files and
+:func:`~engine.data.sources.rasters.open_raster`); :class:`ArrayReader` serves in-memory arrays.
 
 Rules shared by every backend (errors name the file): pixel types uint8, uint16, int16 and
 float32 are used as they are; int8, int32, uint32, float64 (and anything else) are rejected.
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.data.band_select import band_positions
+from engine.data.sources.band_select import band_positions
 from engine.errors import UserError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}

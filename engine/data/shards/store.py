@@ -1,7 +1,7 @@
 """Where shards live: a local folder or a URL, and the one seam that opens a shard.
 
 ``data.shards`` / ``--shards`` / ``--out`` take a folder or a URL (builds to a URL are
-uploaded by :mod:`engine.data.shard_upload`):
+uploaded by :mod:`engine.data.build.upload`):
 
 * ``http://`` / ``https://`` (read only), ``s3://`` (any S3-compatible store: the endpoint
   from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, credentials as boto reads them),
@@ -16,7 +16,7 @@ uploaded by :mod:`engine.data.shard_upload`):
 
 All URLs go through fsspec (s3fs for ``s3://``): one client and one error model for every
 scheme. Remote shards are read *sequentially* (``tarfile`` mode ``r|``) through
-:class:`~engine.data.remote_stream.RetryingReader`, which counts the bytes it has
+:class:`~engine.data.shards.remote_stream.RetryingReader`, which counts the bytes it has
 delivered and, on a transient error (dropped connection, missed deadline, HTTP 5xx/429, a
 short body), re-opens the URL at that byte (HTTP ``Range`` + ``If-Range``, S3 ranged GET +
 ``IfMatch``; when a server ignores ``Range`` the bytes already delivered are read again and
@@ -59,8 +59,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from engine.data.remote_errors import CHUNK, ShardReadError, ShardStoreError
-from engine.data.remote_stream import (
+from engine.data.shards.remote_errors import CHUNK, ShardReadError, ShardStoreError
+from engine.data.shards.remote_stream import (
     RetryingReader,
     Version,
     filesystem,

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.data.band_select import band_positions
-from engine.data.build_output import BuildError
-from engine.data.normalize import BandStats, Normalization
+from engine.data.build.output import BuildError
+from engine.data.shards.normalize import BandStats, Normalization
+from engine.data.sources.band_select import band_positions
 
 #: Histogram bins and the offset added to a value to get its bin, per integer band type.
 HISTOGRAM = {"uint8": (256, 0), "uint16": (65536, 0), "int16": (65536, 32768)}

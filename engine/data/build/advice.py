@@ -25,7 +25,8 @@ def print_warning(message: str) -> None:
 def padding_share(sizes: list[tuple[int, int]], tile: int) -> float:
     """The share of train tile pixels that is padding when ``sizes`` (H, W) are cut at ``tile``.
 
-    Train tiles end at the image's edge (``engine.data.tiling.train_window_start``), so only an
+    Train tiles end at the image's edge
+    (``engine.data.build.tiling.train_window_start``), so only an
     image shorter or narrower than the tile leaves padding in them.
     """
     tiles = [math.ceil(h / tile) * math.ceil(w / tile) for h, w in sizes]

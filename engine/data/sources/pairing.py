@@ -316,7 +316,7 @@ def pairs_from_vector(
     """Pair every image matched by a glob with one vector label file.
 
     Each pair's ``mask`` is the vector file; the builder rasterises it onto the image's grid
-    (:class:`engine.data.vector_labels.VectorLabels`). Keys and groups come from the images
+    (:class:`engine.data.sources.vector_labels.VectorLabels`). Keys and groups come from the images
     exactly as in :func:`pair_by_glob`.
 
     Args:

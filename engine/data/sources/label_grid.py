@@ -2,7 +2,7 @@
 
 A mask whose georeferencing differs from its image's (another CRS, shifted by some pixels,
 another resolution) would otherwise build silently and train on labels that sit beside
-their pixels. The rule, applied by :func:`engine.data.build_sources.read_pair` (every build,
+their pixels. The rule, applied by :func:`engine.data.build.sources.read_pair` (every build,
 in worker processes too):
 
 * When image and mask are **both georeferenced** (a CRS and a non-identity transform), the
@@ -16,8 +16,8 @@ in worker processes too):
 * Otherwise (a PNG mask, a TIFF without a CRS, an image that is not georeferenced) the mask
   is taken as drawn on the image's pixels: only its size must match.
 
-Vector labels are rasterised on the image's grid (:mod:`engine.data.vector_labels`), and
-band-file images share one grid (:class:`engine.data.rasters.BandFilesReader` checks it):
+Vector labels are rasterised on the image's grid (:mod:`engine.data.sources.vector_labels`), and
+band-file images share one grid (:class:`engine.data.sources.rasters.BandFilesReader` checks it):
 the first band file's grid is the image's.
 """
 
@@ -29,10 +29,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from engine.data.build_output import BuildError
-from engine.data.classes import IGNORE_INDEX
-from engine.data.imageio import exif_hint
-from engine.data.raster_base import PIL_SUFFIXES, gdal_env
+from engine.data.build.output import BuildError
+from engine.data.sources.classes import IGNORE_INDEX
+from engine.data.sources.pictures import exif_hint
+from engine.data.sources.raster_base import PIL_SUFFIXES, gdal_env
 
 #: Largest distance (in image pixels), anywhere on the image, between where the mask and
 #: the image place a pixel for the two to count as one grid.
@@ -64,7 +64,7 @@ def raster_grid(path: str | Path) -> Grid | None:
 
     PNG, JPEG and other picture files are never georeferenced here (as their reader).
     """
-    from engine.data.rasters import _open_dataset  # rasters imports imageio, as this does
+    from engine.data.sources.rasters import _open_dataset  # rasters imports imageio, as this does
 
     path = Path(path)
     if path.suffix.lower() in PIL_SUFFIXES:

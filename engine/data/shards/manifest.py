@@ -9,9 +9,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.data.imageio import IMAGE_CODECS
-from engine.data.normalize import BAND_DTYPES, Normalization
-from engine.data.shard_store import ShardUrl, as_location, open_shard_stream
+from engine.data.shards.codecs import IMAGE_CODECS
+from engine.data.shards.normalize import BAND_DTYPES, Normalization
+from engine.data.shards.store import ShardUrl, as_location, open_shard_stream
 from engine.errors import UserError
 from engine.jsonfile import MetadataError, metadata_limit, parse_json, read_json
 
@@ -394,14 +394,14 @@ def _check_local_shards(manifest: Manifest, path: Path) -> None:
 
 
 def load_manifest(folder: str | Path, *, check_shards: bool = True) -> Manifest:
-    """Load and check the manifest of a shard folder or URL (see :mod:`engine.data.shard_store`).
+    """Load and check the manifest of a shard folder or URL (see :mod:`engine.data.shards.store`).
 
     ``dataset.json`` is read with a size cap (``TERRASEG_MAX_METADATA_BYTES``) as strict JSON
     and its schema checked (:func:`check_manifest_data`). For a URL the manifest is read from
     the same place and shard locations stay URLs; that each listed shard exists is checked
     when it is read (one request per shard is not paid up front). In a folder each shard
     must exist with the size the manifest records (``shard_bytes``, where present), unless
-    ``check_shards`` is False (:mod:`engine.data.shard_verify` reports each shard itself).
+    ``check_shards`` is False (:mod:`engine.data.shards.verify` reports each shard itself).
 
     Raises:
         ManifestError: naming the folder or file when the folder is missing, the manifest is

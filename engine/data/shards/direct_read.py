@@ -1,6 +1,6 @@
 """Local ``npy`` shards read straight into batch memory: a member index and positional reads.
 
-The generic path (:func:`engine.data.shard_store.tar_members`) parses every tar header,
+The generic path (:func:`engine.data.shards.store.tar_members`) parses every tar header,
 allocates a ``bytearray`` per member, groups members into sample dicts and stacks decoded
 arrays into a batch in DataLoader workers, whose batches then cross to the main process.
 For ``npy`` shards on a local disk nothing needs decoding, so this module:
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from webdataset.tariterators import base_plus_ext
 
-from engine.data.npy_member import NpyHeader, check_stored, header_end, parse_header
-from engine.data.sample_checks import Codecs, check_layout, check_values, duplicate_member
-from engine.data.shard_store import ShardReadError
+from engine.data.shards.checks import Codecs, check_layout, check_values, duplicate_member
+from engine.data.shards.npy_member import NpyHeader, check_stored, header_end, parse_header
+from engine.data.shards.store import ShardReadError
 
 _HEAD = 128  # bytes read for an npy header (numpy pads headers to 64; longer ones re-read)
 
@@ -149,7 +149,7 @@ def indexed_samples(shard: str, expected: int | None) -> Iterator[IndexedSample]
     """The indexed samples of one shard; with ``expected``, the count must match the manifest.
 
     Raises:
-        ShardReadError: as :func:`engine.data.loader.raw_samples` does, for the same cases.
+        ShardReadError: as :func:`engine.data.shards.loader.raw_samples` does, for the same cases.
     """
     samples = shard_index(shard)
     if expected is not None and len(samples) > expected:

@@ -13,7 +13,7 @@ Entries with ``ignore: true`` are not classes: their pixels become ``IGNORE_INDE
 Sentinel-2 label whose no data is -1: ``{name: nodata, value: -1, ignore: true}``.
 
 ``encoding: text`` is for vector labels whose class attribute holds names (``value: forest``;
-see :mod:`engine.data.vector_labels`): each distinct text gets an integer code (its order of
+see :mod:`engine.data.sources.vector_labels`): each distinct text gets an integer code (its order of
 first appearance in the file), which is what the rasterised values hold and the lookup maps.
 """
 

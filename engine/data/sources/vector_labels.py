@@ -12,9 +12,11 @@ the builder calls :meth:`VectorLabels.values_for` where it would read a mask.
 Values: an integer attribute gives its integers (``encoding: index`` classes files; text
 that spells an integer, as Shapefiles and CSV-made files often hold, counts as that integer);
 a text attribute needs an ``encoding: text`` classes file, and the values are the codes it
-gives each text (:meth:`engine.data.classes.ClassesFile.text_code`). Pixels no feature covers
+gives each text (:meth:`engine.data.sources.classes.ClassesFile.text_code`).
+Pixels no feature covers
 get the ``background``: an attribute value (or a class name) of the classes file, or
-ignore (``None``/``"ignore"``), which is :data:`engine.data.imageio.TRANSPARENT`, the value the
+ignore (``None``/``"ignore"``), which is
+:data:`engine.data.sources.imageio.TRANSPARENT`, the value the
 builder maps to ignore (255).
 
 Rules:
@@ -55,8 +57,9 @@ import shapely.geometry
 from affine import Affine
 from rasterio.crs import CRS
 
-from engine.data.classes import ClassesFile
-from engine.data.imageio import TRANSPARENT, check_pixels
+from engine.data.sources.classes import ClassesFile
+from engine.data.sources.imageio import TRANSPARENT
+from engine.data.sources.pictures import check_pixels
 from engine.errors import UserError
 
 IGNORE_VALUE = TRANSPARENT  # background "ignore": the builder maps it to 255

@@ -1,7 +1,7 @@
 """One remote object read as a stream that resumes, ends in bounded time and never splices.
 
 The user's view (URLs, ``pipe:``, the ``TERRASEG_SHARD_*`` settings) is documented in
-:mod:`engine.data.shard_store`; this module is the machinery behind it:
+:mod:`engine.data.shards.store`; this module is the machinery behind it:
 
 * ``http(s)://`` is read with one ``GET`` on fsspec's aiohttp session; ``s3://`` with one
   ``GetObject`` through s3fs; re-opened after an error at the byte reached (``Range``),
@@ -22,7 +22,7 @@ import subprocess
 import time
 from typing import NamedTuple
 
-from engine.data.remote_errors import (
+from engine.data.shards.remote_errors import (
     CHUNK,
     ShardReadError,
     ShardStoreError,

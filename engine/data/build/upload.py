@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from engine.data.shard_store import ShardStoreError, ShardUrl, filesystem, protocol_of
+from engine.data.shards.store import ShardStoreError, ShardUrl, filesystem, protocol_of
 from engine.jsonfile import MetadataError, metadata_limit, parse_json
 
 MANIFEST = "dataset.json"

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.data.classes import DEFAULT_PALETTE, format_color, parse_color
-from engine.data.imageio import TIFF_SUFFIXES, ImageReadError, read_mask_values
-from engine.data.processes import parallel_map
+from engine.data.build.processes import parallel_map
+from engine.data.sources.classes import DEFAULT_PALETTE, format_color, parse_color
+from engine.data.sources.formats import TIFF_SUFFIXES
+from engine.data.sources.imageio import read_mask_values
+from engine.data.sources.pictures import ImageReadError
 
 DISTINCT_DELTA_E = 20.0  # the masks' own colours are kept when every two differ this much
 
@@ -93,7 +95,7 @@ class MaskReport:
 def _storage_kind(path: Path) -> tuple[str, dict[int, str]]:
     """Classify how a mask file stores its values, and return its palette if it has one."""
     if path.suffix.lower() in TIFF_SUFFIXES:
-        from engine.data.rasters import RasterError, _open_dataset
+        from engine.data.sources.rasters import RasterError, _open_dataset
 
         try:
             with _open_dataset(path) as src:

@@ -1,7 +1,8 @@
 """The ``.npy`` members of shards: their headers read with bounds, their arrays as views.
 
 A shard may come from anywhere, so an ``npy`` header is data, not a plan: both read paths
-(:func:`engine.data.imageio.decode_image` and :mod:`engine.data.direct_read`) parse it
+(:func:`engine.data.shards.codecs.decode_image` and
+:mod:`engine.data.shards.direct_read`) parse it
 here and check what it claims (shape, type, order) against the manifest *before* any
 array is made from it; nothing is ever allocated from a claimed shape. Rules:
 
@@ -123,7 +124,7 @@ def check_stored(header: NpyHeader, available: int, name: str) -> None:
 def npy_view(data: bytes | bytearray, header: NpyHeader) -> np.ndarray:
     """The array of a member :func:`check_stored` accepted: a view of ``data``, no copy.
 
-    Writable when ``data`` is a ``bytearray`` (as :mod:`engine.data.loader` reads members).
+    Writable when ``data`` is a ``bytearray`` (as :mod:`engine.data.shards.loader` reads members).
     """
     count = int(np.prod(header.shape))
     return np.frombuffer(data, header.dtype, count=count, offset=header.start).reshape(header.shape)

@@ -3,7 +3,7 @@
 :func:`open_raster` picks the backend:
 
 - **PIL** (PNG, JPEG, WebP, BMP): decodes the whole image once at open; ``read`` slices it,
-  through :func:`engine.data.imageio.read_pil_pixels` (the shard builder's decoder: CMYK
+  through :func:`engine.data.sources.pictures.read_pil_pixels` (the shard builder's decoder: CMYK
   to RGB, EXIF orientation applied, palette expanded). 8-bit RGB(A), grey(+alpha) and
   16-bit single-band PNG (a 1-band uint16 image). PIL's decompression-bomb limit is
   replaced by terraseg's pixel limit (1.5 G pixels, ``TERRASEG_MAX_PIXELS``), checked from
@@ -12,10 +12,10 @@
   requested window (memory stays bounded by the window, whatever the raster's size), the
   file's nodata value and GDAL mask, band descriptions, CRS and transform (outputs are
   GeoTIFFs with the input's georeferencing). GDAL's block cache is capped while reading
-  (:data:`engine.data.raster_base.GDAL_CACHE_BYTES`).
+  (:data:`engine.data.sources.raster_base.GDAL_CACHE_BYTES`).
 - **band files** (``band_files=[...]``): one single-band file per band, stacked.
 
-The reader interface and the band/type/nodata rules are in :mod:`engine.data.raster_base`.
+The reader interface and the band/type/nodata rules are in :mod:`engine.data.sources.raster_base`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.data.imageio import ImageReadError, check_pixels, open_image, read_pil_pixels
-from engine.data.raster_base import (
+from engine.data.sources.pictures import ImageReadError, check_pixels, open_image, read_pil_pixels
+from engine.data.sources.raster_base import (
     PIL_SUFFIXES,
     TIFF_SUFFIXES,
     RasterError,
@@ -42,7 +42,7 @@ BandSpec = list[int | str] | None
 class PILReader(RasterReader):
     """PNG/JPEG/WebP/BMP: decoded once at open (see the module notes).
 
-    Decoding goes through :func:`engine.data.imageio.read_pil_pixels`, the function the
+    Decoding goes through :func:`engine.data.sources.pictures.read_pil_pixels`, the function the
     shard builder uses, so prediction sees the pixels training saw. An alpha channel (RGBA,
     LA, palette with transparency) is not a band: alpha 0 marks pixels invalid.
     """
@@ -325,7 +325,7 @@ def open_raster(
         backend: ``"auto"`` (by suffix), ``"pil"`` or ``"rasterio"``.
 
     Returns:
-        A :class:`~engine.data.raster_base.RasterReader` (a context manager).
+        A :class:`~engine.data.sources.raster_base.RasterReader` (a context manager).
 
     Raises:
         FileNotFoundError: naming the file when it does not exist.
@@ -351,7 +351,7 @@ def read_whole_raster(path: str | Path, limit: int | None = None) -> tuple[np.nd
 
     Args:
         path: The raster.
-        limit: Pixel limit (default :func:`engine.data.imageio.max_pixels`).
+        limit: Pixel limit (default :func:`engine.data.sources.pictures.max_pixels`).
 
     Returns:
         ``(array, alpha)``: ``HxWxC`` in the file's integer or float type (alpha band

@@ -4,7 +4,7 @@ The build is reproducible (same inputs and seed → byte-identical shards) and a
 writes into a temporary sibling folder and renames it into place only when everything
 succeeded, so a failed build leaves no ``*.tar`` behind. The file-system rules (what
 ``--overwrite`` may replace, the lock, killed builds, full disks, worker processes) are in
-:mod:`engine.data.build_output`.
+:mod:`engine.data.build.output`.
 """
 
 from __future__ import annotations
@@ -21,97 +21,37 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from engine.data.band_stats import (
-    BandAccumulator,
-    BandSums,
-    BuildBands,
-    check_band_options,
-    tile_sums,
-)
-from engine.data.build_output import BuildError, BuildOutput, ShardTar
-from engine.data.build_sources import read_pair
-from engine.data.build_warnings import coverage_warnings, padding_warnings, print_warning
-from engine.data.classes import IGNORE_INDEX, ClassesFile
-from engine.data.imageio import IMAGE_CODECS, encode_image, mask_codec_for
-from engine.data.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
-from engine.data.pairing import Pair, check_member_keys, safe_key
-from engine.data.processes import parallel_map
-from engine.data.shard_store import is_url
-from engine.data.shard_upload import ShardUploader, build_to_url
-from engine.data.splits import (
+from engine.data.build.advice import coverage_warnings, padding_warnings, print_warning
+from engine.data.build.options import BuildOptions
+from engine.data.build.output import BuildError, BuildOutput, ShardTar
+from engine.data.build.processes import parallel_map
+from engine.data.build.sources import read_pair
+from engine.data.build.splits import (
     PairSplit,
     groups_by_split,
     image_sizes,
     parse_split_by,
     plan_splits,
 )
-from engine.data.tiling import tile_windows, train_window_start
+from engine.data.build.statistics import (
+    BandAccumulator,
+    BandSums,
+    BuildBands,
+    check_band_options,
+    tile_sums,
+)
+from engine.data.build.tiling import tile_windows, train_window_start
+from engine.data.build.upload import ShardUploader, build_to_url
+from engine.data.shards.codecs import IMAGE_CODECS, encode_image, mask_codec_for
+from engine.data.shards.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
+from engine.data.shards.store import is_url
+from engine.data.sources.classes import IGNORE_INDEX, ClassesFile
+from engine.data.sources.pairing import Pair, check_member_keys, safe_key
 
 if TYPE_CHECKING:
-    from engine.data.vector_labels import VectorLabels
+    pass
 
 MEMBER_EXT = {"png": "png", "jpg": "jpg", "webp": "webp", "npy": "npy"}
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """How to cut, encode and split.
-
-    Attributes:
-        tile: Tile edge in pixels; larger images are cut (train tiles at the bottom and
-            right edges end at the image's edge: :mod:`engine.data.tiling`), smaller ones
-            padded (image 0, label 255).
-        val: Fraction of groups (or blocks) for validation.
-        test: Fraction of groups (or blocks) for testing.
-        split_by: ``group`` (whole groups) or ``blocks:N`` (N×N-tile blocks of each image;
-            see :mod:`engine.data.splits`).
-        seed: Seed of the split and of the sample order inside each split.
-        image_codec: ``npy`` (default: least CPU per tile, see docs/BENCHMARKS.md; masks
-            are raw ``npy`` too; images of any band count and type are stored as they are),
-            ``png``, ``webp`` (lossless, smaller: for network storage) or ``jpg`` (these
-            three hold 3-band uint8 images only, and store PNG masks).
-        jpeg_quality: Quality for the ``jpg`` codec.
-        samples_per_shard: Most samples in one tar.
-        mix_buffer: Samples held back and written in seeded random order, so that a shard
-            mixes tiles of many images (memory: this many encoded samples).
-        unknown: ``error`` (default) or ``ignore`` for mask values not in the classes file.
-        bands: Bands to keep, in order: 1-based indices or band names (the raster's band
-            descriptions, or ``band_files`` names); ``None``: all (an alpha band is used as
-            the valid mask, not kept).
-        band_files: Names of bands kept one per file: each image path is the first band's
-            file, the others' paths replace that name in the file name by theirs.
-        nodata: Image no-data value (overrides the raster's); ``None``: the raster's.
-            Pixels that are nodata in any band (or masked, or alpha 0, or NaN) become
-            ignore (255) in the mask and stay out of the statistics.
-        rgb_bands: 3 names or 1-based positions among the stored bands that make a
-            true-colour view, ``"none"``, or ``None`` (default: see
-            :func:`engine.data.band_stats.resolve_rgb`).
-        vector_labels: Labels from a vector file rasterised on each image's grid, instead
-            of mask files (:mod:`engine.data.vector_labels`).
-        resample_labels: Resample a georeferenced mask that is off its image's grid onto
-            it (nearest neighbour) instead of refusing it (:mod:`engine.data.label_grid`).
-        workers: Processes that decode and encode in parallel.
-        overwrite: Replace an existing output folder.
-    """
-
-    tile: int = 1024
-    val: float = 0.15
-    test: float = 0.15
-    split_by: str = "group"
-    seed: int = 0
-    image_codec: str = "npy"
-    jpeg_quality: int = 95
-    samples_per_shard: int = 256
-    mix_buffer: int = 512
-    unknown: str = "error"
-    bands: tuple[int | str, ...] | None = None
-    band_files: tuple[str, ...] | None = None
-    nodata: float | None = None
-    rgb_bands: tuple[int | str, ...] | str | None = None
-    vector_labels: VectorLabels | None = None
-    resample_labels: bool = False
-    workers: int = 1
-    overwrite: bool = False
 
 
 @dataclass
@@ -219,7 +159,8 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
     for row, col, height, width in tile_windows(*size, tile):
         split = pair_split.at(row, col, tile)
         # The grid cell's own pixels are counted; the stored tile may reach back over a
-        # neighbour's (engine.data.tiling.train_window_start), whose pixels that neighbour counts.
+        # neighbour's (engine.data.build.tiling.train_window_start), whose pixels that
+        # neighbour counts.
         window = mask[row : row + height, col : col + width]
         counts = np.bincount(np.minimum(window, num_classes).ravel(), minlength=num_classes + 1)
         class_pixels[split] = class_pixels.get(split, 0) + counts.astype(np.int64)
@@ -294,12 +235,12 @@ def build_shards(
     """Decode, map, tile, split and write ``pairs`` as shards plus ``dataset.json``.
 
     Args:
-        pairs: Image/mask pairs with their groups (see :mod:`engine.data.pairing`).
+        pairs: Image/mask pairs with their groups (see :mod:`engine.data.sources.pairing`).
         classes: The classes file mapping mask values to class indices.
         out: Output folder (created; must be empty unless ``options.overwrite``), or an
             object-store URL (``s3://``, ``gs://``): built in a local temporary folder
             (``TMPDIR``), each shard uploaded once complete and ``dataset.json`` last
-            (:mod:`engine.data.shard_upload`; a failed build uploads no manifest).
+            (:mod:`engine.data.build.upload`; a failed build uploads no manifest).
         options: Tiling, codec, split and parallelism settings.
         warn: Called once per build-time warning (mostly-padding tiles, classes missing
             or rare in train); default: print ``warning: …`` on stderr.

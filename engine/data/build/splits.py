@@ -18,9 +18,10 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from engine.data.imageio import ImageReadError, image_size
-from engine.data.manifest import SPLITS
-from engine.data.pairing import Pair
+from engine.data.shards.manifest import SPLITS
+from engine.data.sources.imageio import image_size
+from engine.data.sources.pairing import Pair
+from engine.data.sources.pictures import ImageReadError
 from engine.errors import UserError
 
 SPLIT_BY_HELP = "group | blocks:N"

@@ -1,11 +1,11 @@
 """What a shard build reads of one pair: the image's bands, its valid pixels, the labels.
 
-The image goes through :func:`engine.data.rasters.open_raster` (the one raster reader:
+The image goes through :func:`engine.data.sources.rasters.open_raster` (the one raster reader:
 band selection, band files, nodata, GDAL masks and alpha); the labels come from the mask
-file (:func:`engine.data.imageio.read_mask_values`) or from a vector file rasterised on the
-image's grid (:class:`engine.data.vector_labels.VectorLabels`), and are mapped to class
+file (:func:`engine.data.sources.imageio.read_mask_values`) or from a vector file rasterised on the
+image's grid (:class:`engine.data.sources.vector_labels.VectorLabels`), and are mapped to class
 indices by the classes file (:func:`map_mask`). :func:`read_pair` puts these together, the
-labels checked against (or resampled onto) the image's grid (:mod:`engine.data.label_grid`).
+labels checked against (or resampled onto) the image's grid (:mod:`engine.data.sources.label_grid`).
 """
 
 from __future__ import annotations
@@ -15,23 +15,24 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from engine.data.build_output import BuildError
-from engine.data.classes import IGNORE_INDEX, ClassesFile
-from engine.data.imageio import TRANSPARENT, ImageReadError, read_mask_values
-from engine.data.label_grid import (
+from engine.data.build.output import BuildError
+from engine.data.sources.classes import IGNORE_INDEX, ClassesFile
+from engine.data.sources.imageio import TRANSPARENT, read_mask_values
+from engine.data.sources.label_grid import (
     Grid,
     check_label_grid,
     georeferenced,
     resample_labels,
     resampled_note,
 )
-from engine.data.raster_base import RasterError
-from engine.data.rasters import open_raster
+from engine.data.sources.pictures import ImageReadError
+from engine.data.sources.raster_base import RasterError
+from engine.data.sources.rasters import open_raster
 
 if TYPE_CHECKING:
-    from engine.data.pairing import Pair
-    from engine.data.shard_builder import BuildOptions
-    from engine.data.vector_labels import VectorLabels
+    from engine.data.build.options import BuildOptions
+    from engine.data.sources.pairing import Pair
+    from engine.data.sources.vector_labels import VectorLabels
 
 
 class PairData(NamedTuple):
@@ -48,7 +49,7 @@ def read_pair(pair: Pair, classes: ClassesFile, options: BuildOptions) -> PairDa
     """Read a pair's image and labels, the labels checked (or resampled) onto its grid.
 
     The one place every build (worker processes too) reads a pair; the grid rules are in
-    :mod:`engine.data.label_grid`.
+    :mod:`engine.data.sources.label_grid`.
 
     Raises:
         BuildError, ImageReadError, LabelGridError: naming the file(s) and the problem.
