@@ -70,7 +70,7 @@ def test_tiff_windows_match_the_array(tmp_path, rgb, layout):
     path = write_tiff(tmp_path / f"{layout}.tif", rgb, photometric="RGB", **TIFF_LAYOUTS[layout])
     with open_raster(path) as reader:
         assert reader.shape == (300, 470, 3)
-        assert reader.is_tiff and reader.profile["backend"] == "rasterio"
+        assert reader.is_gdal and reader.profile["backend"] == "rasterio"
         assert reader.band_names == ["red", "green", "blue"]
         np.testing.assert_array_equal(reader.read(17, 250, 33, 401), rgb[17:250, 33:401])
         np.testing.assert_array_equal(reader.read(0, 300, 0, 470), rgb)
@@ -138,7 +138,7 @@ def test_truncated_tiff_is_a_named_error_at_read(tmp_path, rgb):
 def test_pil_formats(tmp_path, rgb):
     Image.fromarray(rgb).save(tmp_path / "a.png")
     with open_raster(tmp_path / "a.png") as reader:
-        assert reader.profile["backend"] == "pil" and not reader.is_tiff
+        assert reader.profile["backend"] == "pil" and not reader.is_gdal
         np.testing.assert_array_equal(reader.read(5, 50, 7, 70), rgb[5:50, 7:70])
     rgba = np.concatenate([rgb, np.full((300, 470, 1), 255, np.uint8)], axis=-1)
     Image.fromarray(rgba).save(tmp_path / "rgba.png")

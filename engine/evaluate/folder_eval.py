@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from engine.data.sources.classes import IGNORE_INDEX, ClassesFile, load_classes
+from engine.data.sources.formats import is_raster
 from engine.data.sources.imageio import read_mask_values
 from engine.data.sources.rasters import read_index_mask
 from engine.errors import UserError
 from engine.evaluate.metrics import ConfusionMatrix
 
-MASK_SUFFIXES = {".png", ".tif", ".tiff", ".bmp"}
 log = logging.getLogger(__name__)
 
 
@@ -76,12 +76,10 @@ def pair_folders(pred_dir: str | Path, mask_dir: str | Path, recursive: bool = F
         if not folder.is_dir():
             raise FolderEvalError(f"{folder}: folder not found")
     pattern = "**/*" if recursive else "*"
-    preds = [p for p in pred_dir.glob(pattern) if p.suffix.lower() in MASK_SUFFIXES and p.is_file()]
+    preds = [p for p in pred_dir.glob(pattern) if is_raster(p) and p.is_file()]
     if any(p.stem.endswith("_mask") for p in preds):
         preds = [p for p in preds if p.stem.endswith("_mask")]
-    truths = [
-        p for p in mask_dir.glob(pattern) if p.suffix.lower() in MASK_SUFFIXES and p.is_file()
-    ]
+    truths = [p for p in mask_dir.glob(pattern) if is_raster(p) and p.is_file()]
     pred_index, truth_index = _index(preds, pred_dir), _index(truths, mask_dir)
     pairs = [(k, pred_index[k], truth_index[k]) for k in sorted(pred_index) if k in truth_index]
     return Pairing(

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.data.sources.formats import reader_of
 from engine.data.sources.pictures import check_pixels
-from engine.data.sources.raster_base import PIL_SUFFIXES
 from engine.errors import UserError
 from engine.infer.writer import output_spec
 
@@ -47,7 +47,7 @@ def header_size(path: str | Path) -> tuple[int, int]:
         UserError: naming the file when its header cannot be read.
     """
     path = Path(path)
-    if path.suffix.lower() in PIL_SUFFIXES:
+    if reader_of(path) == "pil":
         from PIL import Image
 
         previous = Image.MAX_IMAGE_PIXELS

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.infer.writer import OUTPUT_KINDS, PNG_INPUT_SUFFIXES, format_for
+from engine.data.sources.formats import reader_of
+from engine.infer.writer import OUTPUT_KINDS, format_for
 
 
 def output_paths(
@@ -59,7 +60,7 @@ def planned_format(path: str | Path, fmt: str = "auto") -> tuple[str, ...]:
     if fmt != "auto":
         return (fmt,)
     path = Path(path)
-    if path.suffix.lower() not in PNG_INPUT_SUFFIXES:
+    if reader_of(path) != "pil":
         return ("tif",)
     try:
         from PIL import Image

@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from engine.data.sources.raster_base import PIL_SUFFIXES, TIFF_SUFFIXES
+from engine.data.sources.formats import is_raster, suffix_list
 from engine.errors import UserError
 from engine.evaluate.shard_eval import context_window
 from engine.infer.bands import model_normalization, open_model_raster
@@ -45,7 +45,6 @@ from engine.infer.writer import OUTPUT_KINDS, format_for, prediction_writer
 from engine.render.colors import class_info, display_rgb
 from engine.train.export import load_exported
 
-RASTER_SUFFIXES = TIFF_SUFFIXES | PIL_SUFFIXES
 DEFAULT_TILE = 1024  # predict windows (a network that needs its training crop gets that)
 
 
@@ -135,11 +134,11 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
             inputs would write the same outputs.
     """
     paths: list[Path] = []
-    kinds = ", ".join(sorted(RASTER_SUFFIXES))
+    kinds = suffix_list()
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+            matches = sorted(p for p in path.iterdir() if is_raster(p))
             matches = [p for p in matches if p.is_file()]
             if not matches:
                 raise UserError(f"{pattern}: folder holds no raster files ({kinds})")
@@ -147,7 +146,7 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
             matches = [path]
         else:
             found = [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
-            matches = [p for p in found if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES]
+            matches = [p for p in found if p.is_file() and is_raster(p)]
             if not matches:
                 raise UserError(f"{pattern}: no raster file matches ({kinds})")
         paths.extend(matches)

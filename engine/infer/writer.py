@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.data.sources.formats import reader_of
 from engine.errors import UserError
 from engine.infer.sinks import BLOCK, GeoTiffSink, PNGSink, Sink, Staging
 from engine.render.colors import colorize, overlay
@@ -38,7 +39,6 @@ from engine.render.colors import colorize, overlay
 #: Above this many pixels predictions are written as GeoTIFF even for PNG/JPEG inputs.
 PNG_MAX_PIXELS = 64_000_000
 #: Inputs whose predictions default to PNG (when not larger than :data:`PNG_MAX_PIXELS`).
-PNG_INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 FORMATS = ("png", "tif", "cog")
 OUTPUT_KINDS = ("mask", "color", "confidence", "probabilities", "overlay")
 MASK_NODATA = 255
@@ -335,7 +335,7 @@ def format_for(path: str | Path | None, height: int, width: int, fmt: str = "aut
     if fmt != "auto":
         return fmt
     small = height * width <= PNG_MAX_PIXELS
-    pictured = path is None or Path(path).suffix.lower() in PNG_INPUT_SUFFIXES
+    pictured = path is None or reader_of(path) == "pil"
     return "png" if small and pictured else "tif"
 
 

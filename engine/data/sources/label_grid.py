@@ -31,8 +31,9 @@ import numpy as np
 
 from engine.data.build.output import BuildError
 from engine.data.sources.classes import IGNORE_INDEX
+from engine.data.sources.formats import reader_of
 from engine.data.sources.pictures import exif_hint
-from engine.data.sources.raster_base import PIL_SUFFIXES, gdal_env
+from engine.data.sources.raster_base import gdal_env
 
 #: Largest distance (in image pixels), anywhere on the image, between where the mask and
 #: the image place a pixel for the two to count as one grid.
@@ -67,7 +68,7 @@ def raster_grid(path: str | Path) -> Grid | None:
     from engine.data.sources.rasters import _open_dataset  # rasters imports imageio, as this does
 
     path = Path(path)
-    if path.suffix.lower() in PIL_SUFFIXES:
+    if reader_of(path) == "pil":
         return None
     with _open_dataset(path) as source:
         return georeferenced(source.crs, source.transform, source.height, source.width)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from engine.data.build.processes import parallel_map
 from engine.data.sources.classes import DEFAULT_PALETTE, format_color, parse_color
-from engine.data.sources.formats import TIFF_SUFFIXES
+from engine.data.sources.formats import read_by_gdal
 from engine.data.sources.imageio import read_mask_values
 from engine.data.sources.pictures import ImageReadError
 
@@ -94,7 +94,7 @@ class MaskReport:
 
 def _storage_kind(path: Path) -> tuple[str, dict[int, str]]:
     """Classify how a mask file stores its values, and return its palette if it has one."""
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    if read_by_gdal(path):
         from engine.data.sources.rasters import RasterError, _open_dataset
 
         try:

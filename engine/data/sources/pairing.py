@@ -26,13 +26,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from engine.data.sources.formats import is_raster
 from engine.errors import UserError
 
 # Folder names that say "these are the images" or "these are the masks", not where.
 ROLE_FOLDERS = frozenset(
     {"images", "image", "imgs", "img", "masks", "mask", "labels", "label", "gt", "annotations"}
 )
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"})
 
 
 class PairingError(UserError):
@@ -67,9 +67,7 @@ def expand_glob(pattern: str, what: str) -> list[Path]:
         PairingError: when nothing matches.
     """
     matches = [
-        Path(p)
-        for p in glob.glob(pattern, recursive=True)
-        if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES
+        Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file() and is_raster(p)
     ]
     if not matches:
         raise PairingError(f"--{what} {pattern!r} matched no image files")

@@ -29,10 +29,9 @@ from typing import Any
 import numpy as np
 
 from engine.data.sources.band_select import band_positions
+from engine.data.sources.formats import read_by_gdal
 from engine.errors import UserError
 
-TIFF_SUFFIXES = {".tif", ".tiff"}
-PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 #: Pixel types a reader delivers as they are.
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
 #: GDAL block-cache cap (bytes) while rasterio reads or writes: GDAL's default (5 % of RAM)
@@ -172,9 +171,9 @@ class RasterReader:
         return None
 
     @property
-    def is_tiff(self) -> bool:
-        """Whether the source is a TIFF (its predictions default to TIFF outputs)."""
-        return self.path is not None and self.path.suffix.lower() in TIFF_SUFFIXES
+    def is_gdal(self) -> bool:
+        """Whether GDAL reads the source (GeoTIFF, JPEG 2000, VRT, …: GeoTIFF predictions)."""
+        return self.path is not None and read_by_gdal(self.path)
 
     def _check_window(self, row0: int, row1: int, col0: int, col1: int) -> None:
         if not (0 <= row0 <= row1 <= self._height and 0 <= col0 <= col1 <= self._width):

@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from engine.data.sources.formats import read_by_gdal, reader_of
 from engine.data.sources.pictures import ImageReadError, check_pixels, open_image, read_pil_pixels
 from engine.data.sources.raster_base import (
-    PIL_SUFFIXES,
-    TIFF_SUFFIXES,
     RasterError,
     RasterReader,
     default_band_names,
@@ -340,7 +339,7 @@ def open_raster(
     if band_files:
         return BandFilesReader(path, list(band_files), bands=bands, nodata=nodata, backend=backend)
     if backend == "auto":
-        backend = "pil" if path.suffix.lower() in PIL_SUFFIXES else "rasterio"
+        backend = "pil" if reader_of(path) == "pil" else "rasterio"
     if backend == "pil":
         return PILReader(path, bands=bands, nodata=nodata)
     return RasterioReader(path, bands=bands, nodata=nodata)
@@ -397,7 +396,7 @@ def read_index_mask(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: mask not found")
     try:
-        if path.suffix.lower() in TIFF_SUFFIXES:
+        if read_by_gdal(path):
             array, _ = read_whole_raster(path)
             if array.shape[2] == 1:
                 array = array[..., 0]
