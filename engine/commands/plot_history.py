@@ -11,15 +11,14 @@ Example:
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from engine.cli import HelpFormatter
 from engine.errors import UserError
-from engine.render.colors import class_info
+from engine.jsonfile import read_json
 from engine.render.figures import confusion_heatmap
-from engine.render.history_plots import plot_history
+from engine.render.history_plots import plot_history, run_classes
 
 
 def find_confusions(metrics: dict) -> dict[str, list]:
@@ -38,14 +37,9 @@ def find_confusions(metrics: dict) -> dict[str, list]:
 
 def class_names(run: Path, metrics: dict, size: int) -> list[str]:
     """The run's class names (from its dataset.json), else ``class 0`` … for ``size`` classes."""
-    for candidate in (run / "best" / "dataset.json", run / "dataset.json"):
-        if candidate.is_file():
-            try:
-                names, _ = class_info(json.loads(candidate.read_text()))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                continue
-            if len(names) == size:
-                return names
+    names, _ = run_classes(run) or ([], [])
+    if len(names) == size:
+        return names
     rows = metrics.get("per_class") or []
     names = [row.get("name") for row in rows if isinstance(row, dict)]
     if len(names) == size and all(names):
@@ -75,11 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics_path = run / "metrics.json"
     if metrics_path.is_file():
         try:
-            metrics = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError as error:
-            print(
-                f"warning: {metrics_path} is not valid JSON ({error}); no heatmap", file=sys.stderr
-            )
+            metrics = read_json(metrics_path)
+        except (OSError, UserError) as error:
+            print(f"warning: {error}; no heatmap", file=sys.stderr)
             metrics = {}
         for name, matrix in find_confusions(metrics).items():
             path = out / f"confusion_{name}.png"

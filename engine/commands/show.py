@@ -25,7 +25,6 @@ manifest of the same band count is stretched by its own percentiles.
 """
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -38,19 +37,20 @@ from engine.data.sources.classes import IGNORE_INDEX, load_classes
 from engine.data.sources.rasters import open_raster, read_index_mask
 from engine.errors import UserError
 from engine.evaluate.folder_eval import read_truth_mask
+from engine.jsonfile import read_json
 from engine.render.colors import RenderError, class_info, display_rgb, image_normalization
 from engine.render.figures import mask_figure, panel
 
 
-def read_json(path: str) -> dict:
+def read_manifest_json(path: str) -> dict:
     """A ``dataset.json`` (or its shard folder) as a mapping; a named error otherwise."""
     file = Path(path)
     file = file / "dataset.json" if file.is_dir() else file
     try:
-        data = json.loads(file.read_text())
+        data = read_json(file)
     except FileNotFoundError as error:
         raise UserError(f"{file}: manifest not found") from error
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except OSError as error:
         raise UserError(f"{file}: not a readable dataset.json ({error})") from error
     if not isinstance(data, dict):
         raise UserError(f"{file}: not a dataset.json mapping")
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_out(args.out)
         classes = load_classes(args.classes) if args.classes else None
-        manifest = read_json(args.manifest) if args.manifest else None
+        manifest = read_manifest_json(args.manifest) if args.manifest else None
         image = truth = prediction = normalization = None
         title = args.title
         exported = None

@@ -12,7 +12,6 @@ uint8, so a 20000x20000 pair needs ~0.8 GB).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from engine.data.sources.imageio import read_mask_values
 from engine.data.sources.rasters import read_index_mask
 from engine.errors import UserError
 from engine.evaluate.metrics import ConfusionMatrix
+from engine.jsonfile import read_json
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ def _num_classes(num_classes: int | None, manifest: Any, classes: ClassesFile | 
             path = Path(manifest)
             path = path / "dataset.json" if path.is_dir() else path
             try:
-                manifest = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as error:
+                manifest = read_json(path)
+            except OSError as error:
                 raise FolderEvalError(f"{path}: cannot read the manifest ({error})") from error
         if not isinstance(manifest, dict) or not manifest.get("classes"):
             raise FolderEvalError("the manifest has no 'classes' list")

@@ -10,7 +10,6 @@ the class colours of the run's ``dataset.json`` (``RUN/best/dataset.json`` or
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import UserError
+from engine.jsonfile import read_json
 from engine.render.colors import class_info
 from engine.render.figures import new_figure, save_figure
 
@@ -61,17 +61,24 @@ def _series(rows: list[dict[str, Any]], column: str, x_column: str | None) -> di
     return {k: v for k, v in by_split.items() if v[0]}
 
 
-def run_palette(history_csv: str | Path) -> dict[str, str]:
-    """``{class name: "#RRGGBB"}`` from the run's ``dataset.json``, or ``{}`` without one."""
-    run = Path(history_csv).parent
-    for candidate in (run / "best" / "dataset.json", run / "dataset.json"):
+def run_classes(run: str | Path) -> tuple[list[str], list[str]] | None:
+    """The class names and colours of a run folder (its ``best/`` or own ``dataset.json``).
+
+    Plots are a courtesy: a missing, oversized or malformed file gives None, never an error.
+    """
+    for candidate in (Path(run) / "best" / "dataset.json", Path(run) / "dataset.json"):
         if candidate.is_file():
             try:
-                names, palette = class_info(json.loads(candidate.read_text()))
+                return class_info(read_json(candidate))
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue
-            return dict(zip(names, palette))
-    return {}
+    return None
+
+
+def run_palette(history_csv: str | Path) -> dict[str, str]:
+    """``{class name: "#RRGGBB"}`` from the run's ``dataset.json``, or ``{}`` without one."""
+    names, palette = run_classes(Path(history_csv).parent) or ([], [])
+    return dict(zip(names, palette))
 
 
 def _draw(ax: Any, split: str, xs: list, ys: list, **style: Any) -> Any:

@@ -14,6 +14,7 @@ import yaml
 
 import archs
 from engine.errors import UserError
+from engine.train.loss_factory import build_loss, is_multitask_spec
 
 if TYPE_CHECKING:
     from engine.train.config_types import Config
@@ -229,12 +230,10 @@ def check_model_options(config: Config) -> None:
 
 
 def _loss_is_multitask(spec: Any) -> bool:
-    """Whether a loss specification builds the multitask loss (checks that it builds)."""
-    from engine.train.loss_factory import build_loss
-    from engine.train.losses import MultitaskLoss
-
+    """Whether a loss specification is the multitask loss (checks that it builds)."""
     try:
-        return isinstance(build_loss(spec, 2), MultitaskLoss)
+        build_loss(spec, 2)
+        return is_multitask_spec(spec)
     except (ValueError, TypeError, KeyError) as error:
         raise ConfigError(f"loss.spec = {spec!r}: {error}") from None
 

@@ -198,13 +198,17 @@ def save_exported(
     return out_dir
 
 
-def _locate(path: Path) -> tuple[Path, Path]:
-    """Return ``(folder with model.json etc., weights file)`` for any accepted ``path``.
+def locate_export(path: str | Path) -> tuple[Path, Path]:
+    """The one model-folder locator: ``(folder with model.json etc., weights file)``.
+
+    ``path`` is a run folder (its ``best`` export), an export folder, or a
+    ``.safetensors`` file.
 
     Weights without a sibling ``model.json`` (an accelerate checkpoint
     ``RUN/checkpoints/step-N/model.safetensors``) take the spec, config and manifest of the
     run's ``best`` export, found up to three folders up.
     """
+    path = Path(path)
     if path.is_file() or path.suffix == ".safetensors":
         if not path.is_file():
             raise ExportError(f"{path}: weights file not found")
@@ -243,7 +247,7 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> Expor
     Raises:
         ExportError: naming the missing or malformed file.
     """
-    folder, weights = _locate(Path(path))
+    folder, weights = locate_export(path)
     where = folder / SPEC_NAME
     spec = check_spec(read_object(where, "model spec"), str(where))
     config = _read_config(folder / CONFIG_NAME)

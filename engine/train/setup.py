@@ -33,7 +33,7 @@ from engine.train.config import Config, ConfigError, save_config
 from engine.train.config_check import check_model_options
 from engine.train.elastic import continue_on_this_world, global_batch
 from engine.train.history import History, history_columns
-from engine.train.loss_factory import build_loss, class_weights_from_pixels
+from engine.train.loss_factory import build_loss, class_weights_from_pixels, is_multitask_spec
 from engine.train.losses import MultitaskLoss
 from engine.train.optim import build_optimizer, build_scheduler
 from engine.train.preflight import check_rgb_bands, check_shards, check_splits, data_warnings
@@ -161,14 +161,13 @@ def build_training_loss(config: Config, manifest: Manifest, multitask: bool) -> 
         weights = class_weights_from_pixels(
             manifest.data["class_pixels"][config.data.train_split], config.loss.class_weights
         )
-    loss = build_loss(spec, manifest.num_classes, manifest.ignore_index, weights)
-    if multitask != isinstance(loss, MultitaskLoss):
+    if multitask != is_multitask_spec(spec):
         kind, fix = ("a multitask", "multitask") if multitask else ("a single-task", "ce")
         raise ConfigError(
             f"loss.spec = {spec!r} does not fit model.arch = {config.model.arch!r} ({kind} "
             f"model): add --set loss.spec={fix}"
         )
-    return loss
+    return build_loss(spec, manifest.num_classes, manifest.ignore_index, weights)
 
 
 def check_and_warn(config: Config, manifest: Manifest, main: bool) -> None:
