@@ -18,6 +18,7 @@ has exactly the input size. Outputs are logits.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -162,18 +163,7 @@ class FCN(SegmentationModel):
         return self.upscore8(score)
 
 
-@register_model(FCN_OPTIONS)
-def fcn8s(
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    backbone: str = "vgg16",
-    fc_width: int = 4096,
-    drop_rate: float = 0.5,
-    pretrained: bool = False,
-    weights: str | os.PathLike[str] | None = None,
-) -> FCN:
-    """FCN-8s: VGG trunk, pool4 and pool3 skip scores, x8 learned bilinear upsampling.
+_ARGS_DOC = """
 
     Args:
         num_classes: Number of classes.
@@ -187,50 +177,48 @@ def fcn8s(
     Returns:
         The model; ``forward`` returns logits ``[B, N, H, W]``.
     """
-    return FCN(
-        num_classes,
-        in_channels,
-        stride=8,
-        backbone=backbone,
-        fc_width=fc_width,
-        drop_rate=drop_rate,
-        pretrained=pretrained,
-        weights=weights,
+
+
+def _entrypoint(name: str, stride: int, summary: str) -> Callable[..., FCN]:
+    """The entrypoint of the FCN of output ``stride``, named ``name`` (registered below)."""
+
+    def build(
+        num_classes: int,
+        in_channels: int = 3,
+        *,
+        backbone: str = "vgg16",
+        fc_width: int = 4096,
+        drop_rate: float = 0.5,
+        pretrained: bool = False,
+        weights: str | os.PathLike[str] | None = None,
+    ) -> FCN:
+        return FCN(
+            num_classes,
+            in_channels,
+            stride=stride,
+            backbone=backbone,
+            fc_width=fc_width,
+            drop_rate=drop_rate,
+            pretrained=pretrained,
+            weights=weights,
+        )
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = summary + _ARGS_DOC
+    return build
+
+
+fcn8s = register_model(FCN_OPTIONS)(
+    _entrypoint(
+        "fcn8s",
+        8,
+        "FCN-8s: VGG trunk, pool4 and pool3 skip scores, x8 learned bilinear upsampling.",
     )
-
-
-@register_model(FCN_OPTIONS)
-def fcn32s(
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    backbone: str = "vgg16",
-    fc_width: int = 4096,
-    drop_rate: float = 0.5,
-    pretrained: bool = False,
-    weights: str | os.PathLike[str] | None = None,
-) -> FCN:
-    """FCN-32s: VGG trunk, scores at stride 32, one x32 learned bilinear upsampling.
-
-    Args:
-        num_classes: Number of classes.
-        in_channels: Input channels.
-        backbone: timm VGG name: ``vgg16`` (default) or ``vgg16_bn``; other VGGs work too.
-        fc_width: Width of fc6/fc7 (4096 in the paper; small values for tests).
-        drop_rate: Dropout after fc6/fc7.
-        pretrained: Load timm's ImageNet weights (online, or from the local HF cache).
-        weights: Local ``.pth``/``.safetensors`` state dict of the same timm VGG.
-
-    Returns:
-        The model; ``forward`` returns logits ``[B, N, H, W]``.
-    """
-    return FCN(
-        num_classes,
-        in_channels,
-        stride=32,
-        backbone=backbone,
-        fc_width=fc_width,
-        drop_rate=drop_rate,
-        pretrained=pretrained,
-        weights=weights,
+)
+fcn32s = register_model(FCN_OPTIONS)(
+    _entrypoint(
+        "fcn32s",
+        32,
+        "FCN-32s: VGG trunk, scores at stride 32, one x32 learned bilinear upsampling.",
     )
+)
