@@ -220,7 +220,9 @@ def test_cli(tmp_path, monkeypatch, capsys):
     argv = ["make_synthetic.py", "--out", str(tmp_path / "cli"), "--groups", "1"]
     argv += ["--per-group", "2", "--size", "33x47", "--format", "png", "--seed", "9"]
     monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(REPO / "launch" / "make_synthetic.py"), run_name="__main__")
+    with pytest.raises(SystemExit) as exited:  # the launch wrapper exits with main's code
+        runpy.run_path(str(REPO / "launch" / "make_synthetic.py"), run_name="__main__")
+    assert exited.value.code == 0
     out = tmp_path / "cli"
     assert (out / "classes.yaml").is_file()
     images = sorted((out / "Scene 1" / "images").glob("*.png"))
