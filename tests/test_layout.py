@@ -130,3 +130,47 @@ def test_modules_stay_small(name):
 def test_packages_say_what_they_own(name):
     doc = ast.get_docstring(ast.parse(ALL[name].read_text()))
     assert doc and len(doc.split()) >= 15, f"{name} needs a docstring saying what it owns"
+
+
+MAX_FUNCTION_LINES = 80
+#: Folders whose functions are held to MAX_FUNCTION_LINES (issue #23).
+FUNCTION_ROOTS = ("engine", "launch", "archs")
+FUNCTION_EXCLUDED = ("engine/infer",)  # engine/infer: see branch sliding
+
+
+def _long_functions(path: Path, limit: int) -> list[str]:
+    """``file:line name is N lines`` for each function of ``path`` longer than ``limit``."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1  # from `def` to the last line
+            if length > limit:
+                where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+                found.append(f"{where}:{node.lineno} {node.name} is {length} lines (> {limit})")
+    return found
+
+
+def test_functions_stay_short():
+    offenders = []
+    for root in FUNCTION_ROOTS:
+        for path in sorted((ROOT / root).rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            if any(relative.startswith(folder + "/") for folder in FUNCTION_EXCLUDED):
+                continue
+            offenders += _long_functions(path, MAX_FUNCTION_LINES)
+    assert not offenders, "functions longer than a screen (split them):\n" + "\n".join(offenders)
+
+
+def test_the_function_scan_sees_a_long_method(tmp_path):
+    """A method of MAX + 1 lines (``def`` included) is named; one of MAX lines is not."""
+
+    def method(name: str, lines: int) -> str:
+        return f"    def {name}(self):\n" + "".join(f"        x = {i}\n" for i in range(lines - 1))
+
+    source = tmp_path / "long.py"
+    limit = MAX_FUNCTION_LINES
+    source.write_text("class A:\n" + method("fits", limit) + method("too_long", limit + 1))
+    assert _long_functions(source, limit) == [
+        f"{source}:{limit + 2} too_long is {limit + 1} lines (> {limit})"
+    ]

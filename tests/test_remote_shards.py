@@ -102,7 +102,7 @@ def _samples(manifest, split: str) -> list[tuple[str, bytes, bytes]]:
 
 
 def test_eval_from_http_matches_the_local_folder_exactly_once(synthetic_shards, http_shards):
-    from engine.evaluate.shard_eval import evaluate_split
+    from engine.evaluate.shard_eval import EvalSettings, evaluate_split
 
     local, remote = load_manifest(synthetic_shards), load_manifest(http_shards)
     assert isinstance(remote.root, ShardUrl) and remote.data == local.data
@@ -110,9 +110,7 @@ def test_eval_from_http_matches_the_local_folder_exactly_once(synthetic_shards, 
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, local.num_classes, 3, padding=1)
     results = [
-        evaluate_split(
-            model, m, "val", batch_size=4, device=torch.device("cpu"), num_workers=2
-        ).confusion
+        evaluate_split(model, m, "val", EvalSettings(batch_size=4, num_workers=2)).confusion
         for m in (local, remote)
     ]
     assert int(results[0].sum()) > 0

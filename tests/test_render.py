@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from engine.render.colors import ERROR_COLORS, class_info, colorize, error_map, hex_to_rgb, overlay
-from engine.render.figures import confusion_heatmap, legend_image, mask_figure, panel
+from engine.render.figures import Display, confusion_heatmap, legend_image, mask_figure, panel
 from engine.render.history_plots import plot_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +82,9 @@ def _scene(height=120, width=160):
 def test_panel_is_written_with_expected_size(tmp_path):
     image, truth, pred = _scene()
     path = tmp_path / "panel.png"
-    pixels = panel(image, truth, pred, NAMES, PALETTE, path, title="val 0", dpi=100)
+    pixels = panel(
+        image, truth, pred, NAMES, PALETTE, path, title="val 0", display=Display(dpi=100)
+    )
     width, height = png_size(path)
     assert (width, height) == (1600, pixels.shape[0])  # four 4-inch panels at 100 dpi
     assert path.stat().st_size > 10_000

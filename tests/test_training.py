@@ -57,9 +57,7 @@ def test_run_directory_contract(synthetic_shards, tmp_path):
     # The exported best model loads without accelerate and reproduces the reported test scores.
     exported = load_exported(run)
     manifest = load_manifest(synthetic_shards)
-    scores = evaluate_split(
-        exported.model, manifest, "test", batch_size=4, device=torch.device("cpu")
-    )
+    scores = evaluate_split(exported.model, manifest, "test")
     assert scores.metrics.miou == pytest.approx(metrics["miou"], abs=1e-12)
     assert metrics["best_step"] in (4, 8) and result.model.training
     assert list((run / "wandb").glob("offline-run-*")), "wandb offline run not written"

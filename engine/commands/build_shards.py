@@ -46,10 +46,8 @@ def _background(text: str) -> int | str | None:
         return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the subcommand on ``argv`` (the command line when None); return the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    defaults = BuildOptions()
+def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``input`` group: where images and labels come from and how they pair."""
     source = parser.add_argument_group("input")
     source.add_argument("--images", help="glob of image files (quote it)")
     source.add_argument("--masks", help="glob of mask files (quote it)")
@@ -88,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         help="template of the mask key from the image key: {key}, {stem}, {folder}\n"
         "(e.g. '{key}_mask' pairs x.tif with x_mask.png)",
     )
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser, defaults: BuildOptions) -> None:
+    """Where the shards go, how they are tiled, split and encoded (the parser's own group)."""
     parser.add_argument(
         "--out", required=True, help="output folder, or object-store URL (s3://..., gs://...)"
     )
@@ -132,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         choices=("error", "ignore"),
         help="what to do with mask values missing from the classes file",
     )
+
+
+def _add_band_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``bands`` group: which bands of a multispectral image are kept and shown."""
     bands = parser.add_argument_group("bands (multispectral images: stored as they are, npy)")
     bands.add_argument(
         "--bands", help="bands to keep, in order: 1-based indices or band names (e.g. B4,B3,B2,B8)"
@@ -149,17 +155,34 @@ def main(argv: list[str] | None = None) -> int:
         help="3 bands (names or 1-based positions among the kept bands) for a true-colour\n"
         "view, or 'none' (default: red/green/blue, else B4,B3,B2, else 3-band uint8)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``terraseg build`` (options in the order ``--help`` lists them)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    defaults = BuildOptions()
+    _add_input_arguments(parser)
+    _add_output_arguments(parser, defaults)
+    _add_band_arguments(parser)
     parser.add_argument(
         "--workers", type=int, default=defaults.workers, help="processes decoding and encoding"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _check_sources(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (through ``parser.error``) a combination of input options that does not fit."""
     if args.vector:
         if args.masks or args.pairs_csv or not args.images or not args.attribute:
             parser.error("--vector goes with --images and --attribute (not --masks/--pairs-csv)")
     elif bool(args.pairs_csv) == bool(args.images or args.masks):
         parser.error("give either --images and --masks, or --pairs-csv, or --images and --vector")
-    options = BuildOptions(
+
+
+def _build_options(args: argparse.Namespace) -> BuildOptions:
+    """The :class:`BuildOptions` the command line asks for (vector labels are added later)."""
+    return BuildOptions(
         tile=args.tile, val=args.val, test=args.test, split_by=args.split_by, seed=args.seed,
         image_codec=args.image_codec, jpeg_quality=args.jpeg_quality,
         samples_per_shard=args.samples_per_shard, mix_buffer=args.mix_buffer, unknown=args.unknown,
@@ -170,29 +193,38 @@ def main(argv: list[str] | None = None) -> int:
             "none" if (args.rgb_bands or "").lower() == "none" else parse_band_list(args.rgb_bands)
         ),
     )  # fmt: skip
-    try:
-        classes = load_classes(args.classes)
-        if args.vector:
-            labels = VectorLabels(
-                args.vector, args.attribute, _background(args.background), args.all_touched,
-                classes=classes, layer=args.layer, unknown=args.unknown,
-            )  # fmt: skip
-            options = replace(options, vector_labels=labels)
-            pairs = pairs_from_vector(args.images, args.vector, args.group, args.image_key)
-        elif args.pairs_csv:
-            if args.image_key or args.mask_key or args.mask_from:
-                parser.error("--image-key/--mask-key/--mask-from go with --images and --masks")
-            pairs = pair_from_csv(args.pairs_csv, args.group)
-        else:
-            if not (args.images and args.masks):
-                parser.error("--images and --masks go together")
-            pairs = pair_by_glob(
-                args.images, args.masks, args.group, args.image_key, args.mask_key, args.mask_from
-            )
-        manifest = build_shards(pairs, classes, args.out, options)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+
+def _pairs_and_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, classes, options: BuildOptions
+) -> tuple[list, BuildOptions]:
+    """The image/label pairs to pack, and ``options`` (with vector labels when asked for).
+
+    Raises:
+        UserError: a source that cannot be read or paired.
+    """
+    if args.vector:
+        labels = VectorLabels(
+            args.vector, args.attribute, _background(args.background), args.all_touched,
+            classes=classes, layer=args.layer, unknown=args.unknown,
+        )  # fmt: skip
+        options = replace(options, vector_labels=labels)
+        pairs = pairs_from_vector(args.images, args.vector, args.group, args.image_key)
+    elif args.pairs_csv:
+        if args.image_key or args.mask_key or args.mask_from:
+            parser.error("--image-key/--mask-key/--mask-from go with --images and --masks")
+        pairs = pair_from_csv(args.pairs_csv, args.group)
+    else:
+        if not (args.images and args.masks):
+            parser.error("--images and --masks go together")
+        pairs = pair_by_glob(
+            args.images, args.masks, args.group, args.image_key, args.mask_key, args.mask_from
+        )
+    return pairs, options
+
+
+def _print_summary(manifest: dict) -> None:
+    """Print how the shards were split and each split's and band's statistics."""
     record = manifest["split"]
     how = (
         f"blocks of {record['block_tiles']}x{record['block_tiles']} tiles"
@@ -209,4 +241,20 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"band {band['name']} ({band['dtype']}): mean {band['mean']:.4g} std {band['std']:.4g}"
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the subcommand on ``argv`` (the command line when None); return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_sources(parser, args)
+    options = _build_options(args)
+    try:
+        classes = load_classes(args.classes)
+        pairs, options = _pairs_and_options(parser, args, classes, options)
+        manifest = build_shards(pairs, classes, args.out, options)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    _print_summary(manifest)
     return 0

@@ -25,7 +25,7 @@ from engine.errors import UserError
 from engine.evaluate.folder_eval import FolderEvalError, evaluate_folders
 from engine.evaluate.metrics import summary_line
 from engine.evaluate.report import write_report
-from engine.evaluate.shard_eval import check_class_count, evaluate_split
+from engine.evaluate.shard_eval import EvalSettings, check_class_count, evaluate_split
 from engine.train.export import load_exported
 
 
@@ -80,11 +80,13 @@ def evaluate_model(args: argparse.Namespace) -> int:
     exported = load_exported(args.model, device=state.device)
     check_class_count(int(exported.spec["num_classes"]), manifest, f"model {exported.path}")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
-    result = evaluate_split(
-        exported.model, manifest, args.split, batch_size=args.batch, device=state.device,
-        num_workers=args.workers, rank=state.process_index, world_size=state.num_processes,
-        autocast_dtype=dtype, train_crop=exported.train_crop,
+    settings = EvalSettings(
+        batch_size=args.batch, device=state.device, num_workers=args.workers,
+        rank=state.process_index, world_size=state.num_processes, autocast_dtype=dtype,
     )  # fmt: skip
+    result = evaluate_split(
+        exported.model, manifest, args.split, settings, train_crop=exported.train_crop
+    )
     if state.is_main_process:
         title = f"{args.split} split of {args.shards}"
         extra = {"split": args.split, "model": str(args.model), "shards": str(args.shards)}

@@ -27,7 +27,11 @@ manifest of the same band count is stretched by its own percentiles.
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from engine.cli import HelpFormatter
 from engine.data.shards.loader import read_sample
@@ -120,8 +124,8 @@ def read_image(path: str, normalization: Normalization | None):
     return image, image_normalization(image, nodata, names)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the subcommand on ``argv`` (the command line when None); return the exit code."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``terraseg show``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("mask", nargs="?", help="a class-index mask to render")
     parser.add_argument("--image", help="the image (for a panel or an overlay)")
@@ -149,85 +153,147 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     parser.add_argument("--title", help="figure title")
     parser.add_argument("--out", required=True, help="output PNG")
-    args = parser.parse_args(argv)
+    return parser
 
+
+@dataclass
+class Scene:
+    """What the figure is drawn from, gathered from the options step by step."""
+
+    manifest: dict | None = None
+    title: str | None = None
+    image: np.ndarray | None = None
+    truth: np.ndarray | None = None
+    prediction: np.ndarray | None = None
+    normalization: Normalization | None = None
+    exported: Any = None
+
+
+def _load_sources(args: argparse.Namespace) -> Scene:
+    """The manifest, the model (``--model``) and the shard sample (``--shards``) asked for."""
+    scene = Scene(manifest=read_manifest_json(args.manifest) if args.manifest else None)
+    scene.title = args.title
+    if args.model:
+        from engine.infer.sliding import resolve_device
+        from engine.train.export import load_exported
+
+        scene.exported = load_exported(args.model, device=resolve_device(args.device))
+        scene.manifest = scene.manifest or scene.exported.manifest
+    if args.shards:
+        shards, sample = shard_sample(args.shards, args.split, args.index)
+        scene.image, scene.truth = sample.image.numpy(), sample.mask.numpy()
+        scene.normalization = shards.normalization
+        scene.manifest = scene.manifest or shards.data
+        scene.title = scene.title or f"{args.split}[{args.index}] {sample.key}"
+    return scene
+
+
+def _class_names(parser, args: argparse.Namespace, manifest: dict | None, classes):
+    """Class names and colours, from the manifest (else the classes file)."""
+    if manifest is None and classes is None:
+        parser.error("give --manifest or --classes (or --shards/--model) for class names")
     try:
-        check_out(args.out)
-        classes = load_classes(args.classes) if args.classes else None
-        manifest = read_manifest_json(args.manifest) if args.manifest else None
-        image = truth = prediction = normalization = None
-        title = args.title
-        exported = None
-        if args.model:
-            from engine.infer.sliding import resolve_device
-            from engine.train.export import load_exported
+        return class_info(manifest, None if manifest is not None else classes)
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"{args.manifest or args.shards or args.model}: {error}") from error
 
-            exported = load_exported(args.model, device=resolve_device(args.device))
-            manifest = manifest or exported.manifest
-        if args.shards:
-            shards, sample = shard_sample(args.shards, args.split, args.index)
-            image, truth = sample.image.numpy(), sample.mask.numpy()
-            normalization = shards.normalization
-            manifest = manifest or shards.data
-            title = title or f"{args.split}[{args.index}] {sample.key}"
-        if manifest is None and classes is None:
-            parser.error("give --manifest or --classes (or --shards/--model) for class names")
+
+def _read_files(args: argparse.Namespace, scene: Scene, classes, num_classes: int) -> None:
+    """Read ``--image``, ``--truth`` and ``--prediction`` into the scene."""
+    if args.image:
         try:
-            names, palette = class_info(manifest, None if manifest is not None else classes)
-        except (KeyError, TypeError, ValueError) as error:
-            raise UserError(f"{args.manifest or args.shards or args.model}: {error}") from error
-        if args.image:
-            try:
-                normalization = Normalization.from_manifest(manifest) if manifest else None
-            except (KeyError, TypeError, ValueError):
-                normalization = None  # a manifest without statistics: the image's own
-            image, normalization = read_image(args.image, normalization)
-        if args.truth:
-            truth = read_truth_mask(args.truth, classes, len(names), IGNORE_INDEX)
-        if args.prediction:
-            prediction = read_index_mask(args.prediction)
-        if exported is not None:
-            if image is None:
-                parser.error("--model needs an image (--image or --shards)")
-            from engine.infer.sliding import predict_mask
+            normalization = Normalization.from_manifest(scene.manifest) if scene.manifest else None
+        except (KeyError, TypeError, ValueError):
+            normalization = None  # a manifest without statistics: the image's own
+        scene.image, scene.normalization = read_image(args.image, normalization)
+    if args.truth:
+        scene.truth = read_truth_mask(args.truth, classes, num_classes, IGNORE_INDEX)
+    if args.prediction:
+        scene.prediction = read_index_mask(args.prediction)
 
-            prediction = predict_mask(
-                exported.model,
-                image.transpose(1, 2, 0),
-                num_classes=int(exported.spec["num_classes"]),
-                normalization=exported.normalization,
-                tile=args.tile,
-                tta=args.tta,
-            )
-        sources = [p for p in (args.mask, args.image, args.truth, args.prediction) if p]
-        where = ", ".join(sources) or f"{args.shards} {args.split}[{args.index}]"
-        if image is not None:
-            if normalization is None:
-                normalization = image_normalization(image)
-            rgb = [b.strip() for b in args.rgb.split(",")] if args.rgb else None
-            try:
-                image = display_rgb(image, normalization, args.band, rgb=rgb)
-            except RenderError as error:
-                raise UserError(f"{where}: {error}") from error
-        elif args.band or args.rgb:
-            parser.error("--band and --rgb need an image (--image or --shards)")
-        if args.mask:
-            mask = read_index_mask(args.mask)
-            render(
-                where,
-                mask_figure,
-                mask,
-                names,
-                palette,
-                args.out,
-                image=image,
-                alpha=args.alpha,
-                title=title or Path(args.mask).name,
-            )
-        elif image is not None:
-            render(where, panel, image, truth, prediction, names, palette, args.out, title=title)
-        else:
-            parser.error("nothing to show: give a mask, --image or --shards")
+
+def _predict(parser, args: argparse.Namespace, scene: Scene) -> None:
+    """Predict the scene's image with ``--model`` (when given)."""
+    exported = scene.exported
+    if exported is None:
+        return
+    if scene.image is None:
+        parser.error("--model needs an image (--image or --shards)")
+    from engine.infer.sliding import predict_mask
+
+    scene.prediction = predict_mask(
+        exported.model,
+        scene.image.transpose(1, 2, 0),
+        num_classes=int(exported.spec["num_classes"]),
+        normalization=exported.normalization,
+        tile=args.tile,
+        tta=args.tta,
+    )
+
+
+def _picture(parser, args: argparse.Namespace, scene: Scene, where: str) -> None:
+    """Turn the scene's native image into the uint8 picture shown (``--band``/``--rgb``)."""
+    if scene.image is not None:
+        if scene.normalization is None:
+            scene.normalization = image_normalization(scene.image)
+        rgb = [b.strip() for b in args.rgb.split(",")] if args.rgb else None
+        try:
+            scene.image = display_rgb(scene.image, scene.normalization, args.band, rgb=rgb)
+        except RenderError as error:
+            raise UserError(f"{where}: {error}") from error
+    elif args.band or args.rgb:
+        parser.error("--band and --rgb need an image (--image or --shards)")
+
+
+def _draw(parser, args: argparse.Namespace, scene: Scene, classes_shown, where: str) -> None:
+    """Write the figure: the mask (over the image) or the image | truth | prediction panel."""
+    names, palette = classes_shown
+    if args.mask:
+        mask = read_index_mask(args.mask)
+        render(
+            where,
+            mask_figure,
+            mask,
+            names,
+            palette,
+            args.out,
+            image=scene.image,
+            alpha=args.alpha,
+            title=scene.title or Path(args.mask).name,
+        )
+    elif scene.image is not None:
+        render(
+            where, panel, scene.image, scene.truth, scene.prediction, names, palette, args.out,
+            title=scene.title,
+        )  # fmt: skip
+    else:
+        parser.error("nothing to show: give a mask, --image or --shards")
+
+
+def show(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Draw what the parsed options ask for into ``--out``.
+
+    Raises:
+        UserError: an input that cannot be read or drawn (``parser.error`` for bad options).
+    """
+    check_out(args.out)
+    classes = load_classes(args.classes) if args.classes else None
+    scene = _load_sources(args)
+    names, palette = _class_names(parser, args, scene.manifest, classes)
+    _read_files(args, scene, classes, len(names))
+    _predict(parser, args, scene)
+    sources = [p for p in (args.mask, args.image, args.truth, args.prediction) if p]
+    where = ", ".join(sources) or f"{args.shards} {args.split}[{args.index}]"
+    _picture(parser, args, scene, where)
+    _draw(parser, args, scene, (names, palette), where)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the subcommand on ``argv`` (the command line when None); return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        show(parser, args)
     except (UserError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -223,6 +223,36 @@ def image_normalization(
     return Normalization(tuple(bands), (0, 1, 2) if channels == 3 else None)
 
 
+def _shown_bands(
+    normalization: Normalization, band: BandSpec | None, rgb: Sequence[BandSpec] | None
+) -> list[int]:
+    """Positions of the bands drawn as red, green, blue (see :func:`display_rgb`)."""
+    names = normalization.names
+    if band is not None:
+        return band_positions(band, names, "band to show", error=RenderError) * 3
+    if rgb is not None:
+        if isinstance(rgb, str) or len(rgb) != 3:
+            raise RenderError(f"rgb needs 3 bands (red, green, blue), got {rgb!r}")
+        return band_positions(rgb, names, "bands to show", distinct=False, error=RenderError)
+    if normalization.rgb_bands is not None:
+        return list(normalization.rgb_bands)
+    return [0, 0, 0]
+
+
+def _nodata_pixels(image: np.ndarray, normalization: Normalization) -> np.ndarray:
+    """``HxW``: pixels that are their band's nodata value in any band of ``[C, H, W]``."""
+    invalid = np.zeros(image.shape[1:], bool)
+    for channel, stats in enumerate(normalization.bands):
+        if stats.nodata is not None:
+            values = image[channel]
+            if math.isnan(stats.nodata):
+                if np.issubdtype(values.dtype, np.floating):
+                    invalid |= np.isnan(values)
+            else:
+                invalid |= values == stats.nodata
+    return invalid
+
+
 def display_rgb(
     image: Any,
     normalization: Normalization | None = None,
@@ -274,17 +304,7 @@ def display_rgb(
             f"image has {image.shape[0]} bands (shape {image.shape}), the data has "
             f"{normalization.in_channels} ({', '.join(normalization.names)})"
         )
-    names = normalization.names
-    if band is not None:
-        shown = band_positions(band, names, "band to show", error=RenderError) * 3
-    elif rgb is not None:
-        if isinstance(rgb, str) or len(rgb) != 3:
-            raise RenderError(f"rgb needs 3 bands (red, green, blue), got {rgb!r}")
-        shown = band_positions(rgb, names, "bands to show", distinct=False, error=RenderError)
-    elif normalization.rgb_bands is not None:
-        shown = list(normalization.rgb_bands)
-    else:
-        shown = [0, 0, 0]
+    shown = _shown_bands(normalization, band, rgb)
     out = np.empty((*image.shape[1:], 3), np.uint8)
     invalid = np.zeros(image.shape[1:], bool)
     for channel in dict.fromkeys(shown):
@@ -295,13 +315,6 @@ def display_rgb(
         stretched = np.floor(np.clip((values - low) * 255.0 / (high - low), 0, 255) + 0.5)
         for position in (i for i, c in enumerate(shown) if c == channel):
             out[..., position] = np.nan_to_num(stretched)
-    for channel, stats in enumerate(normalization.bands):
-        if stats.nodata is not None:
-            values = image[channel]
-            if math.isnan(stats.nodata):
-                if np.issubdtype(values.dtype, np.floating):
-                    invalid |= np.isnan(values)
-            else:
-                invalid |= values == stats.nodata
+    invalid |= _nodata_pixels(image, normalization)
     out[invalid] = hex_to_rgb(nodata_color)
     return out

@@ -268,11 +268,13 @@ def build_shards(
     return _build(pairs, classes, out, options, warn)
 
 
-def _build(pairs, classes, out, options, warn, uploader: ShardUploader | None = None) -> dict:
-    """:func:`build_shards` into the folder ``out``; with ``uploader``, published as it goes."""
-    output = BuildOutput(Path(out), options.overwrite)
-    output.check()
-    warn = warn or print_warning
+def _plan_jobs(pairs: list[Pair], classes: ClassesFile, options: BuildOptions, warn) -> tuple:
+    """Split the pairs and order them into worker jobs (seeded shuffle within each split).
+
+    Returns:
+        ``(jobs, groups, split_record)``: one ``_process_pair`` argument per pair, the
+        groups of each split, and the manifest's ``split`` record.
+    """
     check_member_keys(pairs)
     sizes = image_sizes(pairs)
     plan, split_record = plan_splits(
@@ -287,74 +289,109 @@ def _build(pairs, classes, out, options, warn, uploader: ShardUploader | None = 
         members = [p for p in pairs if plan[p.key].split == split]
         rng.shuffle(members)
         jobs += [(pair, plan[pair.key], classes, options) for pair in members]
-    groups = groups_by_split(pairs, plan)
+    return jobs, groups_by_split(pairs, plan), split_record
 
+
+@dataclass
+class _Tally:
+    """What the build has written: one shard writer, class-pixel counts per split, bands."""
+
+    writers: dict[str, _SplitWriter]
+    totals: dict[str, np.ndarray]  # split → int64 [num_classes + 1], last = ignore
+    bands: BuildBands = field(default_factory=BuildBands)
+
+    @classmethod
+    def start(cls, staging: Path, options: BuildOptions, num_classes: int, uploader) -> _Tally:
+        """Empty writers (into ``staging``, each full tar to ``uploader``) and zero counts."""
+        writers = {
+            s: _SplitWriter(
+                staging,
+                s,
+                options.samples_per_shard,
+                MEMBER_EXT[options.image_codec],
+                MEMBER_EXT[mask_codec_for(options.image_codec)],
+                options.mix_buffer,
+                random.Random(f"{options.seed}/{s}"),
+                uploader.put if uploader else None,
+            )
+            for s in SPLITS
+        }
+        return cls(writers, {s: np.zeros(num_classes + 1, np.int64) for s in SPLITS})
+
+    def add(self, result: _PairResult) -> None:
+        """Write one pair's samples and count its pixels and band sums."""
+        for sample in result.samples:
+            self.writers[sample.split].add(sample)
+        for split, counts in result.class_pixels.items():
+            self.totals[split] += counts
+        self.bands.add(result.image, result.bands, result.dtype, result.nodata, result.sums)
+
+
+def _write_all(stream: Iterator[_PairResult], count: int, tally: _Tally, warn) -> None:
+    """Write every result of ``stream`` (``count`` pairs) under a progress bar, then its notes."""
+    progress = tqdm(total=count, desc="building shards", unit="image")
+    notes = []  # said once the progress bar is closed, one line each
+    for result in stream:
+        notes += [result.note] if result.note else []
+        tally.add(result)
+        progress.update()
+    stream.close()  # the pool's workers end here
+    progress.close()
+    for note in notes:
+        warn(note)
+    for writer in tally.writers.values():
+        writer.finish()
+
+
+def _manifest(
+    classes: ClassesFile, options: BuildOptions, tally: _Tally, split_record: dict, groups, warn
+) -> dict:
+    """The ``dataset.json`` record of a finished build (shards/README.md)."""
     num_classes = len(classes.classes)
-    staging = output.__enter__()
-    writers = {
-        s: _SplitWriter(
-            staging,
-            s,
-            options.samples_per_shard,
-            MEMBER_EXT[options.image_codec],
-            MEMBER_EXT[mask_codec_for(options.image_codec)],
-            options.mix_buffer,
-            random.Random(f"{options.seed}/{s}"),
-            uploader.put if uploader else None,
-        )
-        for s in SPLITS
+    totals, writers = tally.totals, tally.writers
+    normalization = tally.bands.normalization(options.rgb_bands, warn)
+    return {
+        "format": "terraseg-shards",
+        "version": FORMAT_VERSION,
+        "classes": classes.manifest_classes(),
+        "ignore_value": classes.ignore_value(),
+        "num_classes": num_classes,
+        "ignore_index": IGNORE_INDEX,
+        "tile_size": options.tile,
+        "image_codec": options.image_codec,
+        "mask_codec": mask_codec_for(options.image_codec),
+        **normalization.records(),
+        "seed": options.seed,
+        "split": split_record,
+        "class_pixels": {s: totals[s][:num_classes].tolist() for s in SPLITS if writers[s].shards},
+        "ignore_pixels": {s: int(totals[s][num_classes]) for s in SPLITS if writers[s].shards},
+        "splits": {
+            s: {
+                "shards": w.shards,
+                "shard_samples": w.shard_samples,
+                "shard_sha256": w.shard_sha256,
+                "shard_bytes": w.shard_bytes,
+                "num_samples": sum(w.shard_samples),
+                "groups": groups[s],
+            }
+            for s, w in writers.items()
+            if w.shards
+        },
     }
-    totals = {s: np.zeros(num_classes + 1, np.int64) for s in SPLITS}
-    bands = BuildBands()
+
+
+def _build(pairs, classes, out, options, warn, uploader: ShardUploader | None = None) -> dict:
+    """:func:`build_shards` into the folder ``out``; with ``uploader``, published as it goes."""
+    output = BuildOutput(Path(out), options.overwrite)
+    output.check()
+    warn = warn or print_warning
+    jobs, groups, split_record = _plan_jobs(pairs, classes, options, warn)
+    staging = output.__enter__()
+    tally = _Tally.start(staging, options, len(classes.classes), uploader)
     stream = _results(jobs, options.workers)
     try:
-        progress = tqdm(total=len(jobs), desc="building shards", unit="image")
-        notes = []  # said once the progress bar is closed, one line each
-        for result in stream:
-            notes += [result.note] if result.note else []
-            for sample in result.samples:
-                writers[sample.split].add(sample)
-            for split, counts in result.class_pixels.items():
-                totals[split] += counts
-            bands.add(result.image, result.bands, result.dtype, result.nodata, result.sums)
-            progress.update()
-        stream.close()  # the pool's workers end here
-        progress.close()
-        for note in notes:
-            warn(note)
-        for writer in writers.values():
-            writer.finish()
-        normalization = bands.normalization(options.rgb_bands, warn)
-        manifest = {
-            "format": "terraseg-shards",
-            "version": FORMAT_VERSION,
-            "classes": classes.manifest_classes(),
-            "ignore_value": classes.ignore_value(),
-            "num_classes": num_classes,
-            "ignore_index": IGNORE_INDEX,
-            "tile_size": options.tile,
-            "image_codec": options.image_codec,
-            "mask_codec": mask_codec_for(options.image_codec),
-            **normalization.records(),
-            "seed": options.seed,
-            "split": split_record,
-            "class_pixels": {
-                s: totals[s][:num_classes].tolist() for s in SPLITS if writers[s].shards
-            },
-            "ignore_pixels": {s: int(totals[s][num_classes]) for s in SPLITS if writers[s].shards},
-            "splits": {
-                s: {
-                    "shards": w.shards,
-                    "shard_samples": w.shard_samples,
-                    "shard_sha256": w.shard_sha256,
-                    "shard_bytes": w.shard_bytes,
-                    "num_samples": sum(w.shard_samples),
-                    "groups": groups[s],
-                }
-                for s, w in writers.items()
-                if w.shards
-            },
-        }
+        _write_all(stream, len(jobs), tally, warn)
+        manifest = _manifest(classes, options, tally, split_record, groups, warn)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         if uploader is not None:
             uploader.finish(staging / MANIFEST_NAME)
@@ -365,7 +402,7 @@ def _build(pairs, classes, out, options, warn, uploader: ShardUploader | None = 
         stream.close()
         if uploader is not None:  # uploads in flight end before staging goes
             uploader.abort()
-        for writer in writers.values():
+        for writer in tally.writers.values():
             with contextlib.suppress(OSError):  # a full disk fails the close too
                 writer.close(complete=False)
         output.__exit__(type(error), error, error.__traceback__)

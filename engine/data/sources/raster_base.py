@@ -23,6 +23,7 @@ the file's band descriptions, else ``red/green/blue`` for 3-band uint8 RGB, else
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,27 @@ def nodata_equal(data: np.ndarray, nodata: float) -> np.ndarray:
     return (data == data.dtype.type(nodata)).any(axis=-1)
 
 
+@dataclass(frozen=True)
+class RasterContents:
+    """What a raster holds, as its reader found it: size, pixel type and data bands.
+
+    Attributes:
+        height: Rows.
+        width: Columns.
+        dtype: The native pixel type (checked against the supported ones).
+        names: The data bands' names, in file order.
+        numbers: The data bands' 1-based numbers in the file (default ``1..len(names)``).
+        alpha: The number of the file's alpha band (a validity mask, not data), or None.
+    """
+
+    height: int
+    width: int
+    dtype: Any
+    names: list[str]
+    numbers: list[int] | None = None
+    alpha: int | None = None
+
+
 class RasterReader:
     """Base class of the window readers (see the module notes).
 
@@ -99,23 +121,19 @@ class RasterReader:
     def _setup(
         self,
         path: Path | None,
-        height: int,
-        width: int,
-        dtype: Any,
-        names: list[str],
+        contents: RasterContents,
         profile: dict[str, Any],
         *,
-        numbers: list[int] | None = None,
-        alpha: int | None = None,
         bands: list[int | str] | None = None,
         nodata: float | None = None,
     ) -> None:
         """Check the type, resolve the band selection and fill :attr:`profile`."""
         self.path = path
         label = path or "<array>"
-        self._height, self._width = int(height), int(width)
-        self._dtype = check_dtype(label, dtype)
-        numbers = numbers or list(range(1, len(names) + 1))
+        names, alpha = contents.names, contents.alpha
+        self._height, self._width = int(contents.height), int(contents.width)
+        self._dtype = check_dtype(label, contents.dtype)
+        numbers = contents.numbers or list(range(1, len(names) + 1))
         self._select = list(range(len(names)))
         if bands is not None:
             asked = [bands] if isinstance(bands, (str, int)) else list(bands)
@@ -282,10 +300,7 @@ class ArrayReader(RasterReader):
         self._array = array
         self._setup(
             Path(path) if path else None,
-            array.shape[0],
-            array.shape[1],
-            array.dtype,
-            names,
+            RasterContents(array.shape[0], array.shape[1], array.dtype, names),
             {"backend": "array", "driver": None},
             nodata=nodata,
         )

@@ -29,6 +29,7 @@ import numpy as np
 from engine.data.sources.formats import read_by_gdal, reader_of
 from engine.data.sources.pictures import ImageReadError, check_pixels, open_image, read_pil_pixels
 from engine.data.sources.raster_base import (
+    RasterContents,
     RasterError,
     RasterReader,
     default_band_names,
@@ -60,18 +61,15 @@ class PILReader(RasterReader):
         data = channels - (alpha is not None)
         self._array = array
         self._alpha = alpha
-        self._setup(
-            path,
+        contents = RasterContents(
             array.shape[0],
             array.shape[1],
             array.dtype,
             default_band_names(data, array.dtype, rgb=True),
-            {"backend": "pil", "driver": mode},
             numbers=list(range(1, data + 1)),
             alpha=alpha,
-            bands=bands,
-            nodata=nodata,
         )
+        self._setup(path, contents, {"backend": "pil", "driver": mode}, bands=bands, nodata=nodata)
 
     def _read_raw(
         self, row0: int, row1: int, col0: int, col1: int, positions: list[int]
@@ -143,15 +141,13 @@ class RasterioReader(RasterReader):
                 "compression": (src.compression.name.lower() if src.compression else "none"),
                 "file_count": src.count,
             }
+            contents = RasterContents(
+                src.height, src.width, src.dtypes[0], names, numbers=numbers, alpha=self._alpha
+            )
             self._setup(
                 path,
-                src.height,
-                src.width,
-                src.dtypes[0],
-                names,
+                contents,
                 profile,
-                numbers=numbers,
-                alpha=self._alpha,
                 bands=bands,
                 nodata=nodata if nodata is not None else src.nodata,
             )
@@ -247,10 +243,7 @@ class BandFilesReader(RasterReader):
             first = self._readers[0]
             self._setup(
                 path,
-                first.shape[0],
-                first.shape[1],
-                first.dtype,
-                names,
+                RasterContents(first.shape[0], first.shape[1], first.dtype, names),
                 {
                     **first.profile,
                     "backend": f"band files ({first.profile.get('backend')})",
