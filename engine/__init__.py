@@ -1,7 +1,7 @@
-"""terraseg's library, one package per stage a sample passes through.
+"""terraseg's library, one package per stage a sample passes through (the api stage is a module).
 
-``data`` → ``render`` → ``evaluate`` → ``train`` → ``infer`` → ``commands``: a package
-imports only from packages before it in this order (and from :mod:`archs` and the shared
+``data`` → ``render`` → ``evaluate`` → ``train`` → ``infer`` → ``api`` → ``commands``: a
+stage imports only from stages before it in this order (and from :mod:`archs` and the shared
 leaf modules: :mod:`engine.errors`, the ``UserError`` base every stage raises,
 :mod:`engine.jsonfile`, :mod:`engine.cli` and :mod:`engine.configs`), never from
 ``launch/``.
@@ -11,6 +11,7 @@ leaf modules: :mod:`engine.errors`, the ``UserError`` base every stage raises,
 - :mod:`engine.evaluate`: metrics, evaluation of shards and folders, reports.
 - :mod:`engine.train`: config, device augmentation, losses, the loop, checkpoints, export.
 - :mod:`engine.infer`: sliding-window prediction over rasters and its writers.
+- :mod:`engine.api`: the four jobs from Python (build, train, evaluate, predict).
 - :mod:`engine.commands`: the ``terraseg`` command and its subcommands.
 """
 
@@ -18,4 +19,4 @@ leaf modules: :mod:`engine.errors`, the ``UserError`` base every stage raises,
 __version__ = "0.2.0"
 
 #: The stages in import order: each may import only the ones before it.
-STAGES = ("data", "render", "evaluate", "train", "infer", "commands")
+STAGES = ("data", "render", "evaluate", "train", "infer", "api", "commands")
