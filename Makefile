@@ -19,6 +19,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine archs launch tests bench
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf demo runs .pytest_cache

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -57,8 +58,9 @@ def _transposed_up(num_classes: int, factor: int) -> nn.ConvTranspose2d:
 
 def _conv_with_params(src: nn.Conv2d, padding: int) -> nn.Conv2d:
     """Return a Conv2d like ``src`` but with ``padding``, sharing ``src``'s parameters."""
+    height, width = src.kernel_size
     conv = nn.Conv2d(
-        src.in_channels, src.out_channels, src.kernel_size, padding=padding, device="meta"
+        src.in_channels, src.out_channels, (height, width), padding=padding, device="meta"
     )
     conv.weight, conv.bias = src.weight, src.bias
     return conv
@@ -111,6 +113,10 @@ class FCN(SegmentationModel):
             in_chans=in_channels,
             mlp_ratio=1.0 if loading else 1 / 64,
         )
+        from timm.models.vgg import VGG  # timm is loaded by now
+
+        if not isinstance(vgg, VGG):
+            raise ValueError(f"{backbone!r} is not a timm VGG")
         layers = list(vgg.features)
         pools = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
         if len(pools) != 5:
@@ -119,9 +125,11 @@ class FCN(SegmentationModel):
         self.stage4 = nn.Sequential(*layers[pools[2] + 1 : pools[3] + 1])  # -> pool4, stride 16
         self.stage5 = nn.Sequential(*layers[pools[3] + 1 :])  # -> pool5, stride 32
         info = vgg.feature_info  # taps: conv1..conv5 (pre-pool) and pool5
-        c3, c4, c5 = info[2]["num_chs"], info[3]["num_chs"], info[5]["num_chs"]
+        # timm types the taps as dict[str, object]; "num_chs" is an int
+        c3, c4, c5 = (cast(int, info[tap]["num_chs"]) for tap in (2, 3, 5))
 
         fc1, fc2 = vgg.pre_logits.fc1, vgg.pre_logits.fc2
+        assert isinstance(fc1, nn.Conv2d) and isinstance(fc2, nn.Conv2d)  # timm's VGG head
         if loading and fc_width == fc1.out_channels and fc2.out_channels == fc_width:
             # take over the loaded ImageNet fc6/fc7 tensors (7x7 'same' padding instead of none)
             self.fc6 = _conv_with_params(fc1, padding=3)
@@ -131,6 +139,7 @@ class FCN(SegmentationModel):
             self.fc7 = nn.Conv2d(fc_width, fc_width, 1)
             for conv in (self.fc6, self.fc7):
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                assert conv.bias is not None  # made with one
                 nn.init.zeros_(conv.bias)
         del vgg, fc1, fc2
 
@@ -142,6 +151,7 @@ class FCN(SegmentationModel):
             self.score_pool3 = nn.Conv2d(c3, num_classes, 1)
             for conv in (self.score_pool4, self.score_pool3):
                 nn.init.zeros_(conv.weight)
+                assert conv.bias is not None  # made with one
                 nn.init.zeros_(conv.bias)
             self.upscore2 = _transposed_up(num_classes, 2)
             self.upscore_pool4 = _transposed_up(num_classes, 2)

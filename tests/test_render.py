@@ -294,6 +294,31 @@ def test_plot_history_script(tmp_path, monkeypatch):
     assert _run_script(monkeypatch, "plot_history", [str(tmp_path / "nowhere")]) == 2
 
 
+@pytest.mark.parametrize(
+    ("metrics", "warning"),
+    [
+        ([[5, 1], [2, 7]], "metrics.json: not a JSON object; no heatmap"),
+        ({"val": {"confusion_matrix": [[5, "x"], [2, 7]]}}, "val matrix is not square"),
+        ({"val": {"confusion_matrix": [[5, 1]]}}, "val matrix is not square"),
+        ({"confusion_matrix": [[5, 1], [2, 7]], "per_class": 5}, None),
+        ({"confusion_matrix": [[5, 1], [2, 7]], "per_class": [{"name": 1}, {"name": 2}]}, None),
+    ],
+)
+def test_plot_history_script_survives_odd_metrics(tmp_path, monkeypatch, capsys, metrics, warning):
+    run = tmp_path / "run"
+    run.mkdir()
+    _write_history(
+        run / "history.csv", ["step", "split", "loss"], [{"step": 0, "split": "train", "loss": 1.0}]
+    )
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert _run_script(monkeypatch, "plot_history", [str(run)]) == 0
+    err = capsys.readouterr().err
+    if warning is None:
+        assert (run / "confusion_metrics.png").is_file() and "warning" not in err
+    else:
+        assert warning in err and not list(run.glob("confusion_*.png"))
+
+
 def test_per_class_iou_uses_the_palette_and_best_rows_are_stars(tmp_path):
     from matplotlib.collections import PathCollection
     from matplotlib.colors import to_hex

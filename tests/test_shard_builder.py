@@ -388,6 +388,15 @@ def test_classes_file_errors(tmp_path):
     assert index.lookup == {1: 0, 2: 0, 0: 255} and index.classes[0].color.startswith("#")
 
 
+@pytest.mark.parametrize("raw", [3.5, True, None, [1]])
+def test_an_index_value_that_is_not_a_whole_number_is_refused(raw):
+    entry = {"name": "a", "value": [raw]}
+    with pytest.raises(ClassesError, match=r"classes\[0\]: bad value .* for encoding 'index'"):
+        classes_from_dict({"encoding": "index", "classes": [entry]})
+    same = classes_from_dict({"encoding": "index", "classes": [{"name": "a", "value": [3.0, "4"]}]})
+    assert same.lookup == {3: 0, 4: 0}
+
+
 def test_manifest_records_the_source_values_for_predictions_in_original_values(tmp_path):
     from engine.infer.values import original_values
 

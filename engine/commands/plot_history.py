@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from engine.cli import HelpFormatter
 from engine.errors import UserError
 from engine.jsonfile import read_json
@@ -23,7 +25,7 @@ from engine.render.history_plots import plot_history, run_classes
 
 def find_confusions(metrics: dict) -> dict[str, list]:
     """``{name: matrix}`` for every confusion matrix found in a metrics.json mapping."""
-    found = {}
+    found: dict[str, list] = {}
     for key in ("confusion_matrix", "confusion"):
         if isinstance(metrics.get(key), list):
             found["metrics"] = metrics[key]
@@ -40,11 +42,24 @@ def class_names(run: Path, metrics: dict, size: int) -> list[str]:
     names, _ = run_classes(run) or ([], [])
     if len(names) == size:
         return names
-    rows = metrics.get("per_class") or []
-    names = [row.get("name") for row in rows if isinstance(row, dict)]
-    if len(names) == size and all(names):
-        return names
+    rows = metrics.get("per_class")
+    if isinstance(rows, list):
+        given = [row.get("name") for row in rows if isinstance(row, dict)]
+        names = [name for name in given if isinstance(name, str) and name]
+        if len(names) == len(given) == size:
+            return names
     return [f"class {i}" for i in range(size)]
+
+
+def square_counts(matrix: list) -> np.ndarray | None:
+    """A confusion matrix from metrics.json as ``[N, N]`` float counts, or None if it is not."""
+    if not matrix or any(not isinstance(r, list) or len(r) != len(matrix) for r in matrix):
+        return None
+    try:
+        counts = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError):  # an entry that is not a number
+        return None
+    return counts if np.isfinite(counts).all() else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,24 +83,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics_path = run / "metrics.json"
     if metrics_path.is_file():
-        try:
-            metrics = read_json(metrics_path)
-        except (OSError, UserError) as error:
-            print(f"warning: {error}; no heatmap", file=sys.stderr)
-            metrics = {}
-        for name, matrix in find_confusions(metrics).items():
-            path = out / f"confusion_{name}.png"
-            names = class_names(run, metrics, len(matrix))
-            if not matrix or any(not isinstance(r, list) or len(r) != len(matrix) for r in matrix):
-                print(f"warning: {metrics_path}: {name} matrix is not square", file=sys.stderr)
-                continue
-            confusion_heatmap(
-                matrix, names, path, title=f"Confusion matrix ({name}, row-normalised)"
-            )
-            written.append(path)
+        written += plot_confusions(metrics_path, run, out)
     if not written:
         print(f"nothing to plot in {run / 'history.csv'}", file=sys.stderr)
         return 1
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def plot_confusions(metrics_path: Path, run: Path, out: Path) -> list[Path]:
+    """Heatmaps of the confusion matrices in ``metrics_path`` (warnings for unusable ones)."""
+    try:
+        metrics = read_json(metrics_path)
+    except (OSError, UserError) as error:
+        print(f"warning: {error}; no heatmap", file=sys.stderr)
+        return []
+    if not isinstance(metrics, dict):
+        print(f"warning: {metrics_path}: not a JSON object; no heatmap", file=sys.stderr)
+        return []
+    written = []
+    for name, matrix in find_confusions(metrics).items():
+        counts = square_counts(matrix)
+        if counts is None:
+            print(
+                f"warning: {metrics_path}: {name} matrix is not square (finite numbers)",
+                file=sys.stderr,
+            )
+            continue
+        path = out / f"confusion_{name}.png"
+        names = class_names(run, metrics, len(counts))
+        confusion_heatmap(counts, names, path, title=f"Confusion matrix ({name}, row-normalised)")
+        written.append(path)
+    return written

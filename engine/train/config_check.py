@@ -177,10 +177,10 @@ def validate(config: Config) -> None:
     checks += [(k, "> 0", lambda v: v > 0) for k in ABOVE_ZERO]
     checks += [(k, "in [0, 1)", lambda v: 0 <= v < 1) for k in UNIT]
     checks += [("schedule.min_lr_ratio", "in [0, 1]", lambda v: 0 <= v <= 1)]
-    for key, allowed, ok in checks:
+    for key, rule, ok in checks:
         value = _get(config, key)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
-            raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+            raise ConfigError(f"{key} must be {rule}, got {value!r}")
     for key, (limit, unit) in AT_MOST.items():
         if _get(config, key) > limit:
             raise ConfigError(f"{key} must be at most {limit} ({unit}), got {_get(config, key)}")

@@ -130,7 +130,7 @@ def build_loss(
     num_classes: int,
     ignore_index: int = 255,
     class_weights: torch.Tensor | Sequence[float] | None = None,
-) -> nn.Module:
+) -> CombinedLoss | MultitaskLoss:
     """Build a loss from its configuration.
 
     Accepted forms:
@@ -170,7 +170,9 @@ def build_loss(
         built = entry.build(num_classes, ignore_index, class_weights, **options)
         modules[entry.name] = (weight, built)
     if entries[0][0].multitask:
-        return modules[entries[0][0].name][1]
+        multitask = modules[entries[0][0].name][1]
+        assert isinstance(multitask, MultitaskLoss)  # what the multitask entry builds
+        return multitask
     return CombinedLoss(modules)
 
 

@@ -7,6 +7,8 @@ Pixels whose target is ``ignore_index`` contribute nothing to any loss.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -247,7 +249,8 @@ class CombinedLoss(nn.Module):
 
     def combine(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Weighted sum of the terms returned by :meth:`terms`."""
-        return sum((self.weights[name] * value for name, value in terms.items()), start=0.0)
+        weighted = [self.weights[name] * value for name, value in terms.items()]
+        return functools.reduce(operator.add, weighted)
 
 
 class MultitaskLoss(nn.Module):

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
@@ -34,7 +34,7 @@ from engine.train.config_check import check_model_options
 from engine.train.elastic import continue_on_this_world, global_batch
 from engine.train.history import History, history_columns
 from engine.train.loss_factory import build_loss, class_weights_from_pixels, is_multitask_spec
-from engine.train.losses import MultitaskLoss
+from engine.train.losses import CombinedLoss, MultitaskLoss
 from engine.train.optim import build_optimizer, build_scheduler
 from engine.train.preflight import check_rgb_bands, check_shards, check_splits, data_warnings
 from engine.train.tracking import Tracker
@@ -73,7 +73,7 @@ class Run:
     manifest: Manifest
     model: torch.nn.Module
     model_spec: dict[str, Any]
-    loss_fn: torch.nn.Module
+    loss_fn: CombinedLoss | MultitaskLoss
     loss_terms: list[str]
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -132,7 +132,7 @@ def build_model(config: Config, manifest: Manifest) -> tuple[torch.nn.Module, di
     dtype, statistics, nodata) so that prediction reads and normalises exactly those bands.
     """
     options = dict(config.model.options)
-    weights = {}
+    weights: dict[str, bool | str] = {}
     if config.model.pretrained:
         weights["pretrained"] = True
     if config.model.weights:
@@ -151,7 +151,9 @@ def build_model(config: Config, manifest: Manifest) -> tuple[torch.nn.Module, di
     return model, spec
 
 
-def build_training_loss(config: Config, manifest: Manifest, multitask: bool) -> torch.nn.Module:
+def build_training_loss(
+    config: Config, manifest: Manifest, multitask: bool
+) -> CombinedLoss | MultitaskLoss:
     """The configured loss; multitask models default to the multitask Tanimoto loss."""
     spec = config.loss.spec
     if multitask and spec == "ce":
@@ -218,7 +220,8 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     optimizer = build_optimizer(model, config.optim, device)
     scheduler = build_scheduler(optimizer, config.schedule, config.total_steps)
     if config.train.compile:
-        model = torch.compile(model)
+        # torch.compile's stub types it as a plain callable; given a module it returns one.
+        model = cast(torch.nn.Module, torch.compile(model))
     model, optimizer = accelerator.prepare(model, optimizer)
     state = LoopState()
     if checkpoint is not None:
@@ -230,7 +233,8 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
         continue_on_this_world(checkpoint, config, accelerator)
     elif resume and main:
         print(f"--resume {resume}: no checkpoint in {run_dir}, starting fresh", flush=True)
-    loss_terms = list(MultitaskLoss.heads) if multitask else list(loss_fn.losses)
+    # The loss fits the model (build_training_loss checks it): multitask heads, or named terms.
+    loss_terms = list(loss_fn.losses) if isinstance(loss_fn, CombinedLoss) else list(loss_fn.heads)
     history = History(
         run_dir / "history.csv",
         history_columns(loss_terms, manifest.class_names),

@@ -155,10 +155,9 @@ def final_metrics(run: Run) -> dict[str, Any]:
         export_best(run)
     best, _ = build_model(config, manifest)
     best.load_state_dict(load_file(str(run.run_dir / "best" / "model.safetensors")))
-    best = best.to(
-        run.device,
-        memory_format=torch.channels_last if run.channels_last else torch.preserve_format,
-    )
+    best = best.to(run.device)
+    if run.channels_last:
+        best = best.to(memory_format=torch.channels_last)
     split = next(
         (s for s in (config.data.test_split, config.data.val_split) if s and manifest.has_split(s)),
         None,

@@ -74,6 +74,13 @@ class _DigestFile:
     def tell(self) -> int:
         return self.size
 
+    # Write-only; tarfile's file protocol names these, and mode "w" never calls them.
+    def read(self, size: int = -1) -> bytes:
+        raise io.UnsupportedOperation("a shard tar is written, not read")
+
+    def seek(self, pos: int) -> int:
+        raise io.UnsupportedOperation("a shard tar is written in one pass")
+
     def close(self) -> None:
         self._file.close()
 

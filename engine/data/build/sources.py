@@ -71,9 +71,9 @@ def read_pair(pair: Pair, classes: ClassesFile, options: BuildOptions) -> PairDa
     )
     mask = map_mask(values, classes, options.unknown, pair.mask, transparent_is_ignore=bool(vector))
     note = None
-    if mask_grid is not None:
-        mask = resample_labels(mask, mask_grid, grid)
-        note = resampled_note(pair.mask, pair.image, mask_grid, grid)
+    if mask_grid is not None and on_grid is not None:  # a mask grid comes with the image's
+        mask = resample_labels(mask, mask_grid, on_grid)
+        note = resampled_note(pair.mask, pair.image, mask_grid, on_grid)
     mask[~valid] = IGNORE_INDEX
     return PairData(image, mask, names, nodata, note)
 

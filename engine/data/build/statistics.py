@@ -186,7 +186,7 @@ def check_band_options(
             or not all((isinstance(v, int) and v >= 1) or (isinstance(v, str) and v) for v in value)
         ):
             raise BuildError(f"{name} {value!r}: give band names or 1-based band indices")
-    if band_files is not None and not all(isinstance(v, str) for v in band_files):  # type: ignore[union-attr]
+    if isinstance(band_files, tuple) and not all(isinstance(v, str) for v in band_files):
         raise BuildError(f"--band-files {band_files!r}: give band names, not indices")
     if nodata is not None and (not isinstance(nodata, (int, float)) or isinstance(nodata, bool)):
         raise BuildError(f"--nodata {nodata!r}: must be a number or nan")

@@ -122,7 +122,8 @@ def unique_members(members: Iterable[dict], shard: object) -> Iterator[dict]:
     Raises:
         ShardReadError: naming the shard, the sample and the member.
     """
-    current, seen = None, set()
+    current: str | None = None
+    seen: set[str] = set()
     for member in members:
         if member:  # {} marks the end of the shard
             key, suffix = base_plus_ext(member["fname"])

@@ -136,7 +136,7 @@ def read_into(fd: int, target: np.ndarray, offset: int) -> None:
     Raises:
         OSError: when the file ends first.
     """
-    view = memoryview(target).cast("B")
+    view = target.data.cast("B")
     done, total = 0, view.nbytes
     while done < total:
         count = os.preadv(fd, [view[done:]], offset + done)
@@ -175,7 +175,7 @@ def _member(sample: IndexedSample, suffix: str) -> NpyMember:
     return member
 
 
-def _read_sample(sample, slots, index: int, codecs: Codecs, fds: dict) -> None:
+def _read_sample(sample, slots, index: int, codecs: Codecs, fds: dict[str, int]) -> None:
     """Check one sample's headers, read it into slot ``index`` and check its mask values."""
     try:
         image = _member(sample, f"image.{codecs.image}")
@@ -266,7 +266,8 @@ def fill_batch(samples: list, images, masks, codecs: Codecs):
         ``(images, masks, keys)``: images still ``HxWxC`` per sample (the caller views them
         as ``[B,C,H,W]`` channels-last).
     """
-    slots, fds = (images.numpy(), masks.numpy()), {}
+    slots = (images.numpy(), masks.numpy())
+    fds: dict[str, int] = {}  # shard file -> open descriptor
     try:
         for index, sample in enumerate(samples):
             _read_sample(sample, slots, index, codecs, fds)

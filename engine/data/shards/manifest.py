@@ -8,6 +8,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.data.shards.codecs import IMAGE_CODECS
 from engine.data.shards.normalize import BAND_DTYPES, Normalization
@@ -194,7 +195,7 @@ def _check_digests(info: dict, count: int, where: str) -> None:
             raise ManifestError(f"{where}.{key} entry {str(bad[0])[:80]!r} is not {form} or null")
 
 
-def _check_split(name: object, info: object, path: Path) -> None:
+def _check_split(name: object, info: object, path: Path | ShardUrl) -> None:
     where = f"{path}: splits[{name!r}]"
     if not isinstance(info, dict):
         raise ManifestError(f"{where} must be a mapping, not {type(info).__name__}")
@@ -223,7 +224,7 @@ def _check_split(name: object, info: object, path: Path) -> None:
     _check_digests(info, len(shards), where)
 
 
-def _check_bands(data: dict, path: Path) -> None:
+def _check_bands(data: dict, path: Path | ShardUrl) -> None:
     bands = data.get("bands")
     if not isinstance(bands, list) or not 1 <= len(bands) <= MAX_BANDS:
         raise ManifestError(f"{path}: bands must be a list of 1..{MAX_BANDS} band records")
@@ -252,7 +253,7 @@ def _check_bands(data: dict, path: Path) -> None:
         )
 
 
-def _check_classes(data: dict, path: Path) -> None:
+def _check_classes(data: dict, path: Path | ShardUrl) -> None:
     classes = data["classes"]
     if (
         not isinstance(classes, list)
@@ -282,7 +283,7 @@ def _check_classes(data: dict, path: Path) -> None:
         )
 
 
-def _check_counts(data: dict, path: Path) -> None:
+def _check_counts(data: dict, path: Path | ShardUrl) -> None:
     """``class_pixels`` (split → pixels per class) and ``ignore_pixels`` (split → pixels)."""
     pixels, ignored = data.get("class_pixels", {}), data.get("ignore_pixels", {})
     size = len(data["classes"])
@@ -299,8 +300,11 @@ def _check_counts(data: dict, path: Path) -> None:
         raise ManifestError(f"{path}: split must be a mapping with by 'group' or 'blocks'")
 
 
-def check_manifest_data(data: object, path: Path) -> None:
+def check_manifest_data(data: object, path: Path | ShardUrl) -> dict[str, Any]:
     """Check the types and ranges of a parsed ``dataset.json`` (one-line errors).
+
+    Returns:
+        ``data``, now known to be a manifest mapping.
 
     Raises:
         ManifestError: naming ``path``, the field and what it should be.
@@ -341,6 +345,7 @@ def check_manifest_data(data: object, path: Path) -> None:
         raise ManifestError(f"{path}: splits must be a mapping of split name to shards")
     for name, info in data["splits"].items():
         _check_split(name, info, path)
+    return data
 
 
 def _read_remote(root: ShardUrl, path: ShardUrl) -> object:
@@ -409,14 +414,11 @@ def load_manifest(folder: str | Path, *, check_shards: bool = True) -> Manifest:
             lists shards that are not there, are not plain file names, or differ in size.
     """
     root = as_location(folder)
-    path = root / MANIFEST_NAME
     if isinstance(root, ShardUrl):
-        data = _read_remote(root, path)
-        check_manifest_data(data, path)
-        return Manifest(root, data)
-    data = _read_local(root, path)
-    check_manifest_data(data, path)
-    manifest = Manifest(root.resolve(), data)
+        url = root / MANIFEST_NAME
+        return Manifest(root, check_manifest_data(_read_remote(root, url), url))
+    path = root / MANIFEST_NAME
+    manifest = Manifest(root.resolve(), check_manifest_data(_read_local(root, path), path))
     if check_shards:
         _check_local_shards(manifest, path)
     return manifest

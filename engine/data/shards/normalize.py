@@ -61,8 +61,8 @@ class BandStats:
 
     def record(self) -> dict[str, Any]:
         """The band's ``dataset.json`` record (NaN nodata is written as the string ``"nan"``)."""
-        nodata = self.nodata
-        if nodata is not None and math.isnan(nodata):
+        nodata: float | str | None = self.nodata
+        if self.nodata is not None and math.isnan(self.nodata):
             nodata = "nan"
         return {
             "name": self.name,
@@ -97,6 +97,15 @@ def band_from_record(record: Mapping[str, Any]) -> BandStats:
     )
 
 
+def _rgb_indices(rgb: Any, count: int) -> tuple[int, int, int]:
+    """``rgb_bands`` of a record: three indices of its ``count`` bands (ValueError if not)."""
+    indices = [int(i) for i in rgb]
+    if len(indices) != 3 or not all(0 <= i < count for i in indices):
+        raise ValueError(f"rgb_bands {rgb!r} must be 3 band indices below {count}")
+    red, green, blue = indices
+    return red, green, blue
+
+
 @dataclass(frozen=True)
 class Normalization:
     """Per-band statistics of a dataset and the input transform they define.
@@ -116,7 +125,7 @@ class Normalization:
         if "bands" in data:
             bands = tuple(band_from_record(b) for b in data["bands"])
             rgb = data.get("rgb_bands")
-            return cls(bands, tuple(int(i) for i in rgb) if rgb is not None else None)
+            return cls(bands, None if rgb is None else _rgb_indices(rgb, len(bands)))
         names = ("red", "green", "blue")
         bands = tuple(
             BandStats(name, "uint8", float(m) * 255.0, float(s) * 255.0, (0.0, 255.0))

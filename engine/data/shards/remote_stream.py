@@ -20,7 +20,8 @@ import select
 import shlex
 import subprocess
 import time
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from engine.data.shards.remote_errors import (
     CHUNK,
@@ -215,8 +216,10 @@ class RetryingReader(io.RawIOBase):
         self._fs = None if self.protocol == "pipe" else filesystem(self.url)
         self._async = self.protocol in ("http", "https", "s3", "s3a")
         self._open = False
-        self._read = self._close = None  # the open body's read(n) (async for _async) and close
-        self._process: subprocess.Popen | None = None
+        # The open body's read(n) (a coroutine function for _async) and close.
+        self._read: Callable[[int], Any] | None = None
+        self._close: Callable[[], Any] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
 
     def readable(self) -> bool:
         """Always: the stream is for reading."""
@@ -268,6 +271,16 @@ class RetryingReader(io.RawIOBase):
         self.reopened += 1
         self._ends = None
 
+    def _fsspec(self) -> Any:
+        """The fsspec file system (every protocol but ``pipe:`` has one)."""
+        assert self._fs is not None
+        return self._fs
+
+    def _try_ends(self) -> float:
+        """When this try must be done; ``readinto`` sets it before any open or read."""
+        assert self._ends is not None
+        return self._ends
+
     def _open_at(self, offset: int) -> None:
         if self.protocol in ("http", "https"):
             seen, ranged = self._open_http(offset)
@@ -301,7 +314,7 @@ class RetryingReader(io.RawIOBase):
             headers["Range"] = f"bytes={offset}-"
             if self.version is not None and self.version.validator:
                 headers["If-Range"] = self.version.validator
-        response = run_timed(self._fs, self._ends, _http_get, self._fs, self.url, headers)
+        response = run_timed(self._fs, self._try_ends(), _http_get, self._fs, self.url, headers)
         self._read, self._close = response.content.read, response.close
         head, ranged = response.headers, response.status == 206
         length = head.get("Content-Length")
@@ -312,7 +325,7 @@ class RetryingReader(io.RawIOBase):
 
     def _open_s3(self, offset: int) -> tuple[Version, bool]:
         etag = self.version.etag if offset and self.version is not None else None
-        response = run_timed(self._fs, self._ends, _s3_get, self._fs, self.url, offset, etag)
+        response = run_timed(self._fs, self._try_ends(), _s3_get, self._fs, self.url, offset, etag)
         body, modified = response["Body"], response.get("LastModified")
         self._read, self._close = body.read, body.close
         size = _total_size(response.get("ContentRange"), response.get("ContentLength"), offset)
@@ -320,11 +333,11 @@ class RetryingReader(io.RawIOBase):
 
     def _open_fs(self, offset: int) -> tuple[Version, bool]:
         """Any other fsspec scheme (``gs://``…): its own buffered file, no deadline."""
-        version = self.version
+        fs, version = self._fsspec(), self.version
         if version is None:
-            info = self._fs.info(self.url)
+            info = fs.info(self.url)
             version = Version(info.get("size"), info.get("ETag"), None)
-        stream = self._fs.open(self.url, "rb", block_size=CHUNK, cache_type="readahead")
+        stream = fs.open(self.url, "rb", block_size=CHUNK, cache_type="readahead")
         if offset:
             stream.seek(offset)
         self._read, self._close = stream.read, stream.close
@@ -334,17 +347,19 @@ class RetryingReader(io.RawIOBase):
         if self._async:  # what arrived before a failure is delivered; the failure recurs
             pieces: list[bytes] = []
             try:
-                run_timed(self._fs, self._ends, _fill, self._read, count, pieces)
+                run_timed(self._fs, self._try_ends(), _fill, self._read, count, pieces)
             except Exception:
                 if not pieces:
                     raise
             return b"".join(pieces)
         if self._process is not None:
+            assert self._process.stdout is not None  # opened with stdout=PIPE
             pipe = self._process.stdout.fileno()
-            remaining = self._ends - time.monotonic()
+            remaining = self._try_ends() - time.monotonic()
             if remaining <= 0 or not select.select([pipe], [], [], remaining)[0]:
                 raise TimeoutError("deadline passed")
             return os.read(pipe, count)
+        assert self._read is not None  # _open_at set it
         return self._read(count)
 
     def _skip(self, count: int) -> None:
@@ -363,7 +378,7 @@ class RetryingReader(io.RawIOBase):
             raise ConnectionError(f"body ended at byte {self.position} of {size}")
         if self._process is not None:
             try:
-                code = self._process.wait(timeout=max(self._ends - time.monotonic(), 0.01))
+                code = self._process.wait(timeout=max(self._try_ends() - time.monotonic(), 0.01))
             except subprocess.TimeoutExpired as error:
                 raise TimeoutError("the command did not exit") from error
             if code != 0:
@@ -376,7 +391,7 @@ class RetryingReader(io.RawIOBase):
                 if self._async:
                     from fsspec.asyn import sync
 
-                    sync(self._fs.loop, _call, close, timeout=5)
+                    sync(self._fsspec().loop, _call, close, timeout=5)
                 else:
                     close()
             except Exception:  # noqa: BLE001 - a broken connection may fail to close
@@ -385,7 +400,8 @@ class RetryingReader(io.RawIOBase):
         if process is not None:
             process.kill()
             process.wait()
-            process.stdout.close()
+            if process.stdout is not None:
+                process.stdout.close()
 
     def close(self) -> None:
         """Close the connection (or end the command)."""

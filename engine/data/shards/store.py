@@ -210,7 +210,9 @@ def _check_digest(url: str, reader: RetryingReader, digest: ShardDigest) -> None
         )
 
 
-def _drain_and_check(url: str, stream: io.BufferedReader, reader, digest: ShardDigest) -> None:
+def _drain_and_check(
+    url: str, stream: io.BufferedIOBase, reader: RetryingReader, digest: ShardDigest
+) -> None:
     """Read the rest of the shard and compare its size and SHA-256 with ``digest``.
 
     The rest is the tar's end padding; never read past the size the manifest gives.
@@ -223,8 +225,9 @@ def _drain_and_check(url: str, stream: io.BufferedReader, reader, digest: ShardD
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytearray:
     # A bytearray, so that npy members decode to writable views (torch.from_numpy needs one).
     data = bytearray(member.size)
-    if tar.extractfile(member).readinto(data) != member.size:  # type: ignore[union-attr]
-        raise OSError(f"{tar.name}: member {member.name} is truncated")
+    file = tar.extractfile(member)  # a buffered reader (None for a member not a regular file)
+    if not isinstance(file, io.BufferedIOBase) or file.readinto(data) != member.size:
+        raise OSError(f"member {member.name} is truncated")
     return data
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.data.shards.manifest import MANIFEST_NAME, load_manifest
+from engine.data.shards.manifest import MANIFEST_NAME, Manifest, load_manifest
 from engine.data.shards.store import ShardUrl, open_shard_stream
 from engine.errors import UserError
 
@@ -78,7 +78,7 @@ def stream_digest(location: Path | ShardUrl) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _expected(manifest, name: str) -> list[tuple[Path | ShardUrl, str, int | None]]:
+def _expected(manifest: Manifest, name: str) -> list[tuple[Path | ShardUrl, str, int | None]]:
     split = manifest.split(name)
     where = f"{manifest.root / MANIFEST_NAME}"
     if not split.shard_sha256:
@@ -89,8 +89,9 @@ def _expected(manifest, name: str) -> list[tuple[Path | ShardUrl, str, int | Non
     unknown = [s.name for s, d in zip(split.shards, split.shard_sha256) if d is None]
     if unknown:
         raise VerifyError(f"{where}: split {name!r} records no digest for shards {unknown[:3]}")
+    digests = [d for d in split.shard_sha256 if d is not None]  # all of them (checked above)
     sizes = split.shard_bytes or (None,) * len(split.shards)
-    return list(zip(split.shards, split.shard_sha256, sizes))  # type: ignore[arg-type]
+    return list(zip(split.shards, digests, sizes))
 
 
 def verify_shards(

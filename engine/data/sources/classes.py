@@ -172,7 +172,12 @@ def _parse_value(raw: object, encoding: str, where: str, texts: dict[str, int]) 
     try:
         if encoding == "rgb":
             return rgb_code(parse_color(str(raw)))
-        value = int(raw)  # type: ignore[arg-type]
+        # A mask value is a whole number: never a bool (True is 1) nor 3.5 cut to 3.
+        if isinstance(raw, float) and raw.is_integer():
+            raw = int(raw)
+        if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+            raise TypeError(f"not a whole number: {raw!r}")
+        value = int(raw)
     except (TypeError, ValueError) as error:
         raise ClassesError(f"{where}: bad value {raw!r} for encoding {encoding!r}") from error
     if not INDEX_VALUES[0] <= value <= INDEX_VALUES[1]:
