@@ -224,7 +224,7 @@ def evaluate(
     """
     from sklearn.metrics import accuracy_score, jaccard_score
 
-    from engine.infer.sliding import predict_mask
+    from engine.infer.sliding import SlidingOptions, predict_mask
 
     model.eval()
     if normalize is None and tile:
@@ -240,7 +240,7 @@ def evaluate(
         if tile:
             num_classes = len(data.class_names)
             pred = predict_mask(model, image, num_classes=num_classes, normalization=normalize,
-                                tile=tile, device=device)  # fmt: skip
+                                options=SlidingOptions(tile=tile, device=device))  # fmt: skip
         else:
             x = normalize(torch.from_numpy(image.copy()).permute(2, 0, 1)[None])
             x = F.pad(x, (0, -w % 32, 0, -h % 32), mode="reflect").to(device)

@@ -266,7 +266,7 @@ def test_predict_script_end_to_end(tmp_path, model_factory, monkeypatch):
         + [f"b_{k}.tif" for k in ("mask", "color", "confidence", "overlay")]
     )
     from engine.data.sources.rasters import read_index_mask
-    from engine.infer.sliding import predict_mask
+    from engine.infer.sliding import SlidingOptions, predict_mask, rgb_normalization
 
     for stem, image, ext in (("a", png, "png"), ("b", tif, "tif")):
         mask = read_index_mask(out / f"{stem}_mask.{ext}")
@@ -274,10 +274,8 @@ def test_predict_script_end_to_end(tmp_path, model_factory, monkeypatch):
             model,
             image,
             num_classes=3,
-            mean=MANIFEST["mean"],
-            std=MANIFEST["std"],
-            tile=64,
-            tta="flip",
+            normalization=rgb_normalization(MANIFEST["mean"], MANIFEST["std"]),
+            options=SlidingOptions(tile=64, tta="flip"),
         )
         np.testing.assert_array_equal(mask, expected)
     assert (

@@ -44,11 +44,12 @@ import sys
 
 from engine.cli import HelpFormatter
 from engine.errors import UserError
-from engine.infer.run import Interrupted, PredictOptions, predict_files, signals_raise
+from engine.infer.outputs import FORMATS
+from engine.infer.run import PredictOptions, predict_files
+from engine.infer.session import Interrupted, signals_raise
 from engine.infer.sliding import AMP_DTYPES
 from engine.infer.values import VALUE_MODES
 from engine.infer.windows import TTA_MODES
-from engine.infer.writer import FORMATS
 
 
 def parse_nodata(text: str) -> float:
@@ -180,12 +181,19 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def predict_options(args: argparse.Namespace) -> PredictOptions:
+    """The per-file settings of parsed arguments (all but --model, --input and --out)."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("model", "input", "out")}
+    settings["progress"] = not settings.pop("no_progress")
+    return PredictOptions(**settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the subcommand on ``argv`` (the command line when None); return the exit code."""
     args = build_parser().parse_args(argv)
     try:
         with signals_raise(signal.SIGINT, signal.SIGTERM):
-            predict_files(PredictOptions(**vars(args)))
+            predict_files(args.model, args.input, args.out, predict_options(args))
     except Interrupted as stop:
         print(f"error: {stop}", file=sys.stderr)
         return stop.exit_code
