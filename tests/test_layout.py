@@ -135,7 +135,6 @@ def test_packages_say_what_they_own(name):
 MAX_FUNCTION_LINES = 80
 #: Folders whose functions are held to MAX_FUNCTION_LINES (issue #23).
 FUNCTION_ROOTS = ("engine", "launch", "archs")
-FUNCTION_EXCLUDED = ("engine/infer",)  # engine/infer: see branch sliding
 
 
 def _long_functions(path: Path, limit: int) -> list[str]:
@@ -155,9 +154,6 @@ def test_functions_stay_short():
     offenders = []
     for root in FUNCTION_ROOTS:
         for path in sorted((ROOT / root).rglob("*.py")):
-            relative = path.relative_to(ROOT).as_posix()
-            if any(relative.startswith(folder + "/") for folder in FUNCTION_EXCLUDED):
-                continue
             offenders += _long_functions(path, MAX_FUNCTION_LINES)
     assert not offenders, "functions longer than a screen (split them):\n" + "\n".join(offenders)
 

@@ -219,15 +219,14 @@ def _predict(parser, args: argparse.Namespace, scene: Scene) -> None:
         return
     if scene.image is None:
         parser.error("--model needs an image (--image or --shards)")
-    from engine.infer.sliding import predict_mask
+    from engine.infer.sliding import SlidingOptions, predict_mask
 
     scene.prediction = predict_mask(
         exported.model,
         scene.image.transpose(1, 2, 0),
         num_classes=int(exported.spec["num_classes"]),
         normalization=exported.normalization,
-        tile=args.tile,
-        tta=args.tta,
+        options=SlidingOptions(tile=args.tile, tta=args.tta),
     )
 
 
