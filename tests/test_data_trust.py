@@ -471,6 +471,8 @@ def test_build_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     cases = [
         (cli(root, tmp_path / "o", "--tile", "0") , "--tile 0: must be an integer >= 1"),
         (cli(root, tmp_path / "o", "--tile", "-5"), "--tile -5: must be an integer >= 1"),
+        (cli(root, tmp_path / "o", "--band-files", "red,2"),
+         "--band-files ('red', 2): give band names, not indices"),
         (cli(root, tmp_path / "o", classes=tmp_path / "five.yaml"),
          "five.yaml: 'classes' must be a list"),
         (cli(root, tmp_path / "o", classes=tmp_path / "colour.yaml"),

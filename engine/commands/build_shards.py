@@ -27,6 +27,7 @@ from dataclasses import replace
 
 from engine.cli import HelpFormatter
 from engine.data.build.builder import BuildOptions, build_shards
+from engine.data.build.output import BuildError
 from engine.data.build.splits import SPLIT_BY_HELP
 from engine.data.shards.codecs import IMAGE_CODECS
 from engine.data.sources.band_select import parse_band_list
@@ -180,13 +181,28 @@ def _check_sources(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error("give either --images and --masks, or --pairs-csv, or --images and --vector")
 
 
+def _band_file_names(text: str | None) -> tuple[str, ...] | None:
+    """The ``--band-files`` names; a band number names no file.
+
+    Raises:
+        BuildError: when an entry is a number.
+    """
+    entries = parse_band_list(text)
+    if entries is None:
+        return None
+    names = tuple(entry for entry in entries if isinstance(entry, str))
+    if len(names) != len(entries):
+        raise BuildError(f"--band-files {entries!r}: give band names, not indices")
+    return names
+
+
 def _build_options(args: argparse.Namespace) -> BuildOptions:
     """The :class:`BuildOptions` the command line asks for (vector labels are added later)."""
     return BuildOptions(
         tile=args.tile, val=args.val, test=args.test, split_by=args.split_by, seed=args.seed,
         image_codec=args.image_codec, jpeg_quality=args.jpeg_quality,
         samples_per_shard=args.samples_per_shard, mix_buffer=args.mix_buffer, unknown=args.unknown,
-        bands=parse_band_list(args.bands), band_files=parse_band_list(args.band_files),
+        bands=parse_band_list(args.bands), band_files=_band_file_names(args.band_files),
         nodata=args.nodata, workers=args.workers, overwrite=args.overwrite,
         resample_labels=args.resample_labels,
         rgb_bands=(
@@ -248,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_sources(parser, args)
-    options = _build_options(args)
     try:
+        options = _build_options(args)
         classes = load_classes(args.classes)
         pairs, options = _pairs_and_options(parser, args, classes, options)
         manifest = build_shards(pairs, classes, args.out, options)

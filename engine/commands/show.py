@@ -107,10 +107,13 @@ def read_image(path: str, normalization: Normalization | None):
     wanted = normalization.names if normalization is not None else []
     with open_raster(path) as reader:
         names = list(getattr(reader, "band_names", None) or [])
-    select = {"bands": wanted} if names != wanted and wanted and set(wanted) <= set(names) else {}
-    with open_raster(path, **select) as reader:
+    bands: list[int | str] | None = None
+    if names != wanted and wanted and set(wanted) <= set(names):
+        bands = list(wanted)
+    with open_raster(path, bands=bands) as reader:
         image = reader.read(0, reader.shape[0], 0, reader.shape[1])
-        nodata, names = getattr(reader, "nodata", None), getattr(reader, "band_names", None)
+        nodata = getattr(reader, "nodata", None)
+        band_names = getattr(reader, "band_names", None)
     image = image[..., None] if image.ndim == 2 else image
     image = image.transpose(2, 0, 1)
     if normalization is not None and normalization.in_channels == image.shape[0]:
@@ -121,7 +124,7 @@ def read_image(path: str, normalization: Normalization | None):
             "drawn with the image's own percentile stretch",
             file=sys.stderr,
         )
-    return image, image_normalization(image, nodata, names)
+    return image, image_normalization(image, nodata, band_names)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +215,7 @@ def _read_files(args: argparse.Namespace, scene: Scene, classes, num_classes: in
         scene.prediction = read_index_mask(args.prediction)
 
 
-def _predict(parser, args: argparse.Namespace, scene: Scene) -> None:
+def _predict(parser: argparse.ArgumentParser, args: argparse.Namespace, scene: Scene) -> None:
     """Predict the scene's image with ``--model`` (when given)."""
     exported = scene.exported
     if exported is None:

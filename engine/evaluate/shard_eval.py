@@ -144,6 +144,7 @@ def forward_logits(
             if logits is None:
                 logits = part.new_empty((*part.shape[:2], height, width))
             logits[..., top : top + part.shape[-2], left : left + part.shape[-1]] = part
+    assert logits is not None, "_window_starts gives every axis at least one window"
     return logits
 
 

@@ -148,7 +148,7 @@ def open_model_raster(
             raise
         if selection is not None:
             reader.close()
-            reader = open_raster(path, bands=selection, nodata=nodata)
+            reader = open_raster(path, bands=list[int | str](selection), nodata=nodata)
     try:
         check_pixel_type(reader, normalization)
     except BaseException:

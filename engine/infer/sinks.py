@@ -385,7 +385,7 @@ class Staging:
         offset = row0 * self.row_bytes + col0 * self.channels * self.dtype.itemsize
         with reported(self.path, self.path):
             for number, row in enumerate(rows):
-                if os.pwrite(self.fd, row, offset + number * self.row_bytes) != row.nbytes:
+                if os.pwrite(self.fd, row.data, offset + number * self.row_bytes) != row.nbytes:
                     raise OSError(f"{self.path}: short write")
 
     def read(self, row0: int, row1: int) -> np.ndarray:

@@ -56,7 +56,7 @@ def hex_to_rgb(color: Color) -> tuple[int, int, int]:
     values = tuple(int(c) for c in color)
     if len(values) != 3 or not all(0 <= c <= 255 for c in values):
         raise RenderError(f"not an (r, g, b) colour in 0..255: {color!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def palette_array(palette: Sequence[Color]) -> np.ndarray:
@@ -162,8 +162,10 @@ def class_info(manifest: dict | None = None, classes: Any = None) -> tuple[list[
         if not entries:
             raise RenderError("manifest has no 'classes' entry")
         names = [e["name"] if isinstance(e, dict) else str(e) for e in entries]
-        palette = [e.get("color") if isinstance(e, dict) else None for e in entries]
-        if any(c is None for c in palette):
+        palette: list[Color] = [
+            e["color"] for e in entries if isinstance(e, dict) and e.get("color") is not None
+        ]
+        if len(palette) != len(entries):  # some class has no colour: use the palette list
             palette = list(manifest.get("palette") or [])
         if len(palette) != len(names):
             raise RenderError("manifest classes lack colours")

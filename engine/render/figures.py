@@ -100,6 +100,12 @@ def save_figure(figure, path: str | Path | None, dpi: int) -> np.ndarray:
     return pixels
 
 
+def _fraction_rgb(color: Color) -> tuple[float, float, float]:
+    """A colour as matplotlib's ``(r, g, b)`` in 0..1."""
+    red, green, blue = hex_to_rgb(color)
+    return red / 255.0, green / 255.0, blue / 255.0
+
+
 def legend_handles(class_names: Sequence[str], palette: Sequence[Color]) -> list:
     """Matplotlib patches, one per class, for ``ax.legend(handles=...)``."""
     from matplotlib.patches import Patch
@@ -107,7 +113,7 @@ def legend_handles(class_names: Sequence[str], palette: Sequence[Color]) -> list
     if len(class_names) != len(palette):
         raise RenderError(f"{len(class_names)} class names but {len(palette)} colours")
     return [
-        Patch(facecolor=np.array(hex_to_rgb(c)) / 255.0, edgecolor="black", linewidth=0.5, label=n)
+        Patch(facecolor=_fraction_rgb(c), edgecolor="black", linewidth=0.5, label=n)
         for n, c in zip(class_names, palette)
     ]
 
@@ -261,9 +267,7 @@ def _figure_row(
     height, width = views[0][1].shape[:2]
     aspect = height / max(width, 1)
     handles = legend_handles(class_names, palette) + [
-        Patch(
-            facecolor=np.array(hex_to_rgb(c)) / 255.0, edgecolor="black", linewidth=0.5, label=label
-        )
+        Patch(facecolor=_fraction_rgb(c), edgecolor="black", linewidth=0.5, label=label)
         for label, c in extra_legend
     ]
     columns = max(1, min(len(handles), int(panel_inches * len(views) / 1.6)))
@@ -338,9 +342,9 @@ def confusion_heatmap(
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
     ax.set_title(title)
-    for i in np.flatnonzero(totals[:, 0] == 0):
+    for empty in np.flatnonzero(totals[:, 0] == 0):
         ax.text(
-            (n - 1) / 2, i, "no true pixels", ha="center", va="center", fontsize=8, color="gray"
+            (n - 1) / 2, empty, "no true pixels", ha="center", va="center", fontsize=8, color="gray"
         )
     if n <= 20:
         for i in range(n):

@@ -70,7 +70,9 @@ def run_classes(run: str | Path) -> tuple[list[str], list[str]] | None:
     for candidate in (Path(run) / "best" / "dataset.json", Path(run) / "dataset.json"):
         if candidate.is_file():
             try:
-                return class_info(read_json(candidate))
+                manifest = read_json(candidate)
+                if isinstance(manifest, dict):
+                    return class_info(manifest)
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue
     return None

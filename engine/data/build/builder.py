@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -151,10 +151,11 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
     image, mask, names, nodata, note = read_pair(pair, classes, options)
     bands, dtype = image.shape[2], str(image.dtype)
     num_classes = len(classes.classes)
-    samples, class_pixels = [], {}
+    samples: list[_Sample] = []
+    class_pixels: dict[str, np.ndarray] = {}
     stats = BandAccumulator(bands, dtype)
     tile = options.tile
-    size = image.shape[:2]
+    size = (image.shape[0], image.shape[1])
     split_at = partial(pair_split.at, tile=tile)
     for row, col, height, width in tile_windows(*size, tile):
         split = pair_split.at(row, col, tile)
@@ -196,7 +197,7 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
     )
 
 
-def _results(jobs: list, workers: int) -> Iterator[_PairResult]:
+def _results(jobs: list, workers: int) -> Generator[_PairResult, None, None]:
     """Results of the jobs in order; closing the iterator terminates the worker processes."""
     return parallel_map(_process_pair, jobs, workers)
 
@@ -327,7 +328,7 @@ class _Tally:
         self.bands.add(result.image, result.bands, result.dtype, result.nodata, result.sums)
 
 
-def _write_all(stream: Iterator[_PairResult], count: int, tally: _Tally, warn) -> None:
+def _write_all(stream: Generator[_PairResult, None, None], count: int, tally: _Tally, warn) -> None:
     """Write every result of ``stream`` (``count`` pairs) under a progress bar, then its notes."""
     progress = tqdm(total=count, desc="building shards", unit="image")
     notes = []  # said once the progress bar is closed, one line each

@@ -82,7 +82,7 @@ def decode_sample(raw: dict, codecs: Codecs) -> Sample:
         ShardReadError: naming the shard and sample key when a member is missing, corrupt, of
             the wrong type or shape, or when a mask value is neither a class nor ignore.
     """
-    key = raw.get("__key__")
+    key: str = raw["__key__"]  # group_by_keys gives every sample its key
     try:
         members = {}
         for name, codec, check in (

@@ -234,6 +234,7 @@ class RasterReader:
             if last is None or last[0] != window:
                 self.read(row0, row1, col0, col1)
                 last = self._last_invalid
+                assert last is not None, "read() records the nodata mask of a non-empty window"
             valid &= ~last[1]
         other = self._invalid_raw(row0, row1, col0, col1)
         if other is not None:

@@ -33,21 +33,28 @@ from engine.data.synthetic.primitives import (
 )
 
 
+@dataclass
+class CropParcels:
+    """The farmland's parcels: each pixel's parcel and each parcel's colour and crop rows."""
+
+    pid: np.ndarray  # int32 HxW parcel id
+    rows: np.ndarray  # float32 HxW coordinate across crop rows
+    rgb: np.ndarray  # per parcel: colour, row frequency, row amplitude and phase
+    freq: np.ndarray
+    amp: np.ndarray
+    phase: np.ndarray
+
+
 class Layout:
     """Everything `make_scene` decides before colouring: labels and per-region attributes."""
 
     def __init__(self, h: int, w: int) -> None:
         self.h, self.w = h, w
         self.label = np.zeros((h, w), dtype=np.uint8)
-        self.pid: np.ndarray | None = None  # int32 HxW parcel id
-        self.rows: np.ndarray | None = None  # float32 HxW coordinate across crop rows
-        self.parcel_rgb: np.ndarray | None = None  # per parcel: colour, row frequency,
-        self.parcel_freq: np.ndarray | None = None  # row amplitude and phase
-        self.parcel_amp: np.ndarray | None = None
-        self.parcel_phase: np.ndarray | None = None
-        self.road_kind: np.ndarray | None = None  # uint8 HxW, 0 = none
-        self.marking: np.ndarray | None = None  # bool HxW, lane markings
-        self.roof: np.ndarray | None = None  # uint8 HxWx3 roof colours
+        self.parcels: CropParcels | None = None  # None: the scene has no farmland parcels
+        self.road_kind = np.zeros((h, w), np.uint8)  # uint8 HxW, 0 = none
+        self.marking = np.zeros((h, w), bool)  # bool HxW, lane markings
+        self.roof = np.zeros((h, w, 3), np.uint8)  # uint8 HxWx3 roof colours
         self.flat_rim: np.ndarray | None = None  # bool HxW, flat-roof parapets
         self.shadow: np.ndarray | None = None  # bool HxW, cast shadows of buildings
         self.sun = (1.0, 1.0)  # shadow direction (x, y), unit vector
@@ -149,12 +156,14 @@ def _parcel_looks(rng: np.random.Generator, lay: Layout, grid: _Parcels) -> None
     along_v = rng.random(n_parcels) < 0.5
     phase = rng.uniform(0, 2 * math.pi, size=n_parcels).astype(np.float32)
     # Per-pixel parcel id and row coordinate; colours are applied after the later layers.
-    lay.pid = grid.pid
-    lay.rows = np.where(along_v[grid.pid], grid.v, grid.u)
-    lay.parcel_rgb = rgb
-    lay.parcel_freq = (2 * math.pi / period).astype(np.float32)
-    lay.parcel_amp = amp
-    lay.parcel_phase = phase
+    lay.parcels = CropParcels(
+        pid=grid.pid,
+        rows=np.where(along_v[grid.pid], grid.v, grid.u),
+        rgb=rgb,
+        freq=(2 * math.pi / period).astype(np.float32),
+        amp=amp,
+        phase=phase,
+    )
 
 
 def _dirt_tracks(rng: np.random.Generator, lay: Layout, grid: _Parcels, frac: float) -> None:

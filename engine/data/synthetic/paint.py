@@ -94,18 +94,19 @@ def _region_colours(rng: np.random.Generator, lay: Layout, flat: np.ndarray):
     n = h * w
     stripes = None
     farm = np.flatnonzero(label == FARMLAND)
-    if farm.size and lay.pid is not None:
-        fpid = lay.pid.reshape(-1)[farm]
-        flat[farm] = lay.parcel_rgb[fpid]
-        rows = lay.rows.reshape(-1)[farm] * lay.parcel_freq[fpid] + lay.parcel_phase[fpid]
-        stripes = lay.parcel_amp[fpid] * np.sin(rows)
+    parcels = lay.parcels
+    if farm.size and parcels is not None:
+        fpid = parcels.pid.reshape(-1)[farm]
+        flat[farm] = parcels.rgb[fpid]
+        rows = parcels.rows.reshape(-1)[farm] * parcels.freq[fpid] + parcels.phase[fpid]
+        stripes = parcels.amp[fpid] * np.sin(rows)
     roofs = np.flatnonzero(label == BUILDING)
     flat[roofs] = lay.roof.reshape(n, 3)[roofs]
     water = np.flatnonzero(label == WATER)
     if water.size:
         soft = Image.fromarray((label == WATER).astype(np.uint8) * 255)
-        small = soft.resize((max(1, w // 8), max(1, h // 8)), Image.BILINEAR)
-        depth = np.asarray(small.resize((w, h), Image.BILINEAR)).reshape(-1)[water]
+        small = soft.resize((max(1, w // 8), max(1, h // 8)), Image.Resampling.BILINEAR)
+        depth = np.asarray(small.resize((w, h), Image.Resampling.BILINEAR)).reshape(-1)[water]
         depth = np.clip(depth.astype(np.float32) * (1 / 127.5) - 0.7, 0, 1)[:, None]
         shallow = _jitter(rng, (78, 96, 84), 6)
         flat[water] = shallow + (flat[water] - shallow) * depth
