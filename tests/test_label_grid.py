@@ -19,10 +19,10 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from engine.data.build.builder import BuildOptions, build_shards
+from engine.data.build.label_grid import LabelGridError
 from engine.data.shards.loader import read_split
 from engine.data.shards.manifest import load_manifest
 from engine.data.sources.classes import load_classes
-from engine.data.sources.label_grid import LabelGridError
 from engine.data.sources.pairing import pair_by_glob
 from engine.data.sources.paths import REPO_ROOT
 

@@ -170,3 +170,21 @@ def test_the_function_scan_sees_a_long_method(tmp_path):
     assert _long_functions(source, limit) == [
         f"{source}:{limit + 2} too_long is {limit + 1} lines (> {limit})"
     ]
+
+
+#: Inside the data stage: each sub-package imports only those before it (synthetic: sources).
+DATA_ORDER = ("processes", "sources", "shards", "build")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in ALL if n.startswith("engine.data.")))
+def test_data_subpackages_import_one_way(name):
+    parts = name.split(".")
+    own = parts[2]
+    allowed = {"synthetic": {"synthetic", "sources", "processes"}}.get(
+        own, set(DATA_ORDER[: DATA_ORDER.index(own) + 1]) if own in DATA_ORDER else set()
+    )
+    for line, module in _imports(ALL[name], name):
+        target = module.split(".")
+        if target[:2] == ["engine", "data"] and len(target) > 2:
+            where = f"{ALL[name].relative_to(ROOT)}:{line} imports {module}"
+            assert target[2] in allowed, f"{where}: engine.data.{own} may import {sorted(allowed)}"

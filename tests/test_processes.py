@@ -1,4 +1,4 @@
-"""Worker processes of the shard builder and mask inspection (engine.data.build.processes)."""
+"""Worker processes of the shard builder and mask inspection (engine.data.processes)."""
 
 import multiprocessing
 import os
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from engine.data.build.processes import WorkerDiedError, parallel_map
+from engine.data.processes import WorkerDiedError, parallel_map
 
 _LOCK = threading.Lock()
 

@@ -24,7 +24,6 @@ from tqdm import tqdm
 from engine.data.build.advice import coverage_warnings, padding_warnings, print_warning
 from engine.data.build.options import BuildOptions
 from engine.data.build.output import BuildError, BuildOutput, ShardTar
-from engine.data.build.processes import parallel_map
 from engine.data.build.sources import read_pair
 from engine.data.build.splits import (
     PairSplit,
@@ -42,6 +41,7 @@ from engine.data.build.statistics import (
 )
 from engine.data.build.tiling import tile_windows, train_window_start
 from engine.data.build.upload import ShardUploader, build_to_url
+from engine.data.processes import parallel_map
 from engine.data.shards.codecs import IMAGE_CODECS, encode_image, mask_codec_for
 from engine.data.shards.manifest import FORMAT_VERSION, MANIFEST_NAME, SPLITS, shard_name
 from engine.data.shards.store import is_url

@@ -45,7 +45,7 @@ class BuildOptions:
         vector_labels: Labels from a vector file rasterised on each image's grid, instead
             of mask files (:mod:`engine.data.sources.vector_labels`).
         resample_labels: Resample a georeferenced mask that is off its image's grid onto
-            it (nearest neighbour) instead of refusing it (:mod:`engine.data.sources.label_grid`).
+            it (nearest neighbour) instead of refusing it (:mod:`engine.data.build.label_grid`).
         workers: Processes that decode and encode in parallel.
         overwrite: Replace an existing output folder.
     """

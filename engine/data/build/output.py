@@ -13,7 +13,7 @@ Rules (issue #12): terraseg never deletes what it did not create.
   killed build are removed by the next build into the same ``--out`` (under the lock, so
   never one that is still being written); the previous output moved aside during the final
   rename (``.<out>.old-PID``) is put back if the build died in between.
-* Worker processes die with the build (see :mod:`engine.data.build.processes`); SIGTERM cleans
+* Worker processes die with the build (see :mod:`engine.data.processes`); SIGTERM cleans
   up like Ctrl-C.
 * A full disk (``ENOSPC``/``EDQUOT``) removes the staging folder and is reported as
   "no space left on device" with the path.

@@ -5,7 +5,7 @@ band selection, band files, nodata, GDAL masks and alpha); the labels come from 
 file (:func:`engine.data.sources.imageio.read_mask_values`) or from a vector file rasterised on the
 image's grid (:class:`engine.data.sources.vector_labels.VectorLabels`), and are mapped to class
 indices by the classes file (:func:`map_mask`). :func:`read_pair` puts these together, the
-labels checked against (or resampled onto) the image's grid (:mod:`engine.data.sources.label_grid`).
+labels checked against (or resampled onto) the image's grid (:mod:`engine.data.build.label_grid`).
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from engine.data.build.output import BuildError
-from engine.data.sources.classes import IGNORE_INDEX, ClassesFile
-from engine.data.sources.imageio import TRANSPARENT, read_mask_values
-from engine.data.sources.label_grid import (
+from engine.data.build.label_grid import (
     Grid,
     check_label_grid,
     georeferenced,
     resample_labels,
     resampled_note,
 )
+from engine.data.build.output import BuildError
+from engine.data.sources.classes import IGNORE_INDEX, ClassesFile
+from engine.data.sources.imageio import TRANSPARENT, read_mask_values
 from engine.data.sources.pictures import ImageReadError
 from engine.data.sources.raster_base import RasterError
 from engine.data.sources.rasters import open_raster
@@ -49,7 +49,7 @@ def read_pair(pair: Pair, classes: ClassesFile, options: BuildOptions) -> PairDa
     """Read a pair's image and labels, the labels checked (or resampled) onto its grid.
 
     The one place every build (worker processes too) reads a pair; the grid rules are in
-    :mod:`engine.data.sources.label_grid`.
+    :mod:`engine.data.build.label_grid`.
 
     Raises:
         BuildError, ImageReadError, LabelGridError: naming the file(s) and the problem.

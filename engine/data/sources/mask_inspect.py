@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.data.build.processes import parallel_map
+from engine.data.processes import parallel_map
 from engine.data.sources.classes import DEFAULT_PALETTE, format_color, parse_color
 from engine.data.sources.formats import read_by_gdal
 from engine.data.sources.imageio import read_mask_values
