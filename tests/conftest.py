@@ -60,6 +60,20 @@ def dubai_shards(dubai_dir: Path, tmp_path_factory) -> Path:
     return out
 
 
+#: A version-2 manifest of three RGB classes, for tests that export a tiny model.
+RGB_MANIFEST = {
+    "classes": [
+        {"name": "water", "color": "#1E64E6"},
+        {"name": "land", "color": "#A88C64"},
+        {"name": "road", "color": "#E632C8"},
+    ],
+    "ignore_index": 255,
+    "mean": [0.45, 0.5, 0.4],
+    "std": [0.2, 0.21, 0.22],
+    "tile_size": 64,
+}
+
+
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
 CLASSES = {
     "encoding": "rgb",

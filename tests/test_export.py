@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import RGB_MANIFEST as MANIFEST
 from PIL import Image
 from torch import nn
 
@@ -18,17 +19,6 @@ from engine.data.shards.normalize import BandStats, Normalization
 from engine.train.export import ExportError, load_exported, save_exported
 
 REPO = Path(__file__).resolve().parents[1]
-MANIFEST = {
-    "classes": [
-        {"name": "water", "color": "#1E64E6"},
-        {"name": "land", "color": "#A88C64"},
-        {"name": "road", "color": "#E632C8"},
-    ],
-    "ignore_index": 255,
-    "mean": [0.45, 0.5, 0.4],
-    "std": [0.2, 0.21, 0.22],
-    "tile_size": 64,
-}
 CONFIG = {"model": {"arch": "unet"}, "optim": {"lr": 1e-3}, "data": Path("/data/shards")}
 # What an export records of a version 2 manifest: three uint8 bands with its 0-1 statistics.
 RGB_RECORDS = Normalization.from_manifest(MANIFEST).records()

@@ -20,22 +20,12 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from conftest import RGB_MANIFEST as MANIFEST
 
 from engine.infer.limits import disk_need
 from engine.infer.outputs import OutputSpec, output_paths, temporary_paths
 
 REPO = Path(__file__).resolve().parents[1]
-MANIFEST = {
-    "classes": [
-        {"name": "water", "color": "#1E64E6"},
-        {"name": "land", "color": "#A88C64"},
-        {"name": "road", "color": "#E632C8"},
-    ],
-    "ignore_index": 255,
-    "mean": [0.45, 0.5, 0.4],
-    "std": [0.2, 0.21, 0.22],
-    "tile_size": 64,
-}
 HUGE_VRT = """<VRTDataset rasterXSize="{size}" rasterYSize="{size}">
   <VRTRasterBand dataType="Byte" band="1"/>
   <VRTRasterBand dataType="Byte" band="2"/>

@@ -155,15 +155,7 @@ class CrossEntropyLoss(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Compute the loss.
-
-        Args:
-            logits: ``[B, N, H, W]``.
-            target: Class indices ``[B, H, W]``.
-
-        Returns:
-            Scalar loss.
-        """
+        """The loss of ``logits`` ``[B, N, H, W]`` against class indices ``[B, H, W]``."""
         target = target.long()
         per_pixel = F.cross_entropy(
             logits.float(),
@@ -236,15 +228,7 @@ class CombinedLoss(nn.Module):
         return {name: loss(logits, target) for name, loss in self.losses.items()}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Compute the weighted sum of the terms.
-
-        Args:
-            logits: ``[B, N, H, W]``.
-            target: Class indices ``[B, H, W]``.
-
-        Returns:
-            Scalar loss.
-        """
+        """The weighted sum of the terms for ``logits`` [B, N, H, W] and ``target`` [B, H, W]."""
         return self.combine(self.terms(logits, target))
 
     def combine(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
