@@ -12,13 +12,14 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash launch/demo.sh
+	$(VENV)/bin/terraseg demo --out demo
 
 test: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine archs launch tests bench
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf demo runs .pytest_cache

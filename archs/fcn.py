@@ -18,7 +18,9 @@ has exactly the input size. Outputs are logits.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +58,9 @@ def _transposed_up(num_classes: int, factor: int) -> nn.ConvTranspose2d:
 
 def _conv_with_params(src: nn.Conv2d, padding: int) -> nn.Conv2d:
     """Return a Conv2d like ``src`` but with ``padding``, sharing ``src``'s parameters."""
+    height, width = src.kernel_size
     conv = nn.Conv2d(
-        src.in_channels, src.out_channels, src.kernel_size, padding=padding, device="meta"
+        src.in_channels, src.out_channels, (height, width), padding=padding, device="meta"
     )
     conv.weight, conv.bias = src.weight, src.bias
     return conv
@@ -110,6 +113,10 @@ class FCN(SegmentationModel):
             in_chans=in_channels,
             mlp_ratio=1.0 if loading else 1 / 64,
         )
+        from timm.models.vgg import VGG  # timm is loaded by now
+
+        if not isinstance(vgg, VGG):
+            raise ValueError(f"{backbone!r} is not a timm VGG")
         layers = list(vgg.features)
         pools = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
         if len(pools) != 5:
@@ -118,9 +125,11 @@ class FCN(SegmentationModel):
         self.stage4 = nn.Sequential(*layers[pools[2] + 1 : pools[3] + 1])  # -> pool4, stride 16
         self.stage5 = nn.Sequential(*layers[pools[3] + 1 :])  # -> pool5, stride 32
         info = vgg.feature_info  # taps: conv1..conv5 (pre-pool) and pool5
-        c3, c4, c5 = info[2]["num_chs"], info[3]["num_chs"], info[5]["num_chs"]
+        # timm types the taps as dict[str, object]; "num_chs" is an int
+        c3, c4, c5 = (cast(int, info[tap]["num_chs"]) for tap in (2, 3, 5))
 
         fc1, fc2 = vgg.pre_logits.fc1, vgg.pre_logits.fc2
+        assert isinstance(fc1, nn.Conv2d) and isinstance(fc2, nn.Conv2d)  # timm's VGG head
         if loading and fc_width == fc1.out_channels and fc2.out_channels == fc_width:
             # take over the loaded ImageNet fc6/fc7 tensors (7x7 'same' padding instead of none)
             self.fc6 = _conv_with_params(fc1, padding=3)
@@ -130,6 +139,7 @@ class FCN(SegmentationModel):
             self.fc7 = nn.Conv2d(fc_width, fc_width, 1)
             for conv in (self.fc6, self.fc7):
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                assert conv.bias is not None  # made with one
                 nn.init.zeros_(conv.bias)
         del vgg, fc1, fc2
 
@@ -141,6 +151,7 @@ class FCN(SegmentationModel):
             self.score_pool3 = nn.Conv2d(c3, num_classes, 1)
             for conv in (self.score_pool4, self.score_pool3):
                 nn.init.zeros_(conv.weight)
+                assert conv.bias is not None  # made with one
                 nn.init.zeros_(conv.bias)
             self.upscore2 = _transposed_up(num_classes, 2)
             self.upscore_pool4 = _transposed_up(num_classes, 2)
@@ -162,18 +173,7 @@ class FCN(SegmentationModel):
         return self.upscore8(score)
 
 
-@register_model(FCN_OPTIONS)
-def fcn8s(
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    backbone: str = "vgg16",
-    fc_width: int = 4096,
-    drop_rate: float = 0.5,
-    pretrained: bool = False,
-    weights: str | os.PathLike[str] | None = None,
-) -> FCN:
-    """FCN-8s: VGG trunk, pool4 and pool3 skip scores, x8 learned bilinear upsampling.
+_ARGS_DOC = """
 
     Args:
         num_classes: Number of classes.
@@ -187,50 +187,48 @@ def fcn8s(
     Returns:
         The model; ``forward`` returns logits ``[B, N, H, W]``.
     """
-    return FCN(
-        num_classes,
-        in_channels,
-        stride=8,
-        backbone=backbone,
-        fc_width=fc_width,
-        drop_rate=drop_rate,
-        pretrained=pretrained,
-        weights=weights,
+
+
+def _entrypoint(name: str, stride: int, summary: str) -> Callable[..., FCN]:
+    """The entrypoint of the FCN of output ``stride``, named ``name`` (registered below)."""
+
+    def build(
+        num_classes: int,
+        in_channels: int = 3,
+        *,
+        backbone: str = "vgg16",
+        fc_width: int = 4096,
+        drop_rate: float = 0.5,
+        pretrained: bool = False,
+        weights: str | os.PathLike[str] | None = None,
+    ) -> FCN:
+        return FCN(
+            num_classes,
+            in_channels,
+            stride=stride,
+            backbone=backbone,
+            fc_width=fc_width,
+            drop_rate=drop_rate,
+            pretrained=pretrained,
+            weights=weights,
+        )
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = summary + _ARGS_DOC
+    return build
+
+
+fcn8s = register_model(FCN_OPTIONS)(
+    _entrypoint(
+        "fcn8s",
+        8,
+        "FCN-8s: VGG trunk, pool4 and pool3 skip scores, x8 learned bilinear upsampling.",
     )
-
-
-@register_model(FCN_OPTIONS)
-def fcn32s(
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    backbone: str = "vgg16",
-    fc_width: int = 4096,
-    drop_rate: float = 0.5,
-    pretrained: bool = False,
-    weights: str | os.PathLike[str] | None = None,
-) -> FCN:
-    """FCN-32s: VGG trunk, scores at stride 32, one x32 learned bilinear upsampling.
-
-    Args:
-        num_classes: Number of classes.
-        in_channels: Input channels.
-        backbone: timm VGG name: ``vgg16`` (default) or ``vgg16_bn``; other VGGs work too.
-        fc_width: Width of fc6/fc7 (4096 in the paper; small values for tests).
-        drop_rate: Dropout after fc6/fc7.
-        pretrained: Load timm's ImageNet weights (online, or from the local HF cache).
-        weights: Local ``.pth``/``.safetensors`` state dict of the same timm VGG.
-
-    Returns:
-        The model; ``forward`` returns logits ``[B, N, H, W]``.
-    """
-    return FCN(
-        num_classes,
-        in_channels,
-        stride=32,
-        backbone=backbone,
-        fc_width=fc_width,
-        drop_rate=drop_rate,
-        pretrained=pretrained,
-        weights=weights,
+)
+fcn32s = register_model(FCN_OPTIONS)(
+    _entrypoint(
+        "fcn32s",
+        32,
+        "FCN-32s: VGG trunk, scores at stride 32, one x32 learned bilinear upsampling.",
     )
+)

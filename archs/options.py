@@ -64,6 +64,15 @@ class Option:
     lengths: tuple[tuple[int, int], ...] = ()
     timm_model: bool = False
 
+    def __post_init__(self) -> None:
+        ranged = self.type in (int, float, str) and self.choices is None
+        if ranged and (self.low is None or self.high is None):
+            raise ValueError(f"Option({self.type.__name__}) needs low and high (or choices)")
+
+    def _bounds(self) -> tuple[float, float]:
+        assert self.low is not None and self.high is not None  # checked in __post_init__
+        return self.low, self.high
+
     def describe(self) -> str:
         """The declaration as a short text (for docs and ``launch/summary.py --options``)."""
         if self.choices is not None:
@@ -123,13 +132,15 @@ class Option:
                 raise ModelSpecError(f"{where} is not one of {allowed}")
             return
         if self.type is str:
-            if not (self.low or 0) <= len(value) <= (self.high or 0) or not _NAME.fullmatch(value):
+            low, high = self._bounds()
+            if not low <= len(value) <= high or not _NAME.fullmatch(value):
                 raise ModelSpecError(
                     f"{where} must be a name of {self._range()} letters, digits or _.-:/@"
                 )
             return
         if self.type in (int, float):
-            if not math.isfinite(value) or not self.low <= value <= self.high:  # type: ignore[operator]
+            low, high = self._bounds()
+            if not math.isfinite(value) or not low <= value <= high:
                 raise ModelSpecError(f"{where} is outside {self._range()}")
 
 

@@ -93,8 +93,11 @@ class ResUNet(SegmentationModel):
         )
         if not (zero_init_last or pretrained or weights):
             restore_residual_scales_(self.encoder)
-        channels = self.encoder.feature_info.channels()
-        reductions = self.encoder.feature_info.reduction()
+        from timm.models import FeatureInfo  # timm is loaded by now
+
+        info = getattr(self.encoder, "feature_info", None)
+        assert isinstance(info, FeatureInfo)  # what timm's features_only models carry
+        channels, reductions = info.channels(), info.reduction()
         if reductions[-1] != 32 or any(r not in (2, 4, 8, 16, 32) for r in reductions):
             raise ValueError(
                 f"encoder {encoder!r} must give features at strides among 2..32 ending at 32, "

@@ -38,7 +38,8 @@ level (d7 at 64x64 has a 1x1 bottleneck), so use larger crops or batches there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -202,181 +203,88 @@ class ResUNetA(SegmentationModel):
         return self.classifier(h)
 
 
-def _check_levels(name: str, dilations: Dilations, levels: int) -> None:
-    if len(dilations) != levels:
-        raise ValueError(f"{name} needs {levels} dilation sets, got {len(dilations)}")
+class _Variant(NamedTuple):
+    """One registered ResUNet-a: its depth, head and defaults (the entrypoints are data)."""
+
+    levels: int
+    multitask: bool
+    psp_depth: int
+    summary: str
 
 
-def _resuneta(
-    name: str,
-    levels: int,
-    num_classes: int,
-    in_channels: int,
-    multitask: bool,
-    **kwargs: object,
-) -> ResUNetA:
-    _check_levels(name, kwargs["dilations"], levels)  # type: ignore[arg-type]
-    return ResUNetA(num_classes, in_channels, multitask=multitask, **kwargs)  # type: ignore[arg-type]
+_VARIANTS = {
+    "resuneta_d6": _Variant(6, False, 4, "ResUNet-a d6, single-task (~58.5 M parameters)."),
+    "resuneta_d6_mtsk": _Variant(6, True, 4, "ResUNet-a d6 with the conditioned multitask head."),
+    "resuneta_d7": _Variant(
+        7, False, 3, "ResUNet-a d7, single-task (one more level of 2048 filters; ~183.3 M)."
+    ),
+    "resuneta_d7_mtsk": _Variant(
+        7, True, 3, "ResUNet-a d7 with the conditioned multitask head (the paper's best model)."
+    ),
+}
 
-
-@register_model(D6_OPTIONS)
-def resuneta_d6(
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    base_width: int = 32,
-    dilations: Dilations = D6_DILATIONS,
-    decoder_dilations: Dilations | None = None,
-    down_kernel_size: int = 3,
-    psp_depth: int = 4,
-) -> ResUNetA:
-    """ResUNet-a d6, single-task (~58.5 M parameters at ``base_width`` 32).
-
-    Deviation note: the default decoder reuses the encoder dilation sets shifted by one level
-    (see the module docstring), the layout that matches the ~58 M of the authors' code. With
-    the same-level encoder sets the count would be 48.8 M, with the paper table's ``{1}``
-    45.5 M; pass ``decoder_dilations`` for those.
+_ARGS_DOC = """
 
     Args:
         num_classes: Number of classes.
         in_channels: Input channels.
         base_width: Filters of the first level (32 in the paper); a multiple of 4.
-        dilations: 6 encoder dilation sets (the authors' code uses ``(1, 3, 5)`` at level 4).
-        decoder_dilations: 5 decoder sets, full resolution first; default: authors' layout.
+        dilations: {levels} encoder dilation sets (the authors' code uses ``(1, 3, 5)`` at
+            level 4 of d6).
+        decoder_dilations: {decoder} decoder sets, full resolution first; default: the
+            authors' layout (see the module docstring).
         down_kernel_size: Down-sampling conv kernel (3 in the authors' code, 1 in the paper).
-        psp_depth: Depth of the middle PSPPooling (grids 1, 2, 4, 8).
+        psp_depth: Depth of the middle PSPPooling (default {psp}).
 
     Returns:
-        The model; ``forward`` returns logits ``[B, N, H, W]``.
+        The model; ``forward`` returns {returns}.
     """
-    return _resuneta(
-        "resuneta_d6",
-        6,
-        num_classes,
-        in_channels,
-        False,
-        base_width=base_width,
-        dilations=dilations,
-        decoder_dilations=decoder_dilations,
-        down_kernel_size=down_kernel_size,
-        psp_depth=psp_depth,
+
+
+def _entrypoint(name: str, variant: _Variant) -> Callable[..., ResUNetA]:
+    """The entrypoint function of ``variant``, named ``name`` (registered below)."""
+    default_dilations = D7_DILATIONS if variant.levels == 7 else D6_DILATIONS
+
+    def build(
+        num_classes: int,
+        in_channels: int = 3,
+        *,
+        base_width: int = 32,
+        dilations: Dilations = default_dilations,
+        decoder_dilations: Dilations | None = None,
+        down_kernel_size: int = 3,
+        psp_depth: int = variant.psp_depth,
+    ) -> ResUNetA:
+        if len(dilations) != variant.levels:
+            raise ValueError(f"{name} needs {variant.levels} dilation sets, got {len(dilations)}")
+        return ResUNetA(
+            num_classes,
+            in_channels,
+            multitask=variant.multitask,
+            base_width=base_width,
+            dilations=dilations,
+            decoder_dilations=decoder_dilations,
+            down_kernel_size=down_kernel_size,
+            psp_depth=psp_depth,
+        )
+
+    returns = (
+        ":class:`archs.MultitaskOutput` of logits ``(segmentation, boundary, distance, colour)``"
+        if variant.multitask
+        else "logits ``[B, N, H, W]``"
     )
-
-
-@register_model(D6_OPTIONS)
-def resuneta_d6_mtsk(
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    base_width: int = 32,
-    dilations: Dilations = D6_DILATIONS,
-    decoder_dilations: Dilations | None = None,
-    down_kernel_size: int = 3,
-    psp_depth: int = 4,
-) -> ResUNetA:
-    """ResUNet-a d6 with the conditioned multitask head.
-
-    Args:
-        num_classes: Number of classes.
-        in_channels: Input channels.
-        base_width: Filters of the first level (32 in the paper); a multiple of 4.
-        dilations: 6 encoder dilation sets.
-        decoder_dilations: 5 decoder sets, full resolution first; default: authors' layout.
-        down_kernel_size: Down-sampling conv kernel (3 in the authors' code, 1 in the paper).
-        psp_depth: Depth of the middle PSPPooling.
-
-    Returns:
-        The model; ``forward`` returns :class:`archs.MultitaskOutput` of logits
-        ``(segmentation, boundary, distance, colour)``.
-    """
-    return _resuneta(
-        "resuneta_d6_mtsk",
-        6,
-        num_classes,
-        in_channels,
-        True,
-        base_width=base_width,
-        dilations=dilations,
-        decoder_dilations=decoder_dilations,
-        down_kernel_size=down_kernel_size,
-        psp_depth=psp_depth,
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = variant.summary + _ARGS_DOC.format(
+        levels=variant.levels, decoder=variant.levels - 1, psp=variant.psp_depth, returns=returns
     )
+    return build
 
 
-@register_model(D7_OPTIONS)
-def resuneta_d7(
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    base_width: int = 32,
-    dilations: Dilations = D7_DILATIONS,
-    decoder_dilations: Dilations | None = None,
-    down_kernel_size: int = 3,
-    psp_depth: int = 3,
-) -> ResUNetA:
-    """ResUNet-a d7, single-task (one more level of 2048 filters; ~183.3 M parameters).
-
-    Args:
-        num_classes: Number of classes.
-        in_channels: Input channels.
-        base_width: Filters of the first level (32 in the paper); a multiple of 4.
-        dilations: 7 encoder dilation sets.
-        decoder_dilations: 6 decoder sets, full resolution first; default: authors' layout.
-        down_kernel_size: Down-sampling conv kernel (3 in the authors' code, 1 in the paper).
-        psp_depth: Depth of the middle PSPPooling (grids 1, 2, 4).
-
-    Returns:
-        The model; ``forward`` returns logits ``[B, N, H, W]``.
-    """
-    return _resuneta(
-        "resuneta_d7",
-        7,
-        num_classes,
-        in_channels,
-        False,
-        base_width=base_width,
-        dilations=dilations,
-        decoder_dilations=decoder_dilations,
-        down_kernel_size=down_kernel_size,
-        psp_depth=psp_depth,
-    )
-
-
-@register_model(D7_OPTIONS)
-def resuneta_d7_mtsk(
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    base_width: int = 32,
-    dilations: Dilations = D7_DILATIONS,
-    decoder_dilations: Dilations | None = None,
-    down_kernel_size: int = 3,
-    psp_depth: int = 3,
-) -> ResUNetA:
-    """ResUNet-a d7 with the conditioned multitask head (the paper's best model).
-
-    Args:
-        num_classes: Number of classes.
-        in_channels: Input channels.
-        base_width: Filters of the first level (32 in the paper); a multiple of 4.
-        dilations: 7 encoder dilation sets.
-        decoder_dilations: 6 decoder sets, full resolution first; default: authors' layout.
-        down_kernel_size: Down-sampling conv kernel (3 in the authors' code, 1 in the paper).
-        psp_depth: Depth of the middle PSPPooling.
-
-    Returns:
-        The model; ``forward`` returns :class:`archs.MultitaskOutput` of logits
-        ``(segmentation, boundary, distance, colour)``.
-    """
-    return _resuneta(
-        "resuneta_d7_mtsk",
-        7,
-        num_classes,
-        in_channels,
-        True,
-        base_width=base_width,
-        dilations=dilations,
-        decoder_dilations=decoder_dilations,
-        down_kernel_size=down_kernel_size,
-        psp_depth=psp_depth,
-    )
+resuneta_d6 = register_model(D6_OPTIONS)(_entrypoint("resuneta_d6", _VARIANTS["resuneta_d6"]))
+resuneta_d6_mtsk = register_model(D6_OPTIONS)(
+    _entrypoint("resuneta_d6_mtsk", _VARIANTS["resuneta_d6_mtsk"])
+)
+resuneta_d7 = register_model(D7_OPTIONS)(_entrypoint("resuneta_d7", _VARIANTS["resuneta_d7"]))
+resuneta_d7_mtsk = register_model(D7_OPTIONS)(
+    _entrypoint("resuneta_d7_mtsk", _VARIANTS["resuneta_d7_mtsk"])
+)

@@ -141,6 +141,12 @@ class Combine(nn.Module):
         return self.conv(torch.cat([F.relu(lo), hi], dim=1))
 
 
+def _last_conv(branch: nn.Sequential) -> nn.Conv2d:
+    conv = branch[-1]
+    assert isinstance(conv, nn.Conv2d)  # every output branch ends with its logit conv
+    return conv
+
+
 class ConditionedMultitaskHead(nn.Module):
     """ResUNet-a "cmtsk" head: distance -> boundary -> segmentation, independent colour.
 
@@ -171,7 +177,8 @@ class ConditionedMultitaskHead(nn.Module):
 
     def logit_convs(self) -> list[nn.Conv2d]:
         """The last conv of every output branch (segmentation, boundary, distance, colour)."""
-        return [self.segmentation[-1], self.boundary[-1], self.distance[-1], self.colour]
+        branches = (self.segmentation, self.boundary, self.distance)
+        return [*(_last_conv(branch) for branch in branches), self.colour]
 
     def forward(self, first: torch.Tensor, last: torch.Tensor) -> MultitaskOutput:
         """Return the four logits from the first layer and the last decoder level."""

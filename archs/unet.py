@@ -26,6 +26,7 @@ class _Up(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, bilinear: bool) -> None:
         super().__init__()
         self.bilinear = bilinear
+        self.up: nn.Module
         if bilinear:
             self.up = nn.Conv2d(in_channels, out_channels, 1)
         else:

@@ -166,19 +166,19 @@ def ensure_pretrained_available(timm_name: str, timeout: float = 1.0) -> None:
     cfg = timm.models.get_pretrained_cfg(timm_name)
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     url = getattr(cfg, "url", None) if cfg is not None else None
-    if not hub_id and not url:
-        raise PretrainedWeightsError(
-            f"timm has no pretrained weights for {timm_name!r}; use pretrained=False or "
-            "weights=PATH"
-        )
     if hub_id:
         if _hf_cached(hub_id, getattr(cfg, "hf_hub_filename", None)):
             return
         source, probe_url = hub_id, constants.ENDPOINT
-    else:
+    elif url:
         if _url_cached(url):
             return
         source, probe_url = url, url
+    else:
+        raise PretrainedWeightsError(
+            f"timm has no pretrained weights for {timm_name!r}; use pretrained=False or "
+            "weights=PATH"
+        )
     if hub_offline():
         raise _unavailable(timm_name, source, offline_reason)
     if not proxied and not _reachable(probe_url, timeout):

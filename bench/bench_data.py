@@ -2,7 +2,7 @@
 
 Contenders, interleaved round by round in one run, same batch size and worker count:
 
-* ``shards-<codec>``: :func:`engine.data.loader.train_batches` (tar read + decode in workers,
+* ``shards-<codec>``: :func:`engine.data.shards.loader.train_batches` (tar read + decode in workers,
   uint8 tiles over the bus) → ``.to(device, non_blocking=True)`` → :class:`TrainAugment`
   crop + flips + normalise on the device. On a CPU device the augmentation costs CPU
   time in the main process, so each codec also has a row
@@ -68,9 +68,9 @@ from common import (
 from folder_loader import FolderDataset, folder_batches
 from synthetic_data import BenchData, prepare, prepare_multispectral, shard_bytes
 
-from engine.data.imageio import IMAGE_CODECS
-from engine.data.loader import Codecs, decode_sample, raw_samples, train_batches
-from engine.data.manifest import load_manifest
+from engine.data.shards.codecs import IMAGE_CODECS
+from engine.data.shards.loader import Codecs, decode_sample, raw_samples, train_batches
+from engine.data.shards.manifest import load_manifest
 from engine.train.augment import TrainAugment
 
 NAME = "bench_data"

@@ -51,7 +51,12 @@ from common import (
 import archs
 from archs import segmentation_logits
 from engine.data.synthetic.scenes import make_scene
-from engine.infer.sliding import predict_probabilities, resolve_amp
+from engine.infer.sliding import (
+    SlidingOptions,
+    predict_probabilities,
+    resolve_amp,
+    rgb_normalization,
+)
 from engine.infer.windows import plan_axis
 from engine.infer.windows import tta_transforms as transforms_for
 
@@ -103,6 +108,7 @@ def speed(args, device: torch.device) -> dict[str, Any]:
     amp = resolve_amp(args.amp)
     image, _ = make_scene(args.image, args.image, 0)
     megapixels = args.image * args.image / 1e6
+    normalization = rgb_normalization(MEAN, STD)
     contenders = {}
     for tta in args.tta:
         contenders[f"single pass, tta {tta}"] = lambda t=tta: timed(
@@ -114,14 +120,15 @@ def speed(args, device: torch.device) -> dict[str, Any]:
                     model,
                     image,
                     num_classes=NUM_CLASSES,
-                    mean=MEAN,
-                    std=STD,
-                    tile=args.tile,
-                    overlap=o,
-                    batch_size=args.batch,
-                    tta=t,
-                    device=device,
-                    amp_dtype=amp,
+                    normalization=normalization,
+                    options=SlidingOptions(
+                        tile=args.tile,
+                        overlap=o,
+                        batch_size=args.batch,
+                        tta=t,
+                        device=device,
+                        amp_dtype=amp,
+                    ),
                 ),
                 device,
                 megapixels,

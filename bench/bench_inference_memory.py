@@ -66,8 +66,9 @@ def write_raster(
 CHILD = r"""
 import json, sys, time
 import torch
-from engine.data.rasters import open_raster
-from engine.infer.sliding import predict_raster
+from engine.data.sources.rasters import open_raster
+from engine.infer.outputs import OutputSpec
+from engine.infer.sliding import SlidingOptions, predict_raster, rgb_normalization
 from engine.infer.writer import prediction_writer
 
 torch.manual_seed(0)
@@ -81,10 +82,11 @@ def high_water_mb():
 base = high_water_mb()
 start = time.perf_counter()
 with open_raster(args["input"], backend=args["backend"]) as reader:
-    with prediction_writer(reader, args["out"], palette, fmt="tif") as writer:
-        predict_raster(model, reader, writer, num_classes=6, mean=[0.5] * 3, std=[0.25] * 3,
-                       tile=args["tile"], overlap=0.25, batch_size=args["batch"],
-                       band_width=args["band_width"], device="cpu", progress=False)
+    with prediction_writer(reader, args["out"], palette, OutputSpec("tif")) as writer:
+        options = SlidingOptions(tile=args["tile"], overlap=0.25, batch_size=args["batch"],
+                                 band_width=args["band_width"], device="cpu")
+        predict_raster(model, reader, writer, num_classes=6,
+                       normalization=rgb_normalization([0.5] * 3, [0.25] * 3), options=options)
 elapsed = time.perf_counter() - start
 print(json.dumps({"peak_rss_mb": high_water_mb(), "rss_after_imports_mb": base,
                   "predict_s": elapsed,

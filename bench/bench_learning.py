@@ -3,8 +3,9 @@
 One protocol for every contender, on the real Dubai aerial data (PROVENANCE.md beside it):
 
 * data: every image part of the train tiles and of the val tile, decoded once into memory
-  (``engine.data.imageio``), masks mapped with ``launch/configs/dubai/classes.yaml``; the split
-  is the shard builder's (``engine.data.splits.split_groups`` at the builder's default
+  (``engine.data.sources.imageio``), masks mapped with
+  ``launch/configs/dubai/classes.yaml``; the split
+  is the shard builder's (``engine.data.build.splits.split_groups`` at the builder's default
   fractions and seed: Tile 2 is val). Normalised with the train mean/std.
 * batches: per seed a fixed stream of random ``--crop``² crops with horizontal/vertical
   flips (no jitter), images drawn in proportion to their area; every contender of a seed
@@ -68,13 +69,13 @@ from learning_engine import (
 )
 
 import archs
-from engine.data.classes import load_classes
-from engine.data.imageio import read_image, read_mask_values
-from engine.data.normalize import Normalization
-from engine.data.pairing import pair_by_glob
-from engine.data.paths import dubai_dataset_dir
-from engine.data.shard_builder import BuildOptions
-from engine.data.splits import split_groups
+from engine.data.build.builder import BuildOptions
+from engine.data.build.splits import split_groups
+from engine.data.shards.normalize import Normalization
+from engine.data.sources.classes import load_classes
+from engine.data.sources.imageio import read_image, read_mask_values
+from engine.data.sources.pairing import pair_by_glob
+from engine.data.sources.paths import dubai_dataset_dir
 
 NAME = "bench_learning"
 REFERENCE = "smp-unet-r34"
@@ -223,7 +224,7 @@ def evaluate(
     """
     from sklearn.metrics import accuracy_score, jaccard_score
 
-    from engine.infer.sliding import predict_mask
+    from engine.infer.sliding import SlidingOptions, predict_mask
 
     model.eval()
     if normalize is None and tile:
@@ -239,7 +240,7 @@ def evaluate(
         if tile:
             num_classes = len(data.class_names)
             pred = predict_mask(model, image, num_classes=num_classes, normalization=normalize,
-                                tile=tile, device=device)  # fmt: skip
+                                options=SlidingOptions(tile=tile, device=device))  # fmt: skip
         else:
             x = normalize(torch.from_numpy(image.copy()).permute(2, 0, 1)[None])
             x = F.pad(x, (0, -w % 32, 0, -h % 32), mode="reflect").to(device)

@@ -3,7 +3,7 @@
 Servers run on 127.0.0.1 as separate processes (``python -m http.server`` and moto's
 ``moto_server``), so the reader's CPU time is its own; the server's is reported apart (a
 real object store spends it elsewhere). Each contender reads and decodes every train
-sample with :func:`engine.data.loader.read_split` in this process (no workers), rounds
+sample with :func:`engine.data.shards.loader.read_split` in this process (no workers), rounds
 interleaved; the median round is reported.
 
     python bench/bench_remote_shards.py            # 24 scenes of 512², tile 256, npy
@@ -25,12 +25,12 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.data.classes import load_classes  # noqa: E402
-from engine.data.loader import read_split  # noqa: E402
-from engine.data.manifest import load_manifest  # noqa: E402
-from engine.data.pairing import pair_by_glob  # noqa: E402
-from engine.data.shard_builder import BuildOptions, build_shards  # noqa: E402
-from engine.data.shard_store import filesystem  # noqa: E402
+from engine.data.build.builder import BuildOptions, build_shards  # noqa: E402
+from engine.data.shards.loader import read_split  # noqa: E402
+from engine.data.shards.manifest import load_manifest  # noqa: E402
+from engine.data.shards.store import filesystem  # noqa: E402
+from engine.data.sources.classes import load_classes  # noqa: E402
+from engine.data.sources.pairing import pair_by_glob  # noqa: E402
 from engine.data.synthetic.scenes import write_dataset  # noqa: E402
 
 

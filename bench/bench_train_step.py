@@ -52,7 +52,7 @@ from common import (
 from torch.utils.flop_counter import FlopCounterMode
 
 import archs
-from engine.train.config import OptimConfig
+from engine.train.config_types import OptimConfig
 from engine.train.loss_factory import build_loss
 from engine.train.optim import build_optimizer
 from engine.train.step import NonFiniteSkip

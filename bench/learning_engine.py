@@ -35,9 +35,9 @@ def is_engine(spec: str) -> bool:
 
 def build_shards_once(root: Path, classes_path: Path, out: Path, tile: int) -> Path:
     """Pack the Dubai pairs into ``out`` with the builder's defaults (reused when present)."""
-    from engine.data.classes import load_classes
-    from engine.data.pairing import pair_by_glob
-    from engine.data.shard_builder import BuildOptions, build_shards
+    from engine.data.build.builder import BuildOptions, build_shards
+    from engine.data.sources.classes import load_classes
+    from engine.data.sources.pairing import pair_by_glob
 
     if (out / "dataset.json").is_file():
         manifest = json.loads((out / "dataset.json").read_text())
@@ -79,7 +79,7 @@ def initial_state(config) -> torch.nn.Module:
     """The network ``set_up`` starts from for this config (same seeding, same factory)."""
     from accelerate.utils import set_seed
 
-    from engine.data.manifest import load_manifest
+    from engine.data.shards.manifest import load_manifest
     from engine.train.setup import build_model
 
     set_seed(config.seed)
@@ -92,7 +92,7 @@ def train_engine(spec: str, seed: int, cfg: dict[str, Any], run_dir: Path):
     Returns:
         The trained model, the manifest's :class:`Normalization` and the per-step losses.
     """
-    from engine.data.manifest import load_manifest
+    from engine.data.shards.manifest import load_manifest
     from engine.train.loop import train
 
     config = engine_config(spec, Path(cfg["engine_shards"]), seed, cfg)
@@ -113,7 +113,7 @@ def stream_measures(config, steps: int) -> dict[str, float]:
     """
     from types import SimpleNamespace
 
-    from engine.data.manifest import load_manifest
+    from engine.data.shards.manifest import load_manifest
     from engine.train.setup import stream_from_here
 
     run = SimpleNamespace(

@@ -4,7 +4,7 @@ The folder is what the original project trained from: ``Scene N/images/*.jpg`` (
 quality 90, from :func:`engine.data.synthetic.scenes.write_dataset`) plus, for the folder loader,
 single-band class-index PNG masks (``masks_index/``), so the folder baseline does *not*
 pay for mapping mask colours to classes (the shards do not either). The shards are built
-from the same files by :func:`engine.data.shard_builder.build_shards`, one folder per codec,
+from the same files by :func:`engine.data.build.builder.build_shards`, one folder per codec,
 with every image in the train split.
 
 :func:`prepare_multispectral` turns the same scenes into N-band GeoTIFFs (13 bands of
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.data.classes import load_classes
-from engine.data.imageio import read_mask_values
-from engine.data.manifest import load_manifest
-from engine.data.pairing import pair_by_glob
-from engine.data.shard_builder import BuildOptions, build_shards
+from engine.data.build.builder import BuildOptions, build_shards
+from engine.data.shards.manifest import load_manifest
+from engine.data.sources.classes import load_classes
+from engine.data.sources.imageio import read_mask_values
+from engine.data.sources.pairing import pair_by_glob
 from engine.data.synthetic.scenes import write_dataset
 
 

@@ -1,101 +1,11 @@
 """Plot a run's training history (loss, learning rate, mIoU, per-class IoU).
 
-Reads RUN/history.csv and writes PNGs into RUN (or --out): the same place and names as the
-trainer's plots, so running it again refreshes them. Per-class IoU uses the class colours of
-RUN/best/dataset.json; the final best-model row (split "<split>@best") is a labelled star.
-When RUN/metrics.json holds a confusion matrix (``confusion_matrix`` at the top level or
-under a split name) it is drawn as a row-normalised heatmap too.
-
-Example:
-    python launch/plot_history.py runs/dubai
+The same as ``terraseg plot``; the code is :mod:`engine.commands.plot_history`.
 """
 
-import argparse
-import json
 import sys
-from pathlib import Path
 
-from engine.cli import HelpFormatter
-from engine.errors import UserError
-from engine.render.colors import class_info
-from engine.render.figures import confusion_heatmap
-from engine.render.history_plots import plot_history
-
-
-def find_confusions(metrics: dict) -> dict[str, list]:
-    """``{name: matrix}`` for every confusion matrix found in a metrics.json mapping."""
-    found = {}
-    for key in ("confusion_matrix", "confusion"):
-        if isinstance(metrics.get(key), list):
-            found["metrics"] = metrics[key]
-    for split, value in metrics.items():
-        if isinstance(value, dict):
-            for key in ("confusion_matrix", "confusion"):
-                if isinstance(value.get(key), list):
-                    found[split] = value[key]
-    return found
-
-
-def class_names(run: Path, metrics: dict, size: int) -> list[str]:
-    for candidate in (run / "best" / "dataset.json", run / "dataset.json"):
-        if candidate.is_file():
-            try:
-                names, _ = class_info(json.loads(candidate.read_text()))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                continue
-            if len(names) == size:
-                return names
-    rows = metrics.get("per_class") or []
-    names = [row.get("name") for row in rows if isinstance(row, dict)]
-    if len(names) == size and all(names):
-        return names
-    return [f"class {i}" for i in range(size)]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("run", help="run folder holding history.csv (or the CSV itself)")
-    parser.add_argument("--out", help="output folder (default: the run folder)")
-    args = parser.parse_args(argv)
-    run = Path(args.run)
-    history = run / "history.csv"
-    if run.is_file():
-        run, history = run.parent, run
-    out = Path(args.out) if args.out else run
-    if out.exists() and not out.is_dir():
-        print(f"error: --out {out}: is a file, not a folder", file=sys.stderr)
-        return 2
-    try:
-        written = plot_history(history, out)
-    except (UserError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    metrics_path = run / "metrics.json"
-    if metrics_path.is_file():
-        try:
-            metrics = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError as error:
-            print(
-                f"warning: {metrics_path} is not valid JSON ({error}); no heatmap", file=sys.stderr
-            )
-            metrics = {}
-        for name, matrix in find_confusions(metrics).items():
-            path = out / f"confusion_{name}.png"
-            names = class_names(run, metrics, len(matrix))
-            if not matrix or any(not isinstance(r, list) or len(r) != len(matrix) for r in matrix):
-                print(f"warning: {metrics_path}: {name} matrix is not square", file=sys.stderr)
-                continue
-            confusion_heatmap(
-                matrix, names, path, title=f"Confusion matrix ({name}, row-normalised)"
-            )
-            written.append(path)
-    if not written:
-        print(f"nothing to plot in {run / 'history.csv'}", file=sys.stderr)
-        return 1
-    for path in written:
-        print(f"wrote {path}")
-    return 0
-
+from engine.commands.plot_history import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def dubai_dir() -> Path:
     """The real Dubai dataset folder; a missing dataset fails the test, never skips it."""
-    from engine.data.paths import dubai_dataset_dir
+    from engine.data.sources.paths import dubai_dataset_dir
 
     path = dubai_dataset_dir()
     if not (path / "Semantic segmentation dataset").is_dir():
@@ -43,10 +43,10 @@ def dubai_shards(dubai_dir: Path, tmp_path_factory) -> Path:
     """
     import yaml
 
-    from engine.data.classes import classes_from_dict
-    from engine.data.mask_inspect import draft_classes_yaml, inspect_masks
-    from engine.data.pairing import pair_by_glob
-    from engine.data.shard_builder import BuildOptions, build_shards
+    from engine.data.build.builder import BuildOptions, build_shards
+    from engine.data.sources.classes import classes_from_dict
+    from engine.data.sources.mask_inspect import draft_classes_yaml, inspect_masks
+    from engine.data.sources.pairing import pair_by_glob
 
     report = inspect_masks(sorted(dubai_dir.glob("*/masks/*.png")), workers=2)
     draft = yaml.safe_load(draft_classes_yaml(report))
@@ -58,6 +58,20 @@ def dubai_shards(dubai_dir: Path, tmp_path_factory) -> Path:
     options = BuildOptions(tile=256, samples_per_shard=64, workers=2)
     build_shards(pairs, classes_from_dict(draft, "edited-draft.yaml"), out, options)
     return out
+
+
+#: A version-2 manifest of three RGB classes, for tests that export a tiny model.
+RGB_MANIFEST = {
+    "classes": [
+        {"name": "water", "color": "#1E64E6"},
+        {"name": "land", "color": "#A88C64"},
+        {"name": "road", "color": "#E632C8"},
+    ],
+    "ignore_index": 255,
+    "mean": [0.45, 0.5, 0.4],
+    "std": [0.2, 0.21, 0.22],
+    "tile_size": 64,
+}
 
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
@@ -88,9 +102,9 @@ def make_tiny_dataset(root: Path, groups=4, per_group=2, size=(40, 56), seed=0) 
 
 def build_tiny(root: Path, out: Path, **options) -> dict:
     """Build shards from :func:`make_tiny_dataset` output (tile 32, 5 samples a shard)."""
-    from engine.data.classes import load_classes
-    from engine.data.pairing import pair_by_glob
-    from engine.data.shard_builder import BuildOptions, build_shards
+    from engine.data.build.builder import BuildOptions, build_shards
+    from engine.data.sources.classes import load_classes
+    from engine.data.sources.pairing import pair_by_glob
 
     pairs = pair_by_glob(str(root / "*/images/*.png"), str(root / "*/masks/*.png"))
     defaults = dict(tile=32, val=0.25, test=0.25, samples_per_shard=5)
@@ -111,9 +125,9 @@ def synthetic_scenes(tmp_path_factory) -> Path:
 
 def build_scene_shards(scenes: Path, out: Path, **options) -> Path:
     """Shards of generated scenes, tile 64 (9 tiles a scene), 3/1/1 groups for train/val/test."""
-    from engine.data.classes import load_classes
-    from engine.data.pairing import pair_by_glob
-    from engine.data.shard_builder import BuildOptions, build_shards
+    from engine.data.build.builder import BuildOptions, build_shards
+    from engine.data.sources.classes import load_classes
+    from engine.data.sources.pairing import pair_by_glob
 
     pairs = pair_by_glob(str(scenes / "*/images/*"), str(scenes / "*/masks/*.png"))
     options = dict(tile=64, val=0.2, test=0.2) | options

@@ -39,8 +39,12 @@ def accelerate_command(
     machine_rank: int = 0,
     port: int | None = None,
     extra: list[str] | None = None,
+    module: bool = False,
 ) -> list[str]:
-    """``accelerate launch --multi_gpu`` for ``processes`` ranks over ``machines`` nodes."""
+    """``accelerate launch --multi_gpu`` for ``processes`` ranks over ``machines`` nodes.
+
+    ``script`` is a path in the repository, or with ``module`` a module run as ``-m``.
+    """
     return [
         str(ACCELERATE),
         "launch",
@@ -60,7 +64,7 @@ def accelerate_command(
         "--dynamo_backend",
         "no",
         *(extra or []),
-        str(REPO / script),
+        *(["-m", script] if module else [str(REPO / script)]),
         *args,
     ]
 

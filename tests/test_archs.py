@@ -374,7 +374,7 @@ def test_summary_script():
 
 
 def test_summary_of_a_multiband_run_names_its_bands(tmp_path):
-    from engine.data.normalize import BandStats, Normalization
+    from engine.data.shards.normalize import BandStats, Normalization
     from engine.train.export import save_exported
     from engine.train.run_summary import format_run, summarize_run
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from engine.data.normalize import BandStats, Normalization, normalize
+from engine.data.shards.normalize import BandStats, Normalization, normalize
 from engine.train.augment import TrainAugment
 
 IGNORE = 255

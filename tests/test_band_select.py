@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.data.band_select import band_positions, parse_band_list
+from engine.data.sources.band_select import band_positions, parse_band_list
 from engine.errors import UserError
 
 NAMES = ["B2", "B3", "B4", "b8", "B8A", "4"]

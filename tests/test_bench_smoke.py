@@ -125,8 +125,8 @@ def test_learning_benchmark_scores_sliding_windows_as_predict_does():
     sys.path.insert(0, str(REPO / "bench"))
     import bench_learning
 
-    from engine.data.normalize import Normalization
-    from engine.infer.sliding import predict_mask
+    from engine.data.shards.normalize import Normalization
+    from engine.infer.sliding import SlidingOptions, predict_mask
 
     rng = np.random.default_rng(0)
     ramp = np.linspace(0.1, 1, 90)[None, :, None]  # darker to the left: windows differ
@@ -137,7 +137,8 @@ def test_learning_benchmark_scores_sliding_windows_as_predict_does():
     torch.manual_seed(0)
     for model, sees_whole_input in ((torch.nn.Conv2d(3, 3, 1), False), (_GlobalContext(), True)):
         # Labels: what predict.py --tile 32 says, so its windows score exactly 1.
-        masks = [predict_mask(model, im, num_classes=3, normalization=normalization, tile=32)
+        masks = [predict_mask(model, im, num_classes=3, normalization=normalization,
+                              options=SlidingOptions(tile=32))
                  for im in images]  # fmt: skip
         data = bench_learning.Data(images, masks, images, masks, mean, std, ["a", "b", "c"], [])
         whole, windows = (bench_learning.evaluate(model, data, cpu, tile=t) for t in (None, 32))

@@ -95,7 +95,7 @@ def test_summary_of_a_run_describes_the_trained_model(tmp_path, capsys):
         assert f"{expected / 1e6:.2f}M" in out and "3x64x64" in out
     assert "no such run folder" in fails(capsys, "summary", str(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
-    assert "no model.json" in fails(capsys, "summary", str(tmp_path / "empty"))
+    assert "neither an export folder" in fails(capsys, "summary", str(tmp_path / "empty"))
 
 
 def test_predict_bad_settings_are_one_line(tmp_path, capsys):
@@ -117,7 +117,7 @@ def test_predict_bad_settings_are_one_line(tmp_path, capsys):
 
 
 def test_show_index_past_the_end_and_short_shards(synthetic_shards, tmp_path, capsys):
-    from engine.data.manifest import load_manifest
+    from engine.data.shards.manifest import load_manifest
 
     count = load_manifest(synthetic_shards).split("val").num_samples
     out = str(tmp_path / "x.png")

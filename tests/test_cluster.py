@@ -11,7 +11,7 @@ import pytest
 from conftest import build_scene_shards, tiny_args
 from launching import REPO, accelerate_command, cpu_env, free_port, run
 
-from engine.data.manifest import load_manifest
+from engine.data.shards.manifest import load_manifest
 from engine.train.checkpoint import find_latest, read_state
 
 

@@ -10,9 +10,14 @@ from conftest import build_tiny, make_tiny_dataset
 from PIL import Image
 
 import archs
-from engine.data.manifest import load_manifest
+from engine.data.shards.manifest import load_manifest
 from engine.evaluate import shard_eval
-from engine.evaluate.shard_eval import context_window, evaluate_split, forward_logits
+from engine.evaluate.shard_eval import (
+    EvalSettings,
+    context_window,
+    evaluate_split,
+    forward_logits,
+)
 from engine.train.export import save_exported
 
 
@@ -52,10 +57,10 @@ def test_evaluation_and_prediction_use_the_training_crop(tmp_path, monkeypatch, 
         ),
     )
     cpu = torch.device("cpu")
-    common = dict(batch_size=2, device=cpu, num_workers=0)
-    evaluate_split(_d6(), manifest, "val", train_crop=32, **common)
+    common = EvalSettings(batch_size=2, device=cpu, num_workers=0)
+    evaluate_split(_d6(), manifest, "val", common, train_crop=32)
     unet = archs.create_model("unet", 3, base_width=4, depth=2)
-    evaluate_split(unet, manifest, "val", train_crop=32, **common)
+    evaluate_split(unet, manifest, "val", common, train_crop=32)
     assert seen == [32, None]
 
     script = Path(__file__).resolve().parents[1] / "launch" / "predict.py"

@@ -20,15 +20,16 @@ import yaml
 from conftest import build_tiny, make_tiny_dataset, write_pair
 from PIL import Image, ImageOps
 
-import engine.data.shard_builder as shard_builder
-from engine.data.build_output import BuildError, BuildOutput, ShardTar
-from engine.data.classes import load_classes
-from engine.data.imageio import ImageReadError, read_image, read_mask_values
-from engine.data.loader import ShardReadError, eval_batches, read_split, train_batches
-from engine.data.manifest import ManifestError, load_manifest
-from engine.data.pairing import pair_by_glob
-from engine.data.rasters import RasterError, open_raster, read_index_mask
-from engine.data.shard_builder import BuildOptions, build_shards
+import engine.data.build.builder as shard_builder
+from engine.data.build.builder import BuildOptions, build_shards
+from engine.data.build.output import BuildError, BuildOutput, ShardTar
+from engine.data.shards.loader import ShardReadError, eval_batches, read_split, train_batches
+from engine.data.shards.manifest import ManifestError, load_manifest
+from engine.data.sources.classes import load_classes
+from engine.data.sources.imageio import read_image, read_mask_values
+from engine.data.sources.pairing import pair_by_glob
+from engine.data.sources.pictures import ImageReadError
+from engine.data.sources.rasters import RasterError, open_raster, read_index_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(ROOT / "launch" / "build_shards.py")]
@@ -470,6 +471,8 @@ def test_build_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     cases = [
         (cli(root, tmp_path / "o", "--tile", "0") , "--tile 0: must be an integer >= 1"),
         (cli(root, tmp_path / "o", "--tile", "-5"), "--tile -5: must be an integer >= 1"),
+        (cli(root, tmp_path / "o", "--band-files", "red,2"),
+         "--band-files ('red', 2): give band names, not indices"),
         (cli(root, tmp_path / "o", classes=tmp_path / "five.yaml"),
          "five.yaml: 'classes' must be a list"),
         (cli(root, tmp_path / "o", classes=tmp_path / "colour.yaml"),

@@ -4,8 +4,8 @@ import torch
 from accelerate.utils import set_seed
 from conftest import REPO
 
-from engine.data.manifest import load_manifest
-from engine.evaluate.shard_eval import evaluate_split
+from engine.data.shards.manifest import load_manifest
+from engine.evaluate.shard_eval import EvalSettings, evaluate_split
 from engine.train.config import load_config
 from engine.train.export import load_exported
 from engine.train.loop import train
@@ -23,19 +23,11 @@ def test_small_unet_learns_dubai_on_cpu(dubai_shards, tmp_path, capsys, record_p
     cpu = torch.device("cpu")
     set_seed(config.seed)
     untrained, _ = build_model(config, manifest)
-    before = evaluate_split(
-        untrained, manifest, "val", batch_size=4, device=cpu, num_workers=1
-    ).metrics
+    settings = EvalSettings(batch_size=4, device=cpu, num_workers=1)
+    before = evaluate_split(untrained, manifest, "val", settings).metrics
 
     metrics = train(config, tmp_path / "run").metrics
-    after = evaluate_split(
-        load_exported(tmp_path / "run").model,
-        manifest,
-        "val",
-        batch_size=4,
-        device=cpu,
-        num_workers=1,
-    ).metrics
+    after = evaluate_split(load_exported(tmp_path / "run").model, manifest, "val", settings).metrics
 
     val_pixels = manifest.data["class_pixels"]["val"]
     majority_share = max(val_pixels) / sum(val_pixels)

@@ -5,11 +5,11 @@ import json
 import numpy as np
 from PIL import Image
 
-from engine.data.classes import parse_color, rgb_code
-from engine.data.imageio import read_mask_values
-from engine.data.loader import Codecs, read_samples
-from engine.data.manifest import load_manifest
-from engine.data.mask_inspect import inspect_masks
+from engine.data.shards.loader import Codecs, read_samples
+from engine.data.shards.manifest import load_manifest
+from engine.data.sources.classes import parse_color, rgb_code
+from engine.data.sources.imageio import read_mask_values
+from engine.data.sources.mask_inspect import inspect_masks
 
 PROVENANCE_SHARES = {  # measured from the masks, as PROVENANCE.md lists them
     "#8429F6": 52.4, "#E2A929": 13.6, "#3C1098": 13.3, "#FEDD3A": 10.3,

@@ -7,6 +7,7 @@ run in this process, as ``python launch/train.py`` would.
 """
 
 import csv
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -112,9 +113,11 @@ def assert_continues(run_dir, cfg, world_size: int) -> None:
 def test_two_ranks_resume_on_one(colour_shards, tmp_path, capsys):
     run_dir, copy = tmp_path / "run", tmp_path / "copy"
     first = launch_two_ranks(colour_shards, run_dir, "--set", f"train.stop_after_steps={K}")
-    # Both ranks exit 75 after the checkpoint; torchrun's agent reports that as 1.
+    # The ranks exit 75 after the checkpoint; torchrun's agent reports that as 1 (and may
+    # stop the second rank with SIGTERM once the first has exited: the checkpoint is whole).
     assert first.returncode != 0 and "checkpoint saved" in first.stdout, first.stdout[-4000:]
-    assert first.stdout.count(f"exitcode  : {EXIT_PREEMPTED}") == 2, first.stdout[-4000:]
+    codes = re.findall(r"exitcode  : (-?\d+)", first.stdout)
+    assert str(EXIT_PREEMPTED) in codes and set(codes) <= {str(EXIT_PREEMPTED), "-15"}, codes
     assert "terraseg: 2 processes" in first.stdout
     files = read_state(run_dir / f"checkpoints/step-{K:08d}")["files"]
     assert {"rng-0.safetensors", "rng-1.safetensors"} <= set(files)

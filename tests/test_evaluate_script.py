@@ -100,7 +100,7 @@ def test_folder_mode_matches_scikit_learn(synthetic_shards, tmp_path):
 
 def test_a_model_with_another_class_count_is_refused(synthetic_shards, tmp_path, capsys):
     import archs
-    from engine.data.manifest import load_manifest
+    from engine.data.shards.manifest import load_manifest
     from engine.train.export import save_exported
 
     manifest = load_manifest(synthetic_shards)

@@ -11,24 +11,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import RGB_MANIFEST as MANIFEST
 from PIL import Image
 from torch import nn
 
-from engine.data.normalize import BandStats, Normalization
+from engine.data.shards.normalize import BandStats, Normalization
 from engine.train.export import ExportError, load_exported, save_exported
 
 REPO = Path(__file__).resolve().parents[1]
-MANIFEST = {
-    "classes": [
-        {"name": "water", "color": "#1E64E6"},
-        {"name": "land", "color": "#A88C64"},
-        {"name": "road", "color": "#E632C8"},
-    ],
-    "ignore_index": 255,
-    "mean": [0.45, 0.5, 0.4],
-    "std": [0.2, 0.21, 0.22],
-    "tile_size": 64,
-}
 CONFIG = {"model": {"arch": "unet"}, "optim": {"lr": 1e-3}, "data": Path("/data/shards")}
 # What an export records of a version 2 manifest: three uint8 bands with its 0-1 statistics.
 RGB_RECORDS = Normalization.from_manifest(MANIFEST).records()
@@ -265,8 +255,8 @@ def test_predict_script_end_to_end(tmp_path, model_factory, monkeypatch):
         [f"a_{k}.png" for k in ("mask", "color", "confidence", "overlay")]
         + [f"b_{k}.tif" for k in ("mask", "color", "confidence", "overlay")]
     )
-    from engine.data.rasters import read_index_mask
-    from engine.infer.sliding import predict_mask
+    from engine.data.sources.rasters import read_index_mask
+    from engine.infer.sliding import SlidingOptions, predict_mask, rgb_normalization
 
     for stem, image, ext in (("a", png, "png"), ("b", tif, "tif")):
         mask = read_index_mask(out / f"{stem}_mask.{ext}")
@@ -274,10 +264,8 @@ def test_predict_script_end_to_end(tmp_path, model_factory, monkeypatch):
             model,
             image,
             num_classes=3,
-            mean=MANIFEST["mean"],
-            std=MANIFEST["std"],
-            tile=64,
-            tta="flip",
+            normalization=rgb_normalization(MANIFEST["mean"], MANIFEST["std"]),
+            options=SlidingOptions(tile=64, tta="flip"),
         )
         np.testing.assert_array_equal(mask, expected)
     assert (

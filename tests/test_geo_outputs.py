@@ -21,8 +21,8 @@ import shapely
 import torch
 from rasterio.features import rasterize
 
-from engine.data.normalize import BandStats, Normalization
-from engine.data.paths import multispectral_dataset_dir
+from engine.data.shards.normalize import BandStats, Normalization
+from engine.data.sources.paths import multispectral_dataset_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CHIP = "sen1floods11/S2/Spain_7370579_S2Hand.tif"
@@ -219,6 +219,10 @@ def test_the_models_bands_are_found_by_name_position_or_bands(scene):
     with pytest.raises(BandMismatchError, match=r"rgb16\.tif: uint16 pixels, but the model was "
                        "trained on uint8 bands; values are never rescaled"):  # fmt: skip
         open_model_raster(uint16, rgb_model)
+    record = dict(load_exported(export).manifest)
+    for rgb in ([2, 1], [3, 2, 1, 0], [13, 2, 1], [-1, 2, 1]):
+        with pytest.raises(BandMismatchError, match=r"usable band statistics .*rgb_bands"):
+            model_normalization(record | {"rgb_bands": rgb}, 13, export)
 
 
 def test_polygon_requests_are_checked_before_predicting(scene, capsys):

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from conftest import build_tiny, make_tiny_dataset
 
-from engine.data.loader import ShardReadError, eval_batches, train_batches
-from engine.data.manifest import load_manifest
+from engine.data.shards.loader import ShardReadError, eval_batches, train_batches
+from engine.data.shards.manifest import load_manifest
 
 TILE = 32
 GOOD = {"descr": "|u1", "fortran_order": False, "shape": (TILE, TILE, 3)}

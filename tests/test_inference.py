@@ -15,20 +15,24 @@ import pytest
 import torch
 from torch import nn
 
-from engine.data.normalize import BandStats, Normalization
-from engine.data.raster_base import ArrayReader
+from engine.data.shards.normalize import BandStats, Normalization
+from engine.data.sources.raster_base import ArrayReader
+from engine.infer.outputs import OutputSpec
 from engine.infer.sliding import (
     InferenceError,
+    SlidingOptions,
     iter_probability_blocks,
     predict_mask,
     predict_probabilities,
     predict_raster,
+    rgb_normalization,
 )
 from engine.infer.windows import column_bands, plan_axis, tile_weights, tta_transforms
 from engine.infer.writer import PredictionWriter
 
 MEAN = (0.42, 0.47, 0.51)
 STD = (0.21, 0.23, 0.26)
+RGB = rgb_normalization(MEAN, STD)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -104,9 +108,10 @@ def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def predict(model, image, **options):
-    options.setdefault("num_classes", 5)
-    return predict_probabilities(model, image, mean=MEAN, std=STD, **options)
+def predict(model, image, num_classes=5, **options):
+    return predict_probabilities(
+        model, image, num_classes=num_classes, normalization=RGB, options=SlidingOptions(**options)
+    )
 
 
 @pytest.mark.parametrize("length", [1, 100, 512, 513, 2048, 2049, 5000])
@@ -181,7 +186,9 @@ def test_any_size_works_and_keeps_shape(height, width, tile):
     probs = predict(model, image, tile=tile, overlap=0.25, batch_size=3)
     assert probs.shape == (5, height, width)
     np.testing.assert_allclose(probs, whole_image(model, image), atol=1e-5, rtol=0)
-    mask = predict_mask(model, image, num_classes=5, mean=MEAN, std=STD, tile=tile)
+    mask = predict_mask(
+        model, image, num_classes=5, normalization=RGB, options=SlidingOptions(tile=tile)
+    )
     assert mask.shape == (height, width) and mask.dtype == np.uint8
 
 
@@ -237,8 +244,9 @@ def test_native_bands_are_normalised_per_band_with_nodata_as_zero(dtype):
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv2d(5, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
     probs = predict_probabilities(
-        model, image, num_classes=4, normalization=normalization, tile=64, overlap=0.25
-    )
+        model, image, num_classes=4, normalization=normalization,
+        options=SlidingOptions(tile=64, overlap=0.25),
+    )  # fmt: skip
     native = torch.from_numpy(image.astype(np.float64)).permute(2, 0, 1)[None]
     mean = torch.tensor([b.mean for b in bands], dtype=torch.float64).view(1, 5, 1, 1)
     std = torch.tensor([b.std for b in bands], dtype=torch.float64).view(1, 5, 1, 1)
@@ -255,8 +263,9 @@ def test_native_bands_are_normalised_per_band_with_nodata_as_zero(dtype):
     assert torch.equal(normalization(native), normalization.standardize_unit(unit))
     with pytest.raises(InferenceError, match=r"4 band\(s\).*model takes 5 \(b0, b1"):
         predict_probabilities(
-            model, image[..., :4], num_classes=4, normalization=normalization, tile=64
-        )
+            model, image[..., :4], num_classes=4, normalization=normalization,
+            options=SlidingOptions(tile=64),
+        )  # fmt: skip
 
 
 def test_bf16_autocast_runs_on_cpu():
@@ -315,12 +324,8 @@ def test_streaming_reads_strips_and_writes_rows_in_order():
         reader,
         writer,
         num_classes=5,
-        mean=MEAN,
-        std=STD,
-        tile=tile,
-        batch_size=3,
-        rows_per_block=50,
-        progress=False,
+        normalization=RGB,
+        options=SlidingOptions(tile=tile, batch_size=3, rows_per_block=50),
     )
     assert all(r1 - r0 <= tile for r0, r1, _, _ in reader.windows)  # never more than a strip
     rows = [row0 for row0, _ in writer.blocks]
@@ -335,8 +340,9 @@ def test_streaming_reads_strips_and_writes_rows_in_order():
 def test_rows_are_emitted_before_the_image_is_finished():
     image = random_image(2000, 64, seed=12)
     blocks = iter_probability_blocks(
-        pointwise_model(), image, num_classes=5, mean=MEAN, std=STD, tile=64, overlap=0.25
-    )
+        pointwise_model(), image, num_classes=5, normalization=RGB,
+        options=SlidingOptions(tile=64, overlap=0.25),
+    )  # fmt: skip
     row0, col0, probs = next(blocks)
     assert row0 == col0 == 0 and probs.shape[1] <= 64 and probs.shape[2] == 64
     blocks.close()
@@ -396,13 +402,11 @@ def test_banded_prediction_writes_the_same_files(tmp_path):
         for fmt in ("png", "tif", "cog"):
             out = tmp_path / f"{name}-{fmt}"
             reader = ArrayReader(image, nodata=0)
-            with PredictionWriter(
-                out, "x", 200, 700, palette, fmt=fmt, confidence=True,
-                probabilities=fmt != "png", overlay_reader=reader, valid_reader=reader,
-            ) as writer:  # fmt: skip
+            spec = OutputSpec(fmt=fmt, confidence=True, probabilities=fmt != "png", overlay=True)
+            with PredictionWriter(out, "x", 200, 700, palette, spec, source=reader) as writer:
                 predict_raster(
-                    model, reader, writer, num_classes=4, mean=MEAN, std=STD,
-                    tile=64, overlap=0.25, band_width=band_width, progress=False,
+                    model, reader, writer, num_classes=4, normalization=RGB,
+                    options=SlidingOptions(tile=64, overlap=0.25, band_width=band_width),
                 )  # fmt: skip
             ext = "png" if fmt == "png" else "tif"
             written = [k for k in kinds if fmt != "png" or k != "probabilities"]
@@ -442,10 +446,11 @@ def test_original_values_are_written_as_uint16_or_rgb_streamed_or_banded(tmp_pat
         for band_width in (None, 80):
             for fmt in ("png", "tif"):
                 out = tmp_path / f"{label}-{band_width}-{fmt}"
-                with PredictionWriter(out, "x", 70, 200, palette, fmt=fmt, mask_values=lut) as w:
+                spec = OutputSpec(fmt=fmt, mask_values=lut)
+                with PredictionWriter(out, "x", 70, 200, palette, spec) as w:
                     predict_raster(
-                        model, ArrayReader(image), w, num_classes=3, mean=MEAN, std=STD,
-                        tile=64, band_width=band_width, progress=False,
+                        model, ArrayReader(image), w, num_classes=3, normalization=RGB,
+                        options=SlidingOptions(tile=64, band_width=band_width),
                     )  # fmt: skip
                 path = out / f"x_mask.{fmt}"
                 written[label, band_width, fmt] = read_output(path)
@@ -467,7 +472,7 @@ def test_original_values_are_written_as_uint16_or_rgb_streamed_or_banded(tmp_pat
 
 
 def test_incomplete_banded_writes_are_an_error_and_leave_nothing(tmp_path):
-    writer = PredictionWriter(tmp_path, "x", 10, 20, ["#000000", "#FFFFFF"], fmt="tif")
+    writer = PredictionWriter(tmp_path, "x", 10, 20, ["#000000", "#FFFFFF"], OutputSpec("tif"))
     probs = np.full((2, 10, 12), 0.5, np.float32)
     writer.write(0, probs, col0=0)
     assert any(p.name.endswith(".bands") for p in tmp_path.iterdir())
@@ -475,15 +480,17 @@ def test_incomplete_banded_writes_are_an_error_and_leave_nothing(tmp_path):
         writer.close()
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="outside the 10x20 image"):
-        PredictionWriter(tmp_path, "y", 10, 20, ["#000000"], fmt="png").write(0, probs, col0=12)
+        writer = PredictionWriter(tmp_path, "y", 10, 20, ["#000000"], OutputSpec("png"))
+        writer.write(0, probs, col0=12)
 
 
 MEMORY_CHILD = textwrap.dedent(
     """
     import json, sys
     import torch
-    from engine.data.rasters import open_raster
-    from engine.infer.sliding import predict_raster
+    from engine.data.sources.rasters import open_raster
+    from engine.infer.outputs import OutputSpec
+    from engine.infer.sliding import SlidingOptions, predict_raster, rgb_normalization
     from engine.infer.writer import prediction_writer
 
     torch.manual_seed(0)
@@ -501,10 +508,11 @@ MEMORY_CHILD = textwrap.dedent(
     tile, band_width = (json.loads(sys.argv[3]) if len(sys.argv) > 3 else [1024, 16384])
     with open_raster(src) as reader:
         with prediction_writer(reader, out, ["#000000", "#FF0000", "#00FF00", "#0000FF"],
-                               fmt="tif", color=False) as writer:
-            predict_raster(model, reader, writer, num_classes=4, mean=[0.5] * 3,
-                           std=[0.25] * 3, tile=tile, overlap=0.25, batch_size=4,
-                           band_width=band_width, progress=False)
+                               OutputSpec("tif", color=False)) as writer:
+            predict_raster(model, reader, writer, num_classes=4,
+                           normalization=rgb_normalization([0.5] * 3, [0.25] * 3),
+                           options=SlidingOptions(tile=tile, overlap=0.25, batch_size=4,
+                                                  band_width=band_width))
     torch.save(model.state_dict(), out + "/model.pt")
     peak = high_water_mb()
     print(json.dumps({"peak_mb": peak, "base_mb": base,

@@ -18,13 +18,13 @@ import yaml
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from engine.data.classes import load_classes
-from engine.data.label_grid import LabelGridError
-from engine.data.loader import read_split
-from engine.data.manifest import load_manifest
-from engine.data.pairing import pair_by_glob
-from engine.data.paths import REPO_ROOT
-from engine.data.shard_builder import BuildOptions, build_shards
+from engine.data.build.builder import BuildOptions, build_shards
+from engine.data.build.label_grid import LabelGridError
+from engine.data.shards.loader import read_split
+from engine.data.shards.manifest import load_manifest
+from engine.data.sources.classes import load_classes
+from engine.data.sources.pairing import pair_by_glob
+from engine.data.sources.paths import REPO_ROOT
 
 SIZE, PIXEL = 64, 10.0
 X0, Y0 = 500_000.0, 2_800_000.0

@@ -12,7 +12,7 @@ import engine
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 450
 #: Modules every stage may import (they import nothing from engine but one another).
-SHARED = ("engine.errors", "engine.cli", "engine.jsonfile")
+SHARED = ("engine.errors", "engine.cli", "engine.jsonfile", "engine.configs")
 
 
 def _modules(package: str) -> dict[str, Path]:
@@ -90,15 +90,17 @@ def test_imports_point_down_the_stages(name):
 def test_the_scan_sees_an_upward_import(tmp_path):
     """The check above would catch a data module importing training (a relative one too)."""
     bad = tmp_path / "loader.py"
-    bad.write_text("def f():\n    from ..train.loop import train\n")
-    (module,) = {m for _, m in _imports(bad, "engine.data.loader")} - {"engine.train.loop.train"}
+    bad.write_text("def f():\n    from ...train.loop import train\n")
+    (module,) = {m for _, m in _imports(bad, "engine.data.shards.loader")} - {
+        "engine.train.loop.train"
+    }
     assert module == "engine.train.loop"
-    assert _stage(module) > _stage("engine.data.loader")
+    assert _stage(module) > _stage("engine.data.shards.loader")
 
 
 def test_no_import_cycles():
     graph = {
-        name: {m for _, m in _imports(path, name, top_level_only=True) if m in ALL and m != name}
+        name: {m for _, m in _imports(path, name) if m in ALL and m != name}
         for name, path in ALL.items()
     }
     state: dict[str, int] = {}
@@ -128,3 +130,61 @@ def test_modules_stay_small(name):
 def test_packages_say_what_they_own(name):
     doc = ast.get_docstring(ast.parse(ALL[name].read_text()))
     assert doc and len(doc.split()) >= 15, f"{name} needs a docstring saying what it owns"
+
+
+MAX_FUNCTION_LINES = 80
+#: Folders whose functions are held to MAX_FUNCTION_LINES (issue #23).
+FUNCTION_ROOTS = ("engine", "launch", "archs")
+
+
+def _long_functions(path: Path, limit: int) -> list[str]:
+    """``file:line name is N lines`` for each function of ``path`` longer than ``limit``."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1  # from `def` to the last line
+            if length > limit:
+                where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+                found.append(f"{where}:{node.lineno} {node.name} is {length} lines (> {limit})")
+    return found
+
+
+def test_functions_stay_short():
+    offenders = []
+    for root in FUNCTION_ROOTS:
+        for path in sorted((ROOT / root).rglob("*.py")):
+            offenders += _long_functions(path, MAX_FUNCTION_LINES)
+    assert not offenders, "functions longer than a screen (split them):\n" + "\n".join(offenders)
+
+
+def test_the_function_scan_sees_a_long_method(tmp_path):
+    """A method of MAX + 1 lines (``def`` included) is named; one of MAX lines is not."""
+
+    def method(name: str, lines: int) -> str:
+        return f"    def {name}(self):\n" + "".join(f"        x = {i}\n" for i in range(lines - 1))
+
+    source = tmp_path / "long.py"
+    limit = MAX_FUNCTION_LINES
+    source.write_text("class A:\n" + method("fits", limit) + method("too_long", limit + 1))
+    assert _long_functions(source, limit) == [
+        f"{source}:{limit + 2} too_long is {limit + 1} lines (> {limit})"
+    ]
+
+
+#: Inside the data stage: each sub-package imports only those before it (synthetic: sources).
+DATA_ORDER = ("processes", "sources", "shards", "build")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in ALL if n.startswith("engine.data.")))
+def test_data_subpackages_import_one_way(name):
+    parts = name.split(".")
+    own = parts[2]
+    allowed = {"synthetic": {"synthetic", "sources", "processes"}}.get(
+        own, set(DATA_ORDER[: DATA_ORDER.index(own) + 1]) if own in DATA_ORDER else set()
+    )
+    for line, module in _imports(ALL[name], name):
+        target = module.split(".")
+        if target[:2] == ["engine", "data"] and len(target) > 2:
+            where = f"{ALL[name].relative_to(ROOT)}:{line} imports {module}"
+            assert target[2] in allowed, f"{where}: engine.data.{own} may import {sorted(allowed)}"

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import build_tiny, make_tiny_dataset
 
-from engine.data.loader import (
+from engine.data.shards.loader import (
     Codecs,
     eval_batches,
     eval_steps,
@@ -20,7 +20,7 @@ from engine.data.loader import (
     read_samples,
     train_batches,
 )
-from engine.data.manifest import load_manifest
+from engine.data.shards.manifest import load_manifest
 
 
 def free_port() -> int:
@@ -132,7 +132,7 @@ def test_corrupt_or_missing_members_name_the_shard_and_sample(tmp_path):
     import io
     import tarfile
 
-    from engine.data.loader import ShardReadError
+    from engine.data.shards.loader import ShardReadError
 
     build_tiny(make_tiny_dataset(tmp_path / "d"), tmp_path / "s", val=0, test=0)
     manifest = load_manifest(tmp_path / "s")
@@ -227,7 +227,7 @@ def test_direct_reads_reject_damaged_members_naming_shard_and_sample(tmp_path):
 
     import numpy as np
 
-    from engine.data.loader import ShardReadError
+    from engine.data.shards.loader import ShardReadError
 
     build_tiny(make_tiny_dataset(tmp_path / "d"), tmp_path / "s", val=0, test=0)
     manifest = load_manifest(tmp_path / "s")

@@ -256,3 +256,15 @@ def test_class_weights_from_pixels():
         class_weights_from_pixels(pixels, "log")
     with pytest.raises(ValueError):
         class_weights_from_pixels([0, 0])
+
+
+def test_losses_are_registered_like_architectures():
+    from engine.train.loss_factory import is_multitask_spec, list_losses, register_loss
+
+    assert list_losses() == ["ce", "dice", "multitask", "tanimoto"]
+    assert is_multitask_spec("multitask") and is_multitask_spec({"name": "multitask", "eps": 1})
+    assert not is_multitask_spec("ce+dice")
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss("cross_entropy")(lambda *a: None)
+    with pytest.raises(ValueError, match="unknown loss 'focal'"):
+        build_loss("ce+focal", 3)

@@ -9,8 +9,8 @@ import yaml
 from conftest import REPO
 from PIL import Image
 
-from engine.data.classes import DEFAULT_PALETTE, classes_from_dict, format_color
-from engine.data.mask_inspect import (
+from engine.data.sources.classes import DEFAULT_PALETTE, classes_from_dict, format_color
+from engine.data.sources.mask_inspect import (
     draft_classes_yaml,
     inspect_masks,
     min_color_distance,
@@ -129,7 +129,7 @@ def test_signed_16_bit_tiff_masks_are_counted_and_drafted(tmp_path):
 
 
 def test_real_sentinel2_label_is_inspected_with_its_no_data_value():
-    from engine.data.paths import multispectral_dataset_dir
+    from engine.data.sources.paths import multispectral_dataset_dir
 
     labels = sorted((multispectral_dataset_dir() / "sen1floods11" / "Labels").glob("*.tif"))
     assert labels, "the multispectral sample data is missing (see its PROVENANCE.md)"

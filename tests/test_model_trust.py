@@ -89,6 +89,16 @@ def test_a_model_registered_with_an_undeclared_option_is_a_bug_caught_at_import(
     assert not archs.is_model("toy")
 
 
+@pytest.mark.parametrize("kind", [int, float, str])
+def test_a_number_or_name_option_without_a_range_is_a_declaration_bug(kind):
+    with pytest.raises(ValueError, match=rf"Option\({kind.__name__}\) needs low and high"):
+        archs.Option(kind)
+    with pytest.raises(ValueError, match="needs low and high"):
+        archs.Option(kind, 1)
+    assert archs.Option(kind, choices=(1,)).choices == (1,)
+    assert archs.Option(bool).low is None
+
+
 def test_every_shipped_config_passes_the_declarations():
     configs = sorted((REPO / "launch" / "configs").rglob("*.yaml"))
     checked = 0

@@ -1,6 +1,6 @@
 """Training on N-band shards at native precision (format version 3), written by hand here.
 
-The shards follow shards/README.md and engine/data/manifest.py without the builder: tars of
+The shards follow shards/README.md and engine/data/shards/manifest.py without the builder: tars of
 ``KEY.image.npy`` (``tile x tile x C`` in the band dtype), ``KEY.mask.npy`` (uint8, 255 =
 ignore) and ``KEY.meta.json``, and a version 3 ``dataset.json`` with per-band records.
 """
@@ -215,15 +215,13 @@ def test_multitask_model_without_rgb_bands_is_a_one_line_error(tmp_path):
 
 def test_a_model_of_other_bands_is_refused_by_evaluation(tmp_path):
     import archs
-    from engine.data.manifest import load_manifest
-    from engine.evaluate.shard_eval import BandCountError, evaluate_split
+    from engine.data.shards.manifest import load_manifest
+    from engine.evaluate.shard_eval import BandCountError, EvalSettings, evaluate_split
 
     shards = write_v3_shards(tmp_path / "shards", "uint16", 5, counts={"train": 1, "val": 1})
     rgb_model = archs.create_model("unet", 2, 3, base_width=4, depth=2)
     with pytest.raises(BandCountError) as info:
-        evaluate_split(
-            rgb_model, load_manifest(shards), "val", batch_size=1, device=torch.device("cpu")
-        )
+        evaluate_split(rgb_model, load_manifest(shards), "val", EvalSettings(batch_size=1))
     message = str(info.value)
     assert "takes 3 input bands" in message and "has 5 (B1, B2, B3, B4, B5)" in message
     assert str(shards / "dataset.json") in message and "\n" not in message
@@ -231,7 +229,7 @@ def test_a_model_of_other_bands_is_refused_by_evaluation(tmp_path):
 
 def test_panel_pictures_show_the_rgb_bands_stretched(tmp_path):
     """Validation panels draw each kept tile with engine.render.colors.display_rgb."""
-    from engine.data.normalize import BandStats, Normalization
+    from engine.data.shards.normalize import BandStats, Normalization
     from engine.render.colors import display_rgb
 
     bands = tuple(

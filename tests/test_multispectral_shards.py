@@ -20,15 +20,15 @@ import rasterio
 import torch
 import yaml
 
-from engine.data.band_stats import BandAccumulator, tile_sums
-from engine.data.build_output import BuildError
-from engine.data.classes import ClassesError, load_classes
-from engine.data.loader import eval_batches, read_split, train_batches
-from engine.data.manifest import load_manifest
-from engine.data.pairing import pair_by_glob
-from engine.data.paths import REPO_ROOT, multispectral_dataset_dir
-from engine.data.shard_builder import BuildOptions, build_shards
-from engine.data.shard_store import ShardReadError
+from engine.data.build.builder import BuildOptions, build_shards
+from engine.data.build.output import BuildError
+from engine.data.build.statistics import BandAccumulator, tile_sums
+from engine.data.shards.loader import eval_batches, read_split, train_batches
+from engine.data.shards.manifest import load_manifest
+from engine.data.shards.store import ShardReadError
+from engine.data.sources.classes import ClassesError, load_classes
+from engine.data.sources.pairing import pair_by_glob
+from engine.data.sources.paths import REPO_ROOT, multispectral_dataset_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 S2_BANDS = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]

@@ -7,7 +7,7 @@ import pytest
 from conftest import make_tiny_dataset
 from PIL import Image
 
-from engine.data.pairing import PairingError, pair_by_glob, pair_from_csv
+from engine.data.sources.pairing import PairingError, pair_by_glob, pair_from_csv
 
 
 def png(path, value=0):

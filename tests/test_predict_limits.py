@@ -20,22 +20,12 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from conftest import RGB_MANIFEST as MANIFEST
 
 from engine.infer.limits import disk_need
-from engine.infer.outputs import output_paths, temporary_paths
+from engine.infer.outputs import OutputSpec, output_paths, temporary_paths
 
 REPO = Path(__file__).resolve().parents[1]
-MANIFEST = {
-    "classes": [
-        {"name": "water", "color": "#1E64E6"},
-        {"name": "land", "color": "#A88C64"},
-        {"name": "road", "color": "#E632C8"},
-    ],
-    "ignore_index": 255,
-    "mean": [0.45, 0.5, 0.4],
-    "std": [0.2, 0.21, 0.22],
-    "tile_size": 64,
-}
 HUGE_VRT = """<VRTDataset rasterXSize="{size}" rasterYSize="{size}">
   <VRTRasterBand dataType="Byte" band="1"/>
   <VRTRasterBand dataType="Byte" band="2"/>
@@ -182,12 +172,13 @@ def test_temporary_names_cover_what_the_writer_stages(tmp_path):
     from engine.infer.writer import PredictionWriter
 
     palette = [(0, 0, 0), (9, 9, 9)]
-    writer = PredictionWriter(tmp_path, "s", 8, 8, palette, fmt="cog", confidence=True)
+    spec = OutputSpec("cog", confidence=True)
+    writer = PredictionWriter(tmp_path, "s", 8, 8, palette, spec)
     probs = np.full((2, 8, 4), 0.5, np.float32)
     writer.write(0, probs, 0)  # a column block: staged
     made = {p.name for p in tmp_path.iterdir()}
     writer.abort()
-    outputs = output_paths(tmp_path, "s", "cog", confidence=True)
+    outputs = output_paths(tmp_path, "s", spec)
     assert made <= {p.name for p in temporary_paths(outputs, "s")}
     assert {"s_mask.tif.partial", "s_mask.tif.bands", "s_valid.bands"} <= made
     assert not list(tmp_path.iterdir())

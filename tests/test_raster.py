@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.data.raster_base import RasterError
-from engine.data.rasters import open_raster, read_index_mask
+from engine.data.sources.raster_base import RasterError
+from engine.data.sources.rasters import open_raster, read_index_mask
 from engine.evaluate.folder_eval import FolderEvalError, evaluate_folders, pair_folders
+from engine.infer.outputs import OutputSpec
 from engine.infer.writer import PredictionWriter, prediction_writer
 
 PALETTE = ["#FF0000", "#00FF00", "#0000FF", "#FFFF00"]
@@ -70,7 +71,7 @@ def test_tiff_windows_match_the_array(tmp_path, rgb, layout):
     path = write_tiff(tmp_path / f"{layout}.tif", rgb, photometric="RGB", **TIFF_LAYOUTS[layout])
     with open_raster(path) as reader:
         assert reader.shape == (300, 470, 3)
-        assert reader.is_tiff and reader.profile["backend"] == "rasterio"
+        assert reader.is_gdal and reader.profile["backend"] == "rasterio"
         assert reader.band_names == ["red", "green", "blue"]
         np.testing.assert_array_equal(reader.read(17, 250, 33, 401), rgb[17:250, 33:401])
         np.testing.assert_array_equal(reader.read(0, 300, 0, 470), rgb)
@@ -138,7 +139,7 @@ def test_truncated_tiff_is_a_named_error_at_read(tmp_path, rgb):
 def test_pil_formats(tmp_path, rgb):
     Image.fromarray(rgb).save(tmp_path / "a.png")
     with open_raster(tmp_path / "a.png") as reader:
-        assert reader.profile["backend"] == "pil" and not reader.is_tiff
+        assert reader.profile["backend"] == "pil" and not reader.is_gdal
         np.testing.assert_array_equal(reader.read(5, 50, 7, 70), rgb[5:50, 7:70])
     rgba = np.concatenate([rgb, np.full((300, 470, 1), 255, np.uint8)], axis=-1)
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
@@ -188,10 +189,7 @@ def test_writer_outputs_are_exact(tmp_path, rgb, fmt):
             reader,
             tmp_path / "out",
             PALETTE,
-            fmt=fmt,
-            confidence=True,
-            overlay=True,
-            overlay_alpha=0.4,
+            OutputSpec(fmt=fmt, confidence=True, overlay=True, overlay_alpha=0.4),
         )
         paths = _write_all(writer, probs, 97)
     assert sorted(paths) == ["color", "confidence", "mask", "overlay"]
@@ -212,7 +210,7 @@ def test_writer_outputs_are_exact(tmp_path, rgb, fmt):
 
 def test_writer_order_and_completeness_are_checked(tmp_path):
     probs = _probs(300, 200)
-    writer = PredictionWriter(tmp_path, "x", 300, 200, PALETTE, fmt="tif")
+    writer = PredictionWriter(tmp_path, "x", 300, 200, PALETTE, OutputSpec("tif"))
     with pytest.raises(ValueError, match="in order"):
         writer.write(10, probs[:, 10:20])
     writer.write(0, probs[:, :100])
@@ -220,7 +218,7 @@ def test_writer_order_and_completeness_are_checked(tmp_path):
         writer.close()
     assert not list(tmp_path.iterdir())  # partial outputs removed
     with pytest.raises(KeyError):
-        with PredictionWriter(tmp_path, "y", 300, 200, PALETTE, fmt="tif") as writer:
+        with PredictionWriter(tmp_path, "y", 300, 200, PALETTE, OutputSpec("tif")) as writer:
             writer.write(0, probs[:, :100])
             raise KeyError("boom")
     assert not list(tmp_path.iterdir())
@@ -259,7 +257,7 @@ def test_geotiff_crs_and_transform_are_kept(tmp_path, rgb):
 def test_end_to_end_tiff_prediction_keeps_size(tmp_path):
     import torch
 
-    from engine.infer.sliding import predict_raster
+    from engine.infer.sliding import SlidingOptions, predict_raster, rgb_normalization
 
     image = np.random.default_rng(2).integers(0, 256, (333, 517, 3), dtype=np.uint8)
     source = tmp_path / "scene.tif"
@@ -274,10 +272,8 @@ def test_end_to_end_tiff_prediction_keeps_size(tmp_path):
                 reader,
                 writer,
                 num_classes=4,
-                mean=[0.5] * 3,
-                std=[0.25] * 3,
-                tile=128,
-                progress=False,
+                normalization=rgb_normalization([0.5] * 3, [0.25] * 3),
+                options=SlidingOptions(tile=128),
             )
     mask = read_index_mask(writer.paths["mask"])
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0

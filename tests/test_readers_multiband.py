@@ -7,9 +7,9 @@ import pytest
 import rasterio
 from affine import Affine
 
-from engine.data.paths import multispectral_dataset_dir
-from engine.data.raster_base import ArrayReader, RasterError
-from engine.data.rasters import open_raster
+from engine.data.sources.paths import multispectral_dataset_dir
+from engine.data.sources.raster_base import ArrayReader, RasterError
+from engine.data.sources.rasters import open_raster
 
 S2_NAMES = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
 TRANSFORM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4200000.0)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from servers_faulty import FaultyServer
 
-from engine.data import remote_stream
-from engine.data.loader import eval_batches, read_split, train_batches
-from engine.data.manifest import Manifest, load_manifest
-from engine.data.shard_store import (
+from engine.data.shards import remote_stream
+from engine.data.shards.loader import eval_batches, read_split, train_batches
+from engine.data.shards.manifest import Manifest, load_manifest
+from engine.data.shards.store import (
     RetryingReader,
     ShardDigest,
     ShardReadError,

@@ -18,9 +18,9 @@ from servers import QuietHandler as _Quiet
 from servers import moto_s3
 from servers import serve as _serve
 
-from engine.data.loader import read_sample, read_split
-from engine.data.manifest import ManifestError, load_manifest
-from engine.data.shard_store import ShardStoreError, ShardUrl, filesystem
+from engine.data.shards.loader import read_sample, read_split
+from engine.data.shards.manifest import ManifestError, load_manifest
+from engine.data.shards.store import ShardStoreError, ShardUrl, filesystem
 from engine.errors import UserError
 
 FAST_RETRIES = {"TERRASEG_SHARD_RETRIES": "2", "TERRASEG_SHARD_BACKOFF": "0.05"}
@@ -102,7 +102,7 @@ def _samples(manifest, split: str) -> list[tuple[str, bytes, bytes]]:
 
 
 def test_eval_from_http_matches_the_local_folder_exactly_once(synthetic_shards, http_shards):
-    from engine.evaluate.shard_eval import evaluate_split
+    from engine.evaluate.shard_eval import EvalSettings, evaluate_split
 
     local, remote = load_manifest(synthetic_shards), load_manifest(http_shards)
     assert isinstance(remote.root, ShardUrl) and remote.data == local.data
@@ -110,9 +110,7 @@ def test_eval_from_http_matches_the_local_folder_exactly_once(synthetic_shards, 
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, local.num_classes, 3, padding=1)
     results = [
-        evaluate_split(
-            model, m, "val", batch_size=4, device=torch.device("cpu"), num_workers=2
-        ).confusion
+        evaluate_split(model, m, "val", EvalSettings(batch_size=4, num_workers=2)).confusion
         for m in (local, remote)
     ]
     assert int(results[0].sum()) > 0
@@ -282,7 +280,7 @@ def test_two_ranks_train_from_s3_in_lockstep(synthetic_shards, tmp_path, s3_endp
 
 
 def test_s3_missing_key_is_not_found_at_once(s3_endpoint, fast_retries, tmp_path, monkeypatch):
-    from engine.data.shard_store import read_bytes, tar_members
+    from engine.data.shards.store import read_bytes, tar_members
 
     url = "s3://shards/absent/train-000000.tar"
     with pytest.raises(ShardStoreError, match=rf"^{url}: not found$"):
@@ -293,7 +291,7 @@ def test_s3_missing_key_is_not_found_at_once(s3_endpoint, fast_retries, tmp_path
 
 
 def test_s3_object_replaced_mid_read_fails_on_the_conditional_reopen(s3_endpoint, fast_retries):
-    from engine.data.shard_store import RetryingReader, ShardReadError
+    from engine.data.shards.store import RetryingReader, ShardReadError
 
     fs = filesystem("s3://shards")
     url = "s3://shards/changing/train-000000.tar"

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from engine.render.colors import ERROR_COLORS, class_info, colorize, error_map, hex_to_rgb, overlay
-from engine.render.figures import confusion_heatmap, legend_image, mask_figure, panel
+from engine.render.figures import Display, confusion_heatmap, legend_image, mask_figure, panel
 from engine.render.history_plots import plot_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +82,9 @@ def _scene(height=120, width=160):
 def test_panel_is_written_with_expected_size(tmp_path):
     image, truth, pred = _scene()
     path = tmp_path / "panel.png"
-    pixels = panel(image, truth, pred, NAMES, PALETTE, path, title="val 0", dpi=100)
+    pixels = panel(
+        image, truth, pred, NAMES, PALETTE, path, title="val 0", display=Display(dpi=100)
+    )
     width, height = png_size(path)
     assert (width, height) == (1600, pixels.shape[0])  # four 4-inch panels at 100 dpi
     assert path.stat().st_size > 10_000
@@ -173,7 +175,7 @@ def test_plot_history_skips_absent_columns(tmp_path):
 
 
 def test_class_info_from_manifest_and_classes_file(tmp_path):
-    from engine.data.classes import classes_from_dict
+    from engine.data.sources.classes import classes_from_dict
 
     manifest = {"classes": [{"name": n, "color": c} for n, c in zip(NAMES, PALETTE)]}
     assert class_info(manifest) == (NAMES, PALETTE)
@@ -201,9 +203,9 @@ def _run_script(monkeypatch, name: str, argv: list[str]) -> int:
 
 @pytest.mark.slow
 def test_show_script_renders_a_shard_sample_and_masks(tmp_path, monkeypatch):
-    from engine.data.classes import load_classes
-    from engine.data.pairing import pair_by_glob
-    from engine.data.shard_builder import BuildOptions, build_shards
+    from engine.data.build.builder import BuildOptions, build_shards
+    from engine.data.sources.classes import load_classes
+    from engine.data.sources.pairing import pair_by_glob
     from engine.data.synthetic.scenes import write_dataset
 
     data = write_dataset(
@@ -290,6 +292,31 @@ def test_plot_history_script(tmp_path, monkeypatch):
         "confusion_val.png", "history.csv", "loss.png", "metrics.json"
     ]  # fmt: skip
     assert _run_script(monkeypatch, "plot_history", [str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("metrics", "warning"),
+    [
+        ([[5, 1], [2, 7]], "metrics.json: not a JSON object; no heatmap"),
+        ({"val": {"confusion_matrix": [[5, "x"], [2, 7]]}}, "val matrix is not square"),
+        ({"val": {"confusion_matrix": [[5, 1]]}}, "val matrix is not square"),
+        ({"confusion_matrix": [[5, 1], [2, 7]], "per_class": 5}, None),
+        ({"confusion_matrix": [[5, 1], [2, 7]], "per_class": [{"name": 1}, {"name": 2}]}, None),
+    ],
+)
+def test_plot_history_script_survives_odd_metrics(tmp_path, monkeypatch, capsys, metrics, warning):
+    run = tmp_path / "run"
+    run.mkdir()
+    _write_history(
+        run / "history.csv", ["step", "split", "loss"], [{"step": 0, "split": "train", "loss": 1.0}]
+    )
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert _run_script(monkeypatch, "plot_history", [str(run)]) == 0
+    err = capsys.readouterr().err
+    if warning is None:
+        assert (run / "confusion_metrics.png").is_file() and "warning" not in err
+    else:
+        assert warning in err and not list(run.glob("confusion_*.png"))
 
 
 def test_per_class_iou_uses_the_palette_and_best_rows_are_stars(tmp_path):

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.data.normalize import BandStats, Normalization
-from engine.data.paths import multispectral_dataset_dir
+from engine.data.shards.normalize import BandStats, Normalization
+from engine.data.sources.paths import multispectral_dataset_dir
 from engine.errors import UserError
 from engine.render.colors import RenderError, display_rgb, image_normalization
-from engine.render.figures import mask_figure, panel
+from engine.render.figures import Display, mask_figure, panel
 
 REPO = Path(__file__).resolve().parents[1]
 S2 = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
@@ -113,11 +113,10 @@ def test_version2_uint8_pictures_are_the_stored_pixels(tmp_path):
     np.testing.assert_array_equal(display_rgb(image, normalization), hwc)
     np.testing.assert_array_equal(display_rgb(image), hwc)  # no manifest: uint8 RGB as it is
     truth = (np.arange(256).reshape(16, 16) % 2).astype(np.uint8)
-    native = panel(
-        torch.from_numpy(image), truth, 1 - truth, NAMES, PALETTE, normalization=normalization
-    )
+    display = Display(normalization=normalization)
+    native = panel(torch.from_numpy(image), truth, 1 - truth, NAMES, PALETTE, display=display)
     np.testing.assert_array_equal(native, panel(hwc, truth, 1 - truth, NAMES, PALETTE))
-    overlaid = mask_figure(truth, NAMES, PALETTE, image=image, normalization=normalization)
+    overlaid = mask_figure(truth, NAMES, PALETTE, image=image, display=display)
     np.testing.assert_array_equal(overlaid, mask_figure(truth, NAMES, PALETTE, image=hwc))
 
 
@@ -174,11 +173,11 @@ def _pixels(path: Path) -> np.ndarray:
 
 @pytest.mark.slow
 def test_show_draws_shards_with_the_manifests_bands(tmp_path, monkeypatch, capsys):
-    from engine.data.classes import load_classes
-    from engine.data.loader import read_sample
-    from engine.data.manifest import load_manifest
-    from engine.data.pairing import pair_by_glob
-    from engine.data.shard_builder import BuildOptions, build_shards
+    from engine.data.build.builder import BuildOptions, build_shards
+    from engine.data.shards.loader import read_sample
+    from engine.data.shards.manifest import load_manifest
+    from engine.data.sources.classes import load_classes
+    from engine.data.sources.pairing import pair_by_glob
     from engine.data.synthetic.scenes import write_dataset
 
     data = write_dataset(

@@ -12,15 +12,16 @@ from conftest import make_tiny_dataset as make_dataset
 from conftest import write_pair
 from PIL import Image
 
-from engine.data.build_output import BuildError
-from engine.data.classes import ClassesError, classes_from_dict, load_classes
-from engine.data.imageio import ImageReadError, decode_image
-from engine.data.loader import Codecs, read_samples
-from engine.data.manifest import ManifestError, load_manifest
-from engine.data.pairing import PairingError, pair_by_glob, pair_from_csv
-from engine.data.shard_builder import BuildOptions, build_shards
-from engine.data.splits import split_groups
-from engine.data.tiling import tile_windows, train_window_start
+from engine.data.build.builder import BuildOptions, build_shards
+from engine.data.build.output import BuildError
+from engine.data.build.splits import split_groups
+from engine.data.build.tiling import tile_windows, train_window_start
+from engine.data.shards.codecs import decode_image
+from engine.data.shards.loader import Codecs, read_samples
+from engine.data.shards.manifest import ManifestError, load_manifest
+from engine.data.sources.classes import ClassesError, classes_from_dict, load_classes
+from engine.data.sources.pairing import PairingError, pair_by_glob, pair_from_csv
+from engine.data.sources.pictures import ImageReadError
 
 
 def read_members(tar_path: Path) -> dict[str, bytes]:
@@ -385,6 +386,15 @@ def test_classes_file_errors(tmp_path):
         }
     )
     assert index.lookup == {1: 0, 2: 0, 0: 255} and index.classes[0].color.startswith("#")
+
+
+@pytest.mark.parametrize("raw", [3.5, True, None, [1]])
+def test_an_index_value_that_is_not_a_whole_number_is_refused(raw):
+    entry = {"name": "a", "value": [raw]}
+    with pytest.raises(ClassesError, match=r"classes\[0\]: bad value .* for encoding 'index'"):
+        classes_from_dict({"encoding": "index", "classes": [entry]})
+    same = classes_from_dict({"encoding": "index", "classes": [{"name": "a", "value": [3.0, "4"]}]})
+    assert same.lookup == {3: 0, 4: 0}
 
 
 def test_manifest_records_the_source_values_for_predictions_in_original_values(tmp_path):

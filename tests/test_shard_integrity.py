@@ -13,8 +13,8 @@ import pytest
 from conftest import build_tiny, make_tiny_dataset
 from servers import QuietHandler, moto_s3, served
 
-from engine.data.manifest import ManifestError, load_manifest, shard_name
-from engine.data.shard_upload import _SHARD_NAME
+from engine.data.build.upload import _SHARD_NAME
+from engine.data.shards.manifest import ManifestError, load_manifest, shard_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -272,10 +272,10 @@ def test_verify_over_http_and_of_a_build_uploaded_to_s3(shards, tmp_path, capsys
         code, lines, err = _verify(capsys, f"{url}/shards")
     assert code == 0 and not err and lines[0].startswith("ok train-000000.tar (train) sha256 ")
     with moto_s3():
-        build_tiny(make_tiny_dataset(tmp_path / "data"), "s3://shards/tiny")
-        code, lines, err = _verify(capsys, "s3://shards/tiny")
+        build_tiny(make_tiny_dataset(tmp_path / "data"), "s3://shards/verified")
+        code, lines, err = _verify(capsys, "s3://shards/verified")
         assert code == 0 and "error" not in err  # (moto logs its requests on stderr)
-        assert lines[-1].endswith("shards match s3://shards/tiny")
+        assert lines[-1].endswith("shards match s3://shards/verified")
         assert len(lines) > 3
 
 

@@ -12,20 +12,20 @@ import pytest
 from conftest import REPO, build_tiny, make_tiny_dataset
 from PIL import Image
 
-from engine.data.build_warnings import (
+from engine.data.build.advice import (
     coverage_warnings,
     fitting_tile,
     padding_share,
     padding_warnings,
 )
-from engine.data.manifest import load_manifest
-from engine.data.splits import (
+from engine.data.build.splits import (
     SplitBy,
     SplitError,
     parse_split_by,
     split_groups,
     suggest_block_tiles,
 )
+from engine.data.shards.manifest import load_manifest
 
 
 def tile_splits(out) -> dict[tuple[str, int, int], str]:

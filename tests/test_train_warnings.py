@@ -8,7 +8,7 @@ import shutil
 import pytest
 from conftest import REPO, build_scene_shards, tiny_args, tiny_config
 
-from engine.data.manifest import load_manifest
+from engine.data.shards.manifest import load_manifest
 from engine.train.config import ConfigError, load_config
 from engine.train.loop import train
 from engine.train.preflight import data_warnings

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from conftest import REPO, tiny_args, tiny_config
 from torch import nn
 
-from engine.data.manifest import load_manifest
+from engine.data.shards.manifest import load_manifest
 from engine.evaluate.shard_eval import evaluate_split
 from engine.train.checkpoint import find_latest, list_checkpoints, read_state
 from engine.train.export import load_exported
@@ -57,9 +57,7 @@ def test_run_directory_contract(synthetic_shards, tmp_path):
     # The exported best model loads without accelerate and reproduces the reported test scores.
     exported = load_exported(run)
     manifest = load_manifest(synthetic_shards)
-    scores = evaluate_split(
-        exported.model, manifest, "test", batch_size=4, device=torch.device("cpu")
-    )
+    scores = evaluate_split(exported.model, manifest, "test")
     assert scores.metrics.miou == pytest.approx(metrics["miou"], abs=1e-12)
     assert metrics["best_step"] in (4, 8) and result.model.training
     assert list((run / "wandb").glob("offline-run-*")), "wandb offline run not written"

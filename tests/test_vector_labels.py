@@ -13,11 +13,11 @@ import shapely
 import shapely.geometry
 from rasterio.transform import from_origin
 
-from engine.data.classes import ClassesError, classes_from_dict
-from engine.data.imageio import TRANSPARENT
-from engine.data.pairing import PairingError, pairs_from_vector
-from engine.data.paths import multispectral_dataset_dir
-from engine.data.vector_labels import VectorLabelError, VectorLabels
+from engine.data.sources.classes import ClassesError, classes_from_dict
+from engine.data.sources.imageio import TRANSPARENT
+from engine.data.sources.pairing import PairingError, pairs_from_vector
+from engine.data.sources.paths import multispectral_dataset_dir
+from engine.data.sources.vector_labels import VectorLabelError, VectorLabels
 from engine.errors import UserError
 
 UTM = "EPSG:32633"
@@ -309,8 +309,8 @@ def test_build_shards_from_a_vector_file_matches_rasterio(tmp_path):
 
     import yaml
 
-    from engine.data.loader import read_split
-    from engine.data.manifest import load_manifest
+    from engine.data.shards.loader import read_split
+    from engine.data.shards.manifest import load_manifest
 
     root = Path(__file__).resolve().parents[1]
     for scene in ("a", "b", "c"):

@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import signal
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -55,7 +55,7 @@ def _kill(executor: ProcessPoolExecutor) -> None:
     executor.shutdown(wait=True, cancel_futures=True)
 
 
-def parallel_map(function: Callable, jobs: Iterable, workers: int) -> Iterator:
+def parallel_map(function: Callable, jobs: Iterable, workers: int) -> Generator:
     """``map(function, jobs)`` in order over ``workers`` worker processes (1: in process).
 
     At most ``2 * workers`` jobs are in flight, so results are not piled up in memory

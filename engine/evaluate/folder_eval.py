@@ -12,7 +12,6 @@ uint8, so a 20000x20000 pair needs ~0.8 GB).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,13 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.data.classes import IGNORE_INDEX, ClassesFile, load_classes
-from engine.data.imageio import read_mask_values
-from engine.data.rasters import read_index_mask
+from engine.data.sources.classes import IGNORE_INDEX, ClassesFile, load_classes
+from engine.data.sources.formats import is_raster
+from engine.data.sources.imageio import read_mask_values
+from engine.data.sources.rasters import read_index_mask
 from engine.errors import UserError
 from engine.evaluate.metrics import ConfusionMatrix
+from engine.jsonfile import read_json
 
-MASK_SUFFIXES = {".png", ".tif", ".tiff", ".bmp"}
 log = logging.getLogger(__name__)
 
 
@@ -76,12 +76,10 @@ def pair_folders(pred_dir: str | Path, mask_dir: str | Path, recursive: bool = F
         if not folder.is_dir():
             raise FolderEvalError(f"{folder}: folder not found")
     pattern = "**/*" if recursive else "*"
-    preds = [p for p in pred_dir.glob(pattern) if p.suffix.lower() in MASK_SUFFIXES and p.is_file()]
+    preds = [p for p in pred_dir.glob(pattern) if is_raster(p) and p.is_file()]
     if any(p.stem.endswith("_mask") for p in preds):
         preds = [p for p in preds if p.stem.endswith("_mask")]
-    truths = [
-        p for p in mask_dir.glob(pattern) if p.suffix.lower() in MASK_SUFFIXES and p.is_file()
-    ]
+    truths = [p for p in mask_dir.glob(pattern) if is_raster(p) and p.is_file()]
     pred_index, truth_index = _index(preds, pred_dir), _index(truths, mask_dir)
     pairs = [(k, pred_index[k], truth_index[k]) for k in sorted(pred_index) if k in truth_index]
     return Pairing(
@@ -101,8 +99,8 @@ def _num_classes(num_classes: int | None, manifest: Any, classes: ClassesFile | 
             path = Path(manifest)
             path = path / "dataset.json" if path.is_dir() else path
             try:
-                manifest = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as error:
+                manifest = read_json(path)
+            except OSError as error:
                 raise FolderEvalError(f"{path}: cannot read the manifest ({error})") from error
         if not isinstance(manifest, dict) or not manifest.get("classes"):
             raise FolderEvalError("the manifest has no 'classes' list")

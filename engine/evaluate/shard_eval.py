@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from archs import segmentation_logits, unwrap_model
-from engine.data.loader import eval_batches
-from engine.data.manifest import Manifest
-from engine.data.normalize import normalize
+from engine.data.shards.loader import eval_batches
+from engine.data.shards.manifest import Manifest
+from engine.data.shards.normalize import normalize
 from engine.errors import UserError
 from engine.evaluate.metrics import ConfusionMatrix, SegmentationMetrics
 from engine.render.colors import display_rgb
@@ -144,6 +144,7 @@ def forward_logits(
             if logits is None:
                 logits = part.new_empty((*part.shape[:2], height, width))
             logits[..., top : top + part.shape[-2], left : left + part.shape[-1]] = part
+    assert logits is not None, "_window_starts gives every axis at least one window"
     return logits
 
 
@@ -156,19 +157,66 @@ def _padded_logits(model: nn.Module, images: torch.Tensor, channels_last: bool) 
     return segmentation_logits(model(images))[..., :height, :width]
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a split is read and run: batches, loader workers, ranks, device and precision.
+
+    Attributes:
+        batch_size: Tiles per batch per rank.
+        device: Where to run; None: where the model's parameters are (the CPU without any).
+        num_workers: Loader workers per rank.
+        rank: This process's rank.
+        world_size: Number of processes.
+        autocast_dtype: ``torch.bfloat16``/``torch.float16`` for mixed precision, or None.
+        channels_last: Feed channels-last tensors.
+    """
+
+    batch_size: int = 4
+    device: torch.device | None = None
+    num_workers: int = 2
+    rank: int = 0
+    world_size: int = 1
+    autocast_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def device_for(self, model: nn.Module) -> torch.device:
+        """:attr:`device`, else the device of the model's first parameter, else the CPU."""
+        if self.device is not None:
+            return self.device
+        parameter = next(iter(model.parameters()), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Mixed precision on ``device`` when :attr:`autocast_dtype` asks for it."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+
+def _examples(batch, prediction: torch.Tensor, normalization, wanted: int) -> list[Example]:
+    """The first ``wanted`` tiles of a batch (at most all of them) as panel examples."""
+    wanted = min(wanted, len(batch.keys))
+    if wanted <= 0:
+        return []
+    pictures = [display_rgb(image, normalization) for image in batch.images[:wanted]]
+    return [
+        Example(
+            batch.keys[index],
+            pictures[index],
+            batch.masks[index].numpy(),
+            prediction[index].to(torch.uint8).cpu().numpy(),
+        )
+        for index in range(wanted)
+    ]
+
+
 @torch.no_grad()
 def evaluate_split(
     model: nn.Module,
     manifest: Manifest,
     split: str,
+    settings: EvalSettings | None = None,
     *,
-    batch_size: int,
-    device: torch.device,
-    num_workers: int = 2,
-    rank: int = 0,
-    world_size: int = 1,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
     examples: int = 0,
     train_crop: int | None = None,
 ) -> EvalResult:
@@ -181,13 +229,8 @@ def evaluate_split(
         model: Returns logits (a tensor or a multitask output).
         manifest: The shard manifest (normalisation, classes, splits).
         split: Split name.
-        batch_size: Tiles per batch per rank.
-        device: Where to run.
-        num_workers: Loader workers per rank.
-        rank: This process's rank.
-        world_size: Number of processes.
-        autocast_dtype: ``torch.bfloat16``/``torch.float16`` for mixed precision, or None.
-        channels_last: Feed channels-last tensors.
+        settings: Batches, workers, ranks, device and precision (default
+            :class:`EvalSettings`: one process, on the model's device, full precision).
         examples: How many tiles to keep for panels (from this rank's first batches).
         train_crop: The crop the model was trained on: a network whose output depends on
             its input's extent sees windows of it (:func:`context_window`).
@@ -197,6 +240,8 @@ def evaluate_split(
             manifest lists.
         BandCountError: when the model takes another number of bands than the manifest has.
     """
+    settings = settings or EvalSettings()
+    device = settings.device_for(model)
     channels = getattr(unwrap_model(model), "in_channels", None)
     if isinstance(channels, int):
         check_band_count(channels, manifest)
@@ -207,34 +252,22 @@ def evaluate_split(
     )
     kept: list[Example] = []
     normalization = manifest.normalization
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
+    autocast = settings.autocast(device)
     for batch in eval_batches(
-        manifest, split, batch_size, rank=rank, world_size=world_size, num_workers=num_workers
-    ):
+        manifest, split, settings.batch_size, rank=settings.rank,
+        world_size=settings.world_size, num_workers=settings.num_workers,
+    ):  # fmt: skip
         images = batch.images.to(device, non_blocking=True)
         masks = batch.masks.to(device, non_blocking=True)
         with autocast:
-            logits = forward_logits(model, normalize(images, normalization), channels_last, window)
+            logits = forward_logits(
+                model, normalize(images, normalization), settings.channels_last, window
+            )
         if logits.shape[1] != manifest.num_classes:
             check_class_count(logits.shape[1], manifest)
         prediction = logits.argmax(1)
         confusion.update(prediction, masks)
-        wanted = min(examples - len(kept), len(batch.keys))
-        if wanted > 0:
-            pictures = [display_rgb(image, normalization) for image in batch.images[:wanted]]
-        for index in range(wanted):
-            kept.append(
-                Example(
-                    batch.keys[index],
-                    pictures[index],
-                    batch.masks[index].numpy(),
-                    prediction[index].to(torch.uint8).cpu().numpy(),
-                )
-            )
-    if world_size > 1:
+        kept += _examples(batch, prediction, normalization, examples - len(kept))
+    if settings.world_size > 1:
         confusion.all_reduce()
     return EvalResult(confusion.matrix, confusion.compute(), kept)

@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.data.normalize import Normalization
-from engine.data.raster_base import RasterReader, default_band_names
-from engine.data.rasters import open_raster
+from engine.data.shards.normalize import Normalization
+from engine.data.sources.raster_base import RasterReader, default_band_names
+from engine.data.sources.rasters import open_raster
 from engine.errors import UserError
 
 #: Pixel types that hold the same units (Sentinel-2 reflectance comes as either).
@@ -148,7 +148,7 @@ def open_model_raster(
             raise
         if selection is not None:
             reader.close()
-            reader = open_raster(path, bands=selection, nodata=nodata)
+            reader = open_raster(path, bands=list[int | str](selection), nodata=nodata)
     try:
         check_pixel_type(reader, normalization)
     except BaseException:

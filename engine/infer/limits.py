@@ -1,7 +1,7 @@
 """What a prediction checks before it writes anything: the pixel limit and the free disk.
 
 **Pixels.** Every input's ``rows x cols`` is read from its header (nothing decoded) and
-checked against the builder's limit, :func:`engine.data.imageio.check_pixels`:
+checked against the builder's limit, :func:`engine.data.sources.pictures.check_pixels`:
 ``TERRASEG_MAX_PIXELS`` (default 1.5 G pixels), or ``max_pixels`` (``predict.py
 --max-pixels``). Prediction keeps the builder's default although it streams GeoTIFF inputs
 in strips (memory does not grow with the raster): the limit stops an absurd header (a
@@ -10,7 +10,7 @@ in strips (memory does not grow with the raster): the limit stops an absurd head
 whole, in memory, and stay under ``TERRASEG_MAX_PIXELS`` whatever ``--max-pixels`` says.
 
 **Disk.** :func:`disk_need` estimates the most bytes an input's outputs occupy at once, from
-:func:`engine.infer.writer.output_spec`: every output uncompressed (an upper bound: GeoTIFF
+:func:`engine.infer.writer.output_pixels`: every output uncompressed (an upper bound: GeoTIFF
 outputs are deflate-compressed), plus for rasters predicted in column bands the staging
 files (``*.bands``, uncompressed, beside the outputs until the outputs are complete), plus
 for COG outputs the COG copy (with overviews, 4/3 of the output) beside the plain GeoTIFF,
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.imageio import check_pixels
-from engine.data.raster_base import PIL_SUFFIXES
+from engine.data.sources.formats import reader_of
+from engine.data.sources.pictures import check_pixels
 from engine.errors import UserError
-from engine.infer.writer import output_spec
+from engine.infer.writer import output_pixels
 
 
 class DiskSpaceError(UserError):
@@ -47,7 +47,7 @@ def header_size(path: str | Path) -> tuple[int, int]:
         UserError: naming the file when its header cannot be read.
     """
     path = Path(path)
-    if path.suffix.lower() in PIL_SUFFIXES:
+    if reader_of(path) == "pil":
         from PIL import Image
 
         previous = Image.MAX_IMAGE_PIXELS
@@ -60,7 +60,7 @@ def header_size(path: str | Path) -> tuple[int, int]:
         finally:
             Image.MAX_IMAGE_PIXELS = previous
         return height, width
-    from engine.data.rasters import open_raster
+    from engine.data.sources.rasters import open_raster
 
     with open_raster(path) as reader:  # rasterio reads the header only
         height, width = reader.shape[:2]
@@ -114,7 +114,7 @@ def disk_need(
         height: Raster rows.
         width: Raster columns.
         fmt: ``"png"``, ``"tif"`` or ``"cog"``.
-        kinds: The outputs written (:data:`engine.infer.writer.OUTPUT_KINDS`).
+        kinds: The outputs written (:data:`engine.infer.outputs.OUTPUT_KINDS`).
         num_classes: Classes of the model.
         mask_values: The mask's value table (``--values original``), if any.
         banded: Whether the raster is predicted in column bands (staged on disk).
@@ -122,9 +122,9 @@ def disk_need(
     pixels = height * width
     sizes, masked = [], False
     for kind in kinds:
-        channels, dtype, _, is_masked = output_spec(kind, num_classes, mask_values)
-        sizes.append(pixels * channels * np.dtype(dtype).itemsize)
-        masked |= is_masked
+        spec = output_pixels(kind, num_classes, mask_values)
+        sizes.append(pixels * spec.channels * np.dtype(spec.dtype).itemsize)
+        masked |= spec.masked
     total = sum(sizes)
     staging = total + (pixels if masked else 0) if banded else 0
     if fmt != "cog" or not sizes:

@@ -32,6 +32,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,57 @@ def _reproject(geometries: np.ndarray, src_crs: Any, dst_crs: str) -> np.ndarray
     return shapely.transform(geometries, move)
 
 
+@dataclass(frozen=True)
+class _Regions:
+    """The connected regions of a mask, as read (pixel or map coordinates of the mask)."""
+
+    geometries: np.ndarray  # shapely polygons
+    indices: list[int]  # their class indices
+    crs: Any
+    to_map: Any  # pixel -> map affine of a mask without its own georeferencing, else None
+    pixel_width: float
+
+
+def _read_regions(
+    mask_path: Path, out_path: Path, driver: str, lookup: dict[float, int], min_area: float,
+    georef: dict[str, Any] | None,
+) -> _Regions:  # fmt: skip
+    """Polygonize band 1 of the mask: every region of a known class and at least ``min_area``."""
+    import rasterio
+    import shapely
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.features import shapes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        src = rasterio.open(mask_path)
+    with src:
+        if src.count != 1:
+            raise PolygonError(f"{mask_path}: {src.count}-band mask; polygons need one band")
+        transform, crs, nodata = src.transform, src.crs, src.nodata
+        to_map = None
+        if crs is None and transform.is_identity and georef and georef.get("transform"):
+            to_map, crs = georef["transform"], georef.get("crs")  # pixels -> map, below
+        if driver == "GeoJSON" and crs is None:
+            raise PolygonError(
+                f"{mask_path}: no CRS, but GeoJSON coordinates are longitude/latitude "
+                f"(RFC 7946); write {out_path.with_suffix('.gpkg').name} instead"
+            )
+        pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
+        geometries, indices = [], []
+        for shape, value in shapes(rasterio.band(src, 1), connectivity=4):
+            index = lookup.get(float(value))
+            if index is None or (nodata is not None and float(value) == nodata):
+                continue
+            geometry = shapely.geometry.shape(shape)
+            if geometry.area < min_area * pixel_area:
+                continue
+            geometries.append(geometry)
+            indices.append(index)
+    array = np.array(geometries, dtype=object)
+    return _Regions(array, indices, crs, to_map, math.sqrt(pixel_area))
+
+
 def write_polygons(
     mask_path: str | Path,
     out_path: str | Path,
@@ -114,46 +166,18 @@ def write_polygons(
     """
     import rasterio
     import shapely
-    from rasterio.errors import NotGeoreferencedWarning
-    from rasterio.features import shapes
 
     mask_path, out_path = Path(mask_path), Path(out_path)
     driver = polygon_driver(out_path)
     if min_area < 0 or simplify < 0 or not math.isfinite(min_area + simplify):
         raise PolygonError(f"{out_path}: min_area and simplify must be >= 0")
     lookup = _class_lookup(len(class_names), values, mask_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        src = rasterio.open(mask_path)
-    with src:
-        if src.count != 1:
-            raise PolygonError(f"{mask_path}: {src.count}-band mask; polygons need one band")
-        transform, crs, nodata = src.transform, src.crs, src.nodata
-        to_map = None
-        if crs is None and transform.is_identity and georef and georef.get("transform"):
-            to_map, crs = georef["transform"], georef.get("crs")  # pixels -> map, below
-        if driver == "GeoJSON" and crs is None:
-            raise PolygonError(
-                f"{mask_path}: no CRS, but GeoJSON coordinates are longitude/latitude "
-                f"(RFC 7946); write {out_path.with_suffix('.gpkg').name} instead"
-            )
-        pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
-        pixel_width = math.sqrt(pixel_area)
-        geometries, indices = [], []
-        for shape, value in shapes(rasterio.band(src, 1), connectivity=4):
-            index = lookup.get(float(value))
-            if index is None or (nodata is not None and float(value) == nodata):
-                continue
-            geometry = shapely.geometry.shape(shape)
-            if geometry.area < min_area * pixel_area:
-                continue
-            geometries.append(geometry)
-            indices.append(index)
-    array = np.array(geometries, dtype=object)
+    regions = _read_regions(mask_path, out_path, driver, lookup, min_area, georef)
+    array, crs = regions.geometries, regions.crs
     if simplify and len(array):
-        array = shapely.simplify(array, simplify * pixel_width, preserve_topology=True)
-    if to_map is not None and len(array):
-        a, b, c, d, e, f = to_map[:6]
+        array = shapely.simplify(array, simplify * regions.pixel_width, preserve_topology=True)
+    if regions.to_map is not None and len(array):
+        a, b, c, d, e, f = regions.to_map[:6]
         matrix = np.array([[a, d], [b, e]])
         array = shapely.transform(array, lambda xy: xy @ matrix + np.array([c, f]))
     options: dict[str, Any] = {}
@@ -161,7 +185,7 @@ def write_polygons(
         array = _reproject(array, crs, GEOJSON_CRS) if len(array) else array
         crs = rasterio.crs.CRS.from_string(GEOJSON_CRS)
         options["layer_options"] = {"RFC7946": "YES"}
-    _write(out_path, driver, array, indices, class_names, crs, options)
+    _write(out_path, driver, array, regions.indices, class_names, crs, options)
     return len(array)
 
 

@@ -1,17 +1,27 @@
-"""A prediction run over input files: what ``launch/predict.py`` does, as a library.
+"""Prediction as a library: one raster (:func:`predict_file`), or the command's inputs.
 
-:func:`predict_files` takes :class:`PredictOptions` (the script's options, same names) and:
+Three lines are enough::
 
-1. expands ``input`` (files, globs, folders) and loads the model;
+    from engine.infer.run import PredictOptions, predict_file
+    result = predict_file("runs/r34", "scene.tif", "preds", PredictOptions(tile=512))
+    print(result.summary, result.paths["mask"])
+
+:class:`PredictOptions` holds the per-file settings (those of ``terraseg predict``, with its
+defaults); the model may be a run or export folder or a :class:`~engine.infer.model.LoadedModel`
+loaded once for many files. :func:`predict_files` is the command: it takes the inputs (files,
+globs, folders) and the output folder, and
+
+1. expands the inputs and loads the model;
 2. before anything is written, checks every input's header against the pixel limit
    (:mod:`engine.infer.limits`), the ``--polygons`` request, and that no output would
    overwrite an input;
 3. per input, just before writing it: checks the free disk space for its outputs, then
    predicts it in strips into ``<output>.partial`` files renamed when all are complete.
 
-Every exit path removes what the run created and nothing else: on an error, Ctrl-C
-(``KeyboardInterrupt``) or a signal turned into :class:`Interrupted` (:func:`signals_raise`,
-installed by ``launch/predict.py``), the input being written loses its temporary files
+:func:`predict_file` does the same for one raster. Every exit path removes what the run
+created and nothing else: on an error, Ctrl-C (``KeyboardInterrupt``) or a signal turned
+into :class:`~engine.infer.session.Interrupted` (:func:`~engine.infer.session.signals_raise`,
+installed by ``terraseg predict``), the input being written loses its temporary files
 (``*.partial``, ``*.bands``: only those that did not exist before it started), and an
 output folder the run created is removed again when it is empty. Inputs, and the outputs
 of inputs that completed, stay. A full disk is a one-line ``DiskFullError`` ("no space
@@ -20,42 +30,74 @@ left on device" with the path).
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from engine.data.raster_base import PIL_SUFFIXES, TIFF_SUFFIXES
+import numpy as np
+
 from engine.errors import UserError
-from engine.evaluate.shard_eval import context_window
-from engine.infer.bands import model_normalization, open_model_raster
+from engine.infer.bands import open_model_raster
 from engine.infer.limits import check_free_space, check_pixel_limits, disk_need
-from engine.infer.outputs import output_paths, planned_format, temporary_paths
+from engine.infer.model import LoadedModel, load_model
+from engine.infer.outputs import OutputSpec, format_for, output_paths, temporary_paths
 from engine.infer.polygons import polygon_driver, write_polygons
-from engine.infer.sliding import predict_raster, resolve_device
-from engine.infer.values import original_values
+from engine.infer.session import (
+    check_outputs,
+    expand_inputs,
+    output_folder,
+    removing_temporaries,
+)
+from engine.infer.sliding import SlidingOptions, predict_raster
 from engine.infer.windows import is_banded
-from engine.infer.writer import OUTPUT_KINDS, format_for, prediction_writer
-from engine.render.colors import class_info, display_rgb
-from engine.train.export import load_exported
+from engine.infer.writer import PredictionWriter, prediction_writer
+from engine.render.colors import display_rgb
 
-RASTER_SUFFIXES = TIFF_SUFFIXES | PIL_SUFFIXES
-DEFAULT_TILE = 1024  # predict windows (a network that needs its training crop gets that)
+__all__ = [
+    "LoadedModel",
+    "PredictOptions",
+    "PredictResult",
+    "expand_inputs",
+    "load_model",
+    "predict_file",
+    "predict_files",
+]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictOptions:
-    """The options of ``launch/predict.py`` (same names and defaults; see its ``--help``)."""
+    """The settings of one prediction, per input file (``terraseg predict --help``).
 
-    model: str
-    input: list[str]
-    out: str
+    Attributes:
+        tile: Window edge in pixels (``None``: the model's, see
+            :attr:`~engine.infer.model.LoadedModel.tile`).
+        overlap: Window overlap fraction, in ``[0, 1)``.
+        tta: Test-time augmentation: ``"none"``, ``"flip"`` or ``"d4"``.
+        batch: Tiles per forward pass.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (used when the model is
+            loaded here; a :class:`~engine.infer.model.LoadedModel` stays where it is).
+        amp: Autocast dtype of the forward pass: ``"none"``, ``"bf16"`` or ``"fp16"``.
+        weighting: Blending of overlapping windows: ``"gaussian"`` or ``"uniform"``.
+        band_width: Columns per band for wider rasters (0: one band).
+        format: ``"auto"``, ``"png"``, ``"tif"`` or ``"cog"``.
+        confidence: Also write the max-probability map.
+        probabilities: Also write the class probabilities (tif/cog).
+        overlay: Also write the mask over the image.
+        alpha: Overlay opacity.
+        polygons: Also vectorise the mask into this ``.gpkg``/``.geojson`` file (``{stem}``
+            is replaced by the input's stem).
+        min_area: With ``polygons``: drop regions of fewer pixels than this.
+        simplify: With ``polygons``: simplification tolerance in pixel widths.
+        values: Mask values: ``"index"`` (class indices) or ``"original"`` (the dataset's).
+        bands: Bands to read, in the model's channel order (numbers or names).
+        nodata: Input nodata value overriding the file's.
+        max_pixels: Largest input in pixels (default: ``TERRASEG_MAX_PIXELS``).
+        progress: Show a progress bar per input.
+    """
+
     tile: int | None = None
     overlap: float = 0.25
     tta: str = "none"
@@ -67,165 +109,61 @@ class PredictOptions:
     format: str = "auto"
     confidence: bool = False
     probabilities: bool = False
+    overlay: bool = False
+    alpha: float = 0.5
     polygons: str | None = None
     min_area: float = 0.0
     simplify: float = 0.0
-    overlay: bool = False
-    alpha: float = 0.5
     values: str = "index"
-    bands: list[str] | None = None
+    bands: Sequence[int | str] | None = None
     nodata: float | None = None
     max_pixels: int | None = None
-    no_progress: bool = False
+    progress: bool = True
 
-    def output_options(self) -> dict[str, bool]:
-        """The optional outputs chosen, as :func:`~engine.infer.outputs.output_paths` takes them."""
-        return {
-            "confidence": self.confidence,
-            "probabilities": self.probabilities,
-            "overlay": self.overlay,
-        }
+    def outputs(self, fmt: str | None = None) -> OutputSpec:
+        """The outputs chosen (``fmt`` overriding :attr:`format`), without model tables."""
+        return OutputSpec(
+            fmt=fmt or self.format,
+            confidence=self.confidence,
+            probabilities=self.probabilities,
+            overlay=self.overlay,
+            overlay_alpha=self.alpha,
+        )
 
 
-class Interrupted(BaseException):
-    """A signal (SIGINT, SIGTERM) stopping the run; exit code ``128 + signal``.
+@dataclass(frozen=True)
+class PredictResult:
+    """What one input's prediction wrote.
 
-    Not an ``Exception``, so nothing catches it by accident, and ``finally`` blocks and
-    context managers clean up on its way out.
+    Attributes:
+        source: The input raster.
+        height: Its rows.
+        width: Its columns.
+        paths: Output kind (``"mask"``, ``"color"``, ..., ``"polygons"``) → file.
+        class_pixels: Class name → pixels predicted as that class (nodata not counted).
+        polygons: Features written to ``paths["polygons"]`` (``None`` without polygons).
     """
 
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        self.exit_code = 128 + signum
-        name = signal.Signals(signum).name
-        super().__init__(f"interrupted by {name}; the unfinished outputs were removed")
+    source: Path
+    height: int
+    width: int
+    paths: dict[str, Path]
+    class_pixels: dict[str, int] = field(default_factory=dict)
+    polygons: int | None = None
+
+    @property
+    def summary(self) -> str:
+        """One line: ``SOURCE (WxH) -> outputs[, POLYGONS (N polygons)]``."""
+        names = ", ".join(p.name for kind, p in self.paths.items() if kind != "polygons")
+        line = f"{self.source} ({self.width}x{self.height}) -> {names}"
+        if "polygons" in self.paths:
+            line += f", {self.paths['polygons']} ({self.polygons} polygons)"
+        return line
 
 
-@contextlib.contextmanager
-def signals_raise(*signums: int) -> Iterator[None]:
-    """Turn ``signums`` into :class:`Interrupted` inside the block (main thread only).
-
-    After the first, these signals are ignored until the block ends, so the cleanup that
-    the exception runs is not interrupted in turn. The previous handlers come back after.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.getsignal(signum) for signum in signums}
-
-    def stop(signum: int, _frame: Any) -> None:
-        for other in signums:
-            signal.signal(other, signal.SIG_IGN)
-        raise Interrupted(signum)
-
-    for signum in signums:
-        signal.signal(signum, stop)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def expand_inputs(patterns: list[str]) -> list[Path]:
-    """Input rasters from files, globs and folders (a folder: its raster files).
-
-    Raises:
-        UserError: when a pattern matches nothing, there are no inputs at all, or two
-            inputs would write the same outputs.
-    """
-    paths: list[Path] = []
-    kinds = ", ".join(sorted(RASTER_SUFFIXES))
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
-            matches = [p for p in matches if p.is_file()]
-            if not matches:
-                raise UserError(f"{pattern}: folder holds no raster files ({kinds})")
-        elif path.is_file():
-            matches = [path]
-        else:
-            found = [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
-            matches = [p for p in found if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES]
-            if not matches:
-                raise UserError(f"{pattern}: no raster file matches ({kinds})")
-        paths.extend(matches)
-    unique: dict[Path, Path] = {}
-    for path in paths:
-        unique.setdefault(path.resolve(), path)
-    paths = list(unique.values())
-    if not paths:
-        raise UserError("no input files")
-    stems: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in stems:
-            raise UserError(f"{stems[path.stem]} and {path} would write the same outputs")
-        stems[path.stem] = path
-    return paths
-
-
-def check_outputs(folder: Path, inputs: list[Path], options: PredictOptions) -> None:
-    """Refuse when an output path is one of the inputs.
-
-    Raises:
-        UserError: naming the output, its input and the input it would overwrite.
-    """
-    resolved = {path.resolve(): path for path in inputs}
-    for path in inputs:
-        for fmt in planned_format(path, options.format):
-            for target in output_paths(folder, path.stem, fmt, **options.output_options()):
-                clash = resolved.get(target.resolve())
-                if clash is None and target.exists():
-                    clash = next((p for p in inputs if os.path.samefile(p, target)), None)
-                if clash is not None:
-                    raise UserError(
-                        f"{target}: output of {path} would overwrite the input {clash}; "
-                        "choose another --out"
-                    )
-
-
-@contextlib.contextmanager
-def output_folder(out: str) -> Iterator[Path]:
-    """Create ``out`` (and missing parents); on a failure, remove those it created if empty.
-
-    Raises:
-        UserError: when ``out`` is a file, cannot be created or is not writable.
-    """
-    folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder")
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"--out {out}: cannot create the folder ({error.strerror})") from error
-    try:
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise UserError(f"--out {out}: folder is not writable")
-        yield folder
-    except BaseException:
-        for path in created:  # deepest first; a folder that holds anything stays
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        raise
-
-
-@contextlib.contextmanager
-def removing_temporaries(paths: list[Path]) -> Iterator[None]:
-    """On any exception, delete those of ``paths`` that did not exist before the block."""
-    existed = {path for path in paths if os.path.lexists(path)}
-    try:
-        yield
-    except BaseException:
-        for path in paths:
-            if path not in existed:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-        raise
-
-
-def polygon_targets(options: PredictOptions, inputs: list[Path], values: Any) -> dict[Path, Path]:
+def polygon_targets(
+    options: PredictOptions, inputs: list[Path], values: np.ndarray | None
+) -> dict[Path, Path]:
     """Input → ``--polygons`` file (``{stem}`` replaced by the input's stem); checked early.
 
     Raises:
@@ -255,104 +193,67 @@ def polygon_targets(options: PredictOptions, inputs: list[Path], values: Any) ->
     return targets
 
 
-@dataclass
-class LoadedModel:
-    """The exported model with what prediction needs from its ``dataset.json``."""
+@dataclass(frozen=True)
+class _Run:
+    """What every input of one prediction run shares."""
 
-    exported: Any
-    device: Any
-    names: list[str]
-    palette: list
-    num_classes: int
-    normalization: Any
-    values: Any
-    tile: int
+    model: LoadedModel
+    options: PredictOptions
+    out: Path
+    values: np.ndarray | None  # the mask's value table (--values original), or None
 
+    @property
+    def tile(self) -> int:
+        return self.model.tile if self.options.tile is None else self.options.tile
 
-def load_model(options: PredictOptions) -> LoadedModel:
-    """Load the export and check its classes, bands and (``--values original``) values.
+    def outputs(self, fmt: str) -> OutputSpec:
+        overlay_rgb = partial(display_rgb, normalization=self.model.normalization,
+                              channels_last=True)  # fmt: skip
+        spec = self.options.outputs(fmt)
+        return replace(spec, overlay_rgb=overlay_rgb, mask_values=self.values)
 
-    Raises:
-        UserError: naming the export's file when its record does not fit the model.
-    """
-    device = resolve_device(options.device)
-    exported = load_exported(options.model, device=device)
-    manifest = exported.manifest
-    where = f"{exported.path}/dataset.json"
-    try:
-        names, palette = class_info(manifest)
-    except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"{where}: bad classes ({error})") from error
-    num_classes = int(exported.spec["num_classes"])
-    if len(names) != num_classes:
-        raise UserError(
-            f"{exported.path}: the model has {num_classes} classes but dataset.json lists "
-            f"{len(names)}"
-        )
-    in_channels = int(exported.spec.get("in_channels", 3))
-    normalization = model_normalization(manifest, in_channels, where)
-    values = original_values(manifest, where) if options.values == "original" else None
-    tile = options.tile
-    if tile is None:
-        tile = context_window(exported.model, exported.train_crop) or DEFAULT_TILE
-    return LoadedModel(exported, device, names, palette, num_classes, normalization, values, tile)
+    def sliding(self) -> SlidingOptions:
+        o = self.options
+        return SlidingOptions(tile=self.tile, overlap=o.overlap, batch_size=o.batch, tta=o.tta,
+                              weighting=o.weighting, band_width=o.band_width or None,
+                              device=self.model.device, amp_dtype=o.amp)  # fmt: skip
 
 
-def _kinds(options: PredictOptions) -> list[str]:
-    chosen = {"mask": True, "color": True, **options.output_options()}
-    return [kind for kind in OUTPUT_KINDS if chosen[kind]]
+def _check_disk(run: _Run, path: Path, reader: Any, spec: OutputSpec) -> None:
+    """Refuse ``path`` when the output folder lacks room for its outputs."""
+    height, width = reader.shape[:2]
+    options = run.options
+    banded = is_banded(width, run.tile, options.overlap, options.band_width or None)
+    need = disk_need(height, width, spec.fmt, spec.kinds(), num_classes=run.model.num_classes,
+                     mask_values=run.values, banded=banded)  # fmt: skip
+    check_free_space(run.out, path, need)
 
 
-def _write_raster(reader: Any, out: Path, model: LoadedModel, options: PredictOptions,
-                  desc: str) -> dict[str, Path]:  # fmt: skip
-    """Predict one opened raster into its outputs; return output kind → path."""
-    with prediction_writer(
-        reader,
-        out,
-        model.palette,
-        fmt=options.format,
-        confidence=options.confidence,
-        probabilities=options.probabilities,
-        overlay=options.overlay,
-        overlay_alpha=options.alpha,
-        overlay_rgb=partial(display_rgb, normalization=model.normalization, channels_last=True),
-        mask_values=model.values,
-    ) as writer:
+def _write_raster(run: _Run, reader: Any, spec: OutputSpec, desc: str) -> PredictionWriter:
+    """Predict one opened raster into its outputs; return the closed writer."""
+    model = run.model
+    with prediction_writer(reader, run.out, model.palette, spec) as writer:
         predict_raster(
             model.exported.model,
             reader,
             writer,
             num_classes=model.num_classes,
             normalization=model.normalization,
-            tile=model.tile,
-            overlap=options.overlap,
-            batch_size=options.batch,
-            tta=options.tta,
-            device=model.device,
-            amp_dtype=options.amp,
-            weighting=options.weighting,
-            band_width=options.band_width or None,
-            progress=not options.no_progress,
-            desc=desc,
+            options=run.sliding(),
+            progress=desc if run.options.progress else None,
         )
-    return writer.paths
+    return writer
 
 
-def predict_file(
-    path: Path,
-    out: Path,
-    model: LoadedModel,
-    options: PredictOptions,
-    polygons: Path | None = None,
-    desc: str | None = None,
-) -> str:
-    """Predict one input into ``out`` (its free space checked first); return a summary.
+def _predict_input(run: _Run, path: Path, polygons: Path | None, desc: str) -> PredictResult:
+    """Predict one input into ``run.out`` (its free space checked first).
 
     Raises:
         UserError: for an input without the model's bands, a GeoJSON request for a raster
             without CRS, too little free disk, or a failed write (a full disk included);
             the input's temporary files are removed first.
     """
+    options, model = run.options, run.model
     reader = open_model_raster(
         path, model.normalization, bands=options.bands, nodata=options.nodata
     )
@@ -364,54 +265,106 @@ def predict_file(
                 f"{path}: no CRS, but GeoJSON coordinates are longitude/latitude "
                 f"(RFC 7946); give --polygons a .gpkg name"
             )
-        fmt = format_for(path, height, width, options.format)
-        banded = is_banded(width, model.tile, options.overlap, options.band_width or None)
-        kinds = _kinds(options)
-        need = disk_need(height, width, fmt, kinds, num_classes=model.num_classes,
-                         mask_values=model.values, banded=banded)  # fmt: skip
-        check_free_space(out, path, need)
-        outputs = output_paths(out, path.stem, fmt, **options.output_options())
-        temporaries = temporary_paths(outputs, path.stem)
+        spec = run.outputs(format_for(path, height, width, options.format))
+        _check_disk(run, path, reader, spec)
+        temporaries = temporary_paths(output_paths(run.out, path.stem, spec), path.stem)
         if polygons:
             temporaries.append(polygons.with_name(f"{polygons.stem}.partial{polygons.suffix}"))
         with removing_temporaries(temporaries):
-            written = _write_raster(reader, out, model, options, desc or path.name)
-            summary = ", ".join(p.name for p in written.values())
+            writer = _write_raster(run, reader, spec, desc)
+            paths, count = dict(writer.paths), None
             if polygons:
-                count = write_polygons(
-                    written["mask"],
-                    polygons,
-                    model.names,
-                    values=model.values,
-                    min_area=options.min_area,
-                    simplify=options.simplify,
-                    georef=georef,
-                )
-                summary += f", {polygons} ({count} polygons)"
-    return f"{path} ({width}x{height}) -> {summary}"
+                count = write_polygons(paths["mask"], polygons, model.names, values=run.values,
+                                       min_area=options.min_area, simplify=options.simplify,
+                                       georef=georef)  # fmt: skip
+                paths["polygons"] = polygons
+    pixels = dict(zip(model.names, writer.class_pixels.tolist(), strict=True))
+    return PredictResult(path, height, width, paths, pixels, count)
 
 
-def predict_files(options: PredictOptions, log: Callable[[str], Any] = print) -> None:
-    """Predict every input of ``options`` (see the module notes); ``log`` gets one line each.
+def _predict_all(
+    model: LoadedModel,
+    inputs: list[Path],
+    out: str | Path,
+    options: PredictOptions,
+    log: Callable[[str], Any] | None,
+) -> list[PredictResult]:
+    """Check everything, then predict every input into ``out`` (see the module notes)."""
+    values = model.mask_values(options.values)
+    check_pixel_limits(inputs, options.max_pixels)
+    with output_folder(str(out)) as folder:
+        check_outputs(folder, inputs, options.outputs())
+        polygons = polygon_targets(options, inputs, values)  # may be inside out
+        run = _Run(model, options, folder, values)
+        if log:
+            log(
+                f"model {model.exported.spec['arch']} ({model.num_classes} classes) on "
+                f"{model.device}; {len(inputs)} input(s); {run.tile}² windows"
+            )
+        results = []
+        for number, path in enumerate(inputs, 1):
+            where = f"[{number}/{len(inputs)}]"
+            result = _predict_input(run, path, polygons.get(path), f"{where} {path.name}")
+            results.append(result)
+            if log:
+                log(f"{where} {result.summary}")
+    return results
+
+
+def predict_file(
+    model: str | Path | LoadedModel,
+    path: str | Path,
+    out: str | Path,
+    options: PredictOptions | None = None,
+) -> PredictResult:
+    """Predict one raster into the folder ``out``.
+
+    Args:
+        model: A run folder, export folder (``RUN/best``) or ``model.safetensors``, loaded
+            on ``options.device``; or a :class:`~engine.infer.model.LoadedModel`
+            (:func:`~engine.infer.model.load_model`), used as it is.
+        path: The input raster.
+        out: The output folder (created, with its parents).
+        options: The settings (default :class:`PredictOptions`).
+
+    Returns:
+        The files written, the raster's size and its pixels per class.
+
+    Raises:
+        UserError: bad input, model, settings, size or disk space (before anything is
+            written), or a failed write; what the call created is removed first.
+    """
+    options = options or PredictOptions()
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: not a file")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, options.device)
+    return _predict_all(loaded, [path], out, options, log=None)[0]
+
+
+def predict_files(
+    model: str | Path | LoadedModel,
+    inputs: list[str],
+    out: str | Path,
+    options: PredictOptions | None = None,
+    log: Callable[[str], Any] = print,
+) -> list[PredictResult]:
+    """Predict every input into ``out``: ``terraseg predict`` (see the module notes).
+
+    Args:
+        model: As for :func:`predict_file`.
+        inputs: Files, globs and folders (a folder: its raster files).
+        out: The output folder.
+        options: The settings (default :class:`PredictOptions`).
+        log: Gets a header line, then one line per input.
 
     Raises:
         UserError: bad inputs, model, settings, sizes or disk space (before anything is
             written), or a failed write; what the run created is removed first.
-        Interrupted: from a signal (see :func:`signals_raise`), after the same cleanup.
+        Interrupted: from a signal (see :func:`~engine.infer.session.signals_raise`),
+            after the same cleanup.
     """
-    inputs = expand_inputs(options.input)
-    model = load_model(options)
-    check_pixel_limits(inputs, options.max_pixels)
-    with output_folder(options.out) as out:
-        check_outputs(out, inputs, options)
-        polygons = polygon_targets(options, inputs, model.values)  # may be inside --out
-        log(
-            f"model {model.exported.spec['arch']} ({model.num_classes} classes) on "
-            f"{model.device}; {len(inputs)} input(s); {model.tile}² windows"
-        )
-        for number, path in enumerate(inputs, 1):
-            where = f"[{number}/{len(inputs)}]"
-            line = predict_file(
-                path, out, model, options, polygons.get(path), f"{where} {path.name}"
-            )
-            log(f"{where} {line}")
+    options = options or PredictOptions()
+    paths = expand_inputs(inputs)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, options.device)
+    return _predict_all(loaded, paths, out, options, log)

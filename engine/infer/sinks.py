@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,31 +108,41 @@ def gdal_env():
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 
 
-class Sink:
-    """Receives consecutive row blocks of one output image.
+@dataclass(frozen=True)
+class PixelSpec:
+    """What each pixel of one output holds.
 
     Attributes:
+        channels: Bands of the output.
+        dtype: Their numpy type.
         nodata: The output's nodata value (``None``: none).
         masked: Whether the sink keeps a per-pixel validity mask (GeoTIFF: GDAL's
             per-dataset mask band) for outputs whose values cannot hold a nodata value.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        height: int,
-        width: int,
-        channels: int,
-        dtype: Any = np.uint8,
-        nodata: float | None = None,
-        masked: bool = False,
-    ) -> None:
+    channels: int
+    dtype: Any = np.uint8
+    nodata: float | None = None
+    masked: bool = False
+
+
+class Sink:
+    """Receives consecutive row blocks of one output image ``height x width`` of ``pixels``.
+
+    Attributes:
+        channels: ``pixels.channels``.
+        dtype: ``pixels.dtype`` as a numpy dtype.
+        nodata: ``pixels.nodata``.
+        masked: ``pixels.masked``.
+    """
+
+    def __init__(self, path: Path, height: int, width: int, pixels: PixelSpec) -> None:
         self.path = path
         self.partial = path.with_name(path.name + ".partial")
-        self.height, self.width, self.channels = height, width, channels
-        self.dtype = np.dtype(dtype)
-        self.nodata = nodata
-        self.masked = masked
+        self.height, self.width, self.channels = height, width, pixels.channels
+        self.dtype = np.dtype(pixels.dtype)
+        self.nodata = pixels.nodata
+        self.masked = pixels.masked
 
     def write(self, row0: int, block: np.ndarray, valid: np.ndarray | None = None) -> None:
         """Write the row block starting at ``row0`` (``valid``: bool ``rows x width``)."""
@@ -160,10 +171,9 @@ class Sink:
 class PNGSink(Sink):
     """Assembles the image in memory and saves it with PIL on close (no validity mask)."""
 
-    def __init__(
-        self, path: Path, height: int, width: int, channels: int, dtype: Any = np.uint8
-    ) -> None:
-        super().__init__(path, height, width, channels, dtype)
+    def __init__(self, path: Path, height: int, width: int, pixels: PixelSpec) -> None:
+        super().__init__(path, height, width, PixelSpec(pixels.channels, pixels.dtype))
+        channels = self.channels
         shape = (height, width) if channels == 1 else (height, width, channels)
         self.array = np.zeros(shape, self.dtype)
 
@@ -218,8 +228,9 @@ class GeoTiffSink(Sink):
     Written as a tiled (256x256), deflate-compressed GeoTIFF in 256-row bands. With
     ``cog=True`` the finished GeoTIFF is copied by GDAL's COG driver (256x256 blocks,
     overviews by nearest-neighbour resampling, or averaging for float outputs) and the copy
-    renamed into place. ``masked=True`` also writes GDAL's per-dataset mask band (0 where
+    renamed into place. ``pixels.masked`` also writes GDAL's per-dataset mask band (0 where
     ``valid`` is False), for outputs such as colour renderings whose every value is legal.
+    ``georef`` is the input's ``{"crs", "transform"}`` (either may be missing).
     """
 
     def __init__(
@@ -227,26 +238,24 @@ class GeoTiffSink(Sink):
         path: Path,
         height: int,
         width: int,
-        channels: int,
-        dtype: Any = np.uint8,
+        pixels: PixelSpec,
         *,
-        crs: Any = None,
-        transform: Any = None,
-        nodata: float | None = None,
-        masked: bool = False,
+        georef: dict[str, Any] | None = None,
         cog: bool = False,
     ) -> None:
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning
 
-        super().__init__(path, height, width, channels, dtype, nodata, masked)
+        super().__init__(path, height, width, pixels)
         self.cog = cog
         self.cog_partial = path.with_name(path.name + ".cog.partial")
         self.aligner = Aligner(BLOCK)
-        self.valid_aligner = Aligner(BLOCK) if masked else None
+        self.valid_aligner = Aligner(BLOCK) if pixels.masked else None
+        crs, transform = (georef or {}).get("crs"), (georef or {}).get("transform")
         options: dict[str, Any] = {"crs": crs, "transform": transform} if crs or transform else {}
-        if nodata is not None:
-            options["nodata"] = nodata
+        if pixels.nodata is not None:
+            options["nodata"] = pixels.nodata
+        rgb = self.channels == 3 and self.dtype == np.uint8
         with warnings.catch_warnings(), gdal_env(), reported(path, self.partial):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             self.dataset = rasterio.open(
@@ -255,14 +264,14 @@ class GeoTiffSink(Sink):
                 driver="GTiff",
                 height=height,
                 width=width,
-                count=channels,
+                count=self.channels,
                 dtype=self.dtype.name,
                 tiled=True,
                 blockxsize=BLOCK,
                 blockysize=BLOCK,
                 compress="deflate",
                 BIGTIFF="IF_SAFER",
-                photometric="RGB" if channels == 3 and self.dtype == np.uint8 else "MINISBLACK",
+                photometric="RGB" if rgb else "MINISBLACK",
                 **options,
             )
 
@@ -376,7 +385,7 @@ class Staging:
         offset = row0 * self.row_bytes + col0 * self.channels * self.dtype.itemsize
         with reported(self.path, self.path):
             for number, row in enumerate(rows):
-                if os.pwrite(self.fd, row, offset + number * self.row_bytes) != row.nbytes:
+                if os.pwrite(self.fd, row.data, offset + number * self.row_bytes) != row.nbytes:
                     raise OSError(f"{self.path}: short write")
 
     def read(self, row0: int, row1: int) -> np.ndarray:

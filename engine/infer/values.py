@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.data.classes import parse_color
+from engine.data.sources.classes import parse_color
 from engine.errors import UserError
 
 IGNORE_INDEX = 255
@@ -79,11 +79,13 @@ def original_values(manifest: dict, where: str = "dataset.json") -> np.ndarray:
         raise ValuesError(f"{where}: class values mix colours and integers")
     ignore = manifest.get("ignore_value")
     if all(is_rgb):
-        table = np.zeros((256, 3), np.uint8)
+        rgb_table = np.zeros((256, 3), np.uint8)
         for index, (_, raw) in enumerate(values):
-            table[index] = _rgb(raw, where)
-        table[IGNORE_INDEX] = _rgb(ignore, where) if isinstance(ignore, str) else IGNORE_VALUE_RGB
-        return table
+            rgb_table[index] = _rgb(raw, where)
+        rgb_table[IGNORE_INDEX] = (
+            _rgb(ignore, where) if isinstance(ignore, str) else IGNORE_VALUE_RGB
+        )
+        return rgb_table
     ints = []
     for name, raw in values:
         if isinstance(raw, bool) or not isinstance(raw, int | float) or int(raw) != raw:

@@ -5,11 +5,12 @@
 (``<stem>_confidence``, max probability x 255 as uint8), the class probabilities
 (``<stem>_probabilities``, float32, one band per class; GeoTIFF/COG only) and an overlay
 (``<stem>_overlay``), through the sinks of :mod:`engine.infer.sinks`; rasters predicted in
-column bands are staged on disk first. The format defaults to GeoTIFF for every input but
-PNG/JPEG/WebP/BMP ones up to :data:`PNG_MAX_PIXELS`, which get PNG; ``"cog"`` writes
-Cloud-Optimised GeoTIFFs. Every output is written to ``<name>.partial`` and renamed when
-complete. With ``mask_values`` (see :mod:`engine.infer.values`) the mask holds the
-dataset's own label values (uint8 or uint16, or RGB colours) instead of class indices.
+column bands are staged on disk first. What is written is an
+:class:`~engine.infer.outputs.OutputSpec`; its format defaults to GeoTIFF for every input but
+PNG/JPEG/WebP/BMP ones up to :data:`~engine.infer.outputs.PNG_MAX_PIXELS`, which get PNG;
+``"cog"`` writes Cloud-Optimised GeoTIFFs. Every output is written to ``<name>.partial`` and
+renamed when complete. With ``mask_values`` (see :mod:`engine.infer.values`) the mask holds
+the dataset's own label values (uint8 or uint16, or RGB colours) instead of class indices.
 
 Nodata: pixels the input marks invalid (``reader.read_valid`` False: a band's nodata value,
 GDAL's mask, alpha 0) are written as each output's nodata value, which GeoTIFF outputs
@@ -25,22 +26,17 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.errors import UserError
-from engine.infer.sinks import BLOCK, GeoTiffSink, PNGSink, Sink, Staging
+from engine.infer.outputs import FORMATS, OutputSpec
+from engine.infer.sinks import BLOCK, GeoTiffSink, PixelSpec, PNGSink, Sink, Staging
 from engine.render.colors import colorize, overlay
 
-#: Above this many pixels predictions are written as GeoTIFF even for PNG/JPEG inputs.
-PNG_MAX_PIXELS = 64_000_000
-#: Inputs whose predictions default to PNG (when not larger than :data:`PNG_MAX_PIXELS`).
-PNG_INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-FORMATS = ("png", "tif", "cog")
-OUTPUT_KINDS = ("mask", "color", "confidence", "probabilities", "overlay")
 MASK_NODATA = 255
 CONFIDENCE_NODATA = 0
 
@@ -53,28 +49,26 @@ def _extension(fmt: str) -> str:
     return "png" if fmt == "png" else "tif"
 
 
-def output_spec(
-    kind: str, num_classes: int, mask_values: np.ndarray | None = None
-) -> tuple[int, Any, float | None, bool]:
-    """``(channels, dtype, nodata, masked)`` of one output kind (see the module notes).
+def output_pixels(kind: str, num_classes: int, mask_values: np.ndarray | None = None) -> PixelSpec:
+    """What each pixel of one output kind holds (see the module notes).
 
     Args:
-        kind: One of :data:`OUTPUT_KINDS`.
+        kind: One of :data:`~engine.infer.outputs.OUTPUT_KINDS`.
         num_classes: Classes of the model (bands of the probabilities).
-        mask_values: The ``mask_values`` lookup table of :class:`PredictionWriter`, if any.
+        mask_values: The :class:`~engine.infer.outputs.OutputSpec`'s lookup table, if any.
     """
     if kind == "mask":
         if mask_values is None:
-            return 1, np.uint8, MASK_NODATA, False
+            return PixelSpec(1, np.uint8, MASK_NODATA)
         lut = np.asarray(mask_values)
         if lut.ndim == 2:
-            return lut.shape[1], lut.dtype, None, True
-        return 1, lut.dtype, float(lut[MASK_NODATA]), False
+            return PixelSpec(lut.shape[1], lut.dtype, None, masked=True)
+        return PixelSpec(1, lut.dtype, float(lut[MASK_NODATA]))
     if kind == "confidence":
-        return 1, np.uint8, CONFIDENCE_NODATA, False
+        return PixelSpec(1, np.uint8, CONFIDENCE_NODATA)
     if kind == "probabilities":
-        return num_classes, np.float32, math.nan, False
-    return 3, np.uint8, None, True  # colour, overlay
+        return PixelSpec(num_classes, np.float32, math.nan)
+    return PixelSpec(3, np.uint8, None, masked=True)  # colour, overlay
 
 
 class PredictionWriter:
@@ -95,21 +89,13 @@ class PredictionWriter:
         height: Image height in pixels.
         width: Image width in pixels.
         palette: One colour per class, for the colour rendering and overlay.
-        fmt: ``"png"``, ``"tif"`` (GeoTIFF) or ``"cog"`` (Cloud-Optimised GeoTIFF).
-        georef: ``reader.georef`` (``{"crs", "transform"}``): GeoTIFF outputs keep it.
-        color: Write ``<stem>_color``.
-        confidence: Write ``<stem>_confidence`` (max probability x 255, uint8).
-        probabilities: Write ``<stem>_probabilities`` (float32, one band per class).
-        overlay_reader: When given, write ``<stem>_overlay``: the colour rendering blended
-            over the rows read back from this reader.
-        overlay_alpha: Opacity of the mask in the overlay.
-        overlay_rgb: Turns the reader's native ``HxWxC`` rows into uint8 ``HxWx3`` for the
-            overlay (default: the rows themselves, for uint8 RGB readers).
-        mask_values: Optional lookup table from class index (0..255) to the value written in
-            ``<stem>_mask``: ``[256]`` uint8/uint16 (one band) or ``[256, 3]`` uint8 (RGB).
-            Default: the class index itself.
-        valid_reader: A reader whose ``read_valid(row0, row1, col0, col1)`` says which
-            pixels are valid; invalid ones become nodata (see the module notes).
+        spec: What is written (default: mask and colour, PNG for in-memory images).
+        source: The input being predicted: its ``georef`` is kept by GeoTIFF outputs, its
+            ``read_valid(row0, row1, col0, col1)`` marks the invalid pixels, which become
+            nodata (see the module notes), and the overlay reads its rows.
+
+    Attributes:
+        class_pixels: int64 ``[N]``: pixels written per class so far (nodata excluded).
     """
 
     def __init__(
@@ -119,69 +105,46 @@ class PredictionWriter:
         height: int,
         width: int,
         palette: Sequence,
-        *,
-        fmt: str = "png",
-        georef: dict[str, Any] | None = None,
-        color: bool = True,
-        confidence: bool = False,
-        probabilities: bool = False,
-        overlay_reader: Any = None,
-        overlay_alpha: float = 0.5,
-        overlay_rgb: Callable[[np.ndarray], np.ndarray] | None = None,
-        mask_values: np.ndarray | None = None,
-        valid_reader: Any = None,
+        spec: OutputSpec | None = None,
+        source: Any = None,
     ) -> None:
-        if fmt not in FORMATS:
-            raise OutputError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-        if probabilities and fmt == "png":
+        spec = (spec or OutputSpec()).resolved(getattr(source, "path", None), height, width)
+        if spec.fmt not in FORMATS:
+            raise OutputError(f"format must be one of {', '.join(FORMATS)}, not {spec.fmt!r}")
+        if spec.probabilities and spec.fmt == "png":
             raise OutputError("probabilities are float32 bands: write them as tif or cog")
+        if spec.overlay and source is None:
+            raise ValueError("an overlay needs the source image")
+        self.spec = spec
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.stem = stem
         self.height, self.width = int(height), int(width)
         self.palette = list(palette)
-        self.overlay_reader = overlay_reader
-        self.overlay_alpha = overlay_alpha
-        self.overlay_rgb = overlay_rgb
-        self.mask_values = None if mask_values is None else np.asarray(mask_values)
-        self.valid_reader = valid_reader if hasattr(valid_reader, "read_valid") else None
+        self.source = source
+        self.mask_values = None if spec.mask_values is None else np.asarray(spec.mask_values)
+        self.valid_reader = source if hasattr(source, "read_valid") else None
+        self.class_pixels = np.zeros(len(self.palette), np.int64)
         self.next_row = 0
         self.staging: dict[str, Staging] = {}
         self.staged_pixels = 0
         self.closed = False
-        chosen = {"mask": True, "color": color, "confidence": confidence}
-        chosen |= {"probabilities": probabilities, "overlay": overlay_reader is not None}
         self.sinks: dict[str, Sink] = {}
+        georef = getattr(source, "georef", None) if spec.fmt != "png" else None
         try:
-            for kind in OUTPUT_KINDS:
-                if chosen[kind]:
-                    path = self.out_dir / f"{stem}_{kind}.{_extension(fmt)}"
-                    self.sinks[kind] = self._sink(kind, path, fmt, georef)
+            for kind in spec.kinds():
+                path = self.out_dir / f"{stem}_{kind}.{_extension(spec.fmt)}"
+                self.sinks[kind] = self._sink(kind, path, georef)
         except BaseException:
             self.abort()
             raise
 
-    def _spec(self, kind: str) -> tuple[int, Any, float | None, bool]:
-        return output_spec(kind, len(self.palette), self.mask_values)
-
-    def _sink(self, kind: str, path: Path, fmt: str, georef: dict | None) -> Sink:
-        channels, dtype, nodata, masked = self._spec(kind)
-        h, w = self.height, self.width
+    def _sink(self, kind: str, path: Path, georef: dict | None) -> Sink:
+        pixels = output_pixels(kind, len(self.palette), self.mask_values)
+        h, w, fmt = self.height, self.width, self.spec.fmt
         if fmt == "png":
-            return PNGSink(path, h, w, channels, dtype)
-        georef = georef or {}
-        return GeoTiffSink(
-            path,
-            h,
-            w,
-            channels,
-            dtype,
-            crs=georef.get("crs"),
-            transform=georef.get("transform"),
-            nodata=nodata,
-            masked=masked,
-            cog=fmt == "cog",
-        )
+            return PNGSink(path, h, w, pixels)
+        return GeoTiffSink(path, h, w, pixels, georef=georef, cog=fmt == "cog")
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -202,6 +165,8 @@ class PredictionWriter:
         mask = probs.argmax(axis=0).astype(np.uint8)
         if invalid is not None:
             mask[invalid] = MASK_NODATA
+        counts = np.bincount(mask.ravel(), minlength=MASK_NODATA + 1)
+        self.class_pixels += counts[: len(self.class_pixels)]
         rendered = None
         for kind in self.sinks:
             if kind == "mask":
@@ -220,11 +185,10 @@ class PredictionWriter:
                 if kind == "color":
                     block = rendered
                 else:
-                    assert self.overlay_reader is not None
-                    image = self.overlay_reader.read(row0, row0 + rows, col0, col0 + cols)
-                    if self.overlay_rgb is not None:
-                        image = self.overlay_rgb(image)
-                    block = overlay(image, rendered, self.overlay_alpha)
+                    image = self.source.read(row0, row0 + rows, col0, col0 + cols)
+                    if self.spec.overlay_rgb is not None:
+                        image = self.spec.overlay_rgb(image)
+                    block = overlay(image, rendered, self.spec.overlay_alpha)
                     if invalid is not None:
                         block[invalid] = image[invalid]
             yield kind, block
@@ -326,55 +290,22 @@ class PredictionWriter:
             self.abort()
 
 
-def format_for(path: str | Path | None, height: int, width: int, fmt: str = "auto") -> str:
-    """The output format: ``fmt``, or for ``"auto"`` the default.
-
-    The default is PNG for PNG/JPEG/WebP/BMP inputs up to :data:`PNG_MAX_PIXELS` (and for
-    in-memory images, ``path=None``), GeoTIFF for every other input.
-    """
-    if fmt != "auto":
-        return fmt
-    small = height * width <= PNG_MAX_PIXELS
-    pictured = path is None or Path(path).suffix.lower() in PNG_INPUT_SUFFIXES
-    return "png" if small and pictured else "tif"
-
-
-def output_format(reader: Any) -> str:
-    """Default output format for a reader (see :func:`format_for`)."""
-    height, width = reader.shape[:2]
-    return format_for(getattr(reader, "path", None), height, width)
-
-
 def prediction_writer(
     reader: Any,
     out_dir: str | Path,
     palette: Sequence,
-    *,
+    spec: OutputSpec | None = None,
     stem: str | None = None,
-    fmt: str = "auto",
-    color: bool = True,
-    confidence: bool = False,
-    probabilities: bool = False,
-    overlay: bool = False,
-    overlay_alpha: float = 0.5,
-    overlay_rgb: Callable[[np.ndarray], np.ndarray] | None = None,
-    mask_values: np.ndarray | None = None,
 ) -> PredictionWriter:
-    """Make the :class:`PredictionWriter` for one input (stem, format, georef, validity).
+    """Make the :class:`PredictionWriter` for one input (its stem, size, georef, validity).
 
     Args:
-        reader: The input being predicted (its ``read_valid`` marks the nodata pixels).
+        reader: The input being predicted (see ``source`` of :class:`PredictionWriter`).
         out_dir: Output folder.
         palette: One colour per class.
+        spec: What is written (default :class:`~engine.infer.outputs.OutputSpec`: mask and
+            colour in the input's default format).
         stem: Output stem (default: the input's file stem).
-        fmt: ``"auto"`` (see :func:`output_format`), ``"png"``, ``"tif"`` or ``"cog"``.
-        color: Write the colour rendering.
-        confidence: Write the confidence map.
-        probabilities: Write the class probabilities (GeoTIFF/COG).
-        overlay: Write the overlay (reads the input rows a second time).
-        overlay_alpha: Opacity of the mask in the overlay.
-        overlay_rgb: See :class:`PredictionWriter`.
-        mask_values: See :class:`PredictionWriter`.
 
     Returns:
         The writer.
@@ -383,23 +314,5 @@ def prediction_writer(
         if getattr(reader, "path", None) is None:
             raise ValueError("an in-memory reader needs an explicit stem")
         stem = Path(reader.path).stem
-    if fmt == "auto":
-        fmt = output_format(reader)
     height, width = reader.shape[:2]
-    return PredictionWriter(
-        out_dir,
-        stem,
-        height,
-        width,
-        palette,
-        fmt=fmt,
-        georef=getattr(reader, "georef", None) if fmt != "png" else None,
-        color=color,
-        confidence=confidence,
-        probabilities=probabilities,
-        overlay_reader=reader if overlay else None,
-        overlay_alpha=overlay_alpha,
-        overlay_rgb=overlay_rgb,
-        mask_values=mask_values,
-        valid_reader=reader,
-    )
+    return PredictionWriter(out_dir, stem, height, width, palette, spec, reader)

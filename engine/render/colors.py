@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.data.band_select import BandSpec, band_positions
-from engine.data.classes import parse_color
-from engine.data.normalize import BandStats, Normalization
+from engine.data.shards.normalize import BandStats, Normalization
+from engine.data.sources.band_select import BandSpec, band_positions
+from engine.data.sources.classes import parse_color
 from engine.errors import UserError
 
 IGNORE_INDEX = 255
@@ -56,7 +56,7 @@ def hex_to_rgb(color: Color) -> tuple[int, int, int]:
     values = tuple(int(c) for c in color)
     if len(values) != 3 or not all(0 <= c <= 255 for c in values):
         raise RenderError(f"not an (r, g, b) colour in 0..255: {color!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def palette_array(palette: Sequence[Color]) -> np.ndarray:
@@ -152,7 +152,7 @@ def class_info(manifest: dict | None = None, classes: Any = None) -> tuple[list[
 
     Args:
         manifest: ``dataset.json`` contents (``classes: [{name, color}]``).
-        classes: An :class:`engine.data.classes.ClassesFile`.
+        classes: An :class:`engine.data.sources.classes.ClassesFile`.
 
     Returns:
         ``(names, palette)`` in class-index order.
@@ -162,8 +162,10 @@ def class_info(manifest: dict | None = None, classes: Any = None) -> tuple[list[
         if not entries:
             raise RenderError("manifest has no 'classes' entry")
         names = [e["name"] if isinstance(e, dict) else str(e) for e in entries]
-        palette = [e.get("color") if isinstance(e, dict) else None for e in entries]
-        if any(c is None for c in palette):
+        palette: list[Color] = [
+            e["color"] for e in entries if isinstance(e, dict) and e.get("color") is not None
+        ]
+        if len(palette) != len(entries):  # some class has no colour: use the palette list
             palette = list(manifest.get("palette") or [])
         if len(palette) != len(names):
             raise RenderError("manifest classes lack colours")
@@ -202,7 +204,7 @@ def image_normalization(
         names: Band names (default ``band1``, ``band2``...).
 
     Returns:
-        A :class:`~engine.data.normalize.Normalization` for :func:`display_rgb`.
+        A :class:`~engine.data.shards.normalize.Normalization` for :func:`display_rgb`.
     """
     image = _as_numpy(image)
     if image.ndim != 3:
@@ -221,6 +223,36 @@ def image_normalization(
         mean, std = float(values.mean()), float(values.std())
         bands.append(BandStats(name, dtype, mean, std, (float(low), float(high)), nodata))
     return Normalization(tuple(bands), (0, 1, 2) if channels == 3 else None)
+
+
+def _shown_bands(
+    normalization: Normalization, band: BandSpec | None, rgb: Sequence[BandSpec] | None
+) -> list[int]:
+    """Positions of the bands drawn as red, green, blue (see :func:`display_rgb`)."""
+    names = normalization.names
+    if band is not None:
+        return band_positions(band, names, "band to show", error=RenderError) * 3
+    if rgb is not None:
+        if isinstance(rgb, str) or len(rgb) != 3:
+            raise RenderError(f"rgb needs 3 bands (red, green, blue), got {rgb!r}")
+        return band_positions(rgb, names, "bands to show", distinct=False, error=RenderError)
+    if normalization.rgb_bands is not None:
+        return list(normalization.rgb_bands)
+    return [0, 0, 0]
+
+
+def _nodata_pixels(image: np.ndarray, normalization: Normalization) -> np.ndarray:
+    """``HxW``: pixels that are their band's nodata value in any band of ``[C, H, W]``."""
+    invalid = np.zeros(image.shape[1:], bool)
+    for channel, stats in enumerate(normalization.bands):
+        if stats.nodata is not None:
+            values = image[channel]
+            if math.isnan(stats.nodata):
+                if np.issubdtype(values.dtype, np.floating):
+                    invalid |= np.isnan(values)
+            else:
+                invalid |= values == stats.nodata
+    return invalid
 
 
 def display_rgb(
@@ -250,7 +282,7 @@ def display_rgb(
             ``Normalization.from_manifest(export_manifest)``); ``None``: the image's own
             (:func:`image_normalization`).
         band: One band to show in grey: its 1-based number or its name
-            (:func:`~engine.data.band_select.band_positions`).
+            (:func:`~engine.data.sources.band_select.band_positions`).
         rgb: Three bands (numbers or names) to show as red, green, blue.
         channels_last: The image is ``[H, W, C]`` (as raster readers return it).
         nodata_color: Colour of nodata pixels.
@@ -274,17 +306,7 @@ def display_rgb(
             f"image has {image.shape[0]} bands (shape {image.shape}), the data has "
             f"{normalization.in_channels} ({', '.join(normalization.names)})"
         )
-    names = normalization.names
-    if band is not None:
-        shown = band_positions(band, names, "band to show", error=RenderError) * 3
-    elif rgb is not None:
-        if isinstance(rgb, str) or len(rgb) != 3:
-            raise RenderError(f"rgb needs 3 bands (red, green, blue), got {rgb!r}")
-        shown = band_positions(rgb, names, "bands to show", distinct=False, error=RenderError)
-    elif normalization.rgb_bands is not None:
-        shown = list(normalization.rgb_bands)
-    else:
-        shown = [0, 0, 0]
+    shown = _shown_bands(normalization, band, rgb)
     out = np.empty((*image.shape[1:], 3), np.uint8)
     invalid = np.zeros(image.shape[1:], bool)
     for channel in dict.fromkeys(shown):
@@ -295,13 +317,6 @@ def display_rgb(
         stretched = np.floor(np.clip((values - low) * 255.0 / (high - low), 0, 255) + 0.5)
         for position in (i for i, c in enumerate(shown) if c == channel):
             out[..., position] = np.nan_to_num(stretched)
-    for channel, stats in enumerate(normalization.bands):
-        if stats.nodata is not None:
-            values = image[channel]
-            if math.isnan(stats.nodata):
-                if np.issubdtype(values.dtype, np.floating):
-                    invalid |= np.isnan(values)
-            else:
-                invalid |= values == stats.nodata
+    invalid |= _nodata_pixels(image, normalization)
     out[invalid] = hex_to_rgb(nodata_color)
     return out

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from engine.data.band_select import BandSpec
-from engine.data.normalize import Normalization
+from engine.data.shards.normalize import Normalization
+from engine.data.sources.band_select import BandSpec
 from engine.render.colors import (
     ERROR_COLORS,
     IGNORE_INDEX,
@@ -29,20 +30,38 @@ from engine.render.colors import (
 )
 
 
-def picture(
-    image,
-    normalization: Normalization | None = None,
-    band: BandSpec | None = None,
-    *,
-    rgb: Sequence[BandSpec] | None = None,
-    channels_last: bool = False,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class Display:
+    """How a figure draws its image and how large it is.
+
+    Attributes:
+        normalization: The data's bands (``Manifest.normalization``) for a native image;
+            without it (and without ``band``/``rgb``) the image must be a uint8 ``HxWx3``
+            picture.
+        band: Show this band (1-based number or name) in grey instead of true colour.
+        rgb: Show these three bands (numbers or names) as red, green, blue.
+        channels_last: A native image is ``[H, W, C]`` (else ``[C, H, W]``).
+        panel_inches: Width of each panel in inches (pixels = inches x dpi); ``None``: the
+            figure's own default (4 for :func:`panel`, 6 for :func:`mask_figure`).
+        dpi: Resolution.
+    """
+
+    normalization: Normalization | None = None
+    band: BandSpec | None = None
+    rgb: Sequence[BandSpec] | None = None
+    channels_last: bool = False
+    panel_inches: float | None = None
+    dpi: int = 100
+
+
+def picture(image, display: Display = Display()) -> np.ndarray:
     """The uint8 ``HxWx3`` picture a figure shows for an image.
 
-    Without ``normalization``, ``band`` or ``rgb`` the image must already be a picture
-    (uint8 ``HxWx3``) and is shown as it is; otherwise it is a native ``[C, H, W]`` image
-    (``[H, W, C]`` with ``channels_last``) drawn by :func:`engine.render.colors.display_rgb`.
+    Without the display's ``normalization``, ``band`` or ``rgb`` the image must already be
+    a picture (uint8 ``HxWx3``) and is shown as it is; otherwise it is a native image drawn
+    by :func:`engine.render.colors.display_rgb`.
     """
+    normalization, band, rgb = display.normalization, display.band, display.rgb
     if normalization is None and band is None and rgb is None:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -51,7 +70,7 @@ def picture(
                 "pass normalization= (the data's bands) for a native [C, H, W] image"
             )
         return image
-    return display_rgb(image, normalization, band, rgb=rgb, channels_last=channels_last)
+    return display_rgb(image, normalization, band, rgb=rgb, channels_last=display.channels_last)
 
 
 def new_figure(width_in: float, height_in: float, dpi: int):
@@ -81,6 +100,12 @@ def save_figure(figure, path: str | Path | None, dpi: int) -> np.ndarray:
     return pixels
 
 
+def _fraction_rgb(color: Color) -> tuple[float, float, float]:
+    """A colour as matplotlib's ``(r, g, b)`` in 0..1."""
+    red, green, blue = hex_to_rgb(color)
+    return red / 255.0, green / 255.0, blue / 255.0
+
+
 def legend_handles(class_names: Sequence[str], palette: Sequence[Color]) -> list:
     """Matplotlib patches, one per class, for ``ax.legend(handles=...)``."""
     from matplotlib.patches import Patch
@@ -88,7 +113,7 @@ def legend_handles(class_names: Sequence[str], palette: Sequence[Color]) -> list
     if len(class_names) != len(palette):
         raise RenderError(f"{len(class_names)} class names but {len(palette)} colours")
     return [
-        Patch(facecolor=np.array(hex_to_rgb(c)) / 255.0, edgecolor="black", linewidth=0.5, label=n)
+        Patch(facecolor=_fraction_rgb(c), edgecolor="black", linewidth=0.5, label=n)
         for n, c in zip(class_names, palette)
     ]
 
@@ -125,12 +150,7 @@ def panel(
     *,
     ignore_index: int = IGNORE_INDEX,
     title: str | None = None,
-    panel_inches: float = 4.0,
-    dpi: int = 100,
-    normalization: Normalization | None = None,
-    band: BandSpec | None = None,
-    rgb: Sequence[BandSpec] | None = None,
-    channels_last: bool = False,
+    display: Display = Display(),
 ) -> np.ndarray:
     """Draw ``image | truth | prediction | error`` side by side with a class legend.
 
@@ -139,9 +159,9 @@ def panel(
     over scored pixels is in its title. Either mask may be ``None`` to draw fewer panels.
 
     Args:
-        image: A uint8 ``HxWx3`` picture, or with ``normalization`` a native ``[C, H, W]``
-            image of any band dtype (drawn by :func:`picture`: ``rgb_bands`` or ``band``
-            stretched by the display range, nodata black).
+        image: A uint8 ``HxWx3`` picture, or with ``display.normalization`` a native
+            ``[C, H, W]`` image of any band dtype (drawn by :func:`picture`: ``rgb_bands``
+            or ``band`` stretched by the display range, nodata black).
         truth: Class-index ``HxW`` or ``None``.
         prediction: Class-index ``HxW`` or ``None``.
         class_names: Names in class-index order.
@@ -149,17 +169,13 @@ def panel(
         path: Where to save the PNG (optional).
         ignore_index: Mask value of unscored pixels.
         title: Figure title.
-        panel_inches: Width of each panel in inches (pixels = inches x dpi).
-        dpi: Resolution.
-        normalization: The data's bands (``Manifest.normalization``) for a native image.
-        band: Show this band (1-based number or name) in grey instead of true colour.
-        rgb: Show these three bands (indices or names) as red, green, blue.
-        channels_last: A native image is ``[H, W, C]``.
+        display: How the image is drawn and the figure sized (panels 4 inches wide
+            unless it says otherwise).
 
     Returns:
         The rendered figure as uint8 RGB pixels.
     """
-    image = picture(image, normalization, band, rgb=rgb, channels_last=channels_last)
+    image = picture(image, display)
     views: list[tuple[str, np.ndarray]] = [("Image", image)]
     for name, mask in (("Ground truth", truth), ("Prediction", prediction)):
         if mask is not None:
@@ -185,8 +201,8 @@ def panel(
         path,
         title=title,
         extra_legend=extra,
-        panel_inches=panel_inches,
-        dpi=dpi,
+        panel_inches=4.0 if display.panel_inches is None else display.panel_inches,
+        dpi=display.dpi,
     )
 
 
@@ -200,17 +216,12 @@ def mask_figure(
     alpha: float = 0.5,
     ignore_index: int = IGNORE_INDEX,
     title: str | None = None,
-    panel_inches: float = 6.0,
-    dpi: int = 100,
-    normalization: Normalization | None = None,
-    band: BandSpec | None = None,
-    rgb: Sequence[BandSpec] | None = None,
-    channels_last: bool = False,
+    display: Display = Display(),
 ) -> np.ndarray:
     """Draw a class-index mask with a legend (and, given the image, an overlay beside it).
 
-    The image is drawn as in :func:`panel` (``normalization``, ``band``, ``rgb`` and
-    ``channels_last`` mean the same).
+    The image and ``display`` mean what they mean for :func:`panel` (panels 6 inches wide
+    unless ``display`` says otherwise).
 
     Returns:
         The rendered figure as uint8 RGB pixels (also saved as PNG when ``path`` is given).
@@ -218,7 +229,7 @@ def mask_figure(
     rendered = colorize(mask, palette, ignore_index, ERROR_COLORS["ignored"])
     views = [("Mask", rendered)]
     if image is not None:
-        image = picture(image, normalization, band, rgb=rgb, channels_last=channels_last)
+        image = picture(image, display)
         if image.shape != rendered.shape:
             raise RenderError(f"mask {mask.shape} does not match image {image.shape[:2]}")
         views = [
@@ -234,8 +245,8 @@ def mask_figure(
         path,
         title=title,
         extra_legend=extra,
-        panel_inches=panel_inches,
-        dpi=dpi,
+        panel_inches=6.0 if display.panel_inches is None else display.panel_inches,
+        dpi=display.dpi,
     )
 
 
@@ -256,9 +267,7 @@ def _figure_row(
     height, width = views[0][1].shape[:2]
     aspect = height / max(width, 1)
     handles = legend_handles(class_names, palette) + [
-        Patch(
-            facecolor=np.array(hex_to_rgb(c)) / 255.0, edgecolor="black", linewidth=0.5, label=label
-        )
+        Patch(facecolor=_fraction_rgb(c), edgecolor="black", linewidth=0.5, label=label)
         for label, c in extra_legend
     ]
     columns = max(1, min(len(handles), int(panel_inches * len(views) / 1.6)))
@@ -333,9 +342,9 @@ def confusion_heatmap(
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
     ax.set_title(title)
-    for i in np.flatnonzero(totals[:, 0] == 0):
+    for empty in np.flatnonzero(totals[:, 0] == 0):
         ax.text(
-            (n - 1) / 2, i, "no true pixels", ha="center", va="center", fontsize=8, color="gray"
+            (n - 1) / 2, empty, "no true pixels", ha="center", va="center", fontsize=8, color="gray"
         )
     if n <= 20:
         for i in range(n):

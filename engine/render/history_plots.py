@@ -10,14 +10,15 @@ the class colours of the run's ``dataset.json`` (``RUN/best/dataset.json`` or
 from __future__ import annotations
 
 import csv
-import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.errors import UserError
+from engine.jsonfile import read_json
 from engine.render.colors import class_info
 from engine.render.figures import new_figure, save_figure
 
@@ -61,17 +62,26 @@ def _series(rows: list[dict[str, Any]], column: str, x_column: str | None) -> di
     return {k: v for k, v in by_split.items() if v[0]}
 
 
-def run_palette(history_csv: str | Path) -> dict[str, str]:
-    """``{class name: "#RRGGBB"}`` from the run's ``dataset.json``, or ``{}`` without one."""
-    run = Path(history_csv).parent
-    for candidate in (run / "best" / "dataset.json", run / "dataset.json"):
+def run_classes(run: str | Path) -> tuple[list[str], list[str]] | None:
+    """The class names and colours of a run folder (its ``best/`` or own ``dataset.json``).
+
+    Plots are a courtesy: a missing, oversized or malformed file gives None, never an error.
+    """
+    for candidate in (Path(run) / "best" / "dataset.json", Path(run) / "dataset.json"):
         if candidate.is_file():
             try:
-                names, palette = class_info(json.loads(candidate.read_text()))
+                manifest = read_json(candidate)
+                if isinstance(manifest, dict):
+                    return class_info(manifest)
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue
-            return dict(zip(names, palette))
-    return {}
+    return None
+
+
+def run_palette(history_csv: str | Path) -> dict[str, str]:
+    """``{class name: "#RRGGBB"}`` from the run's ``dataset.json``, or ``{}`` without one."""
+    names, palette = run_classes(Path(history_csv).parent) or ([], [])
+    return dict(zip(names, palette))
 
 
 def _draw(ax: Any, split: str, xs: list, ys: list, **style: Any) -> Any:
@@ -93,6 +103,102 @@ def _draw(ax: Any, split: str, xs: list, ys: list, **style: Any) -> Any:
 
 def _base(split: str) -> str:
     return split[: -len(BEST_SUFFIX)] if split.endswith(BEST_SUFFIX) else split
+
+
+@dataclass
+class _Plotter:
+    """Draws a history's figures into ``out_dir`` (and ``figures``), listing them in ``written``."""
+
+    rows: list[dict[str, str]]
+    x_column: str | None  # None: the row number
+    out_dir: Path
+    dpi: int
+    figures: dict[str, Any] | None
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.rows[0].keys()) if self.rows else []
+
+    @property
+    def x_label(self) -> str:
+        return self.x_column or "row"
+
+    def _save(self, figure: Any, name: str) -> None:
+        path = self.out_dir / name
+        save_figure(figure, path, self.dpi)
+        self.written.append(path)
+        if self.figures is not None:
+            self.figures[name] = figure
+
+    def single(self, column: str, name: str, title: str, ylabel: str, log_if_wide: bool) -> None:
+        """One figure of ``column``, a line per split (log scale when ``log_if_wide`` fits)."""
+        if column not in self.columns:
+            return
+        series = _series(self.rows, column, self.x_column)
+        if not series:
+            return
+        figure = new_figure(8, 4.5, self.dpi)
+        ax = figure.add_subplot(1, 1, 1)
+        for split, (xs, ys) in sorted(series.items()):
+            _draw(ax, split, xs, ys, label=split)
+        values = np.concatenate([np.asarray(ys) for _, ys in series.values()])
+        positive = values[values > 0]
+        if log_if_wide and positive.size and positive.max() / positive.min() > 100:
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel(self.x_label)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(title="split")
+        figure.tight_layout()
+        self._save(figure, name)
+
+    def _curves(self, prefix: str) -> list[tuple[str, dict]]:
+        """``(name after the prefix, series by split)`` of each column with data."""
+        curves = []
+        for column in (c for c in self.columns if c.startswith(prefix)):
+            series = _series(self.rows, column, self.x_column)
+            if series:
+                curves.append((column[len(prefix) :], series))
+        return curves
+
+    def grouped(self, prefix: str, name: str, labels: tuple[str, str, str], colors: dict) -> None:
+        """One panel per split with a curve per ``prefix*`` column, one shared legend.
+
+        Args:
+            prefix: Column prefix (``iou/``, ``loss/``).
+            name: File name.
+            labels: ``(title, y-axis label, legend title)``.
+            colors: ``{curve name: colour}``; others take matplotlib's cycle.
+        """
+        title, ylabel, legend = labels
+        curves = self._curves(prefix)
+        if not curves:
+            return
+        splits = sorted({_base(s) for _, series in curves for s in series})
+        width = 6.5 * len(splits) + 2.5
+        figure = new_figure(width, 4.8, self.dpi)
+        axes = figure.subplots(1, len(splits), squeeze=False, sharey=True)[0]
+        handles: dict[str, Any] = {}
+        for ax, split in zip(axes, splits):
+            for label, series in curves:
+                color = colors.get(label)
+                for key in (split, split + BEST_SUFFIX):
+                    if key in series:
+                        xs, ys = series[key]
+                        handle = _draw(ax, key, xs, ys, label=label, color=color)
+                        if not key.endswith(BEST_SUFFIX):
+                            handles.setdefault(label, handle)
+            ax.set_title(f"{title} ({split})")
+            ax.set_xlabel(self.x_label)
+            ax.grid(True, alpha=0.3)
+        axes[0].set_ylabel(ylabel)
+        figure.legend(
+            list(handles.values()), list(handles), loc="center right", title=legend, fontsize=9
+        )
+        figure.tight_layout(rect=(0, 0, 1 - 2.3 / width, 1))
+        self._save(figure, name)
 
 
 def plot_history(
@@ -132,79 +238,13 @@ def plot_history(
     rows = _read_history(history_csv)
     columns = list(rows[0].keys()) if rows else []
     x_column = next((c for c in ("step", "epoch") if c in columns), None)
-    x_label = x_column or "row"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-
-    def single(column: str, name: str, title: str, ylabel: str, log_if_wide: bool) -> None:
-        if column not in columns:
-            return
-        series = _series(rows, column, x_column)
-        if not series:
-            return
-        figure = new_figure(8, 4.5, dpi)
-        ax = figure.add_subplot(1, 1, 1)
-        for split, (xs, ys) in sorted(series.items()):
-            _draw(ax, split, xs, ys, label=split)
-        values = np.concatenate([np.asarray(ys) for _, ys in series.values()])
-        positive = values[values > 0]
-        if log_if_wide and positive.size and positive.max() / positive.min() > 100:
-            ax.set_yscale("log")
-        ax.set_title(title)
-        ax.set_xlabel(x_label)
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        ax.legend(title="split")
-        figure.tight_layout()
-        path = out_dir / name
-        save_figure(figure, path, dpi)
-        written.append(path)
-        if figures is not None:
-            figures[name] = figure
-
-    single("loss", "loss.png", "Loss", "loss", log_if_wide=True)
-    single("lr", "lr.png", "Learning rate", "learning rate", log_if_wide=True)
-    single("miou", "miou.png", "Mean IoU", "mIoU", log_if_wide=False)
-
-    def grouped(prefix: str, name: str, title: str, ylabel: str, legend: str) -> None:
-        curves = []
-        for column in (c for c in columns if c.startswith(prefix)):
-            series = _series(rows, column, x_column)
-            if series:
-                curves.append((column[len(prefix) :], series))
-        if not curves:
-            return
-        splits = sorted({_base(s) for _, series in curves for s in series})
-        width = 6.5 * len(splits) + 2.5
-        figure = new_figure(width, 4.8, dpi)
-        axes = figure.subplots(1, len(splits), squeeze=False, sharey=True)[0]
-        handles: dict[str, Any] = {}
-        for ax, split in zip(axes, splits):
-            for label, series in curves:
-                color = colors.get(label)
-                for key in (split, split + BEST_SUFFIX):
-                    if key in series:
-                        xs, ys = series[key]
-                        handle = _draw(ax, key, xs, ys, label=label, color=color)
-                        if not key.endswith(BEST_SUFFIX):
-                            handles.setdefault(label, handle)
-            ax.set_title(f"{title} ({split})")
-            ax.set_xlabel(x_label)
-            ax.grid(True, alpha=0.3)
-        axes[0].set_ylabel(ylabel)
-        figure.legend(
-            list(handles.values()), list(handles), loc="center right", title=legend, fontsize=9
-        )
-        figure.tight_layout(rect=(0, 0, 1 - 2.3 / width, 1))
-        path = out_dir / name
-        save_figure(figure, path, dpi)
-        written.append(path)
-        if figures is not None:
-            figures[name] = figure
-
+    plotter = _Plotter(rows, x_column, out_dir, dpi, figures)
+    plotter.single("loss", "loss.png", "Loss", "loss", log_if_wide=True)
+    plotter.single("lr", "lr.png", "Learning rate", "learning rate", log_if_wide=True)
+    plotter.single("miou", "miou.png", "Mean IoU", "mIoU", log_if_wide=False)
     colors = run_palette(history_csv) if palette is None else dict(palette)
-    grouped("iou/", "iou_per_class.png", "Per-class IoU", "IoU", "class")
-    colors = {}
-    grouped("loss/", "loss_terms.png", "Loss terms", "loss", "term")
-    return written
+    plotter.grouped("iou/", "iou_per_class.png", ("Per-class IoU", "IoU", "class"), colors)
+    plotter.grouped("loss/", "loss_terms.png", ("Loss terms", "loss", "term"), {})
+    return plotter.written

@@ -1,10 +1,12 @@
-"""Device-side training augmentation (evaluation normalisation: :mod:`engine.data.normalize`).
+"""Device-side training augmentation.
+
+Evaluation normalisation: :mod:`engine.data.shards.normalize`.
 
 One pipeline for every band count and pixel type: the native batch (uint8, uint16, int16 or
 float32, ``[B, C, H, W]``) goes to each band's *unit scale* with
-:meth:`~engine.data.normalize.Normalization.to_unit` (nodata pixels take the band's mean),
+:meth:`~engine.data.shards.normalize.Normalization.to_unit` (nodata pixels take the band's mean),
 then through the geometry, then the photometric jitter (on the unit scale, per band), and
-is standardised with :meth:`~engine.data.normalize.Normalization.standardize_unit`. For
+is standardised with :meth:`~engine.data.shards.normalize.Normalization.standardize_unit`. For
 3-band uint8 RGB data this is exactly the former ``x / 255`` → jitter → ``(x - mean) / std``.
 
 Geometry uses plain torch indexing instead of ``kornia.augmentation.AugmentationSequential``:
@@ -29,7 +31,7 @@ from kornia.color import rgb_to_grayscale
 from kornia.enhance import adjust_hue
 from torch import nn
 
-from engine.data.normalize import BandStats, Normalization
+from engine.data.shards.normalize import BandStats, Normalization
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TrainAugment", "imagenet_normalization"]
 
@@ -109,7 +111,7 @@ class TrainAugment(nn.Module):
             normalization = imagenet_normalization()
         if not isinstance(normalization, Normalization):
             raise TypeError(
-                f"normalization must be an engine.data.normalize.Normalization, got "
+                f"normalization must be an engine.data.shards.normalize.Normalization, got "
                 f"{type(normalization).__name__}"
             )
         self.crop_size = crop_size

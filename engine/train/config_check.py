@@ -14,9 +14,10 @@ import yaml
 
 import archs
 from engine.errors import UserError
+from engine.train.loss_factory import build_loss, is_multitask_spec
 
 if TYPE_CHECKING:
-    from engine.train.config import Config
+    from engine.train.config_types import Config
 
 
 class ConfigError(UserError):
@@ -176,10 +177,10 @@ def validate(config: Config) -> None:
     checks += [(k, "> 0", lambda v: v > 0) for k in ABOVE_ZERO]
     checks += [(k, "in [0, 1)", lambda v: 0 <= v < 1) for k in UNIT]
     checks += [("schedule.min_lr_ratio", "in [0, 1]", lambda v: 0 <= v <= 1)]
-    for key, allowed, ok in checks:
+    for key, rule, ok in checks:
         value = _get(config, key)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
-            raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+            raise ConfigError(f"{key} must be {rule}, got {value!r}")
     for key, (limit, unit) in AT_MOST.items():
         if _get(config, key) > limit:
             raise ConfigError(f"{key} must be at most {limit} ({unit}), got {_get(config, key)}")
@@ -229,12 +230,10 @@ def check_model_options(config: Config) -> None:
 
 
 def _loss_is_multitask(spec: Any) -> bool:
-    """Whether a loss specification builds the multitask loss (checks that it builds)."""
-    from engine.train.loss_factory import build_loss
-    from engine.train.losses import MultitaskLoss
-
+    """Whether a loss specification is the multitask loss (checks that it builds)."""
     try:
-        return isinstance(build_loss(spec, 2), MultitaskLoss)
+        build_loss(spec, 2)
+        return is_multitask_spec(spec)
     except (ValueError, TypeError, KeyError) as error:
         raise ConfigError(f"loss.spec = {spec!r}: {error}") from None
 

@@ -5,7 +5,7 @@ accelerate or the training code: the weights (a plain CPU state dict in safetens
 model spec ``model.json`` = ``{"arch", "num_classes", "in_channels", "options", "bands",
 "rgb_bands"}`` (the architecture that ``archs.create_model`` rebuilds, and the input bands in
 channel order with their dtype, statistics and nodata: a version 3 manifest's records, see
-:mod:`engine.data.normalize`), the run's config and the shard manifest (classes, palette,
+:mod:`engine.data.shards.normalize`), the run's config and the shard manifest (classes, palette,
 ``ignore_index``, the bands again).
 
 Exports written before N-band data have no ``bands`` in ``model.json``; they load as three
@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from archs import unwrap_model
-from engine.data.normalize import Normalization
+from engine.data.shards.normalize import Normalization
 from engine.jsonfile import metadata_limit
 from engine.train import state_io
 from engine.train.export_check import (
@@ -198,13 +198,17 @@ def save_exported(
     return out_dir
 
 
-def _locate(path: Path) -> tuple[Path, Path]:
-    """Return ``(folder with model.json etc., weights file)`` for any accepted ``path``.
+def locate_export(path: str | Path) -> tuple[Path, Path]:
+    """The one model-folder locator: ``(folder with model.json etc., weights file)``.
+
+    ``path`` is a run folder (its ``best`` export), an export folder, or a
+    ``.safetensors`` file.
 
     Weights without a sibling ``model.json`` (an accelerate checkpoint
     ``RUN/checkpoints/step-N/model.safetensors``) take the spec, config and manifest of the
     run's ``best`` export, found up to three folders up.
     """
+    path = Path(path)
     if path.is_file() or path.suffix == ".safetensors":
         if not path.is_file():
             raise ExportError(f"{path}: weights file not found")
@@ -243,7 +247,7 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> Expor
     Raises:
         ExportError: naming the missing or malformed file.
     """
-    folder, weights = _locate(Path(path))
+    folder, weights = locate_export(path)
     where = folder / SPEC_NAME
     spec = check_spec(read_object(where, "model spec"), str(where))
     config = _read_config(folder / CONFIG_NAME)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from engine.data.normalize import Normalization
+from engine.data.shards.normalize import Normalization
 from engine.errors import UserError
 from engine.jsonfile import MetadataError, metadata_limit, read_json
 

@@ -167,8 +167,8 @@ def _write_train_row(run: Run, window: LogWindow) -> tuple[float, float]:
     config, state = run.config, run.state
     elapsed = time.perf_counter() - window.start
     values = run.accelerator.reduce(torch.stack(list(window.running.values())), "mean")
-    row = {name: float(v) for name, v in zip(window.running, (values / window.steps).tolist())}
-    row = {("loss" if n == "loss" else f"loss/{n}"): v for n, v in row.items()}
+    means = zip(window.running, (values / window.steps).tolist())
+    row: dict[str, Any] = {("loss" if n == "loss" else f"loss/{n}"): float(v) for n, v in means}
     per_step = config.train.grad_accum * config.data.batch_size * run.accelerator.num_processes
     row |= {
         "step": state.step,

@@ -2,13 +2,17 @@
 
 :func:`build_loss` turns a config's ``loss.spec`` (``"ce"``, ``"dice"``, ``"tanimoto"``,
 ``"multitask"``, a mapping with options, or a list of weighted terms) into a loss module of
-:mod:`engine.train.losses`; :func:`class_weights_from_pixels` turns a manifest's class pixel
-counts into per-class weights.
+:mod:`engine.train.losses`. Terms are registered like architectures (:func:`register_loss`:
+name, aliases, accepted options, whether it takes the multitask heads), and
+:func:`is_multitask_spec` is the one rule for "this spec is the multitask loss".
+:func:`class_weights_from_pixels` turns a manifest's class pixel counts into per-class
+weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,20 +26,103 @@ from engine.train.losses import (
     TanimotoLoss,
 )
 
-_ALIASES = {
-    "ce": "ce",
-    "cross_entropy": "ce",
-    "crossentropy": "ce",
-    "dice": "dice",
-    "tanimoto": "tanimoto",
-    "multitask": "multitask",
-}
-_OPTIONS = {
-    "ce": {"label_smoothing", "class_weighted"},
-    "dice": {"smooth"},
-    "tanimoto": {"eps"},
-    "multitask": {"eps"},
-}
+
+@dataclass(frozen=True)
+class LossEntry:
+    """One registered loss term.
+
+    Attributes:
+        name: The canonical name used in ``loss.spec``.
+        build: ``build(num_classes, ignore_index, class_weights, **options) -> nn.Module``.
+        options: The options the term accepts.
+        aliases: Other names for it in ``loss.spec``.
+        multitask: Whether it takes the four multitask heads (it must then stand alone).
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    options: frozenset[str]
+    aliases: tuple[str, ...] = ()
+    multitask: bool = False
+
+
+_LOSSES: dict[str, LossEntry] = {}
+
+
+def register_loss(
+    name: str, options: Sequence[str] = (), aliases: Sequence[str] = (), multitask: bool = False
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a loss term builder under ``name`` (and its aliases), like the model registry.
+
+    Raises:
+        ValueError: The name or an alias is already registered.
+    """
+
+    def decorate(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        entry = LossEntry(name, build, frozenset(options), tuple(aliases), multitask)
+        for key in (name, *aliases):
+            if key in _LOSSES:
+                raise ValueError(f"loss {key!r} is already registered")
+            _LOSSES[key] = entry
+        return build
+
+    return decorate
+
+
+def list_losses() -> list[str]:
+    """The canonical names of the registered loss terms, sorted."""
+    return sorted({entry.name for entry in _LOSSES.values()})
+
+
+def loss_entry(name: str) -> LossEntry:
+    """The registered term called ``name`` (any case, surrounding spaces ignored).
+
+    Raises:
+        ValueError: Unknown name; the message lists the known ones.
+    """
+    key = name.strip().lower()
+    if key not in _LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known: {sorted(_LOSSES)}")
+    return _LOSSES[key]
+
+
+@register_loss(
+    "ce", options=("label_smoothing", "class_weighted"), aliases=("cross_entropy", "crossentropy")
+)
+def _cross_entropy(
+    num_classes: int,
+    ignore_index: int,
+    class_weights: torch.Tensor | Sequence[float] | None,
+    class_weighted: bool = True,
+    label_smoothing: float = 0.0,
+) -> nn.Module:
+    return CrossEntropyLoss(
+        weight=class_weights if class_weighted else None,
+        ignore_index=ignore_index,
+        label_smoothing=float(label_smoothing),
+    )
+
+
+@register_loss("dice", options=("smooth",))
+def _dice(num_classes: int, ignore_index: int, class_weights: Any, **options: Any) -> nn.Module:
+    return DiceLoss(num_classes, ignore_index, **options)
+
+
+@register_loss("tanimoto", options=("eps",))
+def _tanimoto(num_classes: int, ignore_index: int, class_weights: Any, **options: Any) -> nn.Module:
+    return TanimotoLoss(num_classes, ignore_index, **options)
+
+
+@register_loss("multitask", options=("eps",), multitask=True)
+def _multitask(
+    num_classes: int, ignore_index: int, class_weights: Any, **options: Any
+) -> nn.Module:
+    return MultitaskLoss(num_classes, ignore_index, **options)
+
+
+def is_multitask_spec(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> bool:
+    """Whether ``spec`` is the multitask loss: the one rule (raises when it does not parse)."""
+    return any(loss_entry(name).multitask for name, _, _ in _parse_spec(spec))
 
 
 def build_loss(
@@ -43,7 +130,7 @@ def build_loss(
     num_classes: int,
     ignore_index: int = 255,
     class_weights: torch.Tensor | Sequence[float] | None = None,
-) -> nn.Module:
+) -> CombinedLoss | MultitaskLoss:
     """Build a loss from its configuration.
 
     Accepted forms:
@@ -70,33 +157,22 @@ def build_loss(
     Raises:
         ValueError: On an unknown term or option, or ``multitask`` combined with others.
     """
-    terms = _parse_spec(spec)
-    canonical = [(_canonical(name), weight, options) for name, weight, options in terms]
-    if any(name == "multitask" for name, _, _ in canonical):
-        if len(canonical) != 1:
-            raise ValueError("the 'multitask' loss cannot be combined with other terms")
-        _check_options("multitask", canonical[0][2])
-        return MultitaskLoss(num_classes, ignore_index, **canonical[0][2])
-
+    entries = [(loss_entry(name), weight, options) for name, weight, options in _parse_spec(spec)]
+    if any(entry.multitask for entry, _, _ in entries) and len(entries) != 1:
+        raise ValueError("the 'multitask' loss cannot be combined with other terms")
     modules: dict[str, tuple[float, nn.Module]] = {}
-    for name, weight, options in canonical:
-        if name in modules:
-            raise ValueError(f"loss term {name!r} given twice")
-        _check_options(name, options)
-        if name == "ce":
-            weighted = options.get("class_weighted", True)
-            modules[name] = (
-                weight,
-                CrossEntropyLoss(
-                    weight=class_weights if weighted else None,
-                    ignore_index=ignore_index,
-                    label_smoothing=float(options.get("label_smoothing", 0.0)),
-                ),
-            )
-        elif name == "dice":
-            modules[name] = (weight, DiceLoss(num_classes, ignore_index, **options))
-        else:
-            modules[name] = (weight, TanimotoLoss(num_classes, ignore_index, **options))
+    for entry, weight, options in entries:
+        if entry.name in modules:
+            raise ValueError(f"loss term {entry.name!r} given twice")
+        unknown = set(options) - entry.options
+        if unknown:
+            raise ValueError(f"unknown options for loss {entry.name!r}: {sorted(unknown)}")
+        built = entry.build(num_classes, ignore_index, class_weights, **options)
+        modules[entry.name] = (weight, built)
+    if entries[0][0].multitask:
+        multitask = modules[entries[0][0].name][1]
+        assert isinstance(multitask, MultitaskLoss)  # what the multitask entry builds
+        return multitask
     return CombinedLoss(modules)
 
 
@@ -117,7 +193,7 @@ def _parse_spec(spec: Any) -> list[tuple[str, float, dict[str, Any]]]:
         unknown = set(weights) - set(names)
         if unknown:
             raise ValueError(f"weights given for terms not in {spec['name']!r}: {sorted(unknown)}")
-        accepted = {name: _OPTIONS[_canonical(name)] for name in names}
+        accepted = {name: loss_entry(name).options for name in names}
         unused = set(options) - set().union(*accepted.values())
         if unused:
             raise ValueError(f"unknown loss options for {spec['name']!r}: {sorted(unused)}")
@@ -137,19 +213,6 @@ def _parse_spec(spec: Any) -> list[tuple[str, float, dict[str, Any]]]:
             raise ValueError("empty list of loss terms")
         return out
     raise ValueError(f"unsupported loss spec: {spec!r}")
-
-
-def _canonical(name: str) -> str:
-    key = name.strip().lower()
-    if key not in _ALIASES:
-        raise ValueError(f"unknown loss {name!r}; known: {sorted(_ALIASES)}")
-    return _ALIASES[key]
-
-
-def _check_options(name: str, options: Mapping[str, Any]) -> None:
-    unknown = set(options) - _OPTIONS[name]
-    if unknown:
-        raise ValueError(f"unknown options for loss {name!r}: {sorted(unknown)}")
 
 
 def class_weights_from_pixels(

@@ -7,6 +7,8 @@ Pixels whose target is ``ignore_index`` contribute nothing to any loss.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,7 +84,30 @@ def tanimoto_with_complement(
     return (1.0 - coefficient).mean()
 
 
-class TanimotoLoss(nn.Module):
+class _SoftmaxOverlapLoss(nn.Module):
+    """An overlap loss of softmax probabilities against one-hot targets, ignore-aware.
+
+    Subclasses give :meth:`overlap_loss` of ``(probs, labels, valid)``, each ``[B, N, H, W]``.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+
+    def overlap_loss(
+        self, probs: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """The scalar loss of float32 probabilities against one-hot labels."""
+        raise NotImplementedError
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of ``logits`` ``[B, N, H, W]`` against class indices ``[B, H, W]``."""
+        labels, valid = _one_hot(target, self.num_classes, self.ignore_index)
+        return self.overlap_loss(logits.float().softmax(dim=1), labels, valid)
+
+
+class TanimotoLoss(_SoftmaxOverlapLoss):
     """Tanimoto loss with complement on softmax probabilities against one-hot targets.
 
     Args:
@@ -92,23 +117,14 @@ class TanimotoLoss(nn.Module):
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
+        super().__init__(num_classes, ignore_index)
         self.eps = eps
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Compute the loss.
-
-        Args:
-            logits: ``[B, N, H, W]``.
-            target: Class indices ``[B, H, W]``.
-
-        Returns:
-            Scalar loss.
-        """
-        labels, valid = _one_hot(target, self.num_classes, self.ignore_index)
-        return tanimoto_with_complement(logits.float().softmax(dim=1), labels, valid, self.eps)
+    def overlap_loss(
+        self, probs: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """``1 - mean`` Tanimoto coefficient with complement."""
+        return tanimoto_with_complement(probs, labels, valid, self.eps)
 
 
 class CrossEntropyLoss(nn.Module):
@@ -139,15 +155,7 @@ class CrossEntropyLoss(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Compute the loss.
-
-        Args:
-            logits: ``[B, N, H, W]``.
-            target: Class indices ``[B, H, W]``.
-
-        Returns:
-            Scalar loss.
-        """
+        """The loss of ``logits`` ``[B, N, H, W]`` against class indices ``[B, H, W]``."""
         target = target.long()
         per_pixel = F.cross_entropy(
             logits.float(),
@@ -166,7 +174,7 @@ class CrossEntropyLoss(nn.Module):
         return per_pixel.sum() / total.clamp(min=1e-12)
 
 
-class DiceLoss(nn.Module):
+class DiceLoss(_SoftmaxOverlapLoss):
     """Soft Dice loss on softmax probabilities, ignore-aware.
 
     Per class over the whole batch, ``dice_c = (2 sum p l + smooth) / (sum p + sum l +
@@ -179,23 +187,14 @@ class DiceLoss(nn.Module):
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, smooth: float = 1.0) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
+        super().__init__(num_classes, ignore_index)
         self.smooth = smooth
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Compute the loss.
-
-        Args:
-            logits: ``[B, N, H, W]``.
-            target: Class indices ``[B, H, W]``.
-
-        Returns:
-            Scalar loss.
-        """
-        labels, valid = _one_hot(target, self.num_classes, self.ignore_index)
-        probs = logits.float().softmax(dim=1) * valid
+    def overlap_loss(
+        self, probs: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """``1 - mean`` soft Dice over the classes."""
+        probs = probs * valid
         intersection = (probs * labels).sum(dim=(0, 2, 3))
         cardinality = probs.sum(dim=(0, 2, 3)) + labels.sum(dim=(0, 2, 3))
         dice = (2 * intersection + self.smooth) / (cardinality + self.smooth)
@@ -229,20 +228,13 @@ class CombinedLoss(nn.Module):
         return {name: loss(logits, target) for name, loss in self.losses.items()}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Compute the weighted sum of the terms.
-
-        Args:
-            logits: ``[B, N, H, W]``.
-            target: Class indices ``[B, H, W]``.
-
-        Returns:
-            Scalar loss.
-        """
+        """The weighted sum of the terms for ``logits`` [B, N, H, W] and ``target`` [B, H, W]."""
         return self.combine(self.terms(logits, target))
 
     def combine(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Weighted sum of the terms returned by :meth:`terms`."""
-        return sum((self.weights[name] * value for name, value in terms.items()), start=0.0)
+        weighted = [self.weights[name] * value for name, value in terms.items()]
+        return functools.reduce(operator.add, weighted)
 
 
 class MultitaskLoss(nn.Module):

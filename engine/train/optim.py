@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from engine.train.config import OptimConfig, ScheduleConfig
+from engine.train.config_types import OptimConfig, ScheduleConfig
 
 FUSED_DEVICES = ("cuda", "cpu")
 
@@ -22,7 +22,8 @@ def build_optimizer(
     otherwise: on a 2-core CPU it made a ResUNet-34 step 1.2x faster than the default
     foreach implementation (docs/BENCHMARKS.md).
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for parameter in model.parameters():
         if parameter.requires_grad:
             (no_decay if parameter.ndim <= 1 else decay).append(parameter)
@@ -32,7 +33,8 @@ def build_optimizer(
     ]
     fused = config.fused if config.fused is not None else device.type in FUSED_DEVICES
     if config.name == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), fused=fused)
+        beta1, beta2 = config.betas  # two, checked with the config
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(beta1, beta2), fused=fused)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, fused=fused)
 
 

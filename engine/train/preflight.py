@@ -10,8 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from engine.data.manifest import Manifest
-from engine.data.shard_store import is_url
+from engine.data.shards.manifest import Manifest
+from engine.data.shards.store import is_url
 from engine.errors import UserError
 from engine.train.config import Config, ConfigError
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from archs.summary import SummaryRow, format_table, summarize_model
 from engine.errors import UserError
+from engine.train.export import locate_export
 from engine.train.export_check import (
     ExportError,
     check_spec,
@@ -55,14 +56,10 @@ def find_export(path: str | Path) -> Path:
     Raises:
         RunSummaryError: naming ``path`` when none is found.
     """
-    path = Path(path)
-    candidates = [path.parent] if path.is_file() else [path, path / "best"]
-    for folder in candidates:
-        if (folder / "model.json").is_file():
-            return folder
-    if not path.exists():
-        raise RunSummaryError(f"{path}: no such run folder")
-    raise RunSummaryError(f"{path}: no model.json here or in {path / 'best'}; not a run folder?")
+    try:
+        return locate_export(path)[0]
+    except ExportError as error:
+        raise RunSummaryError(str(error)) from error
 
 
 def _class_names(folder: Path) -> list[str]:

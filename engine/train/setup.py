@@ -13,15 +13,15 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 
 import archs
-from engine.data.loader import train_batches
-from engine.data.manifest import Manifest, load_manifest
+from engine.data.shards.loader import train_batches
+from engine.data.shards.manifest import Manifest, load_manifest
 from engine.train.augment import TrainAugment
 from engine.train.checkpoint import (
     check_fits,
@@ -33,8 +33,8 @@ from engine.train.config import Config, ConfigError, save_config
 from engine.train.config_check import check_model_options
 from engine.train.elastic import continue_on_this_world, global_batch
 from engine.train.history import History, history_columns
-from engine.train.loss_factory import build_loss, class_weights_from_pixels
-from engine.train.losses import MultitaskLoss
+from engine.train.loss_factory import build_loss, class_weights_from_pixels, is_multitask_spec
+from engine.train.losses import CombinedLoss, MultitaskLoss
 from engine.train.optim import build_optimizer, build_scheduler
 from engine.train.preflight import check_rgb_bands, check_shards, check_splits, data_warnings
 from engine.train.tracking import Tracker
@@ -73,7 +73,7 @@ class Run:
     manifest: Manifest
     model: torch.nn.Module
     model_spec: dict[str, Any]
-    loss_fn: torch.nn.Module
+    loss_fn: CombinedLoss | MultitaskLoss
     loss_terms: list[str]
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -132,7 +132,7 @@ def build_model(config: Config, manifest: Manifest) -> tuple[torch.nn.Module, di
     dtype, statistics, nodata) so that prediction reads and normalises exactly those bands.
     """
     options = dict(config.model.options)
-    weights = {}
+    weights: dict[str, bool | str] = {}
     if config.model.pretrained:
         weights["pretrained"] = True
     if config.model.weights:
@@ -151,7 +151,9 @@ def build_model(config: Config, manifest: Manifest) -> tuple[torch.nn.Module, di
     return model, spec
 
 
-def build_training_loss(config: Config, manifest: Manifest, multitask: bool) -> torch.nn.Module:
+def build_training_loss(
+    config: Config, manifest: Manifest, multitask: bool
+) -> CombinedLoss | MultitaskLoss:
     """The configured loss; multitask models default to the multitask Tanimoto loss."""
     spec = config.loss.spec
     if multitask and spec == "ce":
@@ -161,14 +163,13 @@ def build_training_loss(config: Config, manifest: Manifest, multitask: bool) -> 
         weights = class_weights_from_pixels(
             manifest.data["class_pixels"][config.data.train_split], config.loss.class_weights
         )
-    loss = build_loss(spec, manifest.num_classes, manifest.ignore_index, weights)
-    if multitask != isinstance(loss, MultitaskLoss):
+    if multitask != is_multitask_spec(spec):
         kind, fix = ("a multitask", "multitask") if multitask else ("a single-task", "ce")
         raise ConfigError(
             f"loss.spec = {spec!r} does not fit model.arch = {config.model.arch!r} ({kind} "
             f"model): add --set loss.spec={fix}"
         )
-    return loss
+    return build_loss(spec, manifest.num_classes, manifest.ignore_index, weights)
 
 
 def check_and_warn(config: Config, manifest: Manifest, main: bool) -> None:
@@ -219,7 +220,8 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     optimizer = build_optimizer(model, config.optim, device)
     scheduler = build_scheduler(optimizer, config.schedule, config.total_steps)
     if config.train.compile:
-        model = torch.compile(model)
+        # torch.compile's stub types it as a plain callable; given a module it returns one.
+        model = cast(torch.nn.Module, torch.compile(model))
     model, optimizer = accelerator.prepare(model, optimizer)
     state = LoopState()
     if checkpoint is not None:
@@ -231,7 +233,8 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
         continue_on_this_world(checkpoint, config, accelerator)
     elif resume and main:
         print(f"--resume {resume}: no checkpoint in {run_dir}, starting fresh", flush=True)
-    loss_terms = list(MultitaskLoss.heads) if multitask else list(loss_fn.losses)
+    # The loss fits the model (build_training_loss checks it): multitask heads, or named terms.
+    loss_terms = list(loss_fn.losses) if isinstance(loss_fn, CombinedLoss) else list(loss_fn.heads)
     history = History(
         run_dir / "history.csv",
         history_columns(loss_terms, manifest.class_names),

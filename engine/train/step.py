@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from engine.data.loader import Batch
+from engine.data.shards.loader import Batch
 from engine.evaluate.shard_eval import memory_format
 from engine.train.augment import TrainAugment
+from engine.train.losses import CombinedLoss, MultitaskLoss
 from engine.train.targets import make_targets
 
 
@@ -36,7 +37,9 @@ class NonFiniteSkip:
     ) -> None:
         self.fp16 = fp16
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
-        self.inner = inner if inner.defaults.get("fused") else None
+        # Any: ``found_inf`` is an attribute fused optimisers read (GradScaler sets it too),
+        # not declared by torch's Optimizer.
+        self.inner: Any = inner if inner.defaults.get("fused") else None
         self.optimizer = optimizer
         self.run = torch.tensor(bad_steps, device=device)  # consecutive non-finite steps
         self.worst = self.run.clone()  # longest run since the last read
@@ -91,7 +94,7 @@ def _to_float(outputs: Any) -> Any:
 def forward_backward(
     accelerator: Accelerator,
     model: torch.nn.Module,
-    loss_fn: torch.nn.Module,
+    loss_fn: CombinedLoss | MultitaskLoss,
     inputs: torch.Tensor,
     targets: Any,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

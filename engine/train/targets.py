@@ -10,7 +10,7 @@ without host syncs. Conventions shared by the boundary and distance targets:
 * The image border is not a class edge (a crop cuts objects; that cut is not a boundary).
 
 The colour target is the HSV of the true-colour view: the ``rgb_bands`` of the unit-scale
-image (:meth:`engine.data.normalize.Normalization.to_unit`), clamped to [0, 1]. Data without
+image (:meth:`engine.data.shards.normalize.Normalization.to_unit`), clamped to [0, 1]. Data without
 ``rgb_bands`` has no colour target (:class:`NoColourBands`).
 """
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 
-from engine.train.config import LogConfig
+from engine.train.config_types import LogConfig
+
+WandbMode = Literal["online", "offline", "disabled"]
 
 
 class Tracker:
@@ -45,7 +47,7 @@ class Tracker:
             id=run_id,
             resume="allow",
             dir=str(run_dir),
-            mode=config.wandb,
+            mode=cast(WandbMode, config.wandb),  # one of these: checked with the config
             config=full_config,
             tags=config.tags or None,
         )
@@ -66,7 +68,8 @@ class Tracker:
         if self.run is not None:
             import wandb
 
-            self.run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+            header: list[str | int] = list(columns)  # the type wandb.Table declares
+            self.run.log({key: wandb.Table(columns=header, data=rows)}, step=step)
 
     def log_images(
         self, key: str, images: list[np.ndarray], captions: list[str], step: int

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from engine.errors import UserError
 from engine.evaluate.metrics import summary_line
-from engine.evaluate.shard_eval import EvalResult, evaluate_split
+from engine.evaluate.shard_eval import EvalResult, EvalSettings, evaluate_split
 from engine.train.checkpoint import any_rank
 from engine.train.export import ExportError, save_exported
 from engine.train.setup import Run, build_model
@@ -33,13 +33,15 @@ def evaluate(run: Run, split: str, network: torch.nn.Module | None = None) -> Ev
         network if network is not None else run.model,
         run.manifest,
         split,
-        batch_size=config.data.eval_batch_size,
-        device=run.device,
-        num_workers=config.data.num_workers,
-        rank=run.accelerator.process_index,
-        world_size=run.accelerator.num_processes,
-        autocast_dtype=run.autocast_dtype,
-        channels_last=run.channels_last,
+        EvalSettings(
+            batch_size=config.data.eval_batch_size,
+            device=run.device,
+            num_workers=config.data.num_workers,
+            rank=run.accelerator.process_index,
+            world_size=run.accelerator.num_processes,
+            autocast_dtype=run.autocast_dtype,
+            channels_last=run.channels_last,
+        ),
         examples=config.train.panels if run.tracker.active else 0,
         train_crop=config.data.crop_size,
     )
@@ -153,10 +155,9 @@ def final_metrics(run: Run) -> dict[str, Any]:
         export_best(run)
     best, _ = build_model(config, manifest)
     best.load_state_dict(load_file(str(run.run_dir / "best" / "model.safetensors")))
-    best = best.to(
-        run.device,
-        memory_format=torch.channels_last if run.channels_last else torch.preserve_format,
-    )
+    best = best.to(run.device)
+    if run.channels_last:
+        best = best.to(memory_format=torch.channels_last)
     split = next(
         (s for s in (config.data.test_split, config.data.val_split) if s and manifest.has_split(s)),
         None,

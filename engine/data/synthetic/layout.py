@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from engine.data.synthetic.buildings import add_buildings
 from engine.data.synthetic.classes import (
     ASPHALT_MAIN,
     ASPHALT_MINOR,
     BACKGROUND,
-    BUILDING,
     CROP_P,
     CROPS,
     DIRT,
     FARMLAND,
     GRASS,
     ROAD,
-    ROOF_P,
-    ROOFS,
     WATER,
     WOODLAND,
 )
 from engine.data.synthetic.primitives import (
     Coarse,
-    convex_hull,
     fbm,
     is_inside,
     path_through,
@@ -35,30 +33,62 @@ from engine.data.synthetic.primitives import (
 )
 
 
+@dataclass
+class CropParcels:
+    """The farmland's parcels: each pixel's parcel and each parcel's colour and crop rows."""
+
+    pid: np.ndarray  # int32 HxW parcel id
+    rows: np.ndarray  # float32 HxW coordinate across crop rows
+    rgb: np.ndarray  # per parcel: colour, row frequency, row amplitude and phase
+    freq: np.ndarray
+    amp: np.ndarray
+    phase: np.ndarray
+
+
 class Layout:
     """Everything `make_scene` decides before colouring: labels and per-region attributes."""
 
     def __init__(self, h: int, w: int) -> None:
         self.h, self.w = h, w
         self.label = np.zeros((h, w), dtype=np.uint8)
-        self.pid: np.ndarray | None = None  # int32 HxW parcel id
-        self.rows: np.ndarray | None = None  # float32 HxW coordinate across crop rows
-        self.parcel_rgb: np.ndarray | None = None  # per parcel: colour, row frequency,
-        self.parcel_freq: np.ndarray | None = None  # row amplitude and phase
-        self.parcel_amp: np.ndarray | None = None
-        self.parcel_phase: np.ndarray | None = None
-        self.road_kind: np.ndarray | None = None  # uint8 HxW, 0 = none
-        self.marking: np.ndarray | None = None  # bool HxW, lane markings
-        self.roof: np.ndarray | None = None  # uint8 HxWx3 roof colours
+        self.parcels: CropParcels | None = None  # None: the scene has no farmland parcels
+        self.road_kind = np.zeros((h, w), np.uint8)  # uint8 HxW, 0 = none
+        self.marking = np.zeros((h, w), bool)  # bool HxW, lane markings
+        self.roof = np.zeros((h, w, 3), np.uint8)  # uint8 HxWx3 roof colours
         self.flat_rim: np.ndarray | None = None  # bool HxW, flat-roof parapets
         self.shadow: np.ndarray | None = None  # bool HxW, cast shadows of buildings
         self.sun = (1.0, 1.0)  # shadow direction (x, y), unit vector
         self.tracks: list[list[tuple[float, float]]] = []  # dirt tracks along field strips
 
 
-def _farmland(rng: np.random.Generator, lay: Layout, frac: float, theta: float) -> None:
-    """Rotated strips of parcels; a coarse zone field picks which parcels are farmed."""
-    h, w = lay.h, lay.w
+@dataclass
+class _Parcels:
+    """Rotated strips of parcels: each pixel's place in them, and each parcel's centre."""
+
+    cos: float
+    sin: float
+    u: np.ndarray  # HxW coordinate along the strips
+    v: np.ndarray  # HxW coordinate across the strips
+    umin: float
+    vmin: float
+    ulen: int
+    edges: np.ndarray  # strip edges along v
+    n_strips: int
+    n_u: int  # parcels per strip
+    pid: np.ndarray  # HxW parcel id
+    fu: np.ndarray  # HxW position within the parcel along u
+    fv: np.ndarray  # ... along v
+    plen: np.ndarray  # HxW length of the pixel's parcel
+    depth: np.ndarray  # HxW depth of the pixel's strip
+    centres: tuple[np.ndarray, np.ndarray]  # (x, y) of each parcel's centre
+
+    @property
+    def count(self) -> int:
+        return self.n_strips * self.n_u
+
+
+def _parcel_grid(rng: np.random.Generator, h: int, w: int, theta: float) -> _Parcels:
+    """Strips of random depth at angle ``theta``, cut into parcels of random length."""
     c, s = math.cos(theta), math.sin(theta)
     ys = np.arange(h, dtype=np.float32)[:, None]
     xs = np.arange(w, dtype=np.float32)[None, :]
@@ -88,24 +118,33 @@ def _farmland(rng: np.random.Generator, lay: Layout, frac: float, theta: float) 
     fu = uu - iu * plen
     ulen = int(max(corners_u) - umin) + 2
     n_u = int(ulen / 40) + 3
-    pid = iv * n_u + iu
-
-    # Per-parcel attributes.
     n_parcels = n_strips * n_u
     pu = (np.arange(n_parcels) % n_u + 0.5) * np.repeat(lengths, n_u) - np.repeat(offsets, n_u)
     pv = edges[np.arange(n_parcels) // n_u] + 0.5 * depths[np.arange(n_parcels) // n_u]
     px = (pu + umin) * c - (pv + vmin) * s
     py = (pu + umin) * s + (pv + vmin) * c
+    return _Parcels(
+        c, s, u, v, umin, vmin, ulen, edges, n_strips, n_u,
+        iv * n_u + iu, fu, fv, plen, depth, (px, py),
+    )  # fmt: skip
+
+
+def _farmed(rng: np.random.Generator, grid: _Parcels, h: int, w: int, frac: float) -> np.ndarray:
+    """Which parcels are farmed: those highest in a coarse zone field (``frac`` of them)."""
+    px, py = grid.centres
     zone = Coarse(rng, h, w, rng.uniform(250, 450))
-    pzone = zone.at(px, py) + rng.normal(0, 0.25, size=n_parcels).astype(np.float32)
+    pzone = zone.at(px, py) + rng.normal(0, 0.25, size=grid.count).astype(np.float32)
     visible = (px >= 0) & (px < w) & (py >= 0) & (py < h)
     if visible.any():
         thr = float(np.quantile(pzone[visible], 1.0 - frac))
     else:
         thr = float(np.quantile(pzone, 1.0 - frac))
-    farmed = pzone > thr
-    # Some farmed parcels lie fallow: grass or bare land, with their own shade.
-    fate = rng.random(n_parcels)
+    return pzone > thr
+
+
+def _parcel_looks(rng: np.random.Generator, lay: Layout, grid: _Parcels) -> None:
+    """Each parcel's crop colour and rows (period, amplitude, direction, phase) in ``lay``."""
+    n_parcels = grid.count
     crop = rng.choice(len(CROPS), size=n_parcels, p=CROP_P)
     rgb = (
         CROPS[crop, 0] + rng.normal(0, 1, size=(n_parcels, 3)).astype(np.float32) * (CROPS[crop, 1])
@@ -116,36 +155,50 @@ def _farmland(rng: np.random.Generator, lay: Layout, frac: float, theta: float) 
     amp[rng.random(n_parcels) < 0.15] = 0.0  # some parcels show no rows
     along_v = rng.random(n_parcels) < 0.5
     phase = rng.uniform(0, 2 * math.pi, size=n_parcels).astype(np.float32)
-
-    parcel_label = np.where(
-        farmed, np.where(fate < 0.1, GRASS, np.where(fate < 0.14, BACKGROUND, FARMLAND)), 255
-    ).astype(np.uint8)
-    pl = parcel_label[pid]
-    # Field margins (tracks, hedges) between parcels: thin strips of another class.
-    margin = rng.uniform(1.5, 4.0)
-    margin_cls = GRASS if rng.random() < 0.5 else BACKGROUND
-    edge = (fu < margin) | (fv < margin) | (fu > plen - 0.5) | (fv > depth - 0.5)
-    on = pl != 255
-    lay.label[on] = pl[on]
-    lay.label[on & edge] = margin_cls
-
     # Per-pixel parcel id and row coordinate; colours are applied after the later layers.
-    lay.pid = pid
-    lay.rows = np.where(along_v[pid], v, u)
-    lay.parcel_rgb = rgb
-    lay.parcel_freq = (2 * math.pi / period).astype(np.float32)
-    lay.parcel_amp = amp
-    lay.parcel_phase = phase
+    lay.parcels = CropParcels(
+        pid=grid.pid,
+        rows=np.where(along_v[grid.pid], grid.v, grid.u),
+        rgb=rgb,
+        freq=(2 * math.pi / period).astype(np.float32),
+        amp=amp,
+        phase=phase,
+    )
 
-    # Dirt tracks along a few strip edges.
+
+def _dirt_tracks(rng: np.random.Generator, lay: Layout, grid: _Parcels, frac: float) -> None:
+    """Dirt tracks along a few strip edges (drawn later with the roads)."""
+    c, s, edges = grid.cos, grid.sin, grid.edges
     for _ in range(rng.poisson(1.2 * frac * 3)):
-        k = int(rng.integers(1, max(2, n_strips)))
-        vv = float(edges[min(k, len(edges) - 1)]) + vmin
-        a = np.array([umin, vv])
-        b = np.array([umin + ulen, vv])
+        k = int(rng.integers(1, max(2, grid.n_strips)))
+        vv = float(edges[min(k, len(edges) - 1)]) + grid.vmin
+        a = np.array([grid.umin, vv])
+        b = np.array([grid.umin + grid.ulen, vv])
         p0 = (a[0] * c - a[1] * s, a[0] * s + a[1] * c)
         p1 = (b[0] * c - b[1] * s, b[0] * s + b[1] * c)
         lay.tracks.append([p0, p1])
+
+
+def _farmland(rng: np.random.Generator, lay: Layout, frac: float, theta: float) -> None:
+    """Rotated strips of parcels; a coarse zone field picks which parcels are farmed."""
+    grid = _parcel_grid(rng, lay.h, lay.w, theta)
+    farmed = _farmed(rng, grid, lay.h, lay.w, frac)
+    # Some farmed parcels lie fallow: grass or bare land, with their own shade.
+    fate = rng.random(grid.count)
+    _parcel_looks(rng, lay, grid)
+    parcel_label = np.where(
+        farmed, np.where(fate < 0.1, GRASS, np.where(fate < 0.14, BACKGROUND, FARMLAND)), 255
+    ).astype(np.uint8)
+    pl = parcel_label[grid.pid]
+    # Field margins (tracks, hedges) between parcels: thin strips of another class.
+    margin = rng.uniform(1.5, 4.0)
+    margin_cls = GRASS if rng.random() < 0.5 else BACKGROUND
+    edge = (grid.fu < margin) | (grid.fv < margin) | (grid.fu > grid.plen - 0.5)
+    edge |= grid.fv > grid.depth - 0.5
+    on = pl != 255
+    lay.label[on] = pl[on]
+    lay.label[on & edge] = margin_cls
+    _dirt_tracks(rng, lay, grid, frac)
 
 
 def _settlement(
@@ -248,134 +301,6 @@ def _roads(
     return asphalt
 
 
-def _buildings(
-    rng: np.random.Generator,
-    lay: Layout,
-    asphalt: list[tuple[list[tuple[float, float]], float, float]],
-) -> None:
-    """Houses along the roads (denser in settlement zones), with roofs and shadows."""
-    h, w = lay.h, lay.w
-    settle = Coarse(rng, h, w, rng.uniform(150, 300))
-    blocked = (lay.road_kind > 0) | (lay.label == WATER)
-    occupied = np.zeros((h, w), dtype=bool)
-    bld = Image.new("L", (w, h), 0)
-    roof = Image.new("RGB", (w, h), (0, 0, 0))
-    rim = Image.new("L", (w, h), 0)
-    shadow = Image.new("L", (w, h), 0)
-    bdraw, rdraw = ImageDraw.Draw(bld), ImageDraw.Draw(roof)
-    idraw, sdraw = ImageDraw.Draw(rim), ImageDraw.Draw(shadow)
-    sun = lay.sun
-    style = rng.choice(len(ROOFS), p=ROOF_P)  # the neighbourhood's favourite roof
-    for pts, road_w, density in asphalt:
-        for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
-            seg_len = math.hypot(x1 - x0, y1 - y0)
-            if seg_len < 1 or max(x0, x1) < -40 or min(x0, x1) > w + 40:
-                continue
-            if max(y0, y1) < -40 or min(y0, y1) > h + 40:
-                continue
-            tx, ty = (x1 - x0) / seg_len, (y1 - y0) / seg_len
-            nx, ny = -ty, tx
-            t = rng.uniform(0, 14)
-            while t < seg_len:
-                a = rng.uniform(10, 26)  # frontage
-                b = rng.uniform(10, 24)  # depth
-                px, py = x0 + tx * t, y0 + ty * t
-                t += a + rng.uniform(2, 10)
-                for side in (-1.0, 1.0):
-                    qx, qy = int(px), int(py)
-                    if not (0 <= qx < w and 0 <= qy < h):
-                        continue
-                    p = density * (0.35 + 0.65 / (1.0 + math.exp(-3.0 * settle.value(qx, qy))))
-                    p = min(p, 0.95)
-                    if rng.random() > p:
-                        continue
-                    off = road_w / 2 + rng.uniform(3, 11) + b / 2
-                    cx, cy = px + side * nx * off, py + side * ny * off
-                    ic, jc = int(cy), int(cx)
-                    if 0 <= ic < h and 0 <= jc < w and (blocked[ic, jc] or occupied[ic, jc]):
-                        continue
-                    jit = rng.normal(0, 0.03)
-                    ca, sa = math.cos(jit), math.sin(jit)
-                    ux, uy = tx * ca - ty * sa, tx * sa + ty * ca
-                    vx, vy = -uy, ux
-                    corners = [
-                        (
-                            cx + sx * ux * a / 2 + sy * vx * b / 2,
-                            cy + sx * uy * a / 2 + sy * vy * b / 2,
-                        )
-                        for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))
-                    ]
-                    xs = [q[0] for q in corners]
-                    ys = [q[1] for q in corners]
-                    bx0, bx1 = max(0, int(min(xs)) - 2), min(w, int(max(xs)) + 3)
-                    by0, by1 = max(0, int(min(ys)) - 2), min(h, int(max(ys)) + 3)
-                    if bx0 >= bx1 or by0 >= by1:
-                        continue
-                    # The footprint, a little enlarged, must not touch roads, water or houses.
-                    gx = np.arange(bx0, bx1, dtype=np.float32)[None, :] + (0.5 - cx)
-                    gy = np.arange(by0, by1, dtype=np.float32)[:, None] + (0.5 - cy)
-                    foot = (np.abs(gx * ux + gy * uy) <= 0.58 * a + 1) & (
-                        np.abs(gx * vx + gy * vy) <= 0.58 * b + 1
-                    )
-                    taken = blocked[by0:by1, bx0:bx1] | occupied[by0:by1, bx0:bx1]
-                    if (taken & foot).any():
-                        continue
-                    occupied[by0:by1, bx0:bx1] |= foot
-                    _one_building(
-                        rng,
-                        corners,
-                        (ux, uy),
-                        (vx, vy),
-                        a,
-                        b,
-                        sun,
-                        style,
-                        bdraw,
-                        rdraw,
-                        idraw,
-                        sdraw,
-                    )
-    lay.label[np.asarray(bld) > 0] = BUILDING
-    lay.roof = np.asarray(roof)
-    lay.flat_rim = np.asarray(rim) > 0
-    lay.shadow = np.asarray(shadow) > 0
-
-
-def _one_building(rng, corners, uvec, vvec, a, b, sun, style, bdraw, rdraw, idraw, sdraw) -> None:
-    """Draw one house: footprint, roof colours (gable halves or flat with parapet), shadow."""
-    height = rng.uniform(3, 9)
-    off = (sun[0] * height, sun[1] * height)
-    moved = [(x + off[0], y + off[1]) for x, y in corners]
-    sdraw.polygon(convex_hull(corners + moved), fill=1)
-    bdraw.polygon(corners, fill=1)
-    kind = style if rng.random() < 0.55 else rng.choice(len(ROOFS), p=ROOF_P)
-    base = (ROOFS[kind] + rng.normal(0, 9, size=3) + rng.normal(0, 10)).tolist()
-    lit = tuple(min(255, max(0, int(v))) for v in base)
-    rdraw.polygon(corners, fill=lit)  # the same raster as the footprint: no gaps
-    if rng.random() < 0.6:
-        # Gable roof: the ridge runs along the longer side; the halves differ in light.
-        c0, c1, c2, c3 = corners
-        if a >= b:
-            m0 = ((c0[0] + c3[0]) / 2, (c0[1] + c3[1]) / 2)
-            m1 = ((c1[0] + c2[0]) / 2, (c1[1] + c2[1]) / 2)
-            half1, half2 = [c0, c1, m1, m0], [m0, m1, c2, c3]
-            normal = vvec
-        else:
-            m0 = ((c0[0] + c1[0]) / 2, (c0[1] + c1[1]) / 2)
-            m1 = ((c3[0] + c2[0]) / 2, (c3[1] + c2[1]) / 2)
-            half1, half2 = [c0, m0, m1, c3], [m0, c1, c2, m1]
-            normal = uvec
-        facing = normal[0] * sun[0] + normal[1] * sun[1]  # >0: half2 faces away from sun
-        dark = tuple(min(255, max(0, int(0.72 * v))) for v in base)
-        rdraw.polygon(half2 if facing > 0 else half1, fill=dark)
-    else:
-        cx = sum(p[0] for p in corners) / 4
-        cy = sum(p[1] for p in corners) / 4
-        inner = [(cx + 0.78 * (x - cx), cy + 0.78 * (y - cy)) for x, y in corners]
-        idraw.polygon(corners, fill=1)
-        idraw.polygon(inner, fill=0)
-
-
 def make_layout(rng: np.random.Generator, h: int, w: int) -> Layout:
     """Decide what is where in an ``h x w`` scene: land cover, water, roads, buildings."""
     lay = Layout(h, w)
@@ -421,5 +346,5 @@ def make_layout(rng: np.random.Generator, h: int, w: int) -> Layout:
         lay.road_kind = np.where(wet_dirt, np.uint8(0), lay.road_kind)
         lay.marking = lay.marking & ~wet_dirt
     lay.label[lay.road_kind > 0] = ROAD
-    _buildings(rng, lay, asphalt)
+    add_buildings(rng, lay, asphalt)
     return lay

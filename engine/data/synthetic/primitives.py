@@ -16,7 +16,7 @@ def value_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.nda
     grid = Image.fromarray(rng.standard_normal((gh, gw), dtype=np.float32))
     ox, oy = rng.uniform(1.0, 2.0, size=2)
     box = (ox, oy, ox + w / cell, oy + h / cell)
-    return np.asarray(grid.resize((w, h), Image.BICUBIC, box=box))
+    return np.asarray(grid.resize((w, h), Image.Resampling.BICUBIC, box=box))
 
 
 class Coarse:
@@ -52,7 +52,8 @@ def fbm(
         acc += weight * value_noise(rng, sh, sw, cell / step)
     if step == 1:
         return acc[:h, :w]
-    big = Image.fromarray(acc).resize((w, h), Image.BILINEAR, box=(0, 0, w / step, h / step))
+    box = (0, 0, w / step, h / step)
+    big = Image.fromarray(acc).resize((w, h), Image.Resampling.BILINEAR, box=box)
     return np.asarray(big)
 
 

@@ -1,0 +1,101 @@
+"""Warnings the shard builder prints once each, on stderr.
+
+They are about things that build but probably are not what the user meant: tiles that are
+mostly padding, classes missing or rare in train.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+
+PADDING_WARN = 0.40  # warn when more than this share of train tile pixels is padding
+RARE_CLASS = 0.001  # warn when a class is under this share of the train pixels
+TILE_STEP = 32  # suggested tile sizes are multiples of this
+MIN_SUGGESTED_TILE = 256  # ... and no smaller than this, unless the images are: a tile
+# must still hold a useful training crop, and smaller tiles always pad less
+
+
+def print_warning(message: str) -> None:
+    """Print ``warning: <message>`` on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def padding_share(sizes: list[tuple[int, int]], tile: int) -> float:
+    """The share of train tile pixels that is padding when ``sizes`` (H, W) are cut at ``tile``.
+
+    Train tiles end at the image's edge
+    (``engine.data.build.tiling.train_window_start``), so only an
+    image shorter or narrower than the tile leaves padding in them.
+    """
+    tiles = [math.ceil(h / tile) * math.ceil(w / tile) for h, w in sizes]
+    valid = sum(n * min(h, tile) * min(w, tile) for n, (h, w) in zip(tiles, sizes))
+    return 1.0 - valid / max(sum(tiles) * tile * tile, 1)
+
+
+def fitting_tile(sizes: list[tuple[int, int]]) -> int:
+    """A tile size that fits the images.
+
+    The largest multiple of 32 from 256 (or the median short image side, when smaller) up to
+    that side rounded up, whose padding is within 2 points of the least any such tile gives.
+    """
+    median = statistics.median(min(h, w) for h, w in sizes)
+    top = TILE_STEP * math.ceil(median / TILE_STEP)
+    candidates = range(min(MIN_SUGGESTED_TILE, top), top + 1, TILE_STEP)
+    shares = {t: padding_share(sizes, t) for t in candidates}
+    least = min(shares.values())
+    return max(t for t, share in shares.items() if share <= least + 0.02)
+
+
+def padding_warnings(sizes: list[tuple[int, int]], tile: int) -> list[str]:
+    """A warning when more than 40 % of the tile pixels would be padding, with a tile that fits.
+
+    Args:
+        sizes: ``(height, width)`` of every image.
+        tile: The tile edge of the build.
+    """
+    if not sizes:
+        return []
+    share = padding_share(sizes, tile)
+    if share <= PADDING_WARN:
+        return []
+    heights, widths = (statistics.median(s[i] for s in sizes) for i in (0, 1))
+    better = fitting_tile(sizes)
+    advice = (
+        f"; --tile {better} would give {100 * padding_share(sizes, better):.0f} %"
+        if better != tile and padding_share(sizes, better) < share - 0.05
+        else ""
+    )
+    return [
+        f"tiles are {100 * share:.0f} % padding (median image {widths:.0f}x{heights:.0f} px, "
+        f"--tile {tile}){advice}"
+    ]
+
+
+def coverage_warnings(class_pixels: dict[str, list[int]], names: list[str]) -> list[str]:
+    """Warnings for classes missing from train, or under 0.1 % of its pixels.
+
+    A class with no pixels anywhere, none in train but some in val/test, or a train share
+    under 0.1 % gets one warning each.
+
+    Args:
+        class_pixels: ``split → pixels per class`` (the manifest's ``class_pixels``).
+        names: Class names in index order.
+    """
+    train = class_pixels.get("train", [0] * len(names))
+    total = max(sum(train), 1)
+    messages = []
+    for index, name in enumerate(names):
+        elsewhere = {s: c[index] for s, c in class_pixels.items() if s != "train" and c[index]}
+        if train[index] == 0 and not elsewhere:
+            messages.append(f"class {index} {name!r} has no pixels in any split")
+        elif train[index] == 0:
+            found = ", ".join(f"{n:,} in {s}" for s, n in elsewhere.items())
+            messages.append(f"class {index} {name!r} has no pixels in train ({found})")
+        elif train[index] / total < RARE_CLASS:
+            messages.append(
+                f"class {index} {name!r} is {100 * train[index] / total:.3f} % of the train "
+                f"pixels (under {100 * RARE_CLASS:g} %)"
+            )
+    return messages
