@@ -3,10 +3,16 @@
 Two ways, both seeded and leak-free:
 
 * ``group`` (the default): whole groups (scenes) are shuffled and assigned to test, val and
-  train, so no scene is on two sides.
-* ``blocks:N``: each image is cut into blocks of N×N whole tiles; the blocks of all images
-  are shuffled and assigned by the same fractions. A tile never straddles two splits and
-  neighbouring tiles of one block stay together. For datasets with too few groups.
+  train, so no scene is on two sides. Groups whose georeferenced images' footprints overlap
+  (:mod:`engine.data.build.footprints`) are joined first: no ground is on two sides.
+* ``blocks:N``: each image is cut into blocks of N×N whole tiles (a last block shorter than
+  half a block joins the one before); the blocks of all images are shuffled and assigned
+  by the same fractions. A tile never straddles two splits and neighbouring tiles of one
+  block stay together. Images whose footprints overlap are not cut: each set of them is
+  one unit. For datasets with too few groups.
+
+With georeferenced images the ``split`` record says what ground each pair of splits shares
+(0 by construction, measured all the same: :func:`engine.data.build.footprints.shared_areas`).
 
 When there are too few groups for the requested splits the plan is an error that names
 ``--split-by blocks:N`` with a suggested N: a validation split is never dropped silently.
