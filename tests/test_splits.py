@@ -109,13 +109,15 @@ def test_too_few_blocks_and_bad_split_by(tmp_path):
 def test_suggested_block_size_leaves_enough_blocks():
     # Two 1024x1024 scenes at tile 256: 4x4 tiles each. 15 % fractions want ≥ 14 blocks.
     assert suggest_block_tiles([(1024, 1024)] * 2, 256, 0.15, 0.15) == 1
-    # 34 % wants ≥ 6 blocks: 3x3-tile blocks give 2x2 blocks a scene (8), 4x4 only 2.
-    assert suggest_block_tiles([(1024, 1024)] * 2, 256, 0.34, 0.34) == 3
+    # 34 % wants ≥ 6 blocks: 2x2-tile blocks give 2x2 blocks a scene (8); with 3x3-tile
+    # blocks the last tile row and column (under half a block) join the block before: 1.
+    assert suggest_block_tiles([(1024, 1024)] * 2, 256, 0.34, 0.34) == 2
 
 
 def test_padding_warning_names_a_fitting_tile(tmp_path, capsys):
     assert padding_warnings([(512, 512)] * 3, 1024) == [
-        "tiles are 75 % padding (median image 512x512 px, --tile 1024); --tile 512 would give 0 %"
+        "tiles are 75 % padding or repeated edge pixels (median image 512x512 px, --tile 1024); "
+        "--tile 512 would give 0 %"
     ]
     assert (
         padding_warnings([(512, 512)], 512) == [] and padding_warnings([(2000, 3000)], 1024) == []
@@ -124,16 +126,17 @@ def test_padding_warning_names_a_fitting_tile(tmp_path, capsys):
     mixed = [(644, 797), (979, 842), (1013, 1205), (520, 701), (853, 1099)]
     assert fitting_tile(mixed) >= 256
     assert fitting_tile([(64, 64)] * 3) == 64  # unless the images are smaller
-    # Train tiles end at the image's edge: images at least a tile long leave no padding.
-    assert padding_share([(300, 1000)], 256) == 0.0
-    assert padding_share([(150, 1000)], 256) == 1 - 150 / 256
+    # Train tiles end at the image's edge: there only their own grid cell is new.
+    assert padding_share([(512, 1024)], 256) == 0.0
+    assert padding_share([(300, 1000)], 256) == 1 - (300 * 1000) / (2 * 4 * 256**2)
+    assert padding_share([(150, 1024)], 256) == 1 - 150 / 256
     root = make_tiny_dataset(tmp_path / "d", groups=1, per_group=1, size=(150, 150))
     build_tiny(root, tmp_path / "out", tile=256, val=0, test=0)
     printed = capsys.readouterr().err.splitlines()
     assert (
         printed.count(
-            "warning: tiles are 66 % padding (median image 150x150 px, --tile 256); "
-            "--tile 160 would give 12 %"
+            "warning: tiles are 66 % padding or repeated edge pixels (median image 150x150 px, "
+            "--tile 256); --tile 160 would give 12 %"
         )
         == 1
     )

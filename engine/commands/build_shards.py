@@ -28,7 +28,7 @@ from dataclasses import replace
 from engine.cli import HelpFormatter
 from engine.data.build.builder import BuildOptions, build_shards
 from engine.data.build.output import BuildError
-from engine.data.build.splits import SPLIT_BY_HELP
+from engine.data.build.splits import SPLIT_BY_HELP, describe_shared_area
 from engine.data.shards.codecs import IMAGE_CODECS
 from engine.data.sources.band_select import parse_band_list
 from engine.data.sources.classes import load_classes
@@ -248,6 +248,9 @@ def _print_summary(manifest: dict) -> None:
         else "group"
     )
     print(f"split by {how}, seed {record['seed']}")
+    shared = describe_shared_area(record)
+    if shared:
+        print(shared)
     for name, split in manifest["splits"].items():
         print(
             f"{name}: {split['num_samples']} samples in {len(split['shards'])} shards, "

@@ -11,6 +11,7 @@ import statistics
 import sys
 
 PADDING_WARN = 0.40  # warn when more than this share of train tile pixels is padding
+MOST_ADVISED_PADDING = 0.25  # a proposed tile never pads more than this share of a tile
 RARE_CLASS = 0.001  # warn when a class is under this share of the train pixels
 TILE_STEP = 32  # suggested tile sizes are multiples of this
 MIN_SUGGESTED_TILE = 256  # ... and no smaller than this, unless the images are: a tile
@@ -23,26 +24,31 @@ def print_warning(message: str) -> None:
 
 
 def padding_share(sizes: list[tuple[int, int]], tile: int) -> float:
-    """The share of train tile pixels that is padding when ``sizes`` (H, W) are cut at ``tile``.
+    """The share of train tile pixels that adds nothing when ``sizes`` (H, W) are cut at ``tile``.
 
-    Train tiles end at the image's edge
-    (``engine.data.build.tiling.train_window_start``), so only an
-    image shorter or narrower than the tile leaves padding in them.
+    That is padding (an image shorter or narrower than the tile), and the pixels a tile at
+    the bottom or right edge repeats from its neighbour: train tiles there end at the
+    image's edge (``engine.data.build.tiling.train_window_start``), so only their own grid
+    cell is new (a 300 px image at ``--tile 288``: 2x2 tiles of 288², 73 % repeated).
     """
-    tiles = [math.ceil(h / tile) * math.ceil(w / tile) for h, w in sizes]
-    valid = sum(n * min(h, tile) * min(w, tile) for n, (h, w) in zip(tiles, sizes))
-    return 1.0 - valid / max(sum(tiles) * tile * tile, 1)
+    tiles = sum(math.ceil(h / tile) * math.ceil(w / tile) for h, w in sizes)
+    return 1.0 - sum(h * w for h, w in sizes) / max(tiles * tile * tile, 1)
 
 
 def fitting_tile(sizes: list[tuple[int, int]]) -> int:
-    """A tile size that fits the images.
+    """A tile size that fits the images, ideally padding at most a quarter of a tile.
 
     The largest multiple of 32 from 256 (or the median short image side, when smaller) up to
     that side rounded up, whose padding is within 2 points of the least any such tile gives.
+    When that is over :data:`MOST_ADVISED_PADDING` (small images between multiples of 32),
+    multiples of 8 and the median short side itself are tried as well.
     """
-    median = statistics.median(min(h, w) for h, w in sizes)
+    median = int(statistics.median(min(h, w) for h, w in sizes))
     top = TILE_STEP * math.ceil(median / TILE_STEP)
-    candidates = range(min(MIN_SUGGESTED_TILE, top), top + 1, TILE_STEP)
+    low = min(MIN_SUGGESTED_TILE, top)
+    candidates = set(range(low, top + 1, TILE_STEP))
+    if min(padding_share(sizes, t) for t in candidates) > MOST_ADVISED_PADDING:
+        candidates |= set(range(max(low - TILE_STEP, 8), top + 1, 8)) | {median}
     shares = {t: padding_share(sizes, t) for t in candidates}
     least = min(shares.values())
     return max(t for t, share in shares.items() if share <= least + 0.02)
@@ -50,6 +56,10 @@ def fitting_tile(sizes: list[tuple[int, int]]) -> int:
 
 def padding_warnings(sizes: list[tuple[int, int]], tile: int) -> list[str]:
     """A warning when more than 40 % of the tile pixels would be padding, with a tile that fits.
+
+    Padding here includes the pixels edge tiles repeat (:func:`padding_share`). The tile
+    proposed pads at most :data:`MOST_ADVISED_PADDING`; when no tile does (images of very
+    different sizes) none is proposed.
 
     Args:
         sizes: ``(height, width)`` of every image.
@@ -62,14 +72,15 @@ def padding_warnings(sizes: list[tuple[int, int]], tile: int) -> list[str]:
         return []
     heights, widths = (statistics.median(s[i] for s in sizes) for i in (0, 1))
     better = fitting_tile(sizes)
+    better_share = padding_share(sizes, better)
     advice = (
-        f"; --tile {better} would give {100 * padding_share(sizes, better):.0f} %"
-        if better != tile and padding_share(sizes, better) < share - 0.05
+        f"; --tile {better} would give {100 * better_share:.0f} %"
+        if better != tile and better_share < share - 0.05 and better_share <= MOST_ADVISED_PADDING
         else ""
     )
     return [
-        f"tiles are {100 * share:.0f} % padding (median image {widths:.0f}x{heights:.0f} px, "
-        f"--tile {tile}){advice}"
+        f"tiles are {100 * share:.0f} % padding or repeated edge pixels (median image "
+        f"{widths:.0f}x{heights:.0f} px, --tile {tile}){advice}"
     ]
 
 

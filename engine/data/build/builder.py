@@ -22,11 +22,13 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.data.build.advice import coverage_warnings, padding_warnings, print_warning
+from engine.data.build.footprints import read_footprints
 from engine.data.build.options import BuildOptions
 from engine.data.build.output import BuildError, BuildOutput, ShardTar
 from engine.data.build.sources import read_pair
 from engine.data.build.splits import (
     PairSplit,
+    flat_folder_warning,
     groups_by_split,
     image_sizes,
     parse_split_by,
@@ -278,9 +280,12 @@ def _plan_jobs(pairs: list[Pair], classes: ClassesFile, options: BuildOptions, w
     """
     check_member_keys(pairs)
     sizes = image_sizes(pairs)
+    footprints = read_footprints(pairs)  # overlapping georeferenced images share a split
+    for message in filter(None, [flat_folder_warning(pairs, footprints)]):
+        warn(message)
     plan, split_record = plan_splits(
         pairs, sizes, options.tile, parse_split_by(options.split_by),
-        options.val, options.test, options.seed,
+        options.val, options.test, options.seed, footprints,
     )  # fmt: skip
     for message in padding_warnings(list(sizes.values()), options.tile):
         warn(message)
