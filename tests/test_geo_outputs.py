@@ -87,6 +87,7 @@ def predicted(scene):
     out = folder / "tif"
     argv = ["--model", str(export), "--input", str(chip), "--out", str(out), "--tile", "256"]
     argv += ["--confidence", "--polygons", str(out / "chip.gpkg"), "--no-progress"]
+    argv += ["--min-area", "0", "--polygon-classes", "all"]  # the raster as it is
     assert predict_main(argv + ["--device", "cpu"]) == 0
     return out
 
@@ -132,7 +133,8 @@ def test_polygons_match_the_raster_in_wgs84(scene, predicted):
     pixel = abs(transform.a * transform.e)
     width = abs(transform.a)
     simplified = predicted / "simple.gpkg"
-    write_polygons(predicted / "chip_mask.tif", simplified, [n for n, _ in CLASSES], simplify=1)
+    write_polygons(predicted / "chip_mask.tif", simplified, [n for n, _ in CLASSES], simplify=1,
+                   min_area=0, classes="all")  # fmt: skip
     _, _, wkb_s, (_, indices_s) = pyogrio.raw.read(simplified)
     for result, classes in ((polygons, indices), (shapely.from_wkb(wkb_s), indices_s)):
         for index in range(len(CLASSES)):
@@ -235,6 +237,10 @@ def test_polygon_requests_are_checked_before_predicting(scene, capsys):
         (["--polygons", str(folder / "no" / "x.gpkg")], "does not exist or is not writable"),
         (["--polygons", str(folder / "x.gpkg"), "--min-area", "-1"], "must be >= 0"),
         ([str(twin), "--polygons", str(folder / "x.gpkg")], "put {stem} in the name"),
+        (
+            ["--polygons", str(folder / "x.gpkg"), "--polygon-classes", "lake"],
+            "--polygon-classes 'lake': give foreground, all or class names of the model (land, ",
+        ),
     ):
         assert predict_main(base + ["--input", str(chip), *extra]) == 2
         err = capsys.readouterr().err.strip()
@@ -247,6 +253,7 @@ def test_png_outputs_of_a_georeferenced_input_still_give_placed_polygons(scene, 
     out = folder / "png"
     argv = ["--model", str(export), "--input", str(chip), "--out", str(out), "--tile", "256"]
     argv += ["--format", "png", "--polygons", str(out / "chip.gpkg"), "--device", "cpu"]
+    argv += ["--min-area", "0", "--polygon-classes", "all"]  # as the GeoTIFF's above
     assert predict_main(argv + ["--no-progress"]) == 0
     assert (out / "chip_mask.png").is_file()
     meta, _, wkb, fields = pyogrio.raw.read(out / "chip.gpkg")

@@ -16,6 +16,9 @@ Multispectral GeoTIFFs (any band count; uint8/uint16/int16/float32 stored as the
     python launch/build_shards.py --images "S2/*.tif" --masks "Labels/*.tif" \
         --image-key "(.*)_S2Hand" --mask-key "(.*)_LabelHand" --classes classes.yaml \
         --split-by blocks:1 --tile 128 --out shards/s2
+Building footprints without attributes (every polygon is a building, the rest land):
+    python launch/build_shards.py --images "tiles/*.tif" --vector buildings.gpkg \
+        --burn building --background land --classes classes.yaml --out shards/b
 Bands kept one per file (red_X.TIF, green_X.TIF, ...):
     python launch/build_shards.py --images "scene/red_*.TIF" --masks "scene/gt_*.TIF" \
         --image-key "red_(.*)" --mask-key "gt_(.*)" --band-files red,green,blue,nir ...
@@ -26,6 +29,7 @@ import sys
 from dataclasses import replace
 
 from engine.cli import HelpFormatter
+from engine.data.build.advice import print_warning
 from engine.data.build.builder import BuildOptions, build_shards
 from engine.data.build.output import BuildError
 from engine.data.build.splits import SPLIT_BY_HELP, describe_shared_area
@@ -33,7 +37,7 @@ from engine.data.shards.codecs import IMAGE_CODECS
 from engine.data.sources.band_select import parse_band_list
 from engine.data.sources.classes import load_classes
 from engine.data.sources.pairing import pair_by_glob, pair_from_csv, pairs_from_vector
-from engine.data.sources.vector_labels import VectorLabels
+from engine.data.sources.vector_labels import VectorLabels, off_images_note
 from engine.errors import UserError
 
 
@@ -56,9 +60,16 @@ def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--vector",
         help="labels as polygons instead of --masks: a GeoPackage/GeoJSON/Shapefile, reprojected\n"
-        "and rasterised onto each image's grid (needs --attribute)",
+        "and rasterised onto each image's grid (needs --attribute or --burn); features that\n"
+        "touch no image are reported in one line",
     )
     source.add_argument("--attribute", help="the vector file's field holding the class value")
+    source.add_argument(
+        "--burn",
+        metavar="CLASS",
+        help="with --vector, instead of --attribute: every polygon is this class (its name or\n"
+        "value in --classes), e.g. building footprints; the rest is --background",
+    )
     source.add_argument(
         "--background",
         default="ignore",
@@ -67,7 +78,8 @@ def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--all-touched",
         action="store_true",
-        help="burn every pixel a polygon touches (default: pixels whose centre is inside)",
+        help="burn every pixel a polygon touches (default: pixels whose centre is inside;\n"
+        "thin features such as roads and rivers narrower than a pixel need it)",
     )
     source.add_argument("--layer", help="layer of a multi-layer vector file (default: the first)")
     source.add_argument("--classes", required=True, help="classes file (see inspect_masks.py)")
@@ -175,8 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_sources(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse (through ``parser.error``) a combination of input options that does not fit."""
     if args.vector:
-        if args.masks or args.pairs_csv or not args.images or not args.attribute:
-            parser.error("--vector goes with --images and --attribute (not --masks/--pairs-csv)")
+        if args.masks or args.pairs_csv or not args.images:
+            parser.error("--vector goes with --images (not --masks/--pairs-csv)")
+        if bool(args.attribute) == bool(args.burn):
+            parser.error("--vector needs exactly one of --attribute FIELD and --burn CLASS")
+    elif args.attribute or args.burn:
+        parser.error("--attribute and --burn go with --vector")
     elif bool(args.pairs_csv) == bool(args.images or args.masks):
         parser.error("give either --images and --masks, or --pairs-csv, or --images and --vector")
 
@@ -222,10 +238,13 @@ def _pairs_and_options(
     if args.vector:
         labels = VectorLabels(
             args.vector, args.attribute, _background(args.background), args.all_touched,
-            classes=classes, layer=args.layer, unknown=args.unknown,
+            burn=args.burn, classes=classes, layer=args.layer, unknown=args.unknown,
         )  # fmt: skip
         options = replace(options, vector_labels=labels)
         pairs = pairs_from_vector(args.images, args.vector, args.group, args.image_key)
+        note = off_images_note(labels, [pair.image for pair in pairs])
+        if note:
+            print_warning(note)
     elif args.pairs_csv:
         if args.image_key or args.mask_key or args.mask_from:
             parser.error("--image-key/--mask-key/--mask-from go with --images and --masks")

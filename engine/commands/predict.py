@@ -5,7 +5,8 @@ Writes, per input, ``<stem>_mask`` (class indices; 255 = nodata where the input 
 ``<stem>_probabilities`` and ``<stem>_overlay`` into --out: PNG for PNG/JPEG inputs,
 GeoTIFF with the input's CRS, transform and nodata for every other raster (--format cog:
 Cloud-Optimised GeoTIFF). --polygons FILE.gpkg|FILE.geojson also vectorises each mask (one
-feature per connected region; see engine/infer/polygons.py for the CRS and units).
+feature per connected region of a class but the background, regions under --min-area 4
+pixels merged into their neighbours; see engine/infer/polygons.py for the CRS and units).
 Rasters are processed in strips, and rasters wider than --band-width in column bands, so
 memory does not grow with the raster size.
 
@@ -35,7 +36,7 @@ Example:
     python launch/predict.py --model runs/dubai --input "scenes/*.tif" --out preds --tta flip
     python launch/predict.py --model runs/dubai/best --input scenes/ --out preds --values original
     python launch/predict.py --model runs/s2 --input S2/chip.tif --out preds --format cog \
-        --polygons preds/chip.gpkg --min-area 4
+        --polygons preds/chip.gpkg --simplify 1
 """
 
 import argparse
@@ -45,6 +46,7 @@ import sys
 from engine.cli import HelpFormatter
 from engine.errors import UserError
 from engine.infer.outputs import FORMATS
+from engine.infer.polygons import DEFAULT_MIN_AREA
 from engine.infer.run import PredictOptions, predict_files
 from engine.infer.session import Interrupted, signals_raise
 from engine.infer.sliding import AMP_DTYPES
@@ -142,14 +144,22 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-area",
         type=float,
-        default=0.0,
-        help="with --polygons: drop regions of fewer pixels than this",
+        default=DEFAULT_MIN_AREA,
+        help="with --polygons: regions of fewer pixels join their largest neighbour (sieve),\n"
+        "or are dropped when none is that large; 0 keeps every region",
     )
     parser.add_argument(
         "--simplify",
         type=float,
         default=0.0,
-        help="with --polygons: simplification tolerance in pixel widths (0 = none)",
+        help="with --polygons: simplification tolerance in pixel widths (0 = none); edges\n"
+        "shared by two polygons are simplified once, so neighbours still meet",
+    )
+    parser.add_argument(
+        "--polygon-classes",
+        default="foreground",
+        help="with --polygons: foreground (every class but the background: the class named\n"
+        "background, else the first), all, or class names (comma-separated)",
     )
     parser.add_argument(
         "--overlay", action="store_true", help="also write mask-over-image overlays"

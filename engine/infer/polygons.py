@@ -1,17 +1,40 @@
 """Vectorising a predicted mask: one polygon per connected region (``predict.py --polygons``).
 
-:func:`write_polygons` runs GDAL's polygonize (``rasterio.features.shapes``) on the
-*written* mask file, band 1, so the polygons are exactly what the raster says. Each
-connected region of one class (4-connectivity: pixels touching only at a corner are separate
-regions) becomes one feature with the attributes ``class`` (the class name) and
-``class_index``; pixels equal to the mask's nodata value (255, the input's nodata and
-ignored pixels) make no polygon. A mask written with ``--values original`` is mapped back to
-class indices through the same table (one-band masks only).
+:func:`write_polygons` reads band 1 of the *written* mask file, maps its values to class
+indices (a mask written with ``--values original`` through the same table; one-band masks
+only), removes small regions, and runs GDAL's polygonize (``rasterio.features.shapes``).
+Each connected region of one class (4-connectivity: pixels touching only at a corner are
+separate regions) becomes one feature with the attributes ``class`` (the class name) and
+``class_index``. Pixels equal to the mask's nodata value (255: the input's nodata; the
+model never predicts an ignored class) and values of no class make no polygon, and are
+never merged into one.
 
-Units: ``min_area`` is in **pixels** (regions of fewer pixels are dropped) and ``simplify``
-in **pixel widths** (Douglas-Peucker tolerance, ``preserve_topology=True`` per polygon; the
-boundary shared by two neighbours is simplified twice, so they may no longer meet exactly),
-so both mean the same whatever the CRS (degrees in EPSG:4326).
+Small regions (``min_area``, in **pixels**; default :data:`DEFAULT_MIN_AREA` = 4): first
+GDAL's sieve (``rasterio.features.sieve``, 4-connectivity) gives every region of fewer
+pixels the class of its largest neighbour region that is at least that large, so a
+one-pixel speck or a fringe of a sliding-window prediction joins the region around it
+instead of becoming a shape; regions still smaller (a patch of pure noise, with no large
+neighbour) are then dropped. 4 pixels is the smallest square (2x2) with an inside; one- to
+three-pixel regions are almost always noise at class borders (at 10 m Sentinel-2 pixels,
+4 pixels are 400 m², a small building block; at 0.5 m aerial, 1 m²). ``min_area`` 0 or 1
+keeps every region exactly as the raster has it.
+
+Classes (``classes``): ``"foreground"`` (default) writes every class but the background;
+``"all"`` every class; or a comma list of class names. The background is the class named
+``background`` (any case) if the model has one, else the first class (index 0: ``land`` in
+the Dubai and Sen1Floods11 class lists). Unwritten classes still take part in the sieve and
+the simplification, so the written polygons keep their edges with them.
+
+Simplification (``simplify``, in **pixel widths**, 0: none): with shapely >= 2.1 (GEOS >=
+3.12) the regions are simplified as one coverage (``shapely.coverage_simplify``,
+Visvalingam-Whyatt; the tolerance is about the square root of the area of the triangles
+removed): each boundary two regions share is simplified once, so neighbours still meet
+exactly, with no gap and no overlap; the outline of the vectorised area (the raster's edge,
+nodata, dropped noise) is kept as the raster has it. An older shapely (the requirement is
+>= 2.0, which has no coverage simplification) falls back to Douglas-Peucker per polygon
+(``preserve_topology=True``), which simplifies a shared boundary twice, so neighbours may
+no longer meet exactly. Both units mean the same whatever
+the CRS (degrees in EPSG:4326).
 
 CRS: a GeoPackage is written in the raster's CRS; a GeoJSON file is reprojected to
 EPSG:4326 (longitude, latitude) as RFC 7946 requires, written with GDAL's ``RFC7946=YES``
@@ -20,9 +43,9 @@ GeoPackage in its pixel coordinates (x right, y down) without a CRS; GeoJSON is 
 for it, since GeoJSON coordinates are always longitude/latitude.
 
 Writing uses pyogrio (``pyogrio.raw.write`` with shapely WKB) to ``<stem>.partial<suffix>``,
-renamed when complete. Memory: GDAL holds every polygon of the raster at once (the raster
-itself is read by GDAL line by line), so it grows with the number and detail of the
-regions, not with the raster size.
+renamed when complete. Memory: the mask is read whole (its values plus one byte per pixel of
+class index and one of validity, for the sieve), and GDAL holds every polygon at once, so
+it grows with the raster size and with the number and detail of the regions.
 """
 
 from __future__ import annotations
@@ -43,6 +66,9 @@ from engine.errors import UserError
 #: Output suffix → OGR driver.
 POLYGON_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 GEOJSON_CRS = "EPSG:4326"
+DEFAULT_MIN_AREA = 4.0  # pixels: the smallest square with an inside (see the module notes)
+POLYGON_CLASSES = ("foreground", "all")  # or a comma list of class names
+NO_CLASS = 255  # class index of pixels that make no polygon (nodata, no class)
 
 
 class PolygonError(UserError):
@@ -61,6 +87,33 @@ def polygon_driver(path: str | Path) -> str:
         kinds = ", ".join(sorted(POLYGON_DRIVERS))
         raise PolygonError(f"{path}: polygons are written as {kinds}, not {path.suffix!r}")
     return driver
+
+
+def background_index(class_names: Sequence[str]) -> int:
+    """The background class: the one named ``background`` (any case), else the first."""
+    lowered = [str(name).lower() for name in class_names]
+    return lowered.index("background") if "background" in lowered else 0
+
+
+def polygon_class_indices(selection: str, class_names: Sequence[str]) -> list[int]:
+    """The class indices ``selection`` writes: ``foreground``, ``all`` or a comma list of names.
+
+    Raises:
+        PolygonError: for a name the model has not (the classes listed) or an empty list.
+    """
+    if selection == "all":
+        return list(range(len(class_names)))
+    if selection == "foreground":
+        background = background_index(class_names)
+        return [index for index in range(len(class_names)) if index != background]
+    names = [name.strip() for name in selection.split(",") if name.strip()]
+    unknown = [name for name in names if name not in class_names]
+    if unknown or not names:
+        raise PolygonError(
+            f"--polygon-classes {selection!r}: give foreground, all or class names of the "
+            f"model ({', '.join(map(str, class_names))})"
+        )
+    return sorted({list(class_names).index(name) for name in names})
 
 
 def _class_lookup(count: int, values: np.ndarray | None, where: Path) -> dict[float, int]:
@@ -88,21 +141,47 @@ class _Regions:
     """The connected regions of a mask, as read (pixel or map coordinates of the mask)."""
 
     geometries: np.ndarray  # shapely polygons
-    indices: list[int]  # their class indices
+    indices: np.ndarray  # their class indices
     crs: Any
     to_map: Any  # pixel -> map affine of a mask without its own georeferencing, else None
     pixel_width: float
+
+
+def _class_indices(band: np.ndarray, lookup: dict[float, int], nodata: float | None) -> np.ndarray:
+    """The mask's values as class indices (uint8), :data:`NO_CLASS` for nodata and no class."""
+    indices = np.full(band.shape, NO_CLASS, np.uint8)
+    for value, index in lookup.items():
+        if nodata is None or value != nodata:
+            indices[band == value] = index
+    return indices
+
+
+def _sieved_regions(indices: np.ndarray, transform: Any, min_area: float) -> tuple[list, list]:
+    """Sieve ``indices`` in place, polygonise it: (shapely polygons, class indices), big enough."""
+    import shapely
+    from rasterio.features import shapes, sieve
+
+    valid = indices != NO_CLASS
+    size = math.ceil(min_area)
+    if size > 1:
+        sieve(indices, size, out=indices, mask=valid, connectivity=4)
+    pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
+    geometries, classes = [], []
+    for shape, value in shapes(indices, mask=valid, connectivity=4, transform=transform):
+        geometry = shapely.geometry.shape(shape)
+        if geometry.area >= min_area * pixel_area * (1 - 1e-9):
+            geometries.append(geometry)
+            classes.append(int(value))
+    return geometries, classes
 
 
 def _read_regions(
     mask_path: Path, out_path: Path, driver: str, lookup: dict[float, int], min_area: float,
     georef: dict[str, Any] | None,
 ) -> _Regions:  # fmt: skip
-    """Polygonize band 1 of the mask: every region of a known class and at least ``min_area``."""
+    """The mask's regions of a known class, sieved and at least ``min_area`` pixels."""
     import rasterio
-    import shapely
     from rasterio.errors import NotGeoreferencedWarning
-    from rasterio.features import shapes
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -119,19 +198,27 @@ def _read_regions(
                 f"{mask_path}: no CRS, but GeoJSON coordinates are longitude/latitude "
                 f"(RFC 7946); write {out_path.with_suffix('.gpkg').name} instead"
             )
-        pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
-        geometries, indices = [], []
-        for shape, value in shapes(rasterio.band(src, 1), connectivity=4):
-            index = lookup.get(float(value))
-            if index is None or (nodata is not None and float(value) == nodata):
-                continue
-            geometry = shapely.geometry.shape(shape)
-            if geometry.area < min_area * pixel_area:
-                continue
-            geometries.append(geometry)
-            indices.append(index)
+        indices = _class_indices(src.read(1), lookup, nodata)
+    geometries, classes = _sieved_regions(indices, transform, min_area)
+    pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
     array = np.array(geometries, dtype=object)
-    return _Regions(array, indices, crs, to_map, math.sqrt(pixel_area))
+    return _Regions(array, np.array(classes, np.int64), crs, to_map, math.sqrt(pixel_area))
+
+
+def simplify_regions(geometries: np.ndarray, tolerance: float) -> np.ndarray:
+    """Simplify polygons that tile an area, keeping their shared edges (see the module notes).
+
+    Args:
+        geometries: Polygons that meet only along their edges (a coverage).
+        tolerance: In the geometries' units.
+    """
+    import shapely
+
+    coverage_simplify = getattr(shapely, "coverage_simplify", None)
+    if coverage_simplify is None:  # shapely < 2.1: per polygon, shared edges twice
+        return shapely.simplify(geometries, tolerance, preserve_topology=True)
+    # The outer boundary (the raster's edge, nodata, dropped noise) stays as the raster has it
+    return coverage_simplify(geometries, tolerance, simplify_boundary=False)
 
 
 def write_polygons(
@@ -140,8 +227,9 @@ def write_polygons(
     class_names: Sequence[str],
     *,
     values: np.ndarray | None = None,
-    min_area: float = 0.0,
+    min_area: float = DEFAULT_MIN_AREA,
     simplify: float = 0.0,
+    classes: str = "foreground",
     georef: dict[str, Any] | None = None,
 ) -> int:
     """Vectorise a written mask into one polygon feature per connected region.
@@ -152,8 +240,11 @@ def write_polygons(
         out_path: ``.gpkg`` (the raster's CRS) or ``.geojson`` (EPSG:4326).
         class_names: Class names in class-index order.
         values: The ``--values original`` table the mask was written with (``[256]``).
-        min_area: Drop regions of fewer pixels than this.
-        simplify: Simplification tolerance in pixel widths (0: none).
+        min_area: Regions of fewer pixels join their largest neighbour (sieve), or are
+            dropped when none is that large; 0 or 1 keeps every region.
+        simplify: Simplification tolerance in pixel widths (0: none), shared edges kept.
+        classes: ``"foreground"`` (all but the background), ``"all"``, or class names
+            (comma-separated).
         georef: ``{"crs", "transform"}`` of the input, used when the mask file has no
             georeferencing of its own (a PNG mask of a GeoTIFF input).
 
@@ -171,11 +262,14 @@ def write_polygons(
     driver = polygon_driver(out_path)
     if min_area < 0 or simplify < 0 or not math.isfinite(min_area + simplify):
         raise PolygonError(f"{out_path}: min_area and simplify must be >= 0")
+    wanted = polygon_class_indices(classes, class_names)
     lookup = _class_lookup(len(class_names), values, mask_path)
     regions = _read_regions(mask_path, out_path, driver, lookup, min_area, georef)
     array, crs = regions.geometries, regions.crs
     if simplify and len(array):
-        array = shapely.simplify(array, simplify * regions.pixel_width, preserve_topology=True)
+        array = simplify_regions(array, simplify * regions.pixel_width)
+    keep = np.isin(regions.indices, wanted) & ~shapely.is_empty(array)
+    array, indices = array[keep], regions.indices[keep].tolist()
     if regions.to_map is not None and len(array):
         a, b, c, d, e, f = regions.to_map[:6]
         matrix = np.array([[a, d], [b, e]])
@@ -185,7 +279,7 @@ def write_polygons(
         array = _reproject(array, crs, GEOJSON_CRS) if len(array) else array
         crs = rasterio.crs.CRS.from_string(GEOJSON_CRS)
         options["layer_options"] = {"RFC7946": "YES"}
-    _write(out_path, driver, array, regions.indices, class_names, crs, options)
+    _write(out_path, driver, array, indices, class_names, crs, options)
     return len(array)
 
 

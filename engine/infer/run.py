@@ -44,7 +44,12 @@ from engine.infer.bands import open_model_raster
 from engine.infer.limits import check_free_space, check_pixel_limits, disk_need
 from engine.infer.model import LoadedModel, load_model
 from engine.infer.outputs import OutputSpec, format_for, output_paths, temporary_paths
-from engine.infer.polygons import polygon_driver, write_polygons
+from engine.infer.polygons import (
+    DEFAULT_MIN_AREA,
+    polygon_class_indices,
+    polygon_driver,
+    write_polygons,
+)
 from engine.infer.session import (
     check_outputs,
     expand_inputs,
@@ -89,8 +94,12 @@ class PredictOptions:
         alpha: Overlay opacity.
         polygons: Also vectorise the mask into this ``.gpkg``/``.geojson`` file (``{stem}``
             is replaced by the input's stem).
-        min_area: With ``polygons``: drop regions of fewer pixels than this.
-        simplify: With ``polygons``: simplification tolerance in pixel widths.
+        min_area: With ``polygons``: regions of fewer pixels join their largest neighbour
+            (or are dropped when none is that large); 0 or 1 keeps every region.
+        simplify: With ``polygons``: simplification tolerance in pixel widths (shared
+            edges kept).
+        polygon_classes: With ``polygons``: ``"foreground"`` (every class but the
+            background), ``"all"`` or comma-separated class names.
         values: Mask values: ``"index"`` (class indices) or ``"original"`` (the dataset's).
         bands: Bands to read, in the model's channel order (numbers or names).
         nodata: Input nodata value overriding the file's.
@@ -112,8 +121,9 @@ class PredictOptions:
     overlay: bool = False
     alpha: float = 0.5
     polygons: str | None = None
-    min_area: float = 0.0
+    min_area: float = DEFAULT_MIN_AREA
     simplify: float = 0.0
+    polygon_classes: str = "foreground"
     values: str = "index"
     bands: Sequence[int | str] | None = None
     nodata: float | None = None
@@ -276,7 +286,7 @@ def _predict_input(run: _Run, path: Path, polygons: Path | None, desc: str) -> P
             if polygons:
                 count = write_polygons(paths["mask"], polygons, model.names, values=run.values,
                                        min_area=options.min_area, simplify=options.simplify,
-                                       georef=georef)  # fmt: skip
+                                       classes=options.polygon_classes, georef=georef)  # fmt: skip
                 paths["polygons"] = polygons
     pixels = dict(zip(model.names, writer.class_pixels.tolist(), strict=True))
     return PredictResult(path, height, width, paths, pixels, count)
@@ -295,6 +305,8 @@ def _predict_all(
     with output_folder(str(out)) as folder:
         check_outputs(folder, inputs, options.outputs())
         polygons = polygon_targets(options, inputs, values)  # may be inside out
+        if polygons:
+            polygon_class_indices(options.polygon_classes, model.names)  # names checked early
         run = _Run(model, options, folder, values)
         if log:
             log(

@@ -1,4 +1,4 @@
-"""Labels from a vector file: polygons with a class attribute, rasterised onto each image's grid.
+"""Labels from a vector file: polygons with a class attribute (or all one class), rasterised.
 
 A GeoPackage, GeoJSON or Shapefile (any OGR vector format) labels every image: for one image,
 the features whose bounding box meets the image (read with the file's spatial filter, the
@@ -9,7 +9,9 @@ otherwise the pixels whose centre it covers). The result is an ``HxW`` int32 arr
 that plays the role of a mask file's values: the classes file maps them to classes, so
 the builder calls :meth:`VectorLabels.values_for` where it would read a mask.
 
-Values: an integer attribute gives its integers (``encoding: index`` classes files; text
+Values: with ``burn`` (``--burn CLASS``) every feature burns that one value, a class name or
+value of the classes file (the usual building-footprint file, no attribute needed). Else an
+integer attribute gives its integers (``encoding: index`` classes files; text
 that spells an integer, as Shapefiles and CSV-made files often hold, counts as that integer);
 a text attribute needs an ``encoding: text`` classes file, and the values are the codes it
 gives each text (:meth:`engine.data.sources.classes.ClassesFile.text_code`).
@@ -32,6 +34,9 @@ Rules:
   type is refused when opened; a mixed layer, for each image where such a feature lies.
 - Features without geometry (or with an empty one) label nothing; a feature whose attribute
   is null is an error (give it a value, or delete it).
+- Features that meet no image label nothing; :func:`features_off_images` finds them (their
+  geometry, in the vector's CRS, meets none of the images' footprints, each transformed to
+  that CRS with densified edges), so the builder can report them in one line.
 - pyogrio (with shapely for the geometries) reads the file: it is the reader geopandas uses,
   ships GDAL in its wheel, reads whole columns at once, and applies the spatial filter in
   GDAL; fiona would read feature by feature in Python.
@@ -128,14 +133,16 @@ def _is_null(value: object) -> bool:
 
 
 class VectorLabels:
-    """A vector file whose features label images by an attribute.
+    """A vector file whose features label images by an attribute, or all with one class.
 
     Args:
         path: GeoPackage, GeoJSON, Shapefile or another OGR vector file with a CRS.
-        attribute: The field naming each feature's class.
+        attribute: The field naming each feature's class (None with ``burn``).
         background: Value for pixels no feature covers: an attribute value (or, with
             ``classes``, a class name), or ``None``/``"ignore"`` for ignore.
         all_touched: Burn every pixel a polygon touches (else those whose centre it covers).
+        burn: Every feature is this class: a value or (with ``classes``) a class name;
+            exactly one of ``attribute`` and ``burn`` is given.
         classes: The classes file; required for text attributes (its ``encoding: text``
             gives each text its code) and used to resolve ``background``.
         layer: Layer name or index (default: the first layer).
@@ -146,16 +153,17 @@ class VectorLabels:
     Raises:
         VectorLabelError: naming the file for a missing/unreadable file, a missing attribute
             (the available fields listed), no CRS, no features, a point or line layer, or a
-            background no class has.
+            background or burn value no class has.
     """
 
     def __init__(
         self,
         path: str | Path,
-        attribute: str,
+        attribute: str | None = None,
         background: int | str | None = None,
         all_touched: bool = False,
         *,
+        burn: int | str | None = None,
         classes: ClassesFile | None = None,
         layer: str | int | None = None,
         unknown: str = "error",
@@ -168,6 +176,8 @@ class VectorLabels:
         if unknown not in ("error", "ignore"):
             raise ValueError(f"unknown must be 'error' or 'ignore', not {unknown!r}")
         self.unknown = unknown
+        if (attribute is None) == (burn is None):
+            raise ValueError("give exactly one of attribute and burn")
         if not self.path.is_file():
             raise VectorLabelError(f"{self.path}: vector label file not found")
         try:
@@ -175,7 +185,7 @@ class VectorLabels:
         except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as error:
             raise VectorLabelError(f"{self.path}: cannot read as a vector file: {error}") from error
         fields = [str(f) for f in info["fields"]]
-        if attribute not in fields:
+        if attribute is not None and attribute not in fields:
             raise VectorLabelError(
                 f"{self.path}: no attribute {attribute!r}; its fields are "
                 + (", ".join(repr(f) for f in fields) or "none")
@@ -192,6 +202,7 @@ class VectorLabels:
         if declared in NOT_POLYGON_TYPES:
             raise VectorLabelError(f"{self.path}: {self._not_polygons([declared])}")
         self.background_value = self._background(background)
+        self.burn_value = None if burn is None else self._class_value(burn, "burn")
 
     def _not_polygons(self, kinds: list[str], ids: list[int] | None = None) -> str:
         where = f" (feature ids {_short(ids)})" if ids else ""
@@ -204,21 +215,29 @@ class VectorLabels:
         """The value burnt where no feature lies (see the class docstring)."""
         if background is None or background == "ignore":
             return IGNORE_VALUE
+        return self._class_value(background, "background", "; or use 'ignore'")
+
+    def _class_value(self, given: int | str, option: str, alternative: str = "") -> int:
+        """The value that ``given`` (a value, or with a classes file a class name) burns as.
+
+        Raises:
+            VectorLabelError: naming ``option`` when no class has that value or name.
+        """
         classes = self.classes
         if classes is not None:
-            value = self._code_or_none(background)
+            value = self._code_or_none(given)
             if value is not None and value in classes.lookup:
                 return value
-            if str(background) in classes.names:
-                return classes.classes[classes.names.index(str(background))].values[0]
+            if str(given) in classes.names:
+                return classes.classes[classes.names.index(str(given))].values[0]
             raise VectorLabelError(
-                f"{self.path}: background {background!r} is neither a value nor a class name "
-                f"of {classes.path} (classes: {', '.join(classes.names)}); or use 'ignore'"
+                f"{self.path}: {option} {given!r} is neither a value nor a class name "
+                f"of {classes.path} (classes: {', '.join(classes.names)}){alternative}"
             )
-        value = self._code_or_none(background)
+        value = self._code_or_none(given)
         if value is None:
             raise VectorLabelError(
-                f"{self.path}: background {background!r} must be an integer value or 'ignore' "
+                f"{self.path}: {option} {given!r} must be an integer value{alternative} "
                 "(text values need a classes file with encoding: text)"
             )
         return value
@@ -244,7 +263,12 @@ class VectorLabels:
         return number
 
     def attribute_values(self) -> list:
-        """The distinct values of the attribute over the whole file, sorted (nulls left out)."""
+        """The distinct values of the attribute over the whole file, sorted (nulls left out).
+
+        With ``burn``: the one burn value.
+        """
+        if self.attribute is None:
+            return [self.burn_value]
         _, _, _, columns = pyogrio.raw.read(
             self.path, layer=self.layer, columns=[self.attribute], read_geometry=False
         )
@@ -253,6 +277,8 @@ class VectorLabels:
 
     def _codes(self, values: np.ndarray, fids: np.ndarray) -> np.ndarray:
         """The burn value of each feature's attribute value (errors name the file)."""
+        if self.burn_value is not None:
+            return np.full(len(values), self.burn_value, np.int32)
         nulls = [int(f) for f, v in zip(fids, values) if _is_null(v)]
         if nulls:
             raise VectorLabelError(
@@ -296,13 +322,14 @@ class VectorLabels:
         _, fids, wkb, columns = pyogrio.raw.read(
             self.path,
             layer=self.layer,
-            columns=[self.attribute],
+            columns=[] if self.attribute is None else [self.attribute],
             bbox=tuple(bounds),
             force_2d=True,
             return_fids=True,
         )
         order = np.argsort(fids, kind="stable")
-        fids, geometries, values = fids[order], shapely.from_wkb(wkb[order]), columns[0][order]
+        fids, geometries = fids[order], shapely.from_wkb(wkb[order])
+        values = columns[0][order] if columns else np.full(len(fids), self.burn_value, object)
         keep = ~(shapely.is_missing(geometries) | shapely.is_empty(geometries))
         fids, geometries, values = fids[keep], geometries[keep], values[keep]
         bad = np.flatnonzero(~np.isin(shapely.get_type_id(geometries), POLYGON_TYPE_IDS))
@@ -339,3 +366,53 @@ class VectorLabels:
         grid = image_grid(image_path)
         check_pixels(Path(image_path), grid.height, grid.width)
         return self.values_on(grid)
+
+
+def _footprint(grid: ImageGrid, crs: CRS) -> shapely.Geometry:
+    """The outline of ``grid``'s pixels in ``crs`` (edges densified before reprojecting)."""
+    width, height = grid.width, grid.height
+    corners = [grid.transform @ xy for xy in ((0, 0), (width, 0), (width, height), (0, height))]
+    outline = shapely.Polygon(corners)
+    if grid.crs == crs:
+        return outline
+    edge = max(math.dist(corners[0], corners[1]), math.dist(corners[1], corners[2]))
+    dense = shapely.segmentize(outline, edge / 32)
+    moved = rasterio.warp.transform_geom(grid.crs, crs, shapely.geometry.mapping(dense))
+    return shapely.geometry.shape(moved)
+
+
+def features_off_images(labels: VectorLabels, grids: list[ImageGrid]) -> tuple[list[int], int]:
+    """The ids of the features that meet no image, and the number of features with a geometry.
+
+    A feature meets an image when its geometry (in the vector's CRS) intersects the image's
+    footprint (its pixels' outline, transformed to that CRS); one that meets an image may
+    still burn no pixel (a sliver between pixel centres). Features without geometry are
+    not counted. Reads every geometry of the layer once.
+    """
+    _, fids, wkb, _ = pyogrio.raw.read(
+        labels.path, layer=labels.layer, columns=[], force_2d=True, return_fids=True
+    )
+    geometries = shapely.from_wkb(wkb)
+    present = ~(shapely.is_missing(geometries) | shapely.is_empty(geometries))
+    fids, geometries = fids[present], geometries[present]
+    if not len(geometries):
+        return [], 0
+    tree = shapely.STRtree([_footprint(grid, labels.crs) for grid in grids])
+    touching = np.zeros(len(geometries), bool)
+    touching[tree.query(geometries, predicate="intersects")[0]] = True
+    return sorted(int(fid) for fid in fids[~touching]), len(geometries)
+
+
+def off_images_note(labels: VectorLabels, images: list[Path]) -> str | None:
+    """One line naming the features that touch none of ``images`` (None when all do).
+
+    Raises:
+        VectorLabelError: naming an image that cannot be opened or has no CRS.
+    """
+    off, total = features_off_images(labels, [image_grid(image) for image in images])
+    if not off:
+        return None
+    return (
+        f"{labels.path}: {len(off)} of {total} features touch no image and label nothing "
+        f"(feature ids {_short(off)})"
+    )
