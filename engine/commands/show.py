@@ -19,10 +19,10 @@ Examples:
 
 Masks written by `predict --values original` (the dataset's own values: integers, or RGB
 colours) are read back with --values original: each value is mapped to its class through the
-classes' values in --manifest/--model/--shards (or --classes); the ignore value (and
-nodata) is shown as ignored, a value that is no class's is an error naming the file.
-    python launch/show.py preds/tile_07_mask.tif --values original --model runs/dubai \
-        --out tile_07_view.png
+classes' values in --manifest (a dataset.json, or the model's export folder RUN/best),
+--shards or --classes; the ignore value (and nodata) is shown as ignored, a value that is no
+class's is an error naming the file.
+    python launch/show.py preds/t_mask.tif --values original --manifest runs/dubai/best --out t.png
 
 Images are drawn from their native bands (engine.render.colors.display_rgb): the manifest's
 rgb_bands in true colour (else the first band in grey), each band stretched linearly from its
