@@ -1,4 +1,4 @@
-"""Evaluate a trained model on a shard split, or a folder of predictions against masks.
+r"""Evaluate a trained model on a shard split, or a folder of predictions against masks.
 
 Model on shards (whole tiles, the same code path as validation during training; also
 distributed: `accelerate launch launch/evaluate.py ...`):
@@ -6,6 +6,11 @@ distributed: `accelerate launch launch/evaluate.py ...`):
 
 Predictions against masks (no model):
     python launch/evaluate.py --predictions preds/ --masks masks/ --classes classes.yaml --out eval/
+Files pair by key as in the build (a prediction's key is its image's: tile_07_mask.tif ->
+tile_07); other names pair with the build's options, e.g. images scene_img_3.tif predicted
+into preds/ and masks scene_lbl_3.tif:
+    python launch/evaluate.py --predictions preds/ --masks labels/ --manifest shards/s \
+        --image-key "(.*)_img(_\d+)" --mask-key "(.*)_lbl(_\d+)" --out eval/
 
 Writes OUT/metrics.json, OUT/metrics.md and OUT/confusion.png.
 """
@@ -22,7 +27,7 @@ from engine.cli import HelpFormatter
 from engine.data.shards.manifest import load_manifest
 from engine.data.sources.classes import load_classes
 from engine.errors import UserError
-from engine.evaluate.folder_eval import FolderEvalError, evaluate_folders
+from engine.evaluate.folder_eval import FolderEvalError, KeyRules, evaluate_folders
 from engine.evaluate.metrics import summary_line
 from engine.evaluate.report import write_report
 from engine.evaluate.shard_eval import EvalSettings, check_class_count, evaluate_split
@@ -47,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     folders.add_argument("--masks", help="folder of true masks")
     folders.add_argument("--classes", help="classes file for the true masks (colour masks)")
     folders.add_argument("--manifest", help="dataset.json giving class names (index masks)")
+    folders.add_argument(
+        "--image-key", help="regex on a prediction's key (its image's): capture groups = key"
+    )
+    folders.add_argument("--mask-key", help="regex on a true mask's key: capture groups = key")
+    folders.add_argument(
+        "--mask-from", help="template turning a prediction's key into its mask's ('{key}_lbl')"
+    )
     args = parser.parse_args(argv)
     try:
         check_out(args.out)
@@ -111,8 +123,9 @@ def evaluate_predictions(args: argparse.Namespace) -> int:
         names = [c["name"] for c in manifest["classes"]]
     else:
         raise FolderEvalError("--predictions needs --classes or --manifest for the class names")
+    rules = KeyRules(args.image_key, args.mask_key, args.mask_from)
     confusion = evaluate_folders(
-        args.predictions, args.masks, len(names), manifest=manifest, classes=classes
+        args.predictions, args.masks, len(names), manifest=manifest, classes=classes, rules=rules
     )
     extra = {"predictions": str(args.predictions), "masks": str(args.masks)}
     metrics = write_report(args.out, confusion, names, f"{args.predictions} vs {args.masks}", extra)

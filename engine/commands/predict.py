@@ -13,7 +13,9 @@ memory does not grow with the raster size.
 Bands: the model reads the bands it was trained on (the export's dataset.json), by name
 from the file's band descriptions, else by position when the counts agree; --bands chooses
 them (numbers or names) for other files. Pixel values are used at native precision, never
-rescaled (see engine/infer/bands.py).
+rescaled (see engine/infer/bands.py). Bands kept one per file (red_X.TIF, green_X.TIF, ...):
+--band-files red,green,blue,nir as for the build; --input takes the first band's files (a
+folder or glob may hold the others: they are skipped), the band names are these names.
 
 --input takes files, globs and folders (a folder: its .tif/.png/.jpg/... files). Outputs never
 overwrite an input: --out may be the input folder as long as no output name is an input.
@@ -37,6 +39,8 @@ Example:
     python launch/predict.py --model runs/dubai/best --input scenes/ --out preds --values original
     python launch/predict.py --model runs/s2 --input S2/chip.tif --out preds --format cog \
         --polygons preds/chip.gpkg --simplify 1
+    python launch/predict.py --model runs/rgbn --input "scene/red_*.TIF" --out preds \
+        --band-files red,green,blue,nir
 """
 
 import argparse
@@ -60,6 +64,16 @@ def parse_nodata(text: str) -> float:
         return float(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"not a number or nan: {text!r}") from error
+
+
+def band_file_names(text: str) -> tuple[str, ...]:
+    """``--band-files``: distinct band names, comma-separated (a number names no file)."""
+    names = tuple(part.strip() for part in text.split(","))
+    if not all(names) or any(name.isdigit() for name in names):
+        raise argparse.ArgumentTypeError(f"give band names, not numbers or blanks: {text!r}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"band names repeat: {text!r}")
+    return names
 
 
 def positive_int(text: str) -> int:
@@ -177,6 +191,12 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
         help="bands to read, in the model's channel order: 1-based numbers or band names "
         "(comma- or space-separated; default: the model's band names, or by position for "
         "files without band descriptions)",
+    )
+    parser.add_argument(
+        "--band-files",
+        type=band_file_names,
+        help="bands kept one per file: comma list of band names (red,green,blue,nir); "
+        "--input gives the first band's files, the others replace that name in the file name",
     )
     parser.add_argument(
         "--nodata", type=parse_nodata, help="input nodata value overriding the file's (or nan)"

@@ -17,6 +17,13 @@ Examples:
     python launch/show.py --shards shards/s2 --split val --index 0 --band B8 --out b8.png
     python launch/show.py --shards shards/s2 --split val --index 0 --rgb B8,B4,B3 --out cir.png
 
+Masks written by `predict --values original` (the dataset's own values: integers, or RGB
+colours) are read back with --values original: each value is mapped to its class through the
+classes' values in --manifest (a dataset.json, or the model's export folder RUN/best),
+--shards or --classes; the ignore value (and nodata) is shown as ignored, a value that is no
+class's is an error naming the file.
+    python launch/show.py preds/t_mask.tif --values original --manifest runs/dubai/best --out t.png
+
 Images are drawn from their native bands (engine.render.colors.display_rgb): the manifest's
 rgb_bands in true colour (else the first band in grey), each band stretched linearly from its
 display range (2nd..98th percentile of the train split; 8-bit RGB data of shard format 2 is
@@ -41,6 +48,7 @@ from engine.data.sources.classes import IGNORE_INDEX, load_classes
 from engine.data.sources.rasters import open_raster, read_index_mask
 from engine.errors import UserError
 from engine.evaluate.folder_eval import read_truth_mask
+from engine.infer.values import VALUE_MODES, class_indices, original_values
 from engine.jsonfile import read_json
 from engine.render.colors import RenderError, class_info, display_rgb, image_normalization
 from engine.render.figures import mask_figure, panel
@@ -134,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", help="the image (for a panel or an overlay)")
     parser.add_argument("--truth", help="true mask (class indices, or colours with --classes)")
     parser.add_argument("--prediction", help="predicted class-index mask")
+    parser.add_argument(
+        "--values",
+        default="index",
+        choices=VALUE_MODES,
+        help="what the mask and --prediction hold: class indices, or the dataset's own label "
+        "values (written by predict --values original)",
+    )
     parser.add_argument("--shards", help="shard folder to take a sample from")
     parser.add_argument("--split", default="val", help="split of --shards")
     parser.add_argument("--index", type=int, default=0, help="sample number in --split")
@@ -168,6 +183,7 @@ class Scene:
     image: np.ndarray | None = None
     truth: np.ndarray | None = None
     prediction: np.ndarray | None = None
+    mask: np.ndarray | None = None  # the positional mask, as class indices
     normalization: Normalization | None = None
     exported: Any = None
 
@@ -212,7 +228,33 @@ def _read_files(args: argparse.Namespace, scene: Scene, classes, num_classes: in
     if args.truth:
         scene.truth = read_truth_mask(args.truth, classes, num_classes, IGNORE_INDEX)
     if args.prediction:
-        scene.prediction = read_index_mask(args.prediction)
+        scene.prediction = read_shown_mask(args.prediction, args, scene.manifest, classes)
+    if args.mask:
+        scene.mask = read_shown_mask(args.mask, args, scene.manifest, classes)
+
+
+def read_shown_mask(path: str, args: argparse.Namespace, manifest: dict | None, classes) -> Any:
+    """A mask to draw as class indices: as it is, or mapped back from original values.
+
+    Raises:
+        UserError: naming the file when it is not a mask of the chosen kind, or
+            ``--values original`` has no classes with values to map it back with.
+    """
+    if args.values == "index":
+        return read_index_mask(path)
+    where = args.manifest or args.model or args.shards or args.classes
+    if manifest is None and classes is not None:
+        manifest = {"classes": classes.manifest_classes(), "ignore_value": classes.ignore_value()}
+    if manifest is None:
+        raise UserError(f"{path}: --values original needs the classes' values (--manifest, "
+                        "--model, --shards or --classes)")  # fmt: skip
+    table = original_values(manifest, f"{where}")
+    with open_raster(path) as reader:
+        height, width = reader.shape[:2]
+        data = reader.read(0, height, 0, width)
+        valid = reader.read_valid(0, height, 0, width)
+    data[~valid] = table[IGNORE_INDEX]  # nodata, as predict writes it: shown as ignored
+    return class_indices(data, table, len(manifest.get("classes") or []), path)
 
 
 def _predict(parser: argparse.ArgumentParser, args: argparse.Namespace, scene: Scene) -> None:
@@ -250,12 +292,11 @@ def _picture(parser, args: argparse.Namespace, scene: Scene, where: str) -> None
 def _draw(parser, args: argparse.Namespace, scene: Scene, classes_shown, where: str) -> None:
     """Write the figure: the mask (over the image) or the image | truth | prediction panel."""
     names, palette = classes_shown
-    if args.mask:
-        mask = read_index_mask(args.mask)
+    if scene.mask is not None:
         render(
             where,
             mask_figure,
-            mask,
+            scene.mask,
             names,
             palette,
             args.out,

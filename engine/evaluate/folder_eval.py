@@ -1,13 +1,19 @@
 """Score a folder of predicted masks against a folder of true masks.
 
-Files are paired by *key*: the path relative to its folder, without the extension and
-without a trailing ``_mask`` (so ``predict.py``'s ``tile_07_mask.tif`` pairs with
-``tile_07.png``). When the prediction folder holds ``*_mask.*`` files, only those are read
-(``_color``/``_confidence``/``_overlay`` renderings are skipped). Predictions are
-single-band class-index PNG/TIFF. True masks are class-index masks (255 = ignore) unless a
-classes file is given, in which case its encoding (``rgb`` colours or ``index`` values) is
-mapped to class indices like the shard builder does. Each pair is read whole (masks are
-uint8, so a 20000x20000 pair needs ~0.8 GB).
+Files are paired by *key*, with the shard builder's rules
+(:func:`engine.data.sources.pairing.file_key`): the path relative to its folder, folders
+named like ``images``/``masks`` dropped, without the extension; a prediction's trailing
+``_mask`` is dropped first, so its key is its image's (``predict.py``'s ``tile_07_mask.tif``
+pairs with ``tile_07.png``). Names that differ in more pair with the builder's options:
+``image_key`` (a regex on the prediction's key, which is its image's: the ``--image-key``
+the shards were built with), ``mask_key`` (on the true mask's key) and ``mask_from`` (a
+template turning the first into the second, e.g. ``'{key}_lbl'``); see
+:mod:`engine.data.sources.pairing`. When the prediction folder holds ``*_mask.*`` files,
+only those are read (``_color``/``_confidence``/``_overlay`` renderings are skipped).
+Predictions are single-band class-index PNG/TIFF. True masks are class-index masks
+(255 = ignore) unless a classes file is given, in which case its encoding (``rgb`` colours
+or ``index`` values) is mapped to class indices like the shard builder does. Each pair is
+read whole (masks are uint8, so a 20000x20000 pair needs ~0.8 GB).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 from engine.data.sources.classes import IGNORE_INDEX, ClassesFile, load_classes
 from engine.data.sources.formats import is_raster
 from engine.data.sources.imageio import read_mask_values
+from engine.data.sources.pairing import file_key, mask_key_for
 from engine.data.sources.rasters import read_index_mask
 from engine.errors import UserError
 from engine.evaluate.metrics import ConfusionMatrix
@@ -41,36 +48,74 @@ class Pairing:
     """Result of matching two folders.
 
     Attributes:
-        pairs: ``(key, prediction, truth)`` sorted by key.
-        missing_truth: Predictions without a true mask.
-        missing_prediction: True masks without a prediction.
+        pairs: ``(key, prediction, truth)`` sorted by key (the true mask's key).
+        missing_truth_keys: ``(key, prediction)`` of predictions without a true mask, the
+            key the true mask would have.
+        missing_prediction_keys: ``(key, truth)`` of true masks without a prediction.
     """
 
     pairs: list[tuple[str, Path, Path]]
-    missing_truth: list[Path]
-    missing_prediction: list[Path]
+    missing_truth_keys: list[tuple[str, Path]]
+    missing_prediction_keys: list[tuple[str, Path]]
+
+    @property
+    def missing_truth(self) -> list[Path]:
+        """Predictions without a true mask."""
+        return [path for _, path in self.missing_truth_keys]
+
+    @property
+    def missing_prediction(self) -> list[Path]:
+        """True masks without a prediction."""
+        return [path for _, path in self.missing_prediction_keys]
 
 
-def _key(path: Path, root: Path) -> str:
-    relative = path.relative_to(root).with_suffix("")
-    name = relative.name
-    if name.endswith("_mask"):
-        name = name[: -len("_mask")]
-    return str(relative.with_name(name))
+@dataclass(frozen=True)
+class KeyRules:
+    """How file names become pairing keys: the shard builder's options (module notes).
+
+    Attributes:
+        image_key: Regex on a prediction's key (its image's key): capture groups, joined.
+        mask_key: Regex on a true mask's key.
+        mask_from: Template turning a prediction's key into its true mask's key
+            (fields ``{key}``, ``{stem}``, ``{folder}``).
+    """
+
+    image_key: str | None = None
+    mask_key: str | None = None
+    mask_from: str | None = None
 
 
-def _index(files: Iterable[Path], root: Path) -> dict[str, Path]:
+def _key(path: Path, root: Path, pattern: str | None, what: str) -> str:
+    stem = path.stem[: -len("_mask")] if what == "images" and path.stem.endswith("_mask") else None
+    if stem is not None:
+        path = path.with_name(stem + path.suffix)
+    return file_key(path, root, pattern, what)
+
+
+def _index(files: Iterable[Path], root: Path, pattern: str | None, what: str) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(files):
-        key = _key(path, root)
+        key = _key(path, root, pattern, what)
         if key in found:
             raise FolderEvalError(f"{found[key]} and {path} both pair as {key!r}")
         found[key] = path
     return found
 
 
-def pair_folders(pred_dir: str | Path, mask_dir: str | Path, recursive: bool = False) -> Pairing:
-    """Match predicted and true masks by key (see the module notes)."""
+def pair_folders(
+    pred_dir: str | Path,
+    mask_dir: str | Path,
+    recursive: bool = False,
+    rules: KeyRules | None = None,
+) -> Pairing:
+    """Match predicted and true masks by key (see the module notes).
+
+    Raises:
+        FolderEvalError: for a missing folder or two files of one folder with one key.
+        PairingError: when a key regex does not match a file's key, or ``mask_from`` is
+            malformed (naming the file or the template).
+    """
+    rules = rules or KeyRules()
     pred_dir, mask_dir = Path(pred_dir), Path(mask_dir)
     for folder in (pred_dir, mask_dir):
         if not folder.is_dir():
@@ -80,12 +125,21 @@ def pair_folders(pred_dir: str | Path, mask_dir: str | Path, recursive: bool = F
     if any(p.stem.endswith("_mask") for p in preds):
         preds = [p for p in preds if p.stem.endswith("_mask")]
     truths = [p for p in mask_dir.glob(pattern) if is_raster(p) and p.is_file()]
-    pred_index, truth_index = _index(preds, pred_dir), _index(truths, mask_dir)
+    pred_index = _index(preds, pred_dir, rules.image_key, "images")
+    truth_index = _index(truths, mask_dir, rules.mask_key, "masks")
+    if rules.mask_from:
+        wanted = {mask_key_for(k, rules.mask_from): p for k, p in pred_index.items()}
+        if len(wanted) != len(pred_index):
+            raise FolderEvalError(
+                f"--mask-from {rules.mask_from!r} gives several predictions in {pred_dir} "
+                "the same mask key; use {key} in the template"
+            )
+        pred_index = wanted
     pairs = [(k, pred_index[k], truth_index[k]) for k in sorted(pred_index) if k in truth_index]
     return Pairing(
         pairs,
-        [pred_index[k] for k in sorted(pred_index) if k not in truth_index],
-        [truth_index[k] for k in sorted(truth_index) if k not in pred_index],
+        [(k, pred_index[k]) for k in sorted(pred_index) if k not in truth_index],
+        [(k, truth_index[k]) for k in sorted(truth_index) if k not in pred_index],
     )
 
 
@@ -147,6 +201,25 @@ def read_truth_mask(
     return table.astype(np.uint8)[inverse.reshape(values.shape)]
 
 
+#: How other names pair (the shard builder's options; the command's spelling).
+KEY_OPTIONS = (
+    "pair other names with --image-key/--mask-key REGEX (capture groups form the key; the "
+    "prediction's key is its image's) or --mask-from TEMPLATE (e.g. '{key}_lbl'), as for the build"
+)
+
+
+def _unpaired(pairing: Pairing, pred_dir: str | Path, mask_dir: str | Path) -> FolderEvalError:
+    """One line: the predictions without a true mask, the keys on both sides, the options."""
+    if not pairing.missing_truth:
+        return FolderEvalError(f"no predictions in {pred_dir} pair with masks in {mask_dir}")
+    lonely = [f"{path} (key {key!r})" for key, path in pairing.missing_truth_keys[:5]]
+    masks = [key for key, _ in pairing.missing_prediction_keys[:5]]
+    return FolderEvalError(
+        f"{len(pairing.missing_truth)} prediction(s) without a true mask in {mask_dir}: "
+        f"{', '.join(lonely)}; unpaired true mask keys: {masks or 'none'}; {KEY_OPTIONS}"
+    )
+
+
 def evaluate_folders(
     pred_dir: str | Path,
     mask_dir: str | Path,
@@ -157,6 +230,7 @@ def evaluate_folders(
     ignore_index: int = IGNORE_INDEX,
     recursive: bool = False,
     require_all: bool = False,
+    rules: KeyRules | None = None,
 ) -> np.ndarray:
     """Accumulate the confusion matrix of predicted vs true masks, paired by file name.
 
@@ -170,6 +244,7 @@ def evaluate_folders(
         ignore_index: True-mask value left out of the counts.
         recursive: Pair files in sub-folders too (keys keep the relative folder).
         require_all: Fail when some true mask has no prediction (otherwise logged).
+        rules: Key regexes and template for names that differ (:class:`KeyRules`).
 
     Returns:
         int64 ``[N, N]`` counts, rows = truth, columns = prediction.
@@ -181,14 +256,9 @@ def evaluate_folders(
     if classes is not None and not isinstance(classes, ClassesFile):
         classes = load_classes(classes)
     n = _num_classes(num_classes, manifest, classes)
-    pairing = pair_folders(pred_dir, mask_dir, recursive)
-    if pairing.missing_truth:
-        names = ", ".join(str(p) for p in pairing.missing_truth[:5])
-        raise FolderEvalError(
-            f"{len(pairing.missing_truth)} prediction(s) without a true mask in {mask_dir}: {names}"
-        )
-    if not pairing.pairs:
-        raise FolderEvalError(f"no predictions in {pred_dir} pair with masks in {mask_dir}")
+    pairing = pair_folders(pred_dir, mask_dir, recursive, rules)
+    if pairing.missing_truth or not pairing.pairs:
+        raise _unpaired(pairing, pred_dir, mask_dir)
     if pairing.missing_prediction:
         message = (
             f"{len(pairing.missing_prediction)} true mask(s) in {mask_dir} have no prediction "

@@ -14,6 +14,13 @@ exactly those bands, in that order:
 
 The pixel type must be the model's (values are never rescaled; uint16 and int16 count as
 the same units), else a one-line error.
+
+Band files (``--band-files red,green,blue,nir``, as the shard builder takes them): one
+single-band file per band, read through the builder's reader
+(:class:`engine.data.sources.rasters.BandFilesReader`). The input is the first band's file;
+each other band's file is its name with the first band's name replaced (``red_x.tif`` →
+``green_x.tif``). The band names are the ``--band-files`` names, matched against the model's
+by the rules above. :func:`first_band_files` keeps, of the inputs, the first band's files.
 """
 
 from __future__ import annotations
@@ -103,12 +110,49 @@ def check_pixel_type(reader: RasterReader, normalization: Normalization) -> None
     )
 
 
+def first_band_files(paths: Sequence[Path], names: Sequence[str]) -> list[Path]:
+    """The inputs that are a first band's file (``names[0]`` in the name), others dropped.
+
+    A file that is another band's file of a kept input (``green_x.tif`` of ``red_x.tif``)
+    is dropped even when its name also holds ``names[0]``.
+
+    Raises:
+        BandMismatchError: when no input is a first band's file.
+    """
+    first = str(names[0])
+    candidates = [path for path in paths if first in path.name]
+    companions = {
+        path.with_name(path.name.replace(first, str(name), 1)).resolve()
+        for path in candidates
+        for name in names[1:]
+    }
+    kept = [path for path in candidates if path.resolve() not in companions]
+    if not kept:
+        shown = ", ".join(str(path) for path in list(paths)[:3])
+        raise BandMismatchError(
+            f"--band-files {','.join(map(str, names))}: no input has the first band's name "
+            f"{first!r} in its file name ({shown}); give the first band's files"
+        )
+    return kept
+
+
+def _split_bands(bands: Sequence[int | str]) -> list[int | str]:
+    """``--bands`` items, comma-separated strings split."""
+    return [
+        part.strip() if isinstance(part, str) else part
+        for item in bands
+        for part in (item.split(",") if isinstance(item, str) else [item])
+        if not isinstance(part, str) or part.strip()
+    ]
+
+
 def open_model_raster(
     path: str | Path,
     normalization: Normalization,
     *,
     bands: Sequence[int | str] | None = None,
     nodata: float | None = None,
+    band_files: Sequence[str] | None = None,
 ) -> RasterReader:
     """Open ``path`` delivering the model's bands (see the module notes).
 
@@ -118,6 +162,8 @@ def open_model_raster(
         bands: ``--bands``: 1-based numbers or names overriding the selection (strings may
             hold several, comma-separated).
         nodata: Nodata value overriding the file's.
+        band_files: ``--band-files``: band names, one single-band file per band, ``path``
+            the first band's file (see the module notes).
 
     Returns:
         The reader (a context manager).
@@ -125,22 +171,19 @@ def open_model_raster(
     Raises:
         BandMismatchError: naming the file, when it lacks the model's bands, has another
             pixel type, or ``bands`` selects another number of bands.
+        RasterError: naming the file when a band file is missing or unlike the first.
     """
+    files = list(band_files) if band_files else None
     if bands:
-        bands = [
-            part.strip() if isinstance(part, str) else part
-            for item in bands
-            for part in (item.split(",") if isinstance(item, str) else [item])
-            if not isinstance(part, str) or part.strip()
-        ]
+        bands = _split_bands(bands)
         if len(bands) != normalization.in_channels:
             raise BandMismatchError(
                 f"{path}: --bands selects {len(bands)} band(s); the model takes "
                 f"{normalization.in_channels} ({', '.join(normalization.names)})"
             )
-        reader = open_raster(path, bands=list(bands), nodata=nodata)
+        reader = open_raster(path, bands=list(bands), nodata=nodata, band_files=files)
     else:
-        reader = open_raster(path, nodata=nodata)
+        reader = open_raster(path, nodata=nodata, band_files=files)
         try:
             selection = band_selection(path, reader.band_names, reader.dtype, normalization)
         except BaseException:
@@ -148,7 +191,9 @@ def open_model_raster(
             raise
         if selection is not None:
             reader.close()
-            reader = open_raster(path, bands=list[int | str](selection), nodata=nodata)
+            reader = open_raster(
+                path, bands=list[int | str](selection), nodata=nodata, band_files=files
+            )
     try:
         check_pixel_type(reader, normalization)
     except BaseException:

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import UserError
-from engine.infer.bands import open_model_raster
+from engine.infer.bands import first_band_files, open_model_raster
 from engine.infer.limits import check_free_space, check_pixel_limits, disk_need
 from engine.infer.model import LoadedModel, load_model
 from engine.infer.outputs import OutputSpec, format_for, output_paths, temporary_paths
@@ -102,6 +102,9 @@ class PredictOptions:
             background), ``"all"`` or comma-separated class names.
         values: Mask values: ``"index"`` (class indices) or ``"original"`` (the dataset's).
         bands: Bands to read, in the model's channel order (numbers or names).
+        band_files: Band names of inputs kept one band per file: the input is the first
+            band's file, the others replace that name in its file name (see
+            :mod:`engine.infer.bands`).
         nodata: Input nodata value overriding the file's.
         max_pixels: Largest input in pixels (default: ``TERRASEG_MAX_PIXELS``).
         progress: Show a progress bar per input.
@@ -126,6 +129,7 @@ class PredictOptions:
     polygon_classes: str = "foreground"
     values: str = "index"
     bands: Sequence[int | str] | None = None
+    band_files: Sequence[str] | None = None
     nodata: float | None = None
     max_pixels: int | None = None
     progress: bool = True
@@ -264,9 +268,8 @@ def _predict_input(run: _Run, path: Path, polygons: Path | None, desc: str) -> P
             the input's temporary files are removed first.
     """
     options, model = run.options, run.model
-    reader = open_model_raster(
-        path, model.normalization, bands=options.bands, nodata=options.nodata
-    )
+    reader = open_model_raster(path, model.normalization, bands=options.bands,
+                               nodata=options.nodata, band_files=options.band_files)  # fmt: skip
     with reader:
         height, width = reader.shape[:2]
         georef = reader.georef
@@ -365,7 +368,8 @@ def predict_files(
 
     Args:
         model: As for :func:`predict_file`.
-        inputs: Files, globs and folders (a folder: its raster files).
+        inputs: Files, globs and folders (a folder: its raster files; with
+            ``options.band_files`` only the first band's files are inputs).
         out: The output folder.
         options: The settings (default :class:`PredictOptions`).
         log: Gets a header line, then one line per input.
@@ -378,5 +382,7 @@ def predict_files(
     """
     options = options or PredictOptions()
     paths = expand_inputs(inputs)
+    if options.band_files:
+        paths = first_band_files(paths, options.band_files)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, options.device)
     return _predict_all(loaded, paths, out, options, log)

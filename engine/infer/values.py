@@ -6,6 +6,15 @@ value each class had in the source masks, from the exported ``dataset.json``: ea
 (e.g. 10, 20, …, 100 or 0…200; a list of values writes the first), a ``"#RRGGBB"`` colour
 for colour-coded masks (the mask is then an RGB image of those colours).
 
+Text values (vector labels read with an ``encoding: text`` classes file, e.g. ``forest``)
+cannot be written: a raster holds numbers, and a made-up code per text would be one more
+encoding to keep beside the file. :func:`original_values` refuses them in one line that
+says so and lists each class index with its text; ``--values index`` writes those indices
+(the order of ``dataset.json``'s classes) and ``--polygons`` each polygon's class name.
+
+:func:`class_indices` maps a mask written in original values back to class indices
+(``terraseg show --values original``).
+
 Ignored pixels (class index 255) have no class: they are written as the dataset's own ignore
 value where ``dataset.json`` names one (``ignore_value``, an integer or ``"#RRGGBB"``), else
 as :data:`IGNORE_VALUE_INDEX` (255) for index masks and :data:`IGNORE_VALUE_RGB` (black) for
@@ -46,6 +55,30 @@ def _rgb(text: str, where: str) -> tuple[int, int, int]:
         raise ValuesError(f"{where}: {error}") from error
 
 
+def _is_color(raw: Any) -> bool:
+    try:
+        parse_color(raw)
+    except ValueError:
+        return False
+    return True
+
+
+def _refuse_texts(values: list[tuple[Any, Any]], manifest: dict, where: str) -> None:
+    """Refuse text class values (``encoding: text``) in one line: a raster cannot hold them."""
+    texts = manifest.get("encoding") == "text" or any(
+        isinstance(raw, str) and not _is_color(raw) for _, raw in values
+    )
+    if not texts:
+        return
+    listed = [f"{index} = {raw!r}" for index, (_, raw) in enumerate(values)]
+    shown = ", ".join(listed[:8]) + (f", … ({len(listed)} in all)" if len(listed) > 8 else "")
+    raise ValuesError(
+        f"{where}: class values are texts ({shown}), which a raster mask cannot hold, so "
+        "--values original cannot be written; use --values index (the mask holds these class "
+        "indices) and --polygons for vectors that name each polygon's class"
+    )
+
+
 def original_values(manifest: dict, where: str = "dataset.json") -> np.ndarray:
     """Lookup table from class index to the dataset's own mask value.
 
@@ -58,8 +91,8 @@ def original_values(manifest: dict, where: str = "dataset.json") -> np.ndarray:
         ``[256, 3]`` uint8 for colour-coded ones; entry 255 is the ignore value.
 
     Raises:
-        ValuesError: when a class has no value, the values mix colours and integers, or an
-            integer is outside 0..65535.
+        ValuesError: when a class has no value, the values are texts (see the module
+            notes), mix colours and integers, or an integer is outside 0..65535.
     """
     classes = manifest.get("classes") or []
     if not classes:
@@ -74,6 +107,7 @@ def original_values(manifest: dict, where: str = "dataset.json") -> np.ndarray:
                 "recorded; rebuild them) so --values original cannot be written"
             )
         values.append((name, raw))
+    _refuse_texts(values, manifest, where)
     is_rgb = [isinstance(raw, str) for _, raw in values]
     if any(is_rgb) and not all(is_rgb):
         raise ValuesError(f"{where}: class values mix colours and integers")
@@ -99,3 +133,51 @@ def original_values(manifest: dict, where: str = "dataset.json") -> np.ndarray:
     table[: len(ints)] = ints
     table[IGNORE_INDEX] = ignore_value
     return table
+
+
+def _codes(mask: np.ndarray, rgb: bool) -> np.ndarray:
+    """One integer per pixel: the value, or ``r << 16 | g << 8 | b`` for colours."""
+    if not rgb:
+        return mask.astype(np.int64)
+    mask = mask.astype(np.int64)
+    return (mask[..., 0] << 16) | (mask[..., 1] << 8) | mask[..., 2]
+
+
+def class_indices(mask: np.ndarray, table: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+    """Class indices of a mask written with ``--values original`` (the inverse of ``table``).
+
+    Args:
+        mask: ``HxW`` values (``HxWx1`` accepted), or ``HxWx3`` colours for a colour table.
+        table: :func:`original_values` of the dataset the mask was written for.
+        num_classes: Classes in the table (entries ``0..N-1``).
+        where: The mask file, for messages.
+
+    Returns:
+        uint8 ``HxW``: class indices, :data:`IGNORE_INDEX` where the mask holds the ignore
+        value (a class value that is also the ignore value counts as the class).
+
+    Raises:
+        ValuesError: naming ``where`` when the mask's shape does not fit the table or it
+            holds values that are no class's.
+    """
+    table = np.asarray(table)
+    rgb = table.ndim == 2
+    if mask.ndim == 3 and mask.shape[2] == 1 and not rgb:
+        mask = mask[..., 0]
+    if mask.ndim != (3 if rgb else 2) or (rgb and mask.shape[2] != 3):
+        kind = "RGB colours" if rgb else "one band of values"
+        raise ValuesError(
+            f"{where}: shape {mask.shape}, but the dataset's original values are {kind}"
+        )
+    lookup = {code: IGNORE_INDEX for code in _codes(table[IGNORE_INDEX][None], rgb).tolist()}
+    lookup |= {int(code): index for index, code in enumerate(_codes(table[:num_classes], rgb))}
+    found, inverse = np.unique(_codes(mask, rgb), return_inverse=True)
+    indices = np.array([lookup.get(int(code), -1) for code in found], np.int16)
+    if (indices < 0).any():
+        unknown = found[indices < 0][:10]
+        shown = [f"#{c:06X}" for c in unknown.tolist()] if rgb else unknown.tolist()
+        raise ValuesError(
+            f"{where}: values {shown} are no class's original value; is it a mask of "
+            "class indices (show it without --values original) or of another dataset?"
+        )
+    return indices.astype(np.uint8)[inverse.reshape(mask.shape[:2])]
