@@ -23,7 +23,7 @@ def test_numbers_and_names_resolve_to_positions(wanted, positions):
 
 
 def test_numbers_follow_the_files_numbering():
-    # band 3 is the file's alpha band: the data bands are numbered 1, 2, 4
+    # bands numbered as a caller counts them (here a file's bands 1, 2 and 4)
     assert band_positions([4, 1], ["red", "green", "blue"], "x.tif", numbers=[1, 2, 4]) == [2, 0]
 
 

@@ -82,7 +82,7 @@ def test_tiff_windows_match_the_array(tmp_path, rgb, layout):
 
 
 def test_uint16_is_native_and_alpha_marks_pixels_invalid(tmp_path, rgb):
-    """No rescaling (uint16 stays uint16); an alpha band is not a band, alpha 0 is invalid."""
+    """No rescaling (uint16 stays uint16); a 0/255 alpha band is a mask, alpha 0 is invalid."""
     u16 = rgb.astype(np.uint16) * 257
     path = write_tiff(tmp_path / "u16.tif", u16, photometric="RGB")
     with open_raster(path) as reader:
@@ -96,8 +96,10 @@ def test_uint16_is_native_and_alpha_marks_pixels_invalid(tmp_path, rgb):
         np.testing.assert_array_equal(reader.read(150, 250, 30, 40), rgb[150:250, 30:40])
         valid = reader.read_valid(150, 250, 30, 40)
         assert valid[:50].all() and not valid[50:].any()
-        with pytest.raises(RasterError, match=r"rgba\.tif: band 4 is the alpha band"):
-            open_raster(alpha, bands=[1, 4])
+    with open_raster(alpha, bands=[1, 4]) as reader:  # chosen, the alpha band is data
+        assert reader.band_names == ["red", "band4"]
+        np.testing.assert_array_equal(reader.read(150, 250, 30, 40), rgba[150:250, 30:40, [0, 3]])
+        assert reader.read_valid(150, 250, 30, 40).all()
 
 
 def test_unusable_pixel_types_are_named_errors(tmp_path, rgb):

@@ -119,6 +119,8 @@ def read_image(path: str, normalization: Normalization | None):
     if names != wanted and wanted and set(wanted) <= set(names):
         bands = list(wanted)
     with open_raster(path, bands=bands) as reader:
+        for note in reader.notes:  # a band tagged alpha read as data
+            print(f"note: {note}", file=sys.stderr)
         image = reader.read(0, reader.shape[0], 0, reader.shape[1])
         nodata = getattr(reader, "nodata", None)
         band_names = getattr(reader, "band_names", None)

@@ -31,6 +31,7 @@ left on device" with the path).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -271,6 +272,8 @@ def _predict_input(run: _Run, path: Path, polygons: Path | None, desc: str) -> P
     reader = open_model_raster(path, model.normalization, bands=options.bands,
                                nodata=options.nodata, band_files=options.band_files)  # fmt: skip
     with reader:
+        for note in reader.notes:  # a band tagged alpha read as data
+            print(f"note: {note}", file=sys.stderr)
         height, width = reader.shape[:2]
         georef = reader.georef
         if polygons and polygon_driver(polygons) == "GeoJSON" and not (georef or {}).get("crs"):

@@ -75,6 +75,7 @@ class _PairResult:
     sums: BandSums  # of the valid (mask not ignore) non-padding pixels of train tiles
     class_pixels: dict[str, np.ndarray]  # split → int64 [num_classes + 1], last = ignore
     note: str | None  # a line for the user (a mask resampled onto the image's grid)
+    band_notes: tuple[str, ...]  # the reader's lines (bands tagged alpha kept as data)
 
 
 @dataclass
@@ -150,7 +151,7 @@ def _member_key(key: str, row: int, col: int) -> str:
 
 def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _PairResult:
     pair, pair_split, classes, options = args
-    image, mask, names, nodata, note = read_pair(pair, classes, options)
+    image, mask, names, nodata, note, band_notes = read_pair(pair, classes, options)
     bands, dtype = image.shape[2], str(image.dtype)
     num_classes = len(classes.classes)
     samples: list[_Sample] = []
@@ -195,8 +196,9 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
             )
         )
     return _PairResult(
-        str(pair.image), tuple(names), dtype, nodata, samples, stats.sums(), class_pixels, note
-    )
+        str(pair.image), tuple(names), dtype, nodata, samples, stats.sums(), class_pixels, note,
+        band_notes,
+    )  # fmt: skip
 
 
 def _results(jobs: list, workers: int) -> Generator[_PairResult, None, None]:
@@ -330,7 +332,9 @@ class _Tally:
             self.writers[sample.split].add(sample)
         for split, counts in result.class_pixels.items():
             self.totals[split] += counts
-        self.bands.add(result.image, result.bands, result.dtype, result.nodata, result.sums)
+        self.bands.add(
+            result.image, result.bands, result.dtype, result.nodata, result.sums, result.band_notes
+        )
 
 
 def _write_all(stream: Generator[_PairResult, None, None], count: int, tally: _Tally, warn) -> None:

@@ -43,6 +43,7 @@ class PairData(NamedTuple):
     names: list[str]  # band names
     nodata: float | None  # the image's nodata value
     note: str | None  # one line to print (a mask resampled onto the image's grid)
+    band_notes: tuple[str, ...] = ()  # the reader's notes (bands tagged alpha kept as data)
 
 
 def read_pair(pair: Pair, classes: ClassesFile, options: BuildOptions) -> PairData:
@@ -54,7 +55,7 @@ def read_pair(pair: Pair, classes: ClassesFile, options: BuildOptions) -> PairDa
     Raises:
         BuildError, ImageReadError, LabelGridError: naming the file(s) and the problem.
     """
-    image, valid, names, nodata, grid = read_source(
+    image, valid, names, nodata, grid, band_notes = read_source(
         Path(pair.image), options.bands, options.nodata, options.band_files
     )
     bands, dtype = image.shape[2], str(image.dtype)
@@ -75,7 +76,7 @@ def read_pair(pair: Pair, classes: ClassesFile, options: BuildOptions) -> PairDa
         mask = resample_labels(mask, mask_grid, on_grid)
         note = resampled_note(pair.mask, pair.image, mask_grid, on_grid)
     mask[~valid] = IGNORE_INDEX
-    return PairData(image, mask, names, nodata, note)
+    return PairData(image, mask, names, nodata, note, band_notes)
 
 
 def read_source(
@@ -83,8 +84,8 @@ def read_source(
     bands: tuple[int | str, ...] | None,
     nodata: float | None,
     band_files: tuple[str, ...] | None,
-) -> tuple[np.ndarray, np.ndarray, list[str], float | None, Grid | None]:
-    """A pair's image: ``(HxWxC native, valid HxW, band names, nodata value, grid)``.
+) -> tuple[np.ndarray, np.ndarray, list[str], float | None, Grid | None, tuple[str, ...]]:
+    """A pair's image: ``(HxWxC native, valid HxW, band names, nodata, grid, notes)``.
 
     NaN pixels of float bands are never valid, whatever the nodata value. The grid is
     ``None`` unless the image is georeferenced (a CRS and a non-identity transform).
@@ -104,12 +105,13 @@ def read_source(
             valid = reader.read_valid(0, height, 0, width)
             names, value = list(reader.band_names), reader.nodata
             georef = reader.georef or {}
+            notes = tuple(reader.notes)
     except (RasterError, FileNotFoundError) as error:
         raise BuildError(str(error).strip("'\"")) from error
     if image.dtype.kind == "f":
         valid &= np.isfinite(image).all(-1)
     grid = georeferenced(georef.get("crs"), georef.get("transform"), height, width)
-    return image, valid, names, value, grid
+    return image, valid, names, value, grid, notes
 
 
 def read_labels(pair: Pair, encoding: str, vector: VectorLabels | None) -> np.ndarray:

@@ -236,8 +236,11 @@ def _same_nodata(a: float | None, b: float | None) -> bool:
 
 
 class BuildBands:
-    """The bands of a build: every image must have the same names, count and type.
+    """The bands of a build: every image must have the same band count and type.
 
+    Images whose band names differ (other colour-interpretation tags, other descriptions)
+    are matched by position and the manifest records the first image's names; one line
+    says so. The same names in another order are an error (``--bands`` orders them).
     Call :meth:`add` with each image's result, then :meth:`normalization`.
     """
 
@@ -248,27 +251,66 @@ class BuildBands:
         self.nodata: float | None = None
         self.mixed_nodata = False
         self.accumulator: BandAccumulator | None = None
+        self.renamed: list[tuple[str, tuple[str, ...]]] = []  # images matched by position
+        self.alpha_notes: list[tuple[str, ...]] = []  # per image: bands tagged alpha kept
 
     def add(
-        self, image: str, names: tuple[str, ...], dtype: str, nodata: float | None, sums: BandSums
+        self,
+        image: str,
+        names: tuple[str, ...],
+        dtype: str,
+        nodata: float | None,
+        sums: BandSums,
+        notes: Sequence[str] = (),
     ) -> None:
         """Check one image's bands against the first image's and add its sums.
 
         Raises:
-            BuildError: naming the image whose bands or type differ.
+            BuildError: naming the image whose band count or type differs, or whose bands
+                are the first image's in another order.
         """
         if self.accumulator is None:
             self.first, self.names, self.dtype, self.nodata = image, names, dtype, nodata
             self.accumulator = BandAccumulator(len(names), dtype)
-        elif (names, dtype) != (self.names, self.dtype):
+        elif (len(names), dtype) != (len(self.names), self.dtype):
+            alpha = [*notes, *(self.alpha_notes[0] if self.alpha_notes else ())][:1]
             raise BuildError(
                 f"{image}: {len(names)} {dtype} bands ({', '.join(names)}) differ from "
                 f"{self.first}'s {len(self.names)} {self.dtype} bands ({', '.join(self.names)}); "
-                "every image of a build needs the same bands (see --bands)"
+                "every image of a build needs the same number and type of bands (see --bands)"
+                + "".join(f"; note: {line}" for line in alpha)
             )
-        elif not _same_nodata(nodata, self.nodata):
+        elif names != self.names:
+            lower, first = [n.lower() for n in names], [n.lower() for n in self.names]
+            if lower != first and sorted(lower) == sorted(first):
+                raise BuildError(
+                    f"{image}: bands {', '.join(names)} are {self.first}'s "
+                    f"({', '.join(self.names)}) in another order; give the order with --bands"
+                )
+            self.renamed.append((image, names))
+        if notes:
+            self.alpha_notes.append(tuple(notes))
+        if not _same_nodata(nodata, self.nodata):  # the first image's is its own
             self.mixed_nodata = True
         self.accumulator.add(sums)
+
+    def notes(self) -> list[str]:
+        """One line each: bands tagged alpha kept as data, images matched by position."""
+        lines = []
+        if self.alpha_notes:
+            *first, last = self.alpha_notes[0]
+            more = len(self.alpha_notes) - 1
+            lines += [*first, last + (f" (and in {more} more image(s))" if more else "")]
+        if self.renamed:
+            image, names = self.renamed[0]
+            more = len(self.renamed) - 1
+            lines.append(
+                f"{image}: band names ({', '.join(names)}) differ from {self.first}'s "
+                f"({', '.join(self.names)}), same count and type"
+                + (f", as in {more} more image(s)" if more else "")
+                + f": matched by position; dataset.json records {self.first}'s names"
+            )
+        return lines
 
     def normalization(
         self,
@@ -277,14 +319,18 @@ class BuildBands:
     ) -> Normalization:
         """The build's per-band statistics and true-colour bands.
 
-        ``nodata`` is the value the images share (``None``, with a warning, when they
-        differ: their nodata pixels are ignore in the masks all the same); float bands
-        without one record NaN, which is never a valid pixel.
+        Each line of :meth:`notes` goes to ``warn`` first. ``nodata`` is the value the
+        images share (``None``, with a warning, when they differ: their nodata pixels are
+        ignore in the masks all the same); float bands without one record NaN, which is
+        never a valid pixel.
 
         Raises:
             BuildError: when no valid train pixel was seen, or ``--rgb-bands`` does not fit.
         """
         assert self.accumulator is not None and self.first is not None
+        if warn is not None:
+            for line in self.notes():
+                warn(line)
         nodata = None if self.mixed_nodata else self.nodata
         if self.mixed_nodata and warn is not None:
             warn(

@@ -42,8 +42,8 @@ def band_positions(
         wanted: Band numbers and/or names (one, or a sequence).
         names: The bands' names, in order.
         where: What the selection is for (the file, or the option), for messages.
-        numbers: The bands' 1-based numbers (default ``1..len(names)``; a file whose alpha
-            band is not a data band skips its number).
+        numbers: The bands' 1-based numbers (default ``1..len(names)``: every band of a
+            file, a band tagged alpha included, is numbered and named as the file has it).
         distinct: Refuse a band chosen twice (a read selection); a picture may repeat one.
         error: The error type to raise (the caller's stage error).
 

@@ -38,6 +38,7 @@ from engine.data.sources.pictures import (
     open_image,
     read_pil_pixels,
 )
+from engine.data.sources.raster_base import alpha_is_mask
 from engine.data.sources.rasters import _open_dataset, read_whole_raster
 
 #: Mask value of fully transparent pixels of colour masks (mapped to ignore by the builder).
@@ -53,7 +54,7 @@ def read_image(path: str | Path, *, limit: int | None = None) -> np.ndarray:
     """Read an 8-bit RGB image as uint8 ``HxWx3``, upright (EXIF orientation applied).
 
     Accepts JPEG (RGB, CMYK, YCbCr), PNG (RGB, RGBA with a constant alpha, palette), WebP and
-    3-band uint8 TIFF (an alpha band, by its colour interpretation, is dropped). Non-TIFF
+    3-band uint8 TIFF (a band tagged alpha is dropped when it holds a 0/255 mask). Non-TIFF
     files go through :func:`read_pil_pixels`, the decoder prediction uses too. Images of
     other band counts or pixel types are read at native precision, never rescaled, with
     :func:`engine.data.sources.rasters.open_raster`.
@@ -70,8 +71,8 @@ def read_image(path: str | Path, *, limit: int | None = None) -> np.ndarray:
     hint = "; read N-band or 16-bit images with engine.data.sources.rasters.open_raster"
     if read_by_gdal(path):
         array, alpha = _read_tiff(path, limit)
-        if alpha is not None:
-            array = np.delete(array, alpha, axis=2)
+        if alpha is not None and alpha_is_mask([array[..., alpha]], array.dtype):
+            array = np.delete(array, alpha, axis=2)  # a band tagged alpha holding data stays
     else:
         array, _ = read_pil_pixels(path, limit)
         if array.ndim == 3 and array.shape[2] == 4:

@@ -14,15 +14,27 @@ The backends live in :mod:`engine.data.sources.rasters` (PIL, rasterio, band fil
 
 Rules shared by every backend (errors name the file): pixel types uint8, uint16, int16 and
 float32 are used as they are; int8, int32, uint32, float64 (and anything else) are rejected.
-``bands`` selects and orders bands by 1-based index or by name (:attr:`band_names`); an
-alpha band is never a data band: it marks pixels with alpha 0 invalid. Default band names:
-the file's band descriptions, else ``red/green/blue`` for 3-band uint8 RGB, else
-``band1..bandN``.
+``bands`` selects and orders bands by 1-based index or by name (:attr:`band_names`),
+whatever their colour interpretation. Default band names: the file's band descriptions,
+else ``red/green/blue`` for the bands of a 3-band uint8 RGB, else ``bandN`` (N the band's
+number in the file).
+
+**Bands tagged alpha.** A band the file tags as alpha is a validity mask (alpha 0 marks
+pixels invalid; the band is not delivered by default) only when its values say so: every
+value is 0 or one opaque value (:data:`ALPHA_OPAQUE`: 255 or 65535 for uint16, 255 or
+32767 for int16, 1 or 255 for float32). Anything else (a NIR band that a 4-band B,G,R,NIR
+product tags as alpha, a feathered alpha) is a data band: delivered by default, with a
+one-line :attr:`RasterReader.notes` entry naming it. The check reads the whole band when
+the raster has at most :data:`ALPHA_CHECK_PIXELS` pixels, else an evenly spaced grid of
+the band's blocks worth that many pixels (native values: never an overview, which may have
+been resampled), so it is cheap, bounded and deterministic. A band chosen with ``bands`` is
+a data band whatever its tag (and then no mask).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +47,15 @@ from engine.errors import UserError
 
 #: Pixel types a reader delivers as they are.
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
+#: The opaque values a band tagged alpha may hold (besides 0) to be a validity mask.
+ALPHA_OPAQUE = {
+    "uint8": (255,),
+    "uint16": (65535, 255),
+    "int16": (32767, 255),
+    "float32": (1.0, 255.0),
+}
+#: Pixels of a band tagged alpha whose values decide whether it is a mask (module notes).
+ALPHA_CHECK_PIXELS = 1 << 24
 #: GDAL block-cache cap (bytes) while rasterio reads or writes: GDAL's default (5 % of RAM)
 #: would otherwise keep up to that much of a streamed raster resident.
 GDAL_CACHE_BYTES = 32 * 2**20
@@ -82,6 +103,55 @@ def nodata_equal(data: np.ndarray, nodata: float) -> np.ndarray:
     return (data == data.dtype.type(nodata)).any(axis=-1)
 
 
+def alpha_is_mask(blocks: Iterable[np.ndarray], dtype: Any) -> bool:
+    """Whether the pixels of a band tagged alpha are a validity mask (see the module notes).
+
+    Args:
+        blocks: The band's pixels to judge, in any number of arrays (read lazily: the first
+            block with two different non-zero values ends the check).
+        dtype: The band's pixel type.
+
+    Returns:
+        True when every value is 0 or one value of :data:`ALPHA_OPAQUE` for ``dtype``
+        (all 0, or all opaque, count as a mask).
+    """
+    opaque = None
+    for block in blocks:
+        values = np.asarray(block).ravel()
+        values = values[values != 0]  # NaN stays, and then fails the test below
+        if not values.size:
+            continue
+        first = values[0]
+        if not (values == first).all() or (opaque is not None and first != opaque):
+            return False
+        opaque = first
+    return opaque is None or float(opaque) in ALPHA_OPAQUE.get(np.dtype(dtype).name, ())
+
+
+def alpha_windows(
+    height: int, width: int, block: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
+    """The windows ``(row0, row1, col0, col1)`` whose pixels judge a band tagged alpha.
+
+    The whole raster when it has at most :data:`ALPHA_CHECK_PIXELS` pixels, else an evenly
+    spaced grid (both corners included) of its ``block`` (rows, cols) blocks worth at most
+    that many pixels: whole blocks, so each read decodes what it uses.
+    """
+    if height * width <= ALPHA_CHECK_PIXELS:
+        return [(0, height, 0, width)]
+    block_h, block_w = block
+    rows, cols = math.ceil(height / block_h), math.ceil(width / block_w)
+    budget = max(1, ALPHA_CHECK_PIXELS // (block_h * block_w))
+    pick_rows = min(rows, max(1, round(math.sqrt(budget * rows / cols))))
+    pick_cols = min(cols, max(1, budget // pick_rows))
+    return [
+        (row * block_h, min((row + 1) * block_h, height), col * block_w,
+         min((col + 1) * block_w, width))
+        for row in np.linspace(0, rows - 1, pick_rows).round().astype(int).tolist()
+        for col in np.linspace(0, cols - 1, pick_cols).round().astype(int).tolist()
+    ]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class RasterContents:
     """What a raster holds, as its reader found it: size, pixel type and data bands.
@@ -90,9 +160,11 @@ class RasterContents:
         height: Rows.
         width: Columns.
         dtype: The native pixel type (checked against the supported ones).
-        names: The data bands' names, in file order.
-        numbers: The data bands' 1-based numbers in the file (default ``1..len(names)``).
-        alpha: The number of the file's alpha band (a validity mask, not data), or None.
+        names: Every band's name, in file order (bands tagged alpha included).
+        numbers: The bands' 1-based numbers in the file (default ``1..len(names)``).
+        alphas: The numbers of the bands tagged alpha.
+        is_mask: Whether the band of a number tagged alpha holds a validity mask (called
+            only for bands tagged alpha that the selection leaves out).
     """
 
     height: int
@@ -100,7 +172,8 @@ class RasterContents:
     dtype: Any
     names: list[str]
     numbers: list[int] | None = None
-    alpha: int | None = None
+    alphas: tuple[int, ...] = ()
+    is_mask: Callable[[int], bool] | None = None
 
 
 class RasterReader:
@@ -114,9 +187,11 @@ class RasterReader:
         path: The source file (``None`` for in-memory arrays).
         profile: Description of the source: ``backend``, ``driver``, ``height``, ``width``,
             ``count``, ``dtype``, ``band_names``, ``nodata``, ``crs``, ``transform``.
+        notes: One line each for the user: bands tagged alpha kept as data bands.
     """
 
     path: Path | None = None
+    notes: list[str]
 
     def _setup(
         self,
@@ -130,19 +205,12 @@ class RasterReader:
         """Check the type, resolve the band selection and fill :attr:`profile`."""
         self.path = path
         label = path or "<array>"
-        names, alpha = contents.names, contents.alpha
+        names = contents.names
         self._height, self._width = int(contents.height), int(contents.width)
         self._dtype = check_dtype(label, contents.dtype)
-        numbers = contents.numbers or list(range(1, len(names) + 1))
-        self._select = list(range(len(names)))
-        if bands is not None:
-            asked = [bands] if isinstance(bands, (str, int)) else list(bands)
-            numbered = [band for band in asked if not (isinstance(band, str) and band in names)]
-            if alpha is not None and any(str(band).strip() == str(alpha) for band in numbered):
-                raise RasterError(f"{label}: band {alpha} is the alpha band, not a data band")
-            self._select = band_positions(
-                asked, names, str(label), numbers=numbers, error=RasterError
-            )
+        self._select, self._alpha_masks, self.notes = self._resolve_bands(
+            str(label), contents, bands
+        )
         self._band_names = [names[i] for i in self._select]
         if nodata is not None:
             nodata = float(nodata)
@@ -162,6 +230,33 @@ class RasterReader:
             "transform": None,
             **profile,
         }
+
+    @staticmethod
+    def _resolve_bands(
+        label: str, contents: RasterContents, bands: list[int | str] | None
+    ) -> tuple[list[int], list[int], list[str]]:
+        """``(positions delivered, numbers of the alpha masks, notes)`` (module notes)."""
+        names = contents.names
+        numbers = contents.numbers or list(range(1, len(names) + 1))
+        chosen = None
+        if bands is not None:
+            asked = [bands] if isinstance(bands, (str, int)) else list(bands)
+            chosen = band_positions(asked, names, label, numbers=numbers, error=RasterError)
+        picked = {numbers[p] for p in chosen or ()}
+        is_mask = contents.is_mask or (lambda number: True)
+        masks = [n for n in contents.alphas if n not in picked and is_mask(n)]
+        if chosen is not None:
+            return chosen, masks, []
+        select = [p for p, n in enumerate(numbers) if n not in masks]
+        if not select:
+            raise RasterError(f"{label}: no data band (only an alpha mask)")
+        notes = [
+            f"{label}: band {n} ({names[numbers.index(n)]!r}) is tagged alpha but holds data "
+            "(not only 0 and one opaque value): kept as a data band"
+            for n in contents.alphas
+            if n not in masks
+        ]
+        return select, masks, notes
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -21,6 +21,7 @@ The reader interface and the band/type/nodata rules are in :mod:`engine.data.sou
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from engine.data.sources.raster_base import (
     RasterContents,
     RasterError,
     RasterReader,
+    alpha_is_mask,
+    alpha_windows,
     default_band_names,
     gdal_env,
 )
@@ -44,7 +47,9 @@ class PILReader(RasterReader):
 
     Decoding goes through :func:`engine.data.sources.pictures.read_pil_pixels`, the function the
     shard builder uses, so prediction sees the pixels training saw. An alpha channel (RGBA,
-    LA, palette with transparency) is not a band: alpha 0 marks pixels invalid.
+    LA, palette with transparency) is a band tagged alpha: a validity mask (alpha 0 marks
+    pixels invalid) when its values are 0/255 only, else a data band
+    (:mod:`engine.data.sources.raster_base`).
     """
 
     def __init__(self, path: Path, *, bands: BandSpec = None, nodata: float | None = None) -> None:
@@ -57,17 +62,16 @@ class PILReader(RasterReader):
         if array.ndim == 2:
             array = array[..., None]
         channels = array.shape[2]
-        alpha = channels if channels in (2, 4) else None  # LA, RGBA: alpha is the last
-        data = channels - (alpha is not None)
+        alphas = (channels,) if channels in (2, 4) else ()  # LA, RGBA: alpha is the last
+        names = default_band_names(channels - len(alphas), array.dtype, rgb=True)
         self._array = array
-        self._alpha = alpha
         contents = RasterContents(
             array.shape[0],
             array.shape[1],
             array.dtype,
-            default_band_names(data, array.dtype, rgb=True),
-            numbers=list(range(1, data + 1)),
-            alpha=alpha,
+            names + [f"band{n}" for n in alphas],
+            alphas=alphas,
+            is_mask=lambda number: alpha_is_mask([array[..., number - 1]], array.dtype),
         )
         self._setup(path, contents, {"backend": "pil", "driver": mode}, bands=bands, nodata=nodata)
 
@@ -77,9 +81,10 @@ class PILReader(RasterReader):
         return self._array[row0:row1, col0:col1][..., positions]
 
     def _invalid_raw(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray | None:
-        if self._alpha is None:
+        if not self._alpha_masks:
             return None
-        return self._array[row0:row1, col0:col1, self._alpha - 1] == 0
+        masks = [number - 1 for number in self._alpha_masks]
+        return (self._array[row0:row1, col0:col1][..., masks] == 0).any(axis=-1)
 
 
 def _open_dataset(path: Path):
@@ -112,20 +117,19 @@ class RasterioReader(RasterReader):
                     f"{path}: palette (colour-map) raster; expand it to RGB first "
                     "(gdal_translate -expand rgb)"
                 )
-            alphas = [n + 1 for n, c in enumerate(interp) if c == ColorInterp.alpha]
-            if len(alphas) > 1:
-                raise RasterError(f"{path}: {len(alphas)} alpha bands {alphas}; expected one")
-            self._alpha = alphas[0] if alphas else None
-            numbers = [n for n in range(1, src.count + 1) if n != self._alpha]
-            if not numbers:
-                raise RasterError(f"{path}: no data band (only an alpha band)")
-            rgb = [interp[n - 1] for n in numbers] == [
+            alphas = tuple(n + 1 for n, c in enumerate(interp) if c == ColorInterp.alpha)
+            numbers = list(range(1, src.count + 1))
+            others = [n for n in numbers if n not in alphas]
+            rgb = [interp[n - 1] for n in others] == [
                 ColorInterp.red,
                 ColorInterp.green,
                 ColorInterp.blue,
             ]
-            names = default_band_names(len(numbers), src.dtypes[0], rgb)
-            names = [src.descriptions[n - 1] or name for n, name in zip(numbers, names)]
+            if rgb and src.dtypes[0] == "uint8":  # the default names of an RGB(+alpha) file
+                defaults = dict(zip(others, default_band_names(3, "uint8", rgb=True)))
+            else:
+                defaults = {}
+            names = [src.descriptions[n - 1] or defaults.get(n, f"band{n}") for n in numbers]
             flags = src.mask_flag_enums
             self._numbers = numbers
             self._mask_bands = [
@@ -142,7 +146,7 @@ class RasterioReader(RasterReader):
                 "file_count": src.count,
             }
             contents = RasterContents(
-                src.height, src.width, src.dtypes[0], names, numbers=numbers, alpha=self._alpha
+                src.height, src.width, src.dtypes[0], names, numbers, alphas, self._alpha_is_mask
             )
             self._setup(
                 path,
@@ -158,6 +162,16 @@ class RasterioReader(RasterReader):
         except Exception:
             src.close()
             raise
+
+    def _alpha_is_mask(self, number: int) -> bool:
+        """Whether band ``number`` (tagged alpha) holds a validity mask, from its samples."""
+        return alpha_is_mask(self._alpha_samples(number), self._src.dtypes[number - 1])
+
+    def _alpha_samples(self, number: int) -> Iterator[np.ndarray]:
+        """Band ``number``'s pixels to judge (:func:`alpha_windows`), read lazily."""
+        src = self._src
+        for window in alpha_windows(src.height, src.width, src.block_shapes[number - 1]):
+            yield self._window_read("read", [number], *window)
 
     @property
     def georef(self) -> dict[str, Any] | None:
@@ -191,8 +205,9 @@ class RasterioReader(RasterReader):
 
     def _invalid_raw(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray | None:
         invalid = None
-        if self._alpha is not None:
-            invalid = self._window_read("read", [self._alpha], row0, row1, col0, col1)[0] == 0
+        if self._alpha_masks:
+            alpha = self._window_read("read", self._alpha_masks, row0, row1, col0, col1)
+            invalid = (alpha == 0).any(axis=0)
         if self._mask_bands:
             masks = self._window_read("read_masks", self._mask_bands, row0, row1, col0, col1)
             masked = (masks == 0).any(axis=0)
@@ -252,6 +267,7 @@ class BandFilesReader(RasterReader):
                 bands=bands,
                 nodata=first.nodata,
             )
+            self.notes = [note for reader in self._readers for note in reader.notes]
         except Exception:
             self.close()
             raise
