@@ -53,12 +53,34 @@ def test_overrides_parse_yaml_values_and_merge_free_form_options():
         ("train.keep_checkpoints=1001", r"train\.keep_checkpoints must be at most 1000"),
         ("train.panels=65", r"train\.panels must be at most 64"),
         ("train.dist_timeout_s=100000000000000000000", r"dist_timeout_s must be at most 604800"),
-        ("train.epochs=1000000000000", r"train\.epochs × train\.steps_per_epoch must be at most"),
+        ("train.epochs=1000000000001", r"train\.epochs must be a positive integer \(at most"),
+        ("train.epochs=many", r"train\.epochs must be an integer, got 'many'"),
+        ("train.steps_per_epoch=-1", r"\(at most 1000000000000\) or auto, got -1"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(TINY, [override])
+
+
+def test_the_schedule_is_auto_unless_numbers_are_set_and_set_numbers_are_kept(tmp_path):
+    from engine.train.config_types import Config
+
+    assert (Config().train.epochs, Config().train.steps_per_epoch) == ("auto", "auto")
+    assert load_config(TINY).train.epochs == "auto"  # the first config users run plans
+    with pytest.raises(ValueError, match="planned when training starts"):
+        _ = load_config(TINY).total_steps
+    config = load_config(TINY, ["train.epochs=7", "train.steps_per_epoch=13"])
+    assert (config.train.epochs, config.train.steps_per_epoch, config.total_steps) == (7, 13, 91)
+    assert config_from_dict(load_config(TINY).to_dict()).train.steps_per_epoch == "auto"
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text("train: {epochs: auto, steps_per_epoch: 9}\n")
+    train = load_config(mixed).train
+    assert (train.epochs, train.steps_per_epoch) == ("auto", 9)
+    assert load_config("unet").total_steps == 100 * 500  # shipped recipes keep their numbers
+    too_many = ["train.epochs=1000000000000", "train.steps_per_epoch=2"]
+    with pytest.raises(ConfigError, match=r"train\.epochs × train\.steps_per_epoch must be at"):
+        load_config(TINY, too_many)
 
 
 def test_every_error_is_one_line_and_a_user_error():

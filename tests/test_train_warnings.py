@@ -5,13 +5,17 @@ import importlib.util
 import json
 import shutil
 
+import numpy as np
 import pytest
-from conftest import REPO, build_scene_shards, tiny_args, tiny_config
+import yaml
+from conftest import CLASSES, COLOURS, REPO, build_scene_shards, build_tiny, tiny_args, tiny_config
+from conftest import write_pair as write_png_pair
 
+from engine.data.build.advice import split_warnings
 from engine.data.shards.manifest import load_manifest
 from engine.train.config import ConfigError, load_config
 from engine.train.loop import train
-from engine.train.preflight import data_warnings
+from engine.train.preflight import best_choice_note, data_warnings
 
 TINY = REPO / "launch/configs/tiny-cpu.yaml"
 
@@ -24,7 +28,77 @@ def train_script():
 
 
 def test_no_warnings_for_good_data(synthetic_shards):
-    assert data_warnings(tiny_config(synthetic_shards), load_manifest(synthetic_shards)) == []
+    # Its val split (18 tiles) has every class; its test split lacks some (warned: below).
+    config = tiny_config(synthetic_shards, "data.test_split=")
+    manifest = load_manifest(synthetic_shards)
+    assert data_warnings(config, manifest) == [] and best_choice_note(config, manifest) is None
+    assert not [w for w in split_warnings(manifest.data) if "val split" in w]
+
+
+def write_two_tile_groups(root, without_blue=()):
+    """4 groups of one 32x64 image (2 tiles of 32): red, green, and blue unless ``without_blue``."""
+    rng = np.random.default_rng(0)
+    for group in range(4):
+        index = np.zeros((32, 64), np.int64)
+        index[:, 32:] = 1
+        if f"Tile {group}" not in without_blue:
+            index[8:16, 8:16] = index[8:16, 40:48] = 2  # blue in both tiles
+        image = rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)
+        write_png_pair(root, f"Tile {group}", "part_0", image, np.array(COLOURS, np.uint8)[index])
+    (root / "classes.yaml").write_text(yaml.safe_dump(CLASSES))
+
+
+@pytest.mark.slow
+def test_a_two_tile_val_split_without_a_train_class_warns_at_build_at_train_and_in_the_summary(
+    tmp_path, capsys
+):
+    write_two_tile_groups(tmp_path / "all")
+    val_groups = build_tiny(tmp_path / "all", tmp_path / "first")["splits"]["val"]["groups"]
+    capsys.readouterr()
+    write_two_tile_groups(tmp_path / "data", without_blue=val_groups)
+    manifest = build_tiny(tmp_path / "data", tmp_path / "shards")
+    assert manifest["splits"]["val"]["groups"] == val_groups  # the split follows the names
+    assert manifest["splits"]["val"]["num_samples"] == 2
+    gaps = "only 2 tiles (fewer than 8) and no pixels of 'blue', which train has"
+    assert f"warning: the val split has {gaps}: training picks its best checkpoint on this " in (
+        capsys.readouterr().err
+    )
+    args = ["--config", str(TINY), "--out", str(tmp_path / "run")]
+    for override in tiny_args(tmp_path / "shards", "data.crop_size=32"):
+        args += ["--set", override]
+    assert train_script().main(args) == 0
+    out, err = capsys.readouterr()
+    warning = f"warning: val split 'val' has {gaps}: the best checkpoint (best/) is chosen on it"
+    assert err.count(warning) == 1
+    note = f"best checkpoint chosen on val split 'val', which has {gaps}"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["best_choice"] == note
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("test: mIoU ") and last.endswith(f"; note: {note}")
+
+
+def test_a_val_split_missing_a_train_class_warns_and_is_noted(synthetic_shards, tmp_path):
+    shards = tmp_path / "shards"
+    shutil.copytree(synthetic_shards, shards)
+    data = json.loads((shards / "dataset.json").read_text())
+    pixels, names = data["class_pixels"], [c["name"] for c in data["classes"]]
+    present = [i for i, n in enumerate(pixels["val"]) if n and pixels["train"][i]]
+    gone, kept = present[0], present[1]
+    pixels["val"][gone] = 0
+    pixels["test"] = [n if i != kept else 0 for i, n in enumerate(pixels["train"])]
+    (shards / "dataset.json").write_text(json.dumps(data))
+    config, manifest = tiny_config(shards), load_manifest(shards)
+    gap = f"no pixels of {names[gone]!r}, which train has"
+    assert data_warnings(config, manifest) == [
+        f"val split 'val' has {gap}: the best checkpoint (best/) is chosen on it, so that "
+        "choice is weak; rebuild the shards with a larger --val (or more, smaller groups)",
+        f"test split 'test' has no pixels of {names[kept]!r}, which train has: the final "
+        "scores say nothing about them",
+    ]
+    note = f"best checkpoint chosen on val split 'val', which has {gap}"
+    assert best_choice_note(config, manifest) == note
+    built = split_warnings(manifest.data)  # what the builder says of such a build
+    assert len(built) == 2 and built[0].startswith(f"the val split has {gap}: training picks")
+    assert built[1].startswith(f"the test split has no pixels of {names[kept]!r}, which train")
 
 
 def test_a_crop_larger_than_the_tiles_is_refused_naming_both(synthetic_shards, tmp_path):
@@ -51,7 +125,8 @@ def test_classes_rare_in_train_but_present_in_val_or_test_warn(synthetic_shards,
     pixels["train"][2] = int(total * 0.0011 / (1 - 0.0011)) + 1
     assert pixels["val"][4] > 0 and pixels["val"][5] > 0 and pixels["val"][2] > 0
     (shards / "dataset.json").write_text(json.dumps(manifest))
-    [warning] = data_warnings(tiny_config(shards), load_manifest(shards))
+    warnings = data_warnings(tiny_config(shards), load_manifest(shards))
+    [warning] = [w for w in warnings if not w.startswith("test split 'test' has no pixels")]
     assert "but present in val/test: 'water' (0.000%), 'woodland' (0.007%);" in warning
     assert "'road'" not in warning
 
@@ -69,6 +144,8 @@ def test_no_val_split_warns_once_and_the_final_row_is_marked_best(
     # The best model is the final one: its test evaluation sits at the last step.
     assert [(r["step"], r["split"]) for r in rows if r["split"] != "train"] == [("8", "test@best")]
     assert result.metrics["split"] == "test" and result.metrics["best_step"] == -1
+    note = "no val split: best/ is the final model, not a chosen one"
+    assert result.metrics["best_choice"] == note
 
 
 def test_shard_folder_is_required_and_a_missing_one_is_named(synthetic_shards, tmp_path):

@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         _exit_now(1)
     if failure:  # printed after the except block freed the loop's frames and progress bar
         return _fail(*failure)
-    if metrics["split"] is not None:
-        print(f"{metrics['split']}: {summary_line(metrics)}")
+    summary = [f"{metrics['split']}: {summary_line(metrics)}"] if metrics["split"] else []
+    if metrics.get("best_choice"):  # a score is never printed without what it rests on
+        summary.append(f"note: {metrics['best_choice']}")
+    if summary:
+        print("; ".join(summary))
     return 0

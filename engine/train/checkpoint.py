@@ -191,7 +191,7 @@ def resolve_resume(
     if not resume:
         return None
     if resume != "latest":
-        return _within_plan(open_checkpoint(resume, rank), total_steps)
+        return within_plan(open_checkpoint(resume, rank), total_steps)
     problems = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
@@ -200,7 +200,7 @@ def resolve_resume(
             log.warning("skipping checkpoint: %s", error)
             problems.append(str(error))
             continue
-        return _within_plan(checkpoint, total_steps)
+        return within_plan(checkpoint, total_steps)
     if problems:
         raise CheckpointError(
             f"{checkpoints_dir(run_dir)}: no usable checkpoint among {len(problems)} "
@@ -209,7 +209,12 @@ def resolve_resume(
     return None
 
 
-def _within_plan(checkpoint: Checkpoint, total_steps: int | None) -> Checkpoint:
+def within_plan(checkpoint: Checkpoint, total_steps: int | None) -> Checkpoint:
+    """The checkpoint, if its step is within ``total_steps`` (None: not checked).
+
+    Raises:
+        CheckpointError: naming the state file, its step and the run's steps.
+    """
     step = checkpoint.state["step"]
     if total_steps is not None and step > total_steps:
         raise CheckpointError(

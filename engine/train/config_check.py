@@ -14,6 +14,7 @@ import yaml
 
 import archs
 from engine.errors import UserError
+from engine.train.config_types import AUTO
 from engine.train.loss_factory import build_loss, is_multitask_spec
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ CHOICES = {
 
 AT_LEAST_ONE = (
     "data.batch_size", "data.eval_batch_size", "data.crop_size", "data.shuffle_buffer",
-    "train.epochs", "train.steps_per_epoch", "train.grad_accum", "train.log_every",
+    "train.grad_accum", "train.log_every",
     "train.keep_checkpoints", "train.max_bad_steps", "train.dist_timeout_s",
     "schedule.step_size",
 )  # fmt: skip
@@ -57,6 +58,7 @@ AT_LEAST_ZERO = (
     "schedule.warmup_steps", "train.eval_every", "train.checkpoint_every",
     "train.stop_after_steps", "train.panels",
 )  # fmt: skip
+PLANNED = ("train.epochs", "train.steps_per_epoch")  # a positive integer, or "auto"
 ABOVE_ZERO = ("optim.lr", "schedule.power", "schedule.gamma")
 UNIT = ("optim.momentum",)  # in [0, 1)
 MAX_STEPS = 10**12  # train.epochs × train.steps_per_epoch, and a checkpoint's step
@@ -100,6 +102,10 @@ def coerce(value: Any, hint: str, where: str, source: str) -> Any:
     Raises:
         ConfigError: naming the source, the key, the expected type and the value.
     """
+    if where in PLANNED:
+        if value == AUTO:
+            return value
+        hint = "int"
     kinds = {part.strip() for part in hint.split("|")}
     if "Any" in kinds or (value is None and "None" in kinds):
         return value
@@ -173,6 +179,12 @@ def validate(config: Config) -> None:
         value = _get(config, key)
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    for key in PLANNED:
+        value = _get(config, key)
+        if value != AUTO and (not isinstance(value, int) or not 1 <= value <= MAX_STEPS):
+            raise ConfigError(
+                f"{key} must be a positive integer (at most {MAX_STEPS}) or {AUTO}, got {value!r}"
+            )
     checks = [(k, "≥ 0", lambda v: v >= 0) for k in AT_LEAST_ZERO]
     checks += [(k, "> 0", lambda v: v > 0) for k in ABOVE_ZERO]
     checks += [(k, "in [0, 1)", lambda v: 0 <= v < 1) for k in UNIT]
@@ -184,10 +196,11 @@ def validate(config: Config) -> None:
     for key, (limit, unit) in AT_MOST.items():
         if _get(config, key) > limit:
             raise ConfigError(f"{key} must be at most {limit} ({unit}), got {_get(config, key)}")
-    if config.total_steps > MAX_STEPS:
+    epochs, per_epoch = config.train.epochs, config.train.steps_per_epoch
+    if isinstance(epochs, int) and isinstance(per_epoch, int) and epochs * per_epoch > MAX_STEPS:
         raise ConfigError(
             f"train.epochs × train.steps_per_epoch must be at most {MAX_STEPS}, got "
-            f"{config.total_steps}"
+            f"{epochs * per_epoch}"
         )
     betas = config.optim.betas
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):

@@ -74,8 +74,19 @@ class LossConfig:
     Attributes:
         spec: ``"ce"``, ``"ce+dice"``, ``"tanimoto"``, ``"multitask"``, or a mapping/list
             accepted by ``build_loss``.
-        class_weights: ``none``, ``inverse``, ``inverse_sqrt`` or ``median_freq``, from
-            the manifest's train class pixel counts (cross-entropy only).
+        class_weights: Per-class weights of the cross-entropy term (the ``ce`` of ``ce`` and
+            ``ce+dice``; dice, Tanimoto and multitask losses ignore them), computed from
+            the train split's class pixel counts in ``dataset.json``
+            (:func:`engine.train.loss_factory.class_weights_from_pixels`). With ``f_c`` a
+            class's share of the train pixels: ``none`` (default) weighs every pixel
+            alike; ``inverse_sqrt`` gives ``1/sqrt(f_c)`` and ``inverse`` ``1/f_c``, both
+            rescaled to mean 1 over the classes present; ``median_freq`` gives
+            ``median(f)/f_c``. A class with no train pixels gets 0. Use them when small
+            classes matter and the model ignores them (their IoU stays near 0 while the
+            background's is high): ``inverse_sqrt`` is the mild choice, ``inverse`` and
+            ``median_freq`` push harder and may over-predict rare classes (a class at
+            0.1 % of the pixels weighs 10× as much as one at 10 % with ``inverse_sqrt``,
+            100× with ``inverse``). ``ce+dice`` already favours small classes somewhat.
     """
 
     spec: Any = "ce"
@@ -126,13 +137,24 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.0
 
 
+AUTO = "auto"  # train.epochs / train.steps_per_epoch: planned from the data when training starts
+
+
 @dataclass
 class TrainConfig:
     """The loop.
 
     Attributes:
-        epochs: Number of epochs (``epochs × steps_per_epoch`` at most 10¹²).
-        steps_per_epoch: Optimiser steps per epoch, the same on every rank.
+        epochs: Number of epochs (``epochs × steps_per_epoch`` at most 10¹²), or ``auto``
+            (the default): planned when training starts (:mod:`engine.train.plan`):
+            30 epochs, raised to reach 300 steps and lowered to stay within 50,000 (never
+            under one epoch).
+        steps_per_epoch: Optimiser steps per epoch, the same on every rank, or ``auto``
+            (the default): one pass over the train tiles, ``ceil(train samples / global
+            batch)`` with the global batch ``data.batch_size × processes ×
+            train.grad_accum``. Numbers set in the config are kept exactly; the planned
+            ones are printed at the start in one line and saved in ``RUN/config.yaml``
+            and each checkpoint (a resumed run keeps its plan).
         grad_accum: Micro-batches per optimiser step (1 to 1024).
         mixed_precision: ``no``, ``bf16``, ``fp16`` or ``auto`` (bf16 where the GPU has
             it, else no).
@@ -150,8 +172,8 @@ class TrainConfig:
         panels: Prediction panels sent to wandb at each evaluation (0 to 64).
     """
 
-    epochs: int = 10
-    steps_per_epoch: int = 100
+    epochs: int | str = AUTO
+    steps_per_epoch: int | str = AUTO
     grad_accum: int = 1
     mixed_precision: str = "auto"
     channels_last: bool | None = None
@@ -164,6 +186,12 @@ class TrainConfig:
     dist_timeout_s: int = 1800
     stop_after_steps: int = 0
     panels: int = 4
+
+
+def _planned(value: int | str, key: str) -> int:
+    if isinstance(value, str):
+        raise ValueError(f"{key} is {value!r}: the schedule is planned when training starts")
+    return value
 
 
 @dataclass
@@ -208,8 +236,23 @@ class Config:
 
     @property
     def total_steps(self) -> int:
-        """Optimiser steps of the whole run."""
-        return self.train.epochs * self.train.steps_per_epoch
+        """Optimiser steps of the whole run (once planned: see :attr:`steps_per_epoch`)."""
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def epochs(self) -> int:
+        """``train.epochs`` as a number (set, or planned when training starts)."""
+        return _planned(self.train.epochs, "train.epochs")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """``train.steps_per_epoch`` as a number (set, or planned when training starts).
+
+        Raises:
+            ValueError: while it is still ``auto``: the schedule is planned from the data
+                when training starts (:func:`engine.train.plan.apply_plan`).
+        """
+        return _planned(self.train.steps_per_epoch, "train.steps_per_epoch")
 
     def to_dict(self) -> dict:
         """A plain nested dict (what ``config.yaml`` holds)."""

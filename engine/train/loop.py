@@ -65,7 +65,7 @@ def train(config: Config, run_dir: str | Path, resume: str | None = None) -> Tra
     run = set_up(config, run_dir, resume)
     preemption, stop_file = PreemptionFlag(), run.run_dir / STOP_FILE
     _announce(run, stop_file)
-    total, per_epoch = config.total_steps, config.train.steps_per_epoch
+    total, per_epoch = config.total_steps, config.steps_per_epoch
     window = LogWindow(run.loss_terms, run.device)
     skip = NonFiniteSkip(run.optimizer, run.fp16, run.state.bad_steps, run.device)
     progress = tqdm(
@@ -120,7 +120,7 @@ def _announce(run: Run, stop_file: Path) -> None:
 def _due(run: Run) -> tuple[bool, bool, bool]:
     """Whether this step logs, evaluates and checkpoints."""
     config, step, total = run.config, run.state.step, run.config.total_steps
-    end_of_epoch = step % config.train.steps_per_epoch == 0
+    end_of_epoch = step % config.steps_per_epoch == 0
     every = config.train.eval_every
     val = config.data.val_split
     evaluating = bool(
@@ -172,7 +172,7 @@ def _write_train_row(run: Run, window: LogWindow) -> tuple[float, float]:
     per_step = config.train.grad_accum * config.data.batch_size * run.accelerator.num_processes
     row |= {
         "step": state.step,
-        "epoch": state.step / config.train.steps_per_epoch,
+        "epoch": state.step / config.steps_per_epoch,
         "split": "train",
         "time_s": elapsed,
         "lr": run.scheduler.get_last_lr()[0],

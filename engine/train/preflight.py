@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from engine.data.build.advice import classes_missing, val_split_gaps
 from engine.data.shards.manifest import Manifest
 from engine.data.shards.store import is_url
 from engine.errors import UserError
@@ -92,6 +93,19 @@ def data_warnings(config: Config, manifest: Manifest) -> list[str]:
             "no validation split: best/ will be the final weights, not the best ones; build "
             "shards with a val split (e.g. --split-by blocks:N)"
         )
+    gaps = _val_gaps(config, manifest)
+    if gaps:
+        warnings.append(
+            f"val split {data.val_split!r} has {' and '.join(gaps)}: the best checkpoint "
+            "(best/) is chosen on it, so that choice is weak; rebuild the shards with a "
+            "larger --val (or more, smaller groups)"
+        )
+    missing = _missing_in(config, manifest, data.test_split)
+    if missing and data.test_split != data.val_split:
+        warnings.append(
+            f"test split {data.test_split!r} has no pixels of {', '.join(map(repr, missing))}, "
+            "which train has: the final scores say nothing about them"
+        )
     rare = _rare_classes(config, manifest)
     if rare:
         warnings.append(
@@ -100,6 +114,46 @@ def data_warnings(config: Config, manifest: Manifest) -> list[str]:
             "the model can hardly learn them (rebuild the shards with another split)"
         )
     return warnings
+
+
+def best_choice_note(config: Config, manifest: Manifest) -> str | None:
+    """What the choice of the best checkpoint rests on, when it is weak (None: it is not).
+
+    The run's summary (``metrics.json``'s ``best_choice`` and the last printed line)
+    carries it, so a score is never read without it.
+    """
+    val = config.data.val_split
+    if not (val and manifest.has_split(val)):
+        return "no val split: best/ is the final model, not a chosen one"
+    gaps = _val_gaps(config, manifest)
+    if gaps:
+        return f"best checkpoint chosen on val split {val!r}, which has {' and '.join(gaps)}"
+    return None
+
+
+def _train_and_other_pixels(
+    config: Config, manifest: Manifest, split: str
+) -> tuple[list[int], list[int]] | None:
+    pixels = manifest.data.get("class_pixels") or {}
+    train, other = pixels.get(config.data.train_split), pixels.get(split)
+    if not split or not manifest.has_split(split) or train is None or other is None:
+        return None
+    return train, other
+
+
+def _missing_in(config: Config, manifest: Manifest, split: str) -> list[str]:
+    """Classes with train pixels but none in ``split`` (empty when it has all, or is absent)."""
+    both = _train_and_other_pixels(config, manifest, split)
+    return classes_missing(*both, manifest.class_names) if both else []
+
+
+def _val_gaps(config: Config, manifest: Manifest) -> list[str]:
+    """What makes the val split a weak judge of the best checkpoint (empty: nothing, or none)."""
+    val = config.data.val_split
+    if not (val and manifest.has_split(val)):
+        return []
+    train, pixels = _train_and_other_pixels(config, manifest, val) or ([], [])
+    return val_split_gaps(manifest.split(val).num_samples, pixels, train, manifest.class_names)
 
 
 def _eval_splits(config: Config, manifest: Manifest) -> list[str]:

@@ -24,19 +24,29 @@ from engine.data.shards.loader import train_batches
 from engine.data.shards.manifest import Manifest, load_manifest
 from engine.train.augment import TrainAugment
 from engine.train.checkpoint import (
+    Checkpoint,
     check_fits,
     load_checkpoint_weights,
     resolve_resume,
     restore_training_state,
+    within_plan,
 )
 from engine.train.config import Config, ConfigError, save_config
 from engine.train.config_check import check_model_options
+from engine.train.config_types import AUTO
 from engine.train.elastic import continue_on_this_world, global_batch
 from engine.train.history import History, history_columns
 from engine.train.loss_factory import build_loss, class_weights_from_pixels, is_multitask_spec
 from engine.train.losses import CombinedLoss, MultitaskLoss
 from engine.train.optim import build_optimizer, build_scheduler
-from engine.train.preflight import check_rgb_bands, check_shards, check_splits, data_warnings
+from engine.train.plan import apply_plan, plan_schedule, recorded_plan
+from engine.train.preflight import (
+    best_choice_note,
+    check_rgb_bands,
+    check_shards,
+    check_splits,
+    data_warnings,
+)
 from engine.train.tracking import Tracker
 
 
@@ -53,7 +63,9 @@ class LoopState:
         """The checkpoint's ``trainer_state.json`` content (``world_size``: processes now)."""
         return {
             "step": self.step,
-            "epoch": self.step // config.train.steps_per_epoch,
+            "epoch": self.step // config.steps_per_epoch,
+            "steps_per_epoch": config.steps_per_epoch,
+            "total_steps": config.total_steps,
             "best_miou": self.best_miou,
             "best_step": self.best_step,
             "bad_steps": self.bad_steps,
@@ -83,6 +95,7 @@ class Run:
     resumed: bool
     history: History
     tracker: Tracker
+    best_choice: str | None = None  # what the best checkpoint's choice rests on, when weak
 
     @property
     def main(self) -> bool:
@@ -181,6 +194,36 @@ def check_and_warn(config: Config, manifest: Manifest, main: bool) -> None:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
+def resume_and_plan(
+    config: Config, manifest: Manifest, run_dir: Path, resume: str | None, accelerator: Accelerator
+) -> Checkpoint | None:
+    """The checkpoint to resume (verified), with ``auto`` schedule fields planned and said.
+
+    A resumed run keeps the plan its checkpoint records (:func:`engine.train.plan.recorded_plan`);
+    otherwise the plan is made from the train tiles and the global batch on this number of
+    processes. The planned numbers are written into ``config``; the main process prints
+    the plan's line.
+
+    Raises:
+        CheckpointError: when the checkpoint does not verify or is past the run's steps.
+    """
+    planning = AUTO in (config.train.epochs, config.train.steps_per_epoch)
+    rank = accelerator.process_index
+    checkpoint = resolve_resume(run_dir, resume, rank, None if planning else config.total_steps)
+    if not planning:
+        return checkpoint
+    plan = recorded_plan(config, checkpoint.state) if checkpoint is not None else None
+    if plan is None:
+        samples = manifest.split(config.data.train_split).num_samples
+        plan = plan_schedule(config, samples, global_batch(config, accelerator.num_processes))
+    apply_plan(config, plan)
+    if checkpoint is not None:
+        within_plan(checkpoint, config.total_steps)
+    if plan is not None and accelerator.is_main_process:
+        print(plan.line, flush=True)
+    return checkpoint
+
+
 def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     """Build everything a run needs, resuming from a checkpoint when asked.
 
@@ -201,7 +244,7 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     manifest = load_manifest(config.data.shards)
     check_and_warn(config, manifest, main)
     # Verified before anything is written: a refused resume leaves the run folder as it was.
-    checkpoint = resolve_resume(run_dir, resume, accelerator.process_index, config.total_steps)
+    checkpoint = resume_and_plan(config, manifest, run_dir, resume, accelerator)
     model, model_spec = build_model(config, manifest)
     if checkpoint is not None:
         check_fits(checkpoint, model_spec, config.data.shards)
@@ -245,7 +288,7 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     return Run(
         config, run_dir, accelerator, manifest, model, model_spec, loss_fn, loss_terms,
         optimizer, scheduler, multitask, bool(channels_last), state, checkpoint is not None,
-        history, tracker,
+        history, tracker, best_choice_note(config, manifest),
     )  # fmt: skip
 
 

@@ -25,7 +25,9 @@ from engine.train.state_io import StateFileError
 
 SEED_MAX = 2**32 - 1  # as config_check's bound on seed
 REQUIRED = ("format", "files", "step", "best_miou", "best_step", "bad_steps")
-OPTIONAL = ("epoch", "seed", "model", "world_size", "global_batch")
+OPTIONAL = (
+    "epoch", "seed", "model", "world_size", "global_batch", "steps_per_epoch", "total_steps",
+)  # fmt: skip
 MAX_PROCESSES = 65536
 RNG_FILE = re.compile(r"rng-(0|[1-9][0-9]{0,5})\.safetensors")
 RNG_KEYS = {"python", "numpy", "torch", "cuda"}
@@ -77,6 +79,13 @@ def check_trainer_state(state: dict[str, Any], where: Path, folder_step: int | N
         _integer(state, "world_size", 1, MAX_PROCESSES, where)
     if "global_batch" in state:
         _integer(state, "global_batch", 1, MAX_STEPS, where)
+    if "total_steps" in state or "steps_per_epoch" in state:  # kept on resume (train.plan)
+        if not {"total_steps", "steps_per_epoch"} <= set(state):
+            raise StateFileError(f"{where}: 'total_steps' and 'steps_per_epoch' come together")
+        total = _integer(state, "total_steps", max(step, 1), MAX_STEPS, where)
+        per_epoch = _integer(state, "steps_per_epoch", 1, total, where)
+        if total % per_epoch:
+            raise StateFileError(f"{where}: 'total_steps' is not a whole number of epochs")
     best = state["best_miou"]
     valid = isinstance(best, (int, float)) and not isinstance(best, bool) and math.isfinite(best)
     if not valid or not (best == -1 or 0 <= best <= 1):

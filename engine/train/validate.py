@@ -67,7 +67,7 @@ def record_eval(run: Run, split: str, result: EvalResult, *, best: bool = False)
         row_step = run.state.best_step if run.state.best_step >= 0 else step
     row = {
         "step": row_step,
-        "epoch": row_step / run.config.train.steps_per_epoch,
+        "epoch": row_step / run.config.steps_per_epoch,
         "split": split,
         "miou": m.miou,
         "mean_f1": m.mean_f1,
@@ -163,6 +163,7 @@ def final_metrics(run: Run) -> dict[str, Any]:
         None,
     )
     final: dict[str, Any] = {"split": split, "best_step": state.best_step, "steps": state.step}
+    final["best_choice"] = run.best_choice  # a weak val split, said with every final score
     if split is not None:
         result = evaluate(run, split, best)
         record_eval(run, split, result, best=True)

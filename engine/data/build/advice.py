@@ -110,3 +110,59 @@ def coverage_warnings(class_pixels: dict[str, list[int]], names: list[str]) -> l
                 f"pixels (under {100 * RARE_CLASS:g} %)"
             )
     return messages
+
+
+MIN_VAL_TILES = 8  # with fewer val tiles the best checkpoint is picked on a handful of pixels
+
+
+def classes_missing(train: list[int], other: list[int], names: list[str]) -> list[str]:
+    """The names of the classes with train pixels but none in ``other`` (pixels per class)."""
+    return [name for name, n, m in zip(names, train, other) if n > 0 and m == 0]
+
+
+def val_split_gaps(samples: int, val: list[int], train: list[int], names: list[str]) -> list[str]:
+    """What makes a val split a weak judge of the best checkpoint (empty: nothing).
+
+    Args:
+        samples: Tiles in the val split.
+        val: Its pixels per class.
+        train: The train split's pixels per class.
+        names: Class names in index order.
+    """
+    gaps = []
+    if samples < MIN_VAL_TILES:
+        tiles = f"{samples} tile{'' if samples == 1 else 's'}"
+        gaps.append(f"only {tiles} (fewer than {MIN_VAL_TILES})")
+    missing = classes_missing(train, val, names)
+    if missing:
+        gaps.append(f"no pixels of {', '.join(map(repr, missing))}, which train has")
+    return gaps
+
+
+def split_warnings(manifest: dict) -> list[str]:
+    """Warnings about a built ``dataset.json``'s val and test splits against its train split.
+
+    A val split of fewer than :data:`MIN_VAL_TILES` tiles, or without a class that train
+    has, is where training picks its best checkpoint; a test split without such a class
+    scores nothing of it.
+    """
+    names = [str(c["name"]) for c in manifest["classes"]]
+    pixels, splits = manifest.get("class_pixels", {}), manifest.get("splits", {})
+    train = pixels.get("train")
+    if train is None:
+        return []
+    messages = []
+    if "val" in splits and "val" in pixels:
+        gaps = val_split_gaps(splits["val"]["num_samples"], pixels["val"], train, names)
+        if gaps:
+            messages.append(
+                f"the val split has {' and '.join(gaps)}: training picks its best checkpoint "
+                "on this split; a larger --val (or more, smaller groups) makes that choice sound"
+            )
+    missing = classes_missing(train, pixels.get("test", train), names)
+    if "test" in splits and missing:
+        messages.append(
+            f"the test split has no pixels of {', '.join(map(repr, missing))}, which train "
+            "has: its scores will say nothing about them"
+        )
+    return messages

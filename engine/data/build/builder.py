@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from engine.data.build.advice import coverage_warnings, padding_warnings, print_warning
+from engine.data.build.advice import (
+    coverage_warnings,
+    padding_warnings,
+    print_warning,
+    split_warnings,
+)
 from engine.data.build.footprints import read_footprints
 from engine.data.build.options import BuildOptions
 from engine.data.build.output import BuildError, BuildOutput, ShardTar
@@ -407,6 +412,8 @@ def _build(pairs, classes, out, options, warn, uploader: ShardUploader | None = 
             uploader.finish(staging / MANIFEST_NAME)
         output.commit()
         for message in coverage_warnings(manifest["class_pixels"], classes.names):
+            warn(message)
+        for message in split_warnings(manifest):
             warn(message)
     except BaseException as error:
         stream.close()
