@@ -87,7 +87,16 @@ def steps(out: Path) -> list[tuple[str, Callable[[list[str]], int], list[str]]]:
         (
             "4/6 train a tiny UNet on the CPU (the same subcommand accelerate launch runs on GPUs)",
             train.main,
-            ["--config", "tiny-cpu", "--out", f"{out}/run", "--set", f"data.shards={out}/shards"],
+            [
+                "--config",
+                "tiny-cpu",
+                "--out",
+                f"{out}/run",
+                "--set",
+                f"data.shards={out}/shards",
+                "--set",
+                "train.epochs=10",  # kept short; one epoch is planned from the tiles
+            ],
         ),
         (
             "5/6 evaluate the best checkpoint on the test split",
