@@ -47,26 +47,10 @@ from engine.data.shards.normalize import Normalization
 from engine.data.sources.classes import IGNORE_INDEX, load_classes
 from engine.data.sources.rasters import open_raster, read_index_mask
 from engine.errors import UserError
-from engine.evaluate.folder_eval import read_truth_mask
+from engine.evaluate.folder_eval import read_manifest_json, read_truth_mask
 from engine.infer.values import VALUE_MODES, class_indices, original_values
-from engine.jsonfile import read_json
 from engine.render.colors import RenderError, class_info, display_rgb, image_normalization
 from engine.render.figures import mask_figure, panel
-
-
-def read_manifest_json(path: str) -> dict:
-    """A ``dataset.json`` (or its shard folder) as a mapping; a named error otherwise."""
-    file = Path(path)
-    file = file / "dataset.json" if file.is_dir() else file
-    try:
-        data = read_json(file)
-    except FileNotFoundError as error:
-        raise UserError(f"{file}: manifest not found") from error
-    except OSError as error:
-        raise UserError(f"{file}: not a readable dataset.json ({error})") from error
-    if not isinstance(data, dict):
-        raise UserError(f"{file}: not a dataset.json mapping")
-    return data
 
 
 def shard_sample(folder: str, split: str, index: int):

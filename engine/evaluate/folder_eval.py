@@ -143,6 +143,25 @@ def pair_folders(
     )
 
 
+def read_manifest_json(path: str | Path) -> dict:
+    """A ``dataset.json`` (or its shard folder's) as a mapping, read with the size cap.
+
+    Raises:
+        FolderEvalError: naming the file when it is missing, unreadable or not a mapping.
+    """
+    file = Path(path)
+    file = file / "dataset.json" if file.is_dir() else file
+    try:
+        data = read_json(file)
+    except FileNotFoundError as error:
+        raise FolderEvalError(f"{file}: manifest not found") from error
+    except OSError as error:
+        raise FolderEvalError(f"{file}: not a readable dataset.json ({error})") from error
+    if not isinstance(data, dict):
+        raise FolderEvalError(f"{file}: not a dataset.json mapping")
+    return data
+
+
 def _num_classes(num_classes: int | None, manifest: Any, classes: ClassesFile | None) -> int:
     if num_classes is not None:
         return int(num_classes)
@@ -150,13 +169,8 @@ def _num_classes(num_classes: int | None, manifest: Any, classes: ClassesFile | 
         return len(classes.classes)
     if manifest is not None:
         if not isinstance(manifest, dict):
-            path = Path(manifest)
-            path = path / "dataset.json" if path.is_dir() else path
-            try:
-                manifest = read_json(path)
-            except OSError as error:
-                raise FolderEvalError(f"{path}: cannot read the manifest ({error})") from error
-        if not isinstance(manifest, dict) or not manifest.get("classes"):
+            manifest = read_manifest_json(manifest)
+        if not manifest.get("classes"):
             raise FolderEvalError("the manifest has no 'classes' list")
         return len(manifest["classes"])
     raise FolderEvalError("give num_classes, a manifest or a classes file")
