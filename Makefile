@@ -8,7 +8,7 @@ STAMP := $(VENV)/.terraseg-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q -e '.[dev,bench,onnx,stac]'
 	touch $(STAMP)
 
 demo: $(STAMP)
