@@ -13,17 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from engine.data.shards.normalize import Normalization
 from engine.errors import UserError
 from engine.evaluate.shard_eval import context_window
+from engine.export.metadata import DEFAULT_TILE
 from engine.infer.bands import model_normalization
+from engine.infer.onnx_model import is_onnx, load_onnx_model
 from engine.infer.sliding import resolve_device
 from engine.infer.values import VALUE_MODES, original_values
 from engine.render.colors import class_info
 from engine.train.export import load_exported
 
-DEFAULT_TILE = 1024  # predict windows (a network that needs its training crop gets that)
+__all__ = ["DEFAULT_TILE", "LoadedModel", "load_model"]
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,14 @@ class LoadedModel:
             raise UserError(f"values {mode!r}: choose one of {', '.join(VALUE_MODES)}")
         if mode == "index":
             return None
-        return original_values(self.exported.manifest, f"{self.exported.path}/dataset.json")
+        where = getattr(self.exported, "manifest_where", f"{self.exported.path}/dataset.json")
+        return original_values(self.exported.manifest, where)
 
 
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
-    """Load a run folder, export folder or ``model.safetensors`` and check its record.
+    """Load a run folder, export folder, ``model.safetensors`` or ``.onnx`` and check it.
+
+    An ``.onnx`` file runs on onnxruntime (:func:`engine.infer.onnx_model.load_onnx_model`).
 
     Args:
         path: What ``--model`` takes.
@@ -74,6 +80,11 @@ def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
     Raises:
         UserError: naming the export's file when its record does not fit the model.
     """
+    if is_onnx(path):
+        onnx = load_onnx_model(path, device)
+        record = onnx.record
+        return LoadedModel(onnx, torch.device("cpu"), onnx.names, onnx.palette,
+                           record.num_classes, record.input, onnx.tile)  # fmt: skip
     resolved = resolve_device(device)
     exported = load_exported(path, device=resolved)
     manifest = exported.manifest

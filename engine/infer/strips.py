@@ -71,6 +71,22 @@ def _softmax_(logits: torch.Tensor) -> torch.Tensor:
     return logits.div_(logits.sum(dim=1, keepdim=True))
 
 
+class ProbabilityModel:
+    """A prediction backend that is not a torch network (an ONNX session, say).
+
+    It takes the native bands, float32 ``[B, C, T, T]`` on the CPU (its own graph selects
+    bands, handles nodata and normalises), and returns float32 probabilities
+    ``[B, N, T, T]``. :class:`WindowPass` runs it on the CPU, with the same windows, TTA
+    and blending as a torch network.
+    """
+
+    training = False
+
+    def __call__(self, bands: torch.Tensor) -> torch.Tensor:
+        """Probabilities of a batch of native bands."""
+        raise NotImplementedError
+
+
 def check_bands(reader: RasterReader, normalization: Normalization) -> None:
     """Refuse a reader without the model's number of bands (naming both)."""
     channels = reader.shape[2]
@@ -140,7 +156,7 @@ class WindowPass:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | ProbabilityModel,
         reader: RasterReader,
         num_classes: int,
         normalization: Normalization,
@@ -155,10 +171,17 @@ class WindowPass:
         self.height, self.width = reader.shape[:2]
         self.transforms = tta_transforms(options.tta)
         self.amp = resolve_amp(options.amp_dtype)
-        self.device = resolve_device(options.device, model)
-        model.to(self.device)
+        self.native = isinstance(model, ProbabilityModel)
+        if self.native:
+            if self.amp is not None:
+                raise InferenceError("amp applies to PyTorch models, not to an ONNX model")
+            self.device = torch.device("cpu")
+        else:
+            assert isinstance(model, torch.nn.Module)
+            self.device = resolve_device(options.device, model)
+            model.to(self.device)
+            model.eval()
         self.was_training = model.training
-        model.eval()
         self.rows = plan_axis(self.height, options.tile, stride)
         self.cols = plan_axis(self.width, options.tile, stride)
         # Real columns, in padded coordinates; bands that finalise only padding are skipped.
@@ -179,7 +202,7 @@ class WindowPass:
 
     def restore(self) -> None:
         """Put the model back in training mode if it was."""
-        if self.was_training:
+        if self.was_training and isinstance(self.model, torch.nn.Module):
             self.model.train()
 
     def tiles(self) -> Iterator[tuple[int, int, int, np.ndarray]]:
@@ -202,6 +225,8 @@ class WindowPass:
     def forward(self, batch: np.ndarray) -> torch.Tensor:
         """Probabilities ``[B, N, T, T]`` of a batch of native ``[B, T, T, C]`` tiles."""
         x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2)
+        if self.native:
+            return self._forward_native(x.float())
         if x.dtype == torch.uint16:  # few kernels take uint16: widen on the device
             x = x.to(torch.int32)
         x = self.normalization(x)  # native bands -> (x - mean) / std, nodata -> 0
@@ -222,6 +247,17 @@ class WindowPass:
             del logits
             total = probs if total is None else total.add_(probs)
             del probs
+        assert total is not None
+        return total.div_(len(self.transforms)) if len(self.transforms) > 1 else total
+
+    def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities from a :class:`ProbabilityModel`: the same TTA mean."""
+        total: torch.Tensor | None = None
+        for fwd, inv in self.transforms:
+            probs = self.model(fwd(x))
+            self._check_logits(probs, tuple(x.shape))
+            probs = inv(probs)
+            total = probs if total is None else total.add_(probs)
         assert total is not None
         return total.div_(len(self.transforms)) if len(self.transforms) > 1 else total
 
