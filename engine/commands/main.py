@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("verify_shards", "check every shard of a folder or URL against its manifest"),
     "train": ("train", "train a model on shards (under accelerate launch: every GPU)"),
     "evaluate": ("evaluate", "score a model on a shard split, or predictions against masks"),
+    "export": ("export", "export a trained model to a self-contained ONNX file (QGIS Deepness)"),
     "predict": ("predict", "predict rasters of any size with the weighted sliding window"),
     "show": ("show", "draw masks, predictions and image | truth | prediction panels"),
     "summary": ("summary", "describe a trained model, or every network's size"),

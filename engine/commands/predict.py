@@ -23,6 +23,10 @@ overwrite an input: --out may be the input folder as long as no output name is a
 indices (from the model's dataset.json: integer values as uint8/uint16, colour-coded classes
 as RGB; see engine/infer/values.py for ignored pixels).
 
+ONNX: --model model.onnx (written by terraseg export) runs the same sliding window on
+onnxruntime (CPU; CUDA with --device cuda when onnxruntime has it), with the bands, classes
+and window recorded in the file's metadata; --amp does not apply.
+
 Limits, checked before anything is written: every input's rows x cols against
 TERRASEG_MAX_PIXELS (default 1.5 G pixels, the shard builder's limit; --max-pixels raises it
 for one run, see engine/infer/limits.py), and, just before each input, the free space of
@@ -91,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line (defaults shown by ``--help``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
-        "--model", required=True, help="run folder, export folder (RUN/best) or model.safetensors"
+        "--model",
+        required=True,
+        help="run folder, export folder (RUN/best), model.safetensors, or an ONNX export "
+        "(model.onnx, run on onnxruntime)",
     )
     parser.add_argument(
         "--input",
