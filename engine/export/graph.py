@@ -12,13 +12,20 @@ at prediction time, so the file needs nothing outside itself:
    training and prediction: ``(x - mean) / std`` per band, a band's nodata value → 0;
 4. the network, its segmentation logits (multitask models: the main output);
 5. softmax over the classes (``probabilities``) or their argmax (``labels``, int64).
+
+:func:`static_adaptive_pooling` lets the exporters trace adaptive max pooling to an output
+that is no divisor of the input (ResUNet-a's PSP pooling of a small crop: 2² cells to a
+4² grid), which neither ONNX exporter supports: during the export only, for the fixed input
+size, it is the same bins' maxima taken by slices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from archs import segmentation_logits, unwrap_model
@@ -72,3 +79,32 @@ class NativeBandsModel(nn.Module):
         if self.output == "labels":
             return logits.argmax(dim=1)
         return torch.softmax(logits, dim=1)
+
+
+def _bin_max(x: torch.Tensor, cells: int, dim: int) -> torch.Tensor:
+    """Max over ``cells`` adaptive-pooling bins along ``dim`` (PyTorch's bin bounds)."""
+    size = int(x.shape[dim])
+    parts = [
+        x.narrow(dim, (i * size) // cells, -(-((i + 1) * size) // cells) - (i * size) // cells)
+        .amax(dim=dim, keepdim=True)
+        for i in range(cells)
+    ]
+    return torch.cat(parts, dim=dim)
+
+
+def _adaptive_max_pool2d_by_slices(x: torch.Tensor, output_size, return_indices=False):
+    if return_indices:
+        raise NotImplementedError("adaptive max pooling indices are not exported")
+    rows, cols = (output_size, output_size) if isinstance(output_size, int) else output_size
+    return _bin_max(_bin_max(x, int(rows), -2), int(cols), -1)
+
+
+@contextlib.contextmanager
+def static_adaptive_pooling() -> Iterator[None]:
+    """Within the block, ``F.adaptive_max_pool2d`` is computed by slices (see the notes)."""
+    original = F.adaptive_max_pool2d
+    F.adaptive_max_pool2d = _adaptive_max_pool2d_by_slices  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        F.adaptive_max_pool2d = original  # type: ignore[assignment]

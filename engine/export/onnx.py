@@ -34,7 +34,7 @@ from archs import unwrap_model
 from engine.errors import UserError
 from engine.evaluate.shard_eval import context_window
 from engine.export.deps import optional_module
-from engine.export.graph import OUTPUTS, NativeBandsModel
+from engine.export.graph import OUTPUTS, NativeBandsModel, static_adaptive_pooling
 from engine.export.metadata import DEFAULT_TILE, ExportSettings, build_metadata
 from engine.train.export import load_exported
 
@@ -73,7 +73,7 @@ def _trace(
     """Write ``graph`` as ONNX to ``path`` (no metadata yet)."""
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
     out_axes = axes if output == "probabilities" else {k - (k > 1): v for k, v in axes.items()}
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), static_adaptive_pooling():
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notes
         if exporter == "dynamo":
             dims = {k: torch.export.Dim(v) for k, v in axes.items()}
