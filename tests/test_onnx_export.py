@@ -141,8 +141,8 @@ def test_real_dubai_tile_and_sentinel2_chip_with_band_selection(tmp_path, dubai_
     from PIL import Image
 
     image = np.asarray(Image.open(next(iter(sorted((dubai_dir / "Tile 1/images").glob("*.jpg"))))))
-    rgb = Normalization(tuple(BandStats(n, "uint8", m, s, (0.0, 255.0)) for n, m, s in (
-        ("red", 110.0, 50.0), ("green", 115.0, 48.0), ("blue", 105.0, 52.0))), (0, 1, 2))  # fmt: skip
+    stats = (("red", 110.0, 50.0), ("green", 115.0, 48.0), ("blue", 105.0, 52.0))
+    rgb = Normalization(tuple(BandStats(n, "uint8", m, s, (0.0, 255.0)) for n, m, s in stats))
     model = write_export(tmp_path / "rgb", "unet", rgb)
     path = export_onnx(tmp_path / "rgb", tmp_path / "rgb.onnx")
     bands = np.moveaxis(image[:256, :320], -1, 0)[None].astype(np.float32)

@@ -24,8 +24,8 @@ import sys
 
 from engine.cli import HelpFormatter
 from engine.errors import UserError
-from engine.export.onnx import EXPORTERS, export_onnx
 from engine.export.graph import OUTPUTS
+from engine.export.onnx import EXPORTERS, export_onnx
 
 
 def band_names(text: str) -> list[str]:

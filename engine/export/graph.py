@@ -71,9 +71,11 @@ class NativeBandsModel(nn.Module):
 
     def forward(self, bands: torch.Tensor) -> torch.Tensor:
         """Native float32 bands ``[B, C_in, H, W]`` → probabilities or labels."""
-        x = bands if self.gather is None else bands.index_select(1, self.gather)
+        gather: torch.Tensor | None = self.gather  # type: ignore[assignment]
+        integer: torch.Tensor = self.integer  # type: ignore[assignment]
+        x = bands if gather is None else bands.index_select(1, gather)
         if self.round_bands:
-            x = torch.where(self.integer, torch.round(x), x)
+            x = torch.where(integer, torch.round(x), x)
         x = self.normalization(x)
         logits = segmentation_logits(self.model(x)).float()
         if self.output == "labels":
@@ -85,8 +87,9 @@ def _bin_max(x: torch.Tensor, cells: int, dim: int) -> torch.Tensor:
     """Max over ``cells`` adaptive-pooling bins along ``dim`` (PyTorch's bin bounds)."""
     size = int(x.shape[dim])
     parts = [
-        x.narrow(dim, (i * size) // cells, -(-((i + 1) * size) // cells) - (i * size) // cells)
-        .amax(dim=dim, keepdim=True)
+        x.narrow(
+            dim, (i * size) // cells, -(-((i + 1) * size) // cells) - (i * size) // cells
+        ).amax(dim=dim, keepdim=True)
         for i in range(cells)
     ]
     return torch.cat(parts, dim=dim)
@@ -107,4 +110,4 @@ def static_adaptive_pooling() -> Iterator[None]:
     try:
         yield
     finally:
-        F.adaptive_max_pool2d = original  # type: ignore[assignment]
+        F.adaptive_max_pool2d = original

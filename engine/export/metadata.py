@@ -80,8 +80,11 @@ class ExportSettings:
 
 
 def input_records(normalization: Normalization, input_bands: list[str] | None) -> list[dict]:
-    """The graph's input band records: the model's, or ``input_bands`` with the model's
-    records for the bands it uses and a plain record (the model's first dtype) for others."""
+    """The graph's input band records.
+
+    The model's records, or for ``input_bands`` the model's record of each band it uses
+    and a placeholder (the model's first dtype, no statistics) for the others.
+    """
     if input_bands is None:
         return normalization.records()["bands"]
     known = {b.name: b.record() for b in normalization.bands}
@@ -101,9 +104,11 @@ def build_metadata(
     """Every metadata key of an export → its JSON text (see the module notes)."""
     names = [str(c["name"]) if isinstance(c, Mapping) else str(c) for c in manifest["classes"]]
     records = input_records(normalization, input_bands)
-    rgb = normalization.rgb_bands
-    if rgb is not None and input_bands is not None:
-        rgb = tuple(input_bands.index(normalization.bands[i].name) for i in rgb)
+    rgb: list[int] | None = None
+    if normalization.rgb_bands is not None:
+        rgb_names = [normalization.bands[i].name for i in normalization.rgb_bands]
+        order = input_bands if input_bands is not None else normalization.names
+        rgb = [order.index(name) for name in rgb_names]
     fixed = settings.tile if settings.fixed_size else None
     values: dict[str, Any] = {
         "model_type": "Segmentor",
@@ -120,7 +125,7 @@ def build_metadata(
         "terraseg_dataset": {k: manifest[k] for k in DATASET_FIELDS if k in manifest},
         "terraseg_input": {
             "bands": records,
-            "rgb_bands": list(rgb) if rgb is not None else None,
+            "rgb_bands": rgb,
             "layout": "NCHW",
             "dtype": "float32",
             "units": "native: each band's own pixel values, never rescaled",
@@ -189,9 +194,15 @@ def read_metadata(props: Mapping[str, str], where: str) -> OnnxRecord:
     Raises:
         OnnxMetadataError: one line naming ``where`` and the key at fault.
     """
-    spec, manifest = _value(props, "terraseg_model", where), _value(props, "terraseg_dataset", where)
+    spec, manifest = (
+        _value(props, "terraseg_model", where),
+        _value(props, "terraseg_dataset", where),
+    )
     info, window = _value(props, "terraseg_input", where), _value(props, "terraseg_window", where)
-    output, version = _value(props, "terraseg_output", where), _value(props, "terraseg_version", where)
+    output, version = (
+        _value(props, "terraseg_output", where),
+        _value(props, "terraseg_version", where),
+    )
     for key, value in (("terraseg_model", spec), ("terraseg_dataset", manifest),
                        ("terraseg_input", info), ("terraseg_window", window)):  # fmt: skip
         if not isinstance(value, dict):
@@ -211,7 +222,9 @@ def read_metadata(props: Mapping[str, str], where: str) -> OnnxRecord:
         )
         Normalization.from_manifest(spec)
     except (KeyError, TypeError, ValueError) as error:
-        raise OnnxMetadataError(f"{where}: metadata band records are malformed ({error!r})") from error
+        raise OnnxMetadataError(
+            f"{where}: metadata band records are malformed ({error!r})"
+        ) from error
     tile = _whole(window.get("tile"), "tile", where, 1, 1 << 16)
     overlap = window.get("overlap")
     if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:

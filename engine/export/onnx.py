@@ -134,7 +134,9 @@ def export_onnx(
     needs_window = context_window(network, exported.train_crop)
     tile = tile or needs_window or DEFAULT_TILE
     if tile % divisor:
-        raise ExportOnnxError(f"tile {tile} is not a multiple of the model's size_divisor {divisor}")
+        raise ExportOnnxError(
+            f"tile {tile} is not a multiple of the model's size_divisor {divisor}"
+        )
     fixed_size = fixed_size or getattr(network, "input_extent_matters", False)
     settings = ExportSettings(tile, overlap, output, divisor, fixed_size, resolution_cm,
                               _crs(exported.manifest))  # fmt: skip
