@@ -11,7 +11,8 @@ the PyTorch model. The input bands a raster must deliver are the graph's (the mo
 the ``--input-bands`` of the export).
 
 Execution providers: CPU; CUDA first when ``device`` asks for ``cuda`` (or ``auto``) and
-onnxruntime has it.
+onnxruntime has it. The CPU provider uses as many threads as PyTorch does in this process
+(``torch.get_num_threads()``), so that both backends run under the same thread budget.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ def load_onnx_model(path: str | Path, device: str = "auto") -> OnnxExport:
         raise UserError(f"{where}: ONNX file not found")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = torch.get_num_threads()
     try:
         session = ort.InferenceSession(str(path), options, providers=_providers(ort, device))
     except Exception as error:  # onnxruntime raises its own exception types
