@@ -172,6 +172,7 @@ class WindowPass:
         self.transforms = tta_transforms(options.tta)
         self.amp = resolve_amp(options.amp_dtype)
         self.native = isinstance(model, ProbabilityModel)
+        self.was_training = model.training
         if self.native:
             if self.amp is not None:
                 raise InferenceError("amp applies to PyTorch models, not to an ONNX model")
@@ -181,7 +182,6 @@ class WindowPass:
             self.device = resolve_device(options.device, model)
             model.to(self.device)
             model.eval()
-        self.was_training = model.training
         self.rows = plan_axis(self.height, options.tile, stride)
         self.cols = plan_axis(self.width, options.tile, stride)
         # Real columns, in padded coordinates; bands that finalise only padding are skipped.
