@@ -9,6 +9,7 @@ inputs with nodata pixels and on real rasters (a Dubai tile, a 13-band Sentinel-
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,33 @@ def test_real_dubai_tile_and_sentinel2_chip_with_band_selection(tmp_path, dubai_
     with pytest.raises(ExportOnnxError, match="B8"):
         export_onnx(tmp_path / "s2", tmp_path / "bad.onnx", input_bands=names[:7])
 
+    # predict on the 13-band file itself: the ONNX file reads all 13 bands and gathers 4,
+    # the PyTorch export reads its 4 by name
+    from engine.data.sources.rasters import read_index_mask
+    from engine.infer.run import PredictOptions, predict_file
+
+    options = PredictOptions(tile=128, device="cpu", progress=False)
+    scene = next(chip.glob("*.tif"))
+    ours = predict_file(path, scene, tmp_path / "onnx", options)
+    ref = predict_file(tmp_path / "s2", scene, tmp_path / "torch", options)
+    a, b = (read_index_mask(r.paths["mask"]) for r in (ours, ref))
+    assert a.shape == (512, 512) and (a == b).mean() >= 0.999
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_float_bands_with_nan_nodata_and_both_exporters(tmp_path, exporter):
+    bands = tuple(
+        BandStats(f"VV{i}", "float32", -12.0 + i, 4.0, (-25.0, 0.0), math.nan) for i in range(2)
+    )
+    normalization = Normalization(bands, None)
+    model = write_export(tmp_path / "best", "unet", normalization)
+    path = export_onnx(tmp_path / "best", tmp_path / "m.onnx", exporter=exporter)
+    x = np.random.default_rng(5).normal(-12.0, 4.0, (2, 2, 64, 96)).astype(np.float32)
+    x[0, 1, 10:20, 30:40] = np.nan
+    expected = torch_probabilities(model, normalization, x)
+    got = run_onnx(path, x)
+    assert np.isfinite(got).all() and np.abs(got - expected).max() < TOLERANCE
+
 
 def deepness_value(props: dict[str, str], key: str):
     """A metadata value the way Deepness's ModelBase reads it (json.loads, then its cast)."""
@@ -292,3 +320,20 @@ def test_missing_onnx_extra_is_named(monkeypatch):
     monkeypatch.setattr(deps.importlib, "import_module", refuse)
     with pytest.raises(deps.MissingExtraError, match=r"pip install terraseg\[onnx\]"):
         load_model("model.onnx", "cpu")
+
+
+def test_execution_providers_follow_the_device():
+    from types import SimpleNamespace
+
+    from engine.infer.onnx_model import _providers
+
+    cpu_only = SimpleNamespace(get_available_providers=lambda: ["CPUExecutionProvider"])
+    with_cuda = SimpleNamespace(
+        get_available_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert _providers(cpu_only, "auto") == ["CPUExecutionProvider"]
+    assert _providers(with_cuda, "cpu") == ["CPUExecutionProvider"]
+    assert _providers(with_cuda, "auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert _providers(with_cuda, "cuda:0")[0] == "CUDAExecutionProvider"
+    with pytest.raises(UserError, match="no CUDA provider"):
+        _providers(cpu_only, "cuda")

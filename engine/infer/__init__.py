@@ -9,8 +9,8 @@ beforehand, :class:`~.outputs.OutputSpec`), in class indices or, with :mod:`.val
 dataset's own label values; :mod:`.polygons` vectorises a written mask. The overlay's
 true-colour view is :func:`engine.render.colors.display_rgb`. :mod:`.model` loads the models
 exported by training, and ONNX files through :mod:`.onnx_model` (onnxruntime, the same
-windows: the pass hands it native bands, a :class:`~.strips.ProbabilityModel`). :mod:`.run` is prediction as a library (:func:`~.run.predict_file`,
-and :func:`~.run.predict_files` behind ``terraseg predict``), :mod:`.session` its inputs and
-cleanup on errors and signals; :mod:`.limits` checks the pixel limit and the free disk
+windows: the pass hands it native bands, a :class:`~.strips.ProbabilityModel`). :mod:`.run`
+is prediction as a library (:func:`~.run.predict_file`, and :func:`~.run.predict_files`
+behind ``terraseg predict``), :mod:`.session` its inputs and cleanup on errors and signals; :mod:`.limits` checks the pixel limit and the free disk
 before anything is written.
 """
