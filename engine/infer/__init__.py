@@ -11,6 +11,6 @@ true-colour view is :func:`engine.render.colors.display_rgb`. :mod:`.model` load
 exported by training, and ONNX files through :mod:`.onnx_model` (onnxruntime, the same
 windows: the pass hands it native bands, a :class:`~.strips.ProbabilityModel`). :mod:`.run`
 is prediction as a library (:func:`~.run.predict_file`, and :func:`~.run.predict_files`
-behind ``terraseg predict``), :mod:`.session` its inputs and cleanup on errors and signals; :mod:`.limits` checks the pixel limit and the free disk
-before anything is written.
+behind ``terraseg predict``), :mod:`.session` its inputs and cleanup on errors and signals;
+:mod:`.limits` checks the pixel limit and the free disk before anything is written.
 """
