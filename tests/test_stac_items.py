@@ -156,7 +156,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(StacItemError, match=f"{not_raster}: cannot be read as a raster"):
         prediction_item(None, not_raster, item_id="x", classes=_classes())
     cog = _cog(tmp_path / "ok.tif")
-    for bad in ("../escape", "a/b", ".hidden", ""):
+    assert prediction_item(None, cog, item_id="Île_2024.v1", classes=_classes()).id == "Île_2024.v1"
+    for bad in ("../escape", "a/b", "a\\b", ".hidden", "", "x" * 201, "tab\there"):
         with pytest.raises(StacItemError, match="is not usable as a file name"):
             prediction_item(None, cog, item_id=bad, classes=_classes())
 

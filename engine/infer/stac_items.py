@@ -37,7 +37,6 @@ ASSET_KEY = "prediction"
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 #: Points per footprint edge: enough that a reprojected edge follows its curve.
 EDGE_POINTS = 21
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 
 
 class StacItemError(UserError):
@@ -46,10 +45,11 @@ class StacItemError(UserError):
 
 def _check_id(item_id: str, what: object) -> None:
     """Item ids become folder and file names in a catalog: no paths, no hidden names."""
-    if not _SAFE_ID.match(item_id) or ".." in item_id:
+    usable = all(c.isalnum() or c in "-_." for c in item_id) and 0 < len(item_id) <= 200
+    if not usable or item_id.startswith("."):
         raise StacItemError(
             f"{what}: item id {item_id!r} is not usable as a file name in a catalog "
-            "(letters, digits, '_', '-', '.'; not starting with '.'; at most 200 characters)"
+            "(letters, digits, '_', '-', '.', not starting with '.', at most 200 characters)"
         )
 
 
