@@ -221,3 +221,14 @@ def test_parse_query():
     for bad in ("cloudy", "eo:cloud_cover<", "<10", '{"a": 1}', "{not json"):
         with pytest.raises(StacSearchError, match="--query"):
             parse_query([bad])
+
+
+def test_the_whole_search_has_a_deadline(monkeypatch):
+    monkeypatch.setenv("TERRASEG_STAC_DEADLINE", "0.3")
+    with served_api(ITEMS, search_delay=0.6) as api:
+        message = _one_line_error(api.url)
+    assert message == (
+        f"STAC API {api.url}: the search took over 0.3 s (TERRASEG_STAC_DEADLINE) while searching"
+    )
+    monkeypatch.setenv("TERRASEG_STAC_DEADLINE", "soon")
+    assert "TERRASEG_STAC_DEADLINE='soon' is not a number" in _one_line_error(api.url)
