@@ -13,6 +13,8 @@ import numpy as np
 import pystac
 import rasterio
 from affine import Affine
+from rasterio.warp import transform_geom
+from shapely.geometry import box, mapping, shape
 
 CRS = "EPSG:32633"
 BANDS_10M = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir"}
@@ -76,12 +78,9 @@ def write_scene(
     folder = folder / item_id
     folder.mkdir(parents=True, exist_ok=True)
     bbox_utm = (left, top - 10 * size, left + 10 * size, top)
-    geometry = {
-        "type": "Polygon",
-        "coordinates": [[[14.0, 45.0], [14.1, 45.0], [14.1, 45.1], [14.0, 45.1], [14.0, 45.0]]],
-    }
+    geometry = transform_geom(CRS, "EPSG:4326", mapping(box(*bbox_utm)))
     item = pystac.Item(
-        item_id, geometry, [14.0, 45.0, 14.1, 45.1],
+        item_id, geometry, list(shape(geometry).bounds),
         pystac.utils.str_to_datetime("2024-06-01T10:00:00Z"), {"proj:code": CRS},
     )  # fmt: skip
     for band, common in {**BANDS_10M, **BANDS_20M}.items():
@@ -97,7 +96,6 @@ def write_scene(
     label_transform = Affine(10, 0, left, 0, -10, top)
     write_cog(folder / f"{item_id}_label.tif", arrays["label"], label_transform, nodata=255)
     item.add_asset("label", pystac.Asset(f"./{item_id}_label.tif", roles=["labels"]))
-    item.extra_fields["bbox_utm"] = list(bbox_utm)
     return item, arrays
 
 
