@@ -29,11 +29,11 @@ def write_cog(
     nodata: float | None = None,
     descriptions: list[str] | None = None,
 ) -> Path:
-    """Write ``array`` (``HxW`` or ``CxHxW``) as a COG with 64-pixel blocks."""
+    """Write ``array`` (``HxW`` or ``CxHxW``) as a COG with 128-pixel blocks."""
     data = array[None] if array.ndim == 2 else array
     profile = {
         "driver": "COG", "height": data.shape[1], "width": data.shape[2],
-        "count": data.shape[0], "dtype": data.dtype.name, "blocksize": 64,
+        "count": data.shape[0], "dtype": data.dtype.name, "blocksize": 128,
         "compress": "deflate", "overview_resampling": "nearest",
     }  # fmt: skip
     if crs is not None:

@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_arguments(parser, defaults)
     _add_band_arguments(parser)
     add_stac_arguments(
-        parser, "with --stac/--stac-api: the bands to read, by asset key or eo:bands name or\n"
+        parser,
+        "with --stac/--stac-api: the bands to read, by asset key or eo:bands name or\n"
         "common name (B04,B03,B02 or red,green,blue,nir); required",
     )
     parser.add_argument(
@@ -321,6 +322,7 @@ def _build_from_stac(args: argparse.Namespace, classes, options: BuildOptions) -
         burn=args.burn, background=_background(args.background), classes=classes,
         unknown=args.unknown,
     )  # fmt: skip
+    vector = None
     if args.vector:
         vector = VectorLabels(
             args.vector, args.attribute, _background(args.background), args.all_touched,
@@ -331,8 +333,8 @@ def _build_from_stac(args: argparse.Namespace, classes, options: BuildOptions) -
         pairs, rasters = stac_pairs(
             items, assets, folder, labels, resolution=args.resolution, group=args.group
         )
-        if args.vector:
-            note = off_images_note(options.vector_labels, [pair.image for pair in pairs])
+        if vector is not None:
+            note = off_images_note(vector, [pair.image for pair in pairs])
             if note:
                 print_warning(note)
         record = stac_record(source, assets, rasters, args.resolution)

@@ -97,13 +97,14 @@ def stac_pairs(
     *,
     resolution: float | None = None,
     group: str | None = None,
-) -> tuple[list[StacPair], list[ItemRaster]]:
+) -> tuple[list[Pair], list[ItemRaster]]:
     """One pair per item, its image (and raster label) VRT written into ``folder``.
 
     Raises:
         StacError: naming the item (see :func:`engine.data.sources.stac_reader.item_raster`).
     """
-    pairs, rasters = [], []
+    pairs: list[Pair] = []
+    rasters = []
     for item in items:
         raster = item_raster(
             item, assets, folder, resolution=resolution, labels=not labels.vector,
@@ -115,8 +116,14 @@ def stac_pairs(
         mask = raster.label or (Path(raster.label_href) if raster.label_href else raster.image)
         source = f"{item.get_self_href()}#{item.id}"
         pairs.append(
-            StacPair(item.id, raster.image, mask, group_of(item.id, group) if group else item.id,
-                     source=source, vector_labels=vector)  # fmt: skip
+            StacPair(
+                item.id,
+                raster.image,
+                mask,
+                group_of(item.id, group) if group else item.id,
+                source=source,
+                vector_labels=vector,
+            )  # fmt: skip
         )
         rasters.append(raster)
     return pairs, rasters

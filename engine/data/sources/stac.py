@@ -76,7 +76,7 @@ def location(href: str) -> str:
     return str(Path(href).resolve())
 
 
-def resolve_href(href: str, base: str) -> str:
+def resolve_href(href: Any, base: str) -> str:
     """``href`` (absolute, or relative to the document at ``base``) as an absolute location.
 
     Raises:

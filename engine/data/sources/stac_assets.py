@@ -119,8 +119,7 @@ def select_assets(item: Any, wanted: list[str]) -> list[AssetBand]:
             matches = single if single else matches
         if not matches:
             raise StacError(
-                f"item {item.id!r}: no asset or band named {entry!r} "
-                f"(assets: {_available(item)})"
+                f"item {item.id!r}: no asset or band named {entry!r} (assets: {_available(item)})"
             )
         if len(matches) > 1:
             where = ", ".join(f"{k} band {n}" for k, n, _ in matches)

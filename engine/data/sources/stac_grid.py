@@ -89,8 +89,11 @@ def remote_read_config() -> dict[str, str]:
 
 @contextlib.contextmanager
 def remote_reads() -> Iterator[dict[str, str]]:
-    """Put :func:`remote_read_config` in the environment for the block (worker processes
-    started inside inherit it); options the environment already sets are kept."""
+    """Put :func:`remote_read_config` in the environment for the block.
+
+    Worker processes started inside inherit it; options the environment already sets are
+    kept. Yields the options it added (removed again at the end).
+    """
     added = {k: v for k, v in remote_read_config().items() if k not in os.environ}
     os.environ.update(added)
     try:
