@@ -75,24 +75,46 @@ def predict_items(
     with tempfile.TemporaryDirectory(prefix="terraseg-stac-") as folder, remote_reads():
         rasters = [item_raster(item, wanted, folder, resolution=resolution) for item in items]
         results = predict_files(loaded, [str(r.image) for r in rasters], out, options, log)
-    catalog = _write_catalog(loaded, rasters, results, Path(out))
+    catalog = _write_catalog(loaded, rasters, results, Path(out), options)
     log(f"STAC catalog of {len(results)} prediction(s): {catalog}")
     return results, catalog
 
 
+def _class_table(model: LoadedModel, values: Any) -> list[tuple[int, str, tuple[int, int, int]]]:
+    """``(mask value, name, (r, g, b))`` per class: the class index, or its original value."""
+    from engine.render.colors import hex_to_rgb
+
+    table = []
+    for index, (name, colour) in enumerate(zip(model.names, model.palette, strict=True)):
+        value = index if values is None or values.ndim != 1 else int(values[index])
+        red, green, blue = (int(v) for v in hex_to_rgb(colour)[:3])
+        table.append((value, name, (red, green, blue)))
+    return table
+
+
 def _write_catalog(
-    model: LoadedModel, rasters: list[ItemRaster], results: list[PredictResult], out: Path
+    model: LoadedModel,
+    rasters: list[ItemRaster],
+    results: list[PredictResult],
+    out: Path,
+    options: PredictOptions,
 ) -> Path:
     """The prediction items (one per mask, linked to its source item) as a catalog."""
     from engine.infer.stac_items import prediction_item, write_catalog
 
+    classes = _class_table(model, model.mask_values(options.values))
+    name = Path(model.exported.path).name if model.exported.path else None
     predictions = [
         prediction_item(
+            raster.item,
             result.paths["mask"],
-            source=raster.item,
-            class_names=model.names,
-            palette=model.palette,
-        )
+            item_id=file_stem(raster.item.id),
+            classes=classes,
+            model_name=name,
+        )  # fmt: skip
         for raster, result in zip(rasters, results, strict=True)
     ]
-    return Path(write_catalog(predictions, out))
+    about = f"terraseg predictions of model {name or '(in memory)'} on {len(predictions)} items"
+    return Path(
+        write_catalog(predictions, out, catalog_id="terraseg-predictions", description=about)
+    )
