@@ -104,7 +104,7 @@ def stac_items(args: argparse.Namespace) -> tuple[list[Any], str]:
         item_from_dict(
             item.to_dict(include_self_link=False, transform_hrefs=False),
             item.get_self_href() or args.stac_api,
-        )  # fmt: skip
+        )
         for item in found
     ]
     return items, str(args.stac_api)

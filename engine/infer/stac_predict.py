@@ -111,7 +111,7 @@ def _write_catalog(
             item_id=file_stem(raster.item.id),
             classes=classes,
             model_name=name,
-        )  # fmt: skip
+        )
         for raster, result in zip(rasters, results, strict=True)
     ]
     about = f"terraseg predictions of model {name or '(in memory)'} on {len(predictions)} items"

@@ -123,7 +123,7 @@ def stac_pairs(
                 group_of(item.id, group) if group else item.id,
                 source=source,
                 vector_labels=vector,
-            )  # fmt: skip
+            )
         )
         rasters.append(raster)
     return pairs, rasters
