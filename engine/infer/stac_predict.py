@@ -19,23 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from engine.data.sources.stac import StacError
 from engine.data.sources.stac_grid import remote_reads
-from engine.data.sources.stac_reader import ItemRaster, file_stem, item_raster
+from engine.data.sources.stac_reader import ItemRaster, file_stem, item_rasters
 from engine.infer.model import LoadedModel, load_model
 from engine.infer.run import PredictOptions, PredictResult, predict_files
-
-
-def _check_stems(items: list[Any]) -> None:
-    """Refuse items whose ids would write the same outputs."""
-    seen: dict[str, str] = {}
-    for item in items:
-        stem = file_stem(item.id)
-        if stem in seen:
-            raise StacError(
-                f"items {seen[stem]!r} and {item.id!r} would write the same outputs ({stem}_*)"
-            )
-        seen[stem] = item.id
 
 
 def predict_items(
@@ -71,9 +58,8 @@ def predict_items(
         options = replace(options, format="cog")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, options.device)
     wanted = list(assets) if assets else list(loaded.normalization.names)
-    _check_stems(items)
     with tempfile.TemporaryDirectory(prefix="terraseg-stac-") as folder, remote_reads():
-        rasters = [item_raster(item, wanted, folder, resolution=resolution) for item in items]
+        rasters = item_rasters(items, wanted, folder, resolution=resolution)
         results = predict_files(loaded, [str(r.image) for r in rasters], out, options, log)
     catalog = _write_catalog(loaded, rasters, results, Path(out), options)
     log(f"STAC catalog of {len(results)} prediction(s): {catalog}")

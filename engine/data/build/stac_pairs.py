@@ -25,7 +25,7 @@ from typing import Any
 
 from engine.data.sources.pairing import Pair, group_of
 from engine.data.sources.stac import StacError, is_remote
-from engine.data.sources.stac_reader import ItemRaster, item_raster
+from engine.data.sources.stac_reader import ItemRaster, item_rasters
 from engine.data.sources.vector_labels import VectorLabels
 
 
@@ -104,12 +104,11 @@ def stac_pairs(
         StacError: naming the item (see :func:`engine.data.sources.stac_reader.item_raster`).
     """
     pairs: list[Pair] = []
-    rasters = []
-    for item in items:
-        raster = item_raster(
-            item, assets, folder, resolution=resolution, labels=not labels.vector,
-            label_key=labels.asset,
-        )  # fmt: skip
+    rasters = item_rasters(
+        items, assets, folder, resolution=resolution, labels=not labels.vector,
+        label_key=labels.asset,
+    )  # fmt: skip
+    for item, raster in zip(items, rasters, strict=True):
         vector = None
         if raster.label_kind == "vector":
             vector = _item_vector(item, raster, labels)
@@ -125,7 +124,6 @@ def stac_pairs(
                 vector_labels=vector,
             )
         )
-        rasters.append(raster)
     return pairs, rasters
 
 

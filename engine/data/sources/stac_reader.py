@@ -20,6 +20,9 @@ from engine.data.sources.stac import StacError
 from engine.data.sources.stac_assets import AssetBand, label_asset, select_assets
 from engine.data.sources.stac_grid import AssetHeader, ItemGrid, item_grid, read_header, vrt_xml
 
+#: Items whose asset headers are read at once (remote headers are a few small requests each).
+HEADER_THREADS = 8
+
 
 def file_stem(item_id: str) -> str:
     """The item id as a file stem: characters other than letters, digits, ``-_.`` → ``_``."""
@@ -125,6 +128,36 @@ def item_raster(
     label = stem.with_name(stem.name + ".label.vrt")
     label.write_text(vrt_xml(grid, [("label", header, 1)], "nearest", header.nodata))
     return replace(raster, label=label, label_kind=kind, label_href=choice.href)
+
+
+def item_rasters(
+    items: list[Any],
+    wanted: list[str],
+    folder: str | Path,
+    *,
+    resolution: float | None = None,
+    labels: bool = False,
+    label_key: str | None = None,
+    threads: int = HEADER_THREADS,
+) -> list[ItemRaster]:
+    """:func:`item_raster` of every item, their headers read by ``threads`` threads.
+
+    Raises:
+        StacError: the first failing item's error, in item order.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    stems = [file_stem(item.id) for item in items]
+    for stem in {s for s in stems if stems.count(s) > 1}:
+        ids = [item.id for item, other in zip(items, stems, strict=True) if other == stem]
+        raise StacError(f"items {ids[0]!r} and {ids[1]!r} would share the file name {stem}")
+
+    def one(item: Any) -> ItemRaster:
+        return item_raster(item, wanted, folder, resolution=resolution, labels=labels,
+                           label_key=label_key)  # fmt: skip
+
+    with ThreadPoolExecutor(max(1, min(threads, len(items)))) as pool:
+        return list(pool.map(one, items))
 
 
 def open_item(
