@@ -151,3 +151,28 @@ def test_errors_are_one_line_naming_the_item(catalog, tmp_path, capsys):
         build_command.main(["--stac", str(path), "--images", "*.tif", "--assets", "red",
                             "--classes", "c.yaml", "--out", "x"])  # fmt: skip
     assert "--images does not go with --stac" in capsys.readouterr().err
+
+
+def test_large_footprints_are_recorded_as_their_hull():
+    from engine.data.build.stac_pairs import FOOTPRINT_POINTS, _footprint
+
+    angles = np.linspace(0, 2 * np.pi, FOOTPRINT_POINTS + 50)
+    ring = [[14 + 0.1 * np.cos(a) + 0.01 * (i % 2), 45 + 0.1 * np.sin(a)]
+            for i, a in enumerate(angles)]  # fmt: skip
+    ring.append(ring[0])
+    square = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]}
+    assert _footprint(square) == (square, False)
+    hull, is_hull = _footprint({"type": "Polygon", "coordinates": [ring]})
+    assert is_hull and len(hull["coordinates"][0]) < len(ring)
+
+
+def test_items_sharing_a_file_name_are_refused(catalog, tmp_path):
+    from engine.data.sources.stac import StacError, load_items
+    from engine.data.sources.stac_reader import item_rasters
+
+    path, _ = catalog
+    first, second = load_items(path)[:2]
+    first.id, second.id = "tile/1", "tile_1"
+    with pytest.raises(StacError, match="items 'tile/1' and 'tile_1' would share the file name"):
+        item_rasters([first, second], ["red"], tmp_path)
+    assert not list(tmp_path.iterdir())  # refused before any file is written

@@ -211,7 +211,15 @@ def _check_stac_sources(parser: argparse.ArgumentParser, args: argparse.Namespac
     check_stac_arguments(parser, args)
     files = [
         option
-        for option in ("images", "masks", "pairs_csv", "image_key", "mask_key", "mask_from")
+        for option in (
+            "images",
+            "masks",
+            "pairs_csv",
+            "image_key",
+            "mask_key",
+            "mask_from",
+            "band_files",
+        )
         if getattr(args, option)
     ]
     if files:

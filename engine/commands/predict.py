@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     check_stac_arguments(parser, args)
     if bool(args.input) == uses_stac(args):
         parser.error("give --input, or --stac/--stac-api")
+    if uses_stac(args) and args.band_files:
+        parser.error("--band-files does not go with --stac/--stac-api (use --assets)")
     try:
         with signals_raise(signal.SIGINT, signal.SIGTERM):
             if uses_stac(args):

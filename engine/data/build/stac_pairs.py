@@ -28,6 +28,9 @@ from engine.data.sources.stac import StacError, is_remote
 from engine.data.sources.stac_reader import ItemRaster, item_rasters
 from engine.data.sources.vector_labels import VectorLabels
 
+#: Points of an item's footprint kept in the manifest (more: its convex hull).
+FOOTPRINT_POINTS = 256
+
 
 @dataclass(frozen=True)
 class StacPair(Pair):
@@ -127,9 +130,29 @@ def stac_pairs(
     return pairs, rasters
 
 
+def _footprint(geometry: Any) -> tuple[Any, bool]:
+    """The item's geometry (its convex hull past :data:`FOOTPRINT_POINTS`), and if hulled.
+
+    The hull keeps the manifest small whatever a catalog's footprints hold.
+    """
+    import shapely
+    from shapely.geometry import mapping, shape
+
+    if not isinstance(geometry, dict):
+        return None, False
+    try:
+        polygon = shape(geometry)
+    except Exception:  # not GeoJSON: recorded as it is, bounded by the item's own size
+        return geometry, False
+    if shapely.get_num_coordinates(polygon) <= FOOTPRINT_POINTS:
+        return geometry, False
+    return mapping(polygon.convex_hull), True
+
+
 def _item_record(raster: ItemRaster) -> dict:
     item, grid = raster.item, raster.grid
     epsg = grid.crs.to_epsg()
+    footprint, hull = _footprint(item.geometry)
     return {
         "id": item.id,
         "href": item.get_self_href(),
@@ -138,7 +161,8 @@ def _item_record(raster: ItemRaster) -> dict:
         "end_datetime": item.properties.get("end_datetime"),
         "collection": item.collection_id,
         "bbox": list(item.bbox) if item.bbox else None,
-        "footprint": item.geometry,
+        "footprint": footprint,
+        "footprint_is_hull": hull,
         "assets": raster.assets,
         "labels": raster.label_href,
         "grid": {
