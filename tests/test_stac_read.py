@@ -248,3 +248,50 @@ def test_a_remote_catalog_cannot_point_at_local_files(scenes, tmp_path):
     with FaultyServer({"/x/item.json": json.dumps(item).encode()}) as server:
         with pytest.raises(StacError, match="a remote catalog may name only URLs"):
             load_items(f"{server.url}/x/item.json")
+
+
+class _FlakyStatus(dict):
+    """``FaultyServer.status`` answering 503 to the first ``times`` requests of each COG."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times, self.seen = times, {}
+
+    def get(self, path, default=None):
+        if path.endswith(".tif"):
+            self.seen[path] = self.seen.get(path, 0) + 1
+            if self.seen[path] <= self.times:
+                return 503
+        return default
+
+
+@pytest.mark.parametrize("retries, ok", [(2, True), (1, False)])
+def test_remote_reads_retry_as_the_shard_store_says(scenes, tmp_path, monkeypatch, retries, ok):
+    catalog, arrays = scenes
+    monkeypatch.setenv("TERRASEG_SHARD_RETRIES", str(retries))
+    monkeypatch.setenv("TERRASEG_SHARD_BACKOFF", "0.05")
+    with FaultyServer(_objects(catalog.parent, "/stac")) as server, remote_reads():
+        server.drop_after = (50, 1)  # each catalog document: first GET cut short, then whole
+        items = load_items(f"{server.url}/stac/catalog.json")
+        server.drop_after = None  # GDAL takes a cut body for the file (docs/stac.md)
+        server.status = _FlakyStatus(2)  # each COG: two 503s, then served
+        if ok:
+            with open_item(items[0], ["red"], tmp_path) as reader:
+                window = reader.read(0, 64, 0, 64)
+            np.testing.assert_array_equal(window[..., 0], arrays["scene-a"]["B04"][:64, :64])
+        else:
+            with pytest.raises(StacError, match=r"item 'scene-a': asset 'B04' .*503"):
+                open_item(items[0], ["red"], tmp_path)
+    documents = [p for m, p, _ in server.requests if m == "GET" and p.endswith(".json")]
+    assert documents.count("/stac/catalog.json") == 2  # the short body was read again
+
+
+def test_a_catalog_that_keeps_failing_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("TERRASEG_SHARD_RETRIES", "1")
+    monkeypatch.setenv("TERRASEG_SHARD_BACKOFF", "0.01")
+    with FaultyServer({"/c.json": b"{}"}) as server:
+        server.status["/c.json"] = 502
+        with pytest.raises(StacError, match=r"c.json: cannot read after 2 tries \(HTTPError"):
+            load_items(f"{server.url}/c.json")
+        with pytest.raises(StacError, match=r"missing.json: not found \(HTTP 404\)"):
+            load_items(f"{server.url}/missing.json")

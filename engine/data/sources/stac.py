@@ -13,9 +13,10 @@ Catalogs are data someone else wrote, so every read is bounded: each JSON docume
 metadata limit of :mod:`engine.jsonfile` (``TERRASEG_MAX_METADATA_BYTES``, 16 MiB by default),
 the items by ``TERRASEG_STAC_MAX_ITEMS`` (default 10,000; more is an error, not a silent
 cut), the documents read by ``TERRASEG_STAC_MAX_DOCUMENTS`` (default 10,000), the depth of
-``child`` links by :data:`MAX_DEPTH`. A document read from a URL may only link to (and name
-assets at) URLs: never to local files. Relative links and asset hrefs resolve against the
-document's own location, as STAC says.
+``child`` links by :data:`MAX_DEPTH`. Remote documents are read with the shard store's
+timeouts, deadline and retries (:func:`_read_remote`). A document read from a URL may only
+link to (and name assets at) URLs: never to local files. Relative links and asset hrefs
+resolve against the document's own location, as STAC says.
 
 Errors are :class:`StacError`: one line naming the document or item and the problem.
 """
@@ -24,6 +25,9 @@ from __future__ import annotations
 
 import os
 import posixpath
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -35,7 +39,6 @@ DEFAULT_MAX_ITEMS = 10_000
 DEFAULT_MAX_DOCUMENTS = 10_000
 MAX_DEPTH = 16  # nested child catalogs followed at most
 REMOTE_SCHEMES = ("http", "https", "s3")
-TIMEOUT_S = 30.0  # connect and read timeout of one catalog document over HTTP
 
 
 class StacError(UserError):
@@ -122,26 +125,74 @@ def read_document(href: str) -> dict:
     return data
 
 
-def _read_remote(url: str, limit: int) -> bytes:
-    """At most ``limit + 1`` bytes of ``url`` through fsspec (S3 endpoint from the env)."""
-    import fsspec
-
-    scheme = urlsplit(url).scheme.lower()
-    if scheme == "s3":
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        fs = fsspec.filesystem("s3", endpoint_url=endpoint or None)
-    else:
-        import aiohttp
-
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=TIMEOUT_S, sock_read=TIMEOUT_S)
-        fs = fsspec.filesystem(scheme, client_kwargs={"timeout": timeout})
+def shard_setting(name: str, default: float) -> float:
+    """A number >= 0 from the shard store's environment variable ``name`` (``default``)."""
+    text = os.environ.get(name, "")
     try:
-        with fs.open(url, "rb", block_size=0) as handle:
+        value = float(text) if text else default
+    except ValueError as error:
+        raise StacError(f"{name}={text!r} is not a number") from error
+    if not value >= 0:
+        raise StacError(f"{name}={text!r} must be >= 0")
+    return value
+
+
+def _fetch_once(url: str, limit: int) -> bytes:
+    """One try at the first ``limit + 1`` bytes of ``url``.
+
+    A body short of its Content-Length is an error (``http.client`` returns it without one).
+    """
+    timeout = shard_setting("TERRASEG_SHARD_TIMEOUT", 30.0) or None
+    if urlsplit(url).scheme.lower() == "s3":
+        import fsspec
+
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        config = {"connect_timeout": timeout, "read_timeout": timeout}
+        fs = fsspec.filesystem("s3", endpoint_url=endpoint or None, config_kwargs=config)
+        with fs.open(url, "rb") as handle:
             return handle.read(limit + 1)
-    except FileNotFoundError as error:
-        raise StacError(f"{url}: not found") from error
-    except Exception as error:  # aiohttp / botocore errors: one line naming the URL
-        raise StacError(f"{url}: cannot read ({type(error).__name__}: {error})") from error
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s)
+        data = response.read(limit + 1)
+        length = response.headers.get("Content-Length", "")
+    if length.isdigit() and len(data) < min(int(length), limit + 1):
+        raise ConnectionError(f"short body: {len(data)} of {length} bytes")
+    return data
+
+
+def _read_remote(url: str, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of ``url``, retried as the shard store retries.
+
+    A failed read (a dropped connection or short body, a timeout, HTTP 5xx or 429) is tried
+    again ``TERRASEG_SHARD_RETRIES`` times (default 5), ``TERRASEG_SHARD_BACKOFF`` x 2^n
+    seconds apart (default 1, at most 30); "not found", "forbidden" and other HTTP 4xx fail
+    at once. Tries stop once ``TERRASEG_SHARD_DEADLINE`` seconds (default 120) have passed.
+    """
+    retries = int(shard_setting("TERRASEG_SHARD_RETRIES", 5))
+    backoff = shard_setting("TERRASEG_SHARD_BACKOFF", 1.0)
+    deadline = time.monotonic() + shard_setting("TERRASEG_SHARD_DEADLINE", 120.0)
+    for attempt in range(retries + 1):
+        try:
+            return _fetch_once(url, limit)
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                raise StacError(f"{url}: not found (HTTP 404)") from error
+            if error.code != 429 and error.code < 500:
+                raise StacError(f"{url}: HTTP {error.code} {error.reason}") from error
+            failure: Exception = error
+        except FileNotFoundError as error:
+            raise StacError(f"{url}: not found") from error
+        except PermissionError as error:
+            raise StacError(f"{url}: forbidden") from error
+        except Exception as error:  # dropped connections, timeouts, botocore errors
+            failure = error
+        if attempt == retries or time.monotonic() >= deadline:
+            detail = str(failure).splitlines()[0] if str(failure) else ""
+            raise StacError(
+                f"{url}: cannot read after {attempt + 1} tries ({type(failure).__name__}: {detail})"
+            ) from failure
+        time.sleep(min(30.0, backoff * 2**attempt, max(0.0, deadline - time.monotonic())))
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 class _Walk:

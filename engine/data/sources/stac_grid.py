@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from engine.data.sources.raster_base import GDAL_CACHE_BYTES
-from engine.data.sources.stac import StacError, is_remote
+from engine.data.sources.stac import StacError, is_remote, shard_setting
 from engine.data.sources.stac_assets import AssetBand
 
 GDAL_TYPES = {
@@ -58,24 +58,17 @@ def gdal_path(href: str) -> str:
     return href
 
 
-def _number(name: str, default: float) -> float:
-    text = os.environ.get(name, "")
-    try:
-        value = float(text) if text else default
-    except ValueError as error:
-        raise StacError(f"{name}={text!r} is not a number") from error
-    if not value >= 0:
-        raise StacError(f"{name}={text!r} must be >= 0")
-    return value
-
-
 def remote_read_config() -> dict[str, str]:
     """The GDAL options of remote asset reads, from the shard store's settings (module notes)."""
     config = {
-        "GDAL_HTTP_MAX_RETRY": str(int(_number("TERRASEG_SHARD_RETRIES", 5))),
-        "GDAL_HTTP_RETRY_DELAY": f"{_number('TERRASEG_SHARD_BACKOFF', 1.0):g}",
-        "GDAL_HTTP_TIMEOUT": str(max(1, math.ceil(_number("TERRASEG_SHARD_DEADLINE", 120.0)))),
-        "GDAL_HTTP_CONNECTTIMEOUT": str(max(1, math.ceil(_number("TERRASEG_SHARD_TIMEOUT", 30)))),
+        "GDAL_HTTP_MAX_RETRY": str(int(shard_setting("TERRASEG_SHARD_RETRIES", 5))),
+        "GDAL_HTTP_RETRY_DELAY": f"{shard_setting('TERRASEG_SHARD_BACKOFF', 1.0):g}",
+        "GDAL_HTTP_TIMEOUT": str(
+            max(1, math.ceil(shard_setting("TERRASEG_SHARD_DEADLINE", 120.0)))
+        ),
+        "GDAL_HTTP_CONNECTTIMEOUT": str(
+            max(1, math.ceil(shard_setting("TERRASEG_SHARD_TIMEOUT", 30)))
+        ),
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing per asset
     }
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
