@@ -17,7 +17,7 @@ from conftest import tiny_config
 from rasterio.warp import transform_geom
 from servers_faulty import FaultyServer
 from shapely.geometry import box, mapping, shape
-from stac_catalogs import save_catalog, write_cog
+from stac_catalogs import save_catalog, write_cog, write_scene
 
 from engine.commands import build_shards as build_command
 from engine.commands import predict as predict_command
@@ -157,3 +157,15 @@ def test_predict_over_http_reads_the_same_pixels(s2_catalog, trained, tmp_path):
     np.testing.assert_array_equal(remote_mask, local_mask)
     link = next(link for link in item.links if link.rel == "derived_from")
     assert link.get_absolute_href() == f"{server.url}/s2/{ITEM_ID}/{ITEM_ID}.json"
+
+
+def test_items_without_the_models_bands_are_refused_naming_the_item(trained, tmp_path, capsys):
+    item, _ = write_scene(tmp_path, "rgb-only", (500000.0, 5000000.0), size=64)
+    catalog = save_catalog(tmp_path, [item])
+    out = tmp_path / "pred"
+    code = predict_command.main(["--model", str(trained), "--stac", str(catalog), "--out",
+                                 str(out), "--no-progress"])  # fmt: skip
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.count("\n") == 0
+    assert "item 'rgb-only': no asset or band named 'B1'" in error
+    assert not out.exists()  # refused before anything is written

@@ -47,7 +47,8 @@ def predict_items(
         log: Gets a header line, one line per item, and the catalog's path.
 
     Returns:
-        The results per item (in item order) and the catalog file.
+        The results per item (in item order; ``source`` is the item's temporary VRT, gone
+        once this returns) and the catalog file.
 
     Raises:
         UserError: naming the item, model or setting that cannot be used (before anything
@@ -60,7 +61,12 @@ def predict_items(
     wanted = list(assets) if assets else list(loaded.normalization.names)
     with tempfile.TemporaryDirectory(prefix="terraseg-stac-") as folder, remote_reads():
         rasters = item_rasters(items, wanted, folder, resolution=resolution)
-        results = predict_files(loaded, [str(r.image) for r in rasters], out, options, log)
+        prefix = f"{Path(folder)}/"  # lines name the item's file, not the temporary folder
+
+        def say(line: str) -> Any:
+            return log(line.replace(prefix, ""))
+
+        results = predict_files(loaded, [str(r.image) for r in rasters], out, options, say)
     catalog = _write_catalog(loaded, rasters, results, Path(out), options)
     log(f"STAC catalog of {len(results)} prediction(s): {catalog}")
     return results, catalog
