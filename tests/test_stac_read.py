@@ -295,3 +295,13 @@ def test_a_catalog_that_keeps_failing_is_one_line(tmp_path, monkeypatch):
             load_items(f"{server.url}/c.json")
         with pytest.raises(StacError, match=r"missing.json: not found \(HTTP 404\)"):
             load_items(f"{server.url}/missing.json")
+
+
+def test_a_label_asset_short_of_the_image_without_nodata_is_refused(tmp_path):
+    def short_label(item, folder):
+        transform = Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1])
+        write_cog(folder / "bad-item_label.tif", np.ones((32, 64), np.uint8), transform)
+
+    catalog = _one_item(tmp_path, short_label)
+    message = _error(catalog, ["red"], tmp_path, labels=True, label_key="label")
+    assert "label asset 'label' does not cover the image's extent" in message

@@ -61,6 +61,8 @@ def check_stac_arguments(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error("give --stac or --stac-api, not both")
     if searching and not args.stac_api:
         parser.error(f"--{searching[0]} goes with --stac-api")
+    if args.resolution is not None and not args.resolution > 0:
+        parser.error(f"--resolution {args.resolution}: must be a positive size in CRS units")
     if not uses_stac(args) and (args.assets or args.resolution):
         parser.error("--assets and --resolution go with --stac or --stac-api")
 

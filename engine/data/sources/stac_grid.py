@@ -231,6 +231,18 @@ def item_grid(
     return ItemGrid(first.crs, Affine(size, 0.0, left, 0.0, -size, top), width, height)
 
 
+def covers(header: AssetHeader, grid: ItemGrid) -> bool:
+    """Whether the asset's pixels cover the whole grid (to half a grid pixel)."""
+    t, g = header.transform, grid.transform
+    slack = grid.resolution / 2
+    return (
+        t.c <= g.c + slack
+        and t.f >= g.f - slack
+        and t.c + header.width * t.a >= g.c + grid.width * g.a - slack
+        and t.f + header.height * t.e <= g.f + grid.height * g.e + slack
+    )
+
+
 def _source(band: ET.Element, header: AssetHeader, number: int, grid: ItemGrid, how: str) -> None:
     """Add one ``ComplexSource`` placing band ``number`` of ``header`` on ``grid``."""
     source = ET.SubElement(band, "ComplexSource", resampling=how)

@@ -18,7 +18,14 @@ from typing import Any
 from engine.data.sources.raster_base import RasterReader
 from engine.data.sources.stac import StacError
 from engine.data.sources.stac_assets import AssetBand, label_asset, select_assets
-from engine.data.sources.stac_grid import AssetHeader, ItemGrid, item_grid, read_header, vrt_xml
+from engine.data.sources.stac_grid import (
+    AssetHeader,
+    ItemGrid,
+    covers,
+    item_grid,
+    read_header,
+    vrt_xml,
+)
 
 #: Items whose asset headers are read at once (remote headers are a few small requests each).
 HEADER_THREADS = 8
@@ -125,6 +132,11 @@ def item_raster(
         return replace(raster, label_kind=kind, label_href=choice.href)
     header = read_header(item, choice)
     item_grid(item, {**headers, choice.key: header})  # the same CRS, or an error naming both
+    if header.nodata is None and not covers(header, grid):
+        raise StacError(
+            f"item {item.id!r}: label asset {choice.key!r} does not cover the image's extent "
+            "and has no nodata value, so the pixels outside it would read as class value 0"
+        )
     label = stem.with_name(stem.name + ".label.vrt")
     label.write_text(vrt_xml(grid, [("label", header, 1)], "nearest", header.nodata))
     return replace(raster, label=label, label_kind=kind, label_href=choice.href)
