@@ -32,9 +32,13 @@ HEADER_THREADS = 8
 
 
 def file_stem(item_id: str) -> str:
-    """The item id as a file stem: characters other than letters, digits, ``-_.`` → ``_``."""
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in item_id).strip(".")
-    return stem or "item"
+    """The item id as a file stem (also a safe id for the prediction's STAC item).
+
+    Characters other than ASCII letters, digits, ``-``, ``_`` and ``.`` become ``_``; no
+    leading ``-`` or ``.``; at most 200 characters.
+    """
+    stem = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in item_id)
+    return stem.lstrip("-.").rstrip(".")[:200] or "item"
 
 
 @dataclass(frozen=True)
