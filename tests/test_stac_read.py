@@ -305,3 +305,12 @@ def test_a_label_asset_short_of_the_image_without_nodata_is_refused(tmp_path):
     catalog = _one_item(tmp_path, short_label)
     message = _error(catalog, ["red"], tmp_path, labels=True, label_key="label")
     assert "label asset 'label' does not cover the image's extent" in message
+
+
+def test_a_cycle_of_child_links_ends(scenes, tmp_path):
+    catalog, _ = scenes
+    data = json.loads(catalog.read_text())
+    here = tmp_path / "loop.json"
+    data["links"].append({"rel": "child", "href": str(here)})  # itself
+    here.write_text(json.dumps(data).replace('"./scene', f'"{catalog.parent}/scene'))
+    assert [item.id for item in load_items(here)] == ["scene-a", "scene-b"]

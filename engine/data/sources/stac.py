@@ -6,7 +6,8 @@
 - an **ItemCollection** (``"type": "FeatureCollection"``): its features;
 - a **Catalog** or **Collection**: the items reached through its ``item`` links and, depth
   first, the ``item`` links of the catalogs its ``child`` links name (no other link is ever
-  followed: not ``parent``, ``root``, ``self``, ``alternate`` or anything else);
+  followed: not ``parent``, ``root``, ``self``, ``alternate`` or anything else; a document
+  already read is not read again, so a cycle of links ends);
 - an **Item** (``"type": "Feature"``): that item.
 
 Catalogs are data someone else wrote, so every read is bounded: each JSON document by the
@@ -201,6 +202,7 @@ class _Walk:
     def __init__(self) -> None:
         self.items: list[Any] = []
         self.documents = 0
+        self.seen: set[str] = set()  # documents read: a link back to one is not followed
         self.max_items = max_items()
         self.max_documents = _limit("TERRASEG_STAC_MAX_DOCUMENTS", DEFAULT_MAX_DOCUMENTS)
 
@@ -276,7 +278,9 @@ def _walk(data: dict, href: str, walk: _Walk, depth: int) -> None:
         for link in links:
             if isinstance(link, dict) and link.get("rel") == rel:
                 target = resolve_href(link.get("href"), href)
-                _walk(walk.read(target), target, walk, depth + 1)
+                if target not in walk.seen:
+                    walk.seen.add(target)
+                    _walk(walk.read(target), target, walk, depth + 1)
 
 
 def load_items(source: str | Path) -> list[Any]:
@@ -296,6 +300,7 @@ def load_items(source: str | Path) -> list[Any]:
     """
     href = location(str(source))
     walk = _Walk()
+    walk.seen.add(href)
     _walk(walk.read(href), href, walk, 0)
     if not walk.items:
         raise StacError(f"{source}: no STAC items")
