@@ -230,8 +230,10 @@ def item_from_dict(data: dict, href: str) -> Any:
     Raises:
         StacError: naming the item (or ``href``) when it is not a valid item.
     """
-    import pystac
-
+    try:
+        import pystac
+    except ImportError:
+        raise StacError("reading STAC items needs pystac: pip install 'terraseg[stac]'") from None
     name = data.get("id") if isinstance(data.get("id"), str) else href
     if data.get("type") != "Feature":
         raise StacError(f"{href}: item {name!r} is not a STAC Item (type {data.get('type')!r})")
