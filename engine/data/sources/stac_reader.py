@@ -179,7 +179,11 @@ def item_rasters(
 def open_item(
     item: Any, wanted: list[str], folder: str | Path, *, resolution: float | None = None
 ) -> RasterReader:
-    """A window reader of ``item``'s selected assets on one grid (see :func:`item_raster`)."""
+    """A window reader of ``item``'s selected assets on one grid (see :func:`item_raster`).
+
+    Remote assets get the shard store's retries and timeouts inside
+    :func:`engine.data.sources.stac_grid.remote_reads` (the commands enter it).
+    """
     from engine.data.sources.rasters import open_raster
 
     return open_raster(item_raster(item, wanted, folder, resolution=resolution).image)
