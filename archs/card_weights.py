@@ -174,7 +174,8 @@ def check_card_file(card: WeightCard, layout: Mapping[str, tuple[int, ...]], pat
         if key not in expected:
             problems.append(f"has unexpected tensor {key}")
         elif not key.startswith(card.head_prefixes) and tuple(shape) != expected[key]:
-            problems.append(f"{key} has shape {list(shape)}, the card expects {list(expected[key])}")
+            wanted = list(expected[key])
+            problems.append(f"{key} has shape {list(shape)}, the card expects {wanted}")
     if problems:
         count = f"{len(problems)} difference(s) from timm {card.timm_name}"
         raise _error(path, card, f"{count} with {len(card.bands)} bands, first: {problems[0]}")
