@@ -92,3 +92,20 @@ def test_the_shipped_config_takes_the_path_by_set(tmp_path):
     assert config.model.arch == "unet_resnet18" and archs.get_card(CARD).timm_name == "resnet18"
     plain = load_config("unet_resnet18_ssl4eo", ["model.weights=/data/timm-r18.safetensors"])
     assert plain.model.weights == "/data/timm-r18.safetensors"  # a path keeps today's meaning
+
+
+def test_a_resumed_card_run_needs_the_weight_file_no_more(tmp_path, capsys):
+    shards = s2_shards(tmp_path)
+    weights = write(published_state(CARD, head=False), tmp_path / "r18.safetensors")
+    first = card_config(shards, weights, "train.checkpoint_every=2", "train.stop_after_steps=2")
+    with pytest.raises(SystemExit):
+        train(first, tmp_path / "run")
+    assert capsys.readouterr().out.count(f"weight card {CARD}:") == 1
+    weights.unlink()  # the checkpoint holds the encoder and the input stage
+    train(
+        card_config(shards, weights, "train.checkpoint_every=2"), tmp_path / "run", resume="latest"
+    )
+    assert f"weight card {CARD}:" not in capsys.readouterr().out
+    exported = load_exported(tmp_path / "run")
+    assert exported.spec["options"]["input_card"] == CARD
+    assert not torch.equal(exported.model.input_stage.scale, torch.ones(4))
