@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._registry import register_model
+from .cards import list_cards
+from .input_stage import InputAffine
 from .layers import DoubleConv, SegmentationModel, init_conv_bn_, init_head_
 from .options import Option
 from .weights import create_timm_model
@@ -66,6 +68,10 @@ class ResUNet(SegmentationModel):
         zero_init_last: Keep timm's zero scales of the residual branches' last BatchNorm
             (default ``False``: they start at 1, as in torchvision and smp). Loaded weights
             are never changed.
+        input_card: Name of a weight card (:mod:`archs.cards`): the model gets a fixed
+            per-band affine input stage (``input_stage``, buffers saved with the weights)
+            that :func:`archs.load_card_weights` sets to that card's input scaling. It
+            starts as the identity. ``None`` (default): no input stage.
     """
 
     def __init__(
@@ -79,8 +85,11 @@ class ResUNet(SegmentationModel):
         weights: str | os.PathLike[str] | None = None,
         head_kernel: int = 3,
         zero_init_last: bool = False,
+        input_card: str | None = None,
     ) -> None:
         super().__init__(num_classes, in_channels, size_divisor=32)
+        self.input_card = input_card
+        self.input_stage = InputAffine(in_channels) if input_card is not None else None
         decoder_channels = tuple(int(c) for c in decoder_channels)
         if len(decoder_channels) != 5 or min(decoder_channels) < 1:
             raise ValueError(f"decoder_channels needs 5 positive widths, got {decoder_channels}")
@@ -137,6 +146,8 @@ class ResUNet(SegmentationModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits ``[B, num_classes, H, W]``."""
         self.check_input(x)
+        if self.input_stage is not None:
+            x = self.input_stage(x)
         feats = self.encoder(x)
         h = feats[-1]
         for idx, block in zip(self.skip_index, self.decoder):
@@ -147,16 +158,18 @@ class ResUNet(SegmentationModel):
         return self.head(h)
 
 
-@register_model(
-    {
-        "encoder": Option(str, 1, 128, timm_model=True),
-        "decoder_channels": Option(int, 1, 2048, lengths=((5, 5),)),
-        "pretrained": Option(bool),
-        "weights": Option(Path, optional=True),
-        "head_kernel": Option(int, choices=(1, 3)),
-        "zero_init_last": Option(bool),
-    }
-)
+#: The options of a U-Net on a timm encoder (besides ``encoder`` itself).
+ENCODER_UNET_OPTIONS = {
+    "decoder_channels": Option(int, 1, 2048, lengths=((5, 5),)),
+    "pretrained": Option(bool),
+    "weights": Option(Path, optional=True),
+    "head_kernel": Option(int, choices=(1, 3)),
+    "zero_init_last": Option(bool),
+    "input_card": Option(str, choices=tuple(list_cards()), optional=True),
+}
+
+
+@register_model({"encoder": Option(str, 1, 128, timm_model=True), **ENCODER_UNET_OPTIONS})
 def resunet34(
     num_classes: int,
     in_channels: int = 3,
@@ -167,6 +180,7 @@ def resunet34(
     weights: str | os.PathLike[str] | None = None,
     head_kernel: int = 3,
     zero_init_last: bool = False,
+    input_card: str | None = None,
 ) -> ResUNet:
     """ResUNet-34: timm ResNet-34 encoder, UNet decoder with skip concatenations.
 
@@ -180,6 +194,8 @@ def resunet34(
         head_kernel: Kernel of the logits conv (3, or 1 as before issue #16).
         zero_init_last: Start the residual branches' last BatchNorm scales at 0 (timm's
             default) instead of 1.
+        input_card: Weight card whose input scaling the input stage applies (see
+            :class:`ResUNet`); None: no input stage.
 
     Returns:
         The model; ``forward`` returns logits ``[B, N, H, W]``.
@@ -193,4 +209,5 @@ def resunet34(
         weights=weights,
         head_kernel=head_kernel,
         zero_init_last=zero_init_last,
+        input_card=input_card,
     )

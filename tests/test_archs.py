@@ -25,6 +25,9 @@ EXPECTED = {
     "resuneta_d6_mtsk",
     "resuneta_d7",
     "resuneta_d7_mtsk",
+    "unet_resnet18",
+    "unet_resnet34",
+    "unet_resnet50",
 }
 # tiny but structurally complete variants of every registered model
 TINY: dict[str, dict] = {
@@ -36,6 +39,9 @@ TINY: dict[str, dict] = {
     "resuneta_d6_mtsk": {"base_width": 8},
     "resuneta_d7": {"base_width": 8},
     "resuneta_d7_mtsk": {"base_width": 8},
+    "unet_resnet18": {"decoder_channels": (16, 16, 8, 8, 8), "input_card": "imagenet_resnet18"},
+    "unet_resnet34": {"decoder_channels": (16, 16, 8, 8, 8)},
+    "unet_resnet50": {"decoder_channels": (16, 16, 8, 8, 8)},
 }
 
 

@@ -40,7 +40,7 @@ def test_overrides_parse_yaml_values_and_merge_free_form_options():
         ("data.hflip=maybe", "data.hflip must be true or false, got 'maybe'"),
         ("data.hflip=yes", "data.hflip must be true or false, got 'yes'"),
         ("data.hflip=1", "data.hflip must be true or false, got 1"),
-        ("model.arch=unet3", r"model\.arch = 'unet3' is not known; choose from \[.*'unet'\]"),
+        ("model.arch=unet3", r"model\.arch = 'unet3' is not known; choose from \[.*'unet'.*\]"),
         ("loss.spec=ce+dise", r"loss\.spec = 'ce\+dise': unknown loss 'dise'"),
         ("seed=-1", r"seed must be ≥ 0, got -1"),
         ("seed=4294967296", r"seed must be at most 4294967295 \(NumPy seeds are 32-bit\)"),

@@ -22,13 +22,24 @@ Building footprints without attributes (every polygon is a building, the rest la
 Bands kept one per file (red_X.TIF, green_X.TIF, ...):
     python launch/build_shards.py --images "scene/red_*.TIF" --masks "scene/gt_*.TIF" \
         --image-key "red_(.*)" --mask-key "gt_(.*)" --band-files red,green,blue,nir ...
+STAC items (one image per item, assets read by windows onto one grid; docs/stac.md):
+    python launch/build_shards.py --stac catalog.json --assets red,green,blue,nir \
+        --label-asset labels --classes classes.yaml --out shards/s2
 """
 
 import argparse
 import sys
+import tempfile
 from dataclasses import replace
 
 from engine.cli import HelpFormatter
+from engine.commands.stac_args import (
+    add_stac_arguments,
+    asset_list,
+    check_stac_arguments,
+    stac_items,
+    uses_stac,
+)
 from engine.data.build.advice import print_warning
 from engine.data.build.builder import BuildOptions, build_shards
 from engine.data.build.output import BuildError
@@ -177,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_arguments(parser)
     _add_output_arguments(parser, defaults)
     _add_band_arguments(parser)
+    add_stac_arguments(
+        parser,
+        "with --stac/--stac-api: the bands to read, by asset key or eo:bands name or\n"
+        "common name (B04,B03,B02 or red,green,blue,nir); required",
+    )
+    parser.add_argument(
+        "--label-asset",
+        metavar="KEY",
+        help="with --stac/--stac-api: each item's raster label asset (read nearest on the\n"
+        "image's grid); default: the STAC label extension, or --vector FILE",
+    )
     parser.add_argument(
         "--workers", type=int, default=defaults.workers, help="processes decoding and encoding"
     )
@@ -184,8 +206,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_stac_sources(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse file options with STAC items, and a STAC build without ``--assets``."""
+    check_stac_arguments(parser, args)
+    files = [
+        option
+        for option in (
+            "images",
+            "masks",
+            "pairs_csv",
+            "image_key",
+            "mask_key",
+            "mask_from",
+            "band_files",
+        )
+        if getattr(args, option)
+    ]
+    if files:
+        parser.error(f"--{files[0].replace('_', '-')} does not go with --stac/--stac-api")
+    if not args.assets:
+        parser.error("--stac/--stac-api need --assets (asset keys or band names)")
+    if args.label_asset and args.vector:
+        parser.error("give --label-asset or --vector, not both")
+    if args.vector and bool(args.attribute) == bool(args.burn):
+        parser.error("--vector needs exactly one of --attribute FIELD and --burn CLASS")
+    if args.attribute and args.burn:
+        parser.error("give --attribute or --burn, not both")
+
+
 def _check_sources(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse (through ``parser.error``) a combination of input options that does not fit."""
+    if uses_stac(args):
+        _check_stac_sources(parser, args)
+        return
+    check_stac_arguments(parser, args)
+    if args.label_asset:
+        parser.error("--label-asset goes with --stac or --stac-api")
     if args.vector:
         if args.masks or args.pairs_csv or not args.images:
             parser.error("--vector goes with --images (not --masks/--pairs-csv)")
@@ -258,6 +314,41 @@ def _pairs_and_options(
     return pairs, options
 
 
+def _build_from_stac(args: argparse.Namespace, classes, options: BuildOptions) -> dict:
+    """Build from the STAC items of ``--stac``/``--stac-api`` (docs/stac.md).
+
+    Raises:
+        UserError: naming the catalog or item that cannot be read, or the build's errors.
+    """
+    from engine.data.build.stac_pairs import StacLabels, stac_pairs, stac_record
+    from engine.data.sources.stac_grid import remote_reads
+
+    items, source = stac_items(args)
+    assets = asset_list(args.assets) or []
+    labels = StacLabels(
+        asset=args.label_asset, vector=bool(args.vector), attribute=args.attribute,
+        burn=args.burn, background=_background(args.background), classes=classes,
+        unknown=args.unknown,
+    )  # fmt: skip
+    vector = None
+    if args.vector:
+        vector = VectorLabels(
+            args.vector, args.attribute, _background(args.background), args.all_touched,
+            burn=args.burn, classes=classes, layer=args.layer, unknown=args.unknown,
+        )  # fmt: skip
+        options = replace(options, vector_labels=vector)
+    with tempfile.TemporaryDirectory(prefix="terraseg-stac-") as folder, remote_reads():
+        pairs, rasters = stac_pairs(
+            items, assets, folder, labels, resolution=args.resolution, group=args.group
+        )
+        if vector is not None:
+            note = off_images_note(vector, [pair.image for pair in pairs])
+            if note:
+                print_warning(note)
+        record = stac_record(source, assets, rasters, args.resolution)
+        return build_shards(pairs, classes, args.out, replace(options, stac=record))
+
+
 def _print_summary(manifest: dict) -> None:
     """Print how the shards were split and each split's and band's statistics."""
     record = manifest["split"]
@@ -289,8 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = _build_options(args)
         classes = load_classes(args.classes)
-        pairs, options = _pairs_and_options(parser, args, classes, options)
-        manifest = build_shards(pairs, classes, args.out, options)
+        if uses_stac(args):
+            manifest = _build_from_stac(args, classes, options)
+        else:
+            pairs, options = _pairs_and_options(parser, args, classes, options)
+            manifest = build_shards(pairs, classes, args.out, options)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -45,6 +45,13 @@ Example:
         --polygons preds/chip.gpkg --simplify 1
     python launch/predict.py --model runs/rgbn --input "scene/red_*.TIF" --out preds \
         --band-files red,green,blue,nir
+
+STAC items instead of --input (docs/stac.md): --stac ITEMS or --stac-api URL; each item's
+assets (--assets, default the model's band names matched to asset keys and eo:bands names)
+are read by windows onto one grid and predicted into <item id>_mask.tif (a COG), and a STAC
+catalog of the predictions (catalog.json, one item per mask linked to its source) is written
+into --out:
+    python launch/predict.py --model runs/s2 --stac items.json --out preds
 """
 
 import argparse
@@ -52,6 +59,13 @@ import signal
 import sys
 
 from engine.cli import HelpFormatter
+from engine.commands.stac_args import (
+    add_stac_arguments,
+    asset_list,
+    check_stac_arguments,
+    stac_items,
+    uses_stac,
+)
 from engine.errors import UserError
 from engine.infer.outputs import FORMATS
 from engine.infer.polygons import DEFAULT_MIN_AREA
@@ -102,9 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--input",
-        required=True,
         nargs="+",
-        help="image file(s), glob(s) (quote them) or folder(s) (their raster files)",
+        help="image file(s), glob(s) (quote them) or folder(s) (their raster files); or --stac",
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
@@ -138,7 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
         "lower it for many-band 16-bit rasters (13 int16 bands: ~9x the bytes of RGB)",
     )
     add_output_options(parser)
+    add_stac_arguments(
+        parser,
+        "with --stac/--stac-api: the bands to read, by asset key or eo:bands name or\n"
+        "common name (default: the model's band names)",
+    )
     return parser
+
+
+STAC_OPTIONS = (
+    "stac", "stac_api", "collections", "bbox", "datetime", "query", "max_items", "assets",
+    "resolution",
+)  # fmt: skip
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -220,17 +244,36 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
 
 def predict_options(args: argparse.Namespace) -> PredictOptions:
     """The per-file settings of parsed arguments (all but --model, --input and --out)."""
-    settings = {k: v for k, v in vars(args).items() if k not in ("model", "input", "out")}
+    skipped = ("model", "input", "out", *STAC_OPTIONS)
+    settings = {k: v for k, v in vars(args).items() if k not in skipped}
     settings["progress"] = not settings.pop("no_progress")
     return PredictOptions(**settings)
 
 
+def _predict_stac(args: argparse.Namespace) -> None:
+    """``--stac``/``--stac-api``: predict each item and write the predictions' catalog."""
+    from engine.infer.stac_predict import predict_items
+
+    items, _ = stac_items(args)
+    predict_items(args.model, items, args.out, predict_options(args),
+                  assets=asset_list(args.assets), resolution=args.resolution)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the subcommand on ``argv`` (the command line when None); return the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_stac_arguments(parser, args)
+    if bool(args.input) == uses_stac(args):
+        parser.error("give --input, or --stac/--stac-api")
+    if uses_stac(args) and args.band_files:
+        parser.error("--band-files does not go with --stac/--stac-api (use --assets)")
     try:
         with signals_raise(signal.SIGINT, signal.SIGTERM):
-            predict_files(args.model, args.input, args.out, predict_options(args))
+            if uses_stac(args):
+                _predict_stac(args)
+            else:
+                predict_files(args.model, args.input, args.out, predict_options(args))
     except Interrupted as stop:
         print(f"error: {stop}", file=sys.stderr)
         return stop.exit_code

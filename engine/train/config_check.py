@@ -109,6 +109,8 @@ def coerce(value: Any, hint: str, where: str, source: str) -> Any:
     kinds = {part.strip() for part in hint.split("|")}
     if "Any" in kinds or (value is None and "None" in kinds):
         return value
+    if isinstance(value, dict) and any(kind.startswith("dict") for kind in kinds):
+        return value
     problem = f"{source}: {where} must be {_describe(kinds)}, got {value!r}"
     if "bool" in kinds:
         if isinstance(value, bool):
@@ -208,6 +210,7 @@ def validate(config: Config) -> None:
     if config.data.crop_size % 32:
         raise ConfigError(f"data.crop_size must be divisible by 32, got {config.data.crop_size}")
     _check_arch(config)
+    _check_weight_card(config)
     _loss_is_multitask(config.loss.spec)
 
 
@@ -215,6 +218,62 @@ def _check_arch(config: Config) -> None:
     arch = config.model.arch
     if not archs.is_model(arch):
         raise ConfigError(f"model.arch = {arch!r} is not known; choose from {archs.list_models()}")
+
+
+WEIGHT_CARD_KEYS = ("card", "path")
+
+
+def _check_weight_card(config: Config) -> None:
+    """``model.weights`` as a mapping: ``{card: NAME, path: FILE}``, a known card."""
+    weights = config.model.weights
+    if not isinstance(weights, dict):
+        return
+    unknown = sorted(str(k)[:40] for k in set(weights) - set(WEIGHT_CARD_KEYS))
+    if unknown or "card" not in weights:
+        raise ConfigError(
+            f"model.weights as a mapping takes {{card: NAME, path: FILE}}, got keys "
+            f"{sorted(str(k)[:40] for k in weights)}"
+        )
+    try:
+        archs.get_card(weights["card"])
+    except ValueError as error:
+        raise ConfigError(f"model.weights.card: {error}") from None
+    if not isinstance(weights.get("path", ""), str):
+        raise ConfigError(f"model.weights.path must be a text, got {weights['path']!r:.80}")
+    if config.model.pretrained:
+        raise ConfigError("model.pretrained and a model.weights card exclude each other")
+
+
+def weight_card(config: Config) -> tuple[str, str] | None:
+    """``(card, path)`` when ``model.weights`` names a weight card, else None."""
+    weights = config.model.weights
+    if not isinstance(weights, dict):
+        return None
+    return str(weights["card"]), str(weights.get("path", ""))
+
+
+def _check_card_fits_arch(config: Config, accepted: dict[str, Any]) -> None:
+    card = weight_card(config)
+    if card is None:
+        return
+    name, path = card
+    arch = config.model.arch
+    if "input_card" not in accepted:
+        takers = [m for m in archs.list_models() if "input_card" in archs.model_options(m)]
+        raise ConfigError(
+            f"model.weights names weight card {name} but {arch!r} cannot load one; "
+            f"use one of {', '.join(takers)}"
+        )
+    chosen = config.model.options.get("input_card")
+    if chosen is not None and chosen != name:
+        raise ConfigError(
+            f"model.options.input_card = {chosen!r} differs from model.weights.card = {name!r}"
+        )
+    if not path:
+        raise ConfigError(
+            f"model.weights.path is empty: set the {name} weight file with "
+            "--set model.weights.path=FILE"
+        )
 
 
 def check_model_options(config: Config) -> None:
@@ -233,6 +292,7 @@ def check_model_options(config: Config) -> None:
         raise ConfigError(
             f"model.options {unknown} not accepted by {arch!r}; it takes {sorted(accepted)}"
         )
+    _check_card_fits_arch(config, accepted)
     for key in ("pretrained", "weights"):
         if getattr(config.model, key) and key not in accepted:
             raise ConfigError(f"model.{key} is set but {arch!r} has no encoder weights to load")

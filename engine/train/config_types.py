@@ -58,13 +58,20 @@ class ModelConfig:
         arch: Registered architecture name.
         options: Keyword options of the architecture (e.g. ``base_width``).
         pretrained: Load timm's ImageNet weights for timm encoders (needs the hub).
-        weights: Local encoder weights file (``.pth``/``.safetensors``) for offline clusters.
+        weights: Initial encoder weights from a local file. A path: a state dict of the
+            same timm model (``.pth``/``.safetensors``), loaded as timm loads it. A mapping
+            ``{card: NAME, path: FILE}``: a pretrained file described by a weight card
+            (``archs.list_cards()``, docs/archs.md "Weight cards"): the file is checked
+            against the card, the dataset's bands are matched to the card's by name, and
+            the model gets an input stage applying the card's scaling (the architecture
+            must take ``input_card``: ``unet_resnet18``/``34``/``50``, ``resunet34``).
+            Set the file with ``--set model.weights.path=FILE``.
     """
 
     arch: str = "unet"
     options: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
-    weights: str | None = None
+    weights: str | dict[str, Any] | None = None
 
 
 @dataclass

@@ -32,7 +32,7 @@ from engine.train.checkpoint import (
     within_plan,
 )
 from engine.train.config import Config, ConfigError, save_config
-from engine.train.config_check import check_model_options
+from engine.train.config_check import check_model_options, weight_card
 from engine.train.config_types import AUTO
 from engine.train.elastic import continue_on_this_world, global_batch
 from engine.train.history import History, history_columns
@@ -96,6 +96,7 @@ class Run:
     history: History
     tracker: Tracker
     best_choice: str | None = None  # what the best checkpoint's choice rests on, when weak
+    weights_report: str | None = None  # the weight card's bands matched, new and dropped
 
     @property
     def main(self) -> bool:
@@ -137,23 +138,60 @@ def build_accelerator(config: Config) -> Accelerator:
     )
 
 
-def build_model(config: Config, manifest: Manifest) -> tuple[torch.nn.Module, dict[str, Any]]:
+def build_model(
+    config: Config, manifest: Manifest, *, initial_weights: bool = True
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The network and its export spec.
 
     The spec is ``{"arch", "num_classes", "in_channels", "options", "bands", "rgb_bands"}``:
     one input channel per band of the manifest, and the bands' records (names, order,
     dtype, statistics, nodata) so that prediction reads and normalises exactly those bands.
+    With a weight card (``model.weights: {card, path}``) the options record
+    ``input_card`` (the input stage's buffers; their values travel with the weights) and
+    the card's file is loaded (:func:`build_model_reported`).
+    """
+    model, spec, _ = build_model_reported(config, manifest, initial_weights=initial_weights)
+    return model, spec
+
+
+def build_model_reported(
+    config: Config, manifest: Manifest, *, initial_weights: bool = True
+) -> tuple[torch.nn.Module, dict[str, Any], str | None]:
+    """:func:`build_model` and the weight card's one-line report (None without a card).
+
+    Args:
+        config: The run's config.
+        manifest: The shards' manifest (bands and statistics).
+        initial_weights: Load the card's file (False when a checkpoint's weights replace
+            them anyway).
+
+    Raises:
+        ConfigError: the card's file does not fit the card, or the bands match none of its.
     """
     options = dict(config.model.options)
     weights: dict[str, bool | str] = {}
+    card = weight_card(config)
+    if card is not None:
+        options["input_card"] = card[0]
+    elif config.model.weights:
+        weights["weights"] = str(config.model.weights)
     if config.model.pretrained:
         weights["pretrained"] = True
-    if config.model.weights:
-        weights["weights"] = config.model.weights
     normalization = manifest.normalization
     model = archs.create_model(
         config.model.arch, manifest.num_classes, normalization.in_channels, **options, **weights
     )
+    report = None
+    if card is not None and initial_weights:
+        bands = normalization.bands
+        try:
+            loaded = archs.load_card_weights(
+                model, card[0], card[1], band_names=[b.name for b in bands],
+                band_means=[b.mean for b in bands], band_stds=[b.std for b in bands],
+            )  # fmt: skip
+        except archs.PretrainedWeightsError as error:
+            raise ConfigError(f"model.weights: {error}") from error
+        report = loaded.line()
     spec = {
         "arch": config.model.arch,
         "num_classes": manifest.num_classes,
@@ -161,7 +199,7 @@ def build_model(config: Config, manifest: Manifest) -> tuple[torch.nn.Module, di
         "options": options,
         **normalization.records(),
     }
-    return model, spec
+    return model, spec, report
 
 
 def build_training_loss(
@@ -245,7 +283,11 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     check_and_warn(config, manifest, main)
     # Verified before anything is written: a refused resume leaves the run folder as it was.
     checkpoint = resume_and_plan(config, manifest, run_dir, resume, accelerator)
-    model, model_spec = build_model(config, manifest)
+    model, model_spec, weights_report = build_model_reported(
+        config, manifest, initial_weights=checkpoint is None
+    )
+    if weights_report is not None and main:
+        print(weights_report, flush=True)
     if checkpoint is not None:
         check_fits(checkpoint, model_spec, config.data.shards)
         load_checkpoint_weights(checkpoint, model)  # before the optimiser takes its parameters
@@ -288,7 +330,7 @@ def set_up(config: Config, run_dir: str | Path, resume: str | None) -> Run:
     return Run(
         config, run_dir, accelerator, manifest, model, model_spec, loss_fn, loss_terms,
         optimizer, scheduler, multitask, bool(channels_last), state, checkpoint is not None,
-        history, tracker, best_choice_note(config, manifest),
+        history, tracker, best_choice_note(config, manifest), weights_report,
     )  # fmt: skip
 
 

@@ -153,7 +153,7 @@ def final_metrics(run: Run) -> dict[str, Any]:
     config, manifest, state = run.config, run.manifest, run.state
     if state.best_step < 0:  # no val split: the final weights are the best we have
         export_best(run)
-    best, _ = build_model(config, manifest)
+    best, _ = build_model(config, manifest, initial_weights=False)  # the best weights replace them
     best.load_state_dict(load_file(str(run.run_dir / "best" / "model.safetensors")))
     best = best.to(run.device)
     if run.channels_last:

@@ -184,7 +184,7 @@ def _process_pair(args: tuple[Pair, PairSplit, ClassesFile, BuildOptions]) -> _P
         mask_tile[:height, :width] = mask[row : row + height, col : col + width]
         meta = {
             "key": pair.key,
-            "image": str(pair.image),
+            "image": getattr(pair, "source", "") or str(pair.image),  # a STAC item: its href
             "mask": str(pair.mask),
             "group": pair.group,
             "split": split,
@@ -392,6 +392,7 @@ def _manifest(
             for s, w in writers.items()
             if w.shards
         },
+        **({"stac": options.stac} if options.stac else {}),
     }
 
 

@@ -47,6 +47,8 @@ class BuildOptions:
         resample_labels: Resample a georeferenced mask that is off its image's grid onto
             it (nearest neighbour) instead of refusing it (:mod:`engine.data.build.label_grid`).
         workers: Processes that decode and encode in parallel.
+        stac: The manifest's ``stac`` entry when the images are STAC items
+            (:func:`engine.data.build.stac_pairs.stac_record`), else ``None``.
         overwrite: Replace an existing output folder.
     """
 
@@ -68,3 +70,4 @@ class BuildOptions:
     resample_labels: bool = False
     workers: int = 1
     overwrite: bool = False
+    stac: dict | None = None

@@ -64,7 +64,7 @@ def read_pair(pair: Pair, classes: ClassesFile, options: BuildOptions) -> PairDa
             f"{pair.image}: {bands}-band {dtype} image; --image-codec {options.image_codec} "
             "holds 3-band uint8 only: use --image-codec npy"
         )
-    vector = options.vector_labels
+    vector = getattr(pair, "vector_labels", None) or options.vector_labels  # STAC label items
     values = read_labels(pair, classes.encoding, vector)
     on_grid = None if vector else grid  # vector labels are rasterised on the image's grid
     mask_grid = check_label_grid(
