@@ -48,9 +48,13 @@ def tiny_options(name: str) -> dict:
     """Small options for ``name``: :data:`TINY`, else its width options made small."""
     if name in TINY:
         return TINY[name]
-    declared = archs.model_options(name)
-    small = {"base_width": 4, "fc_width": 64, "decoder_channels": (32, 16, 16, 8, 8)}
-    return {k: v for k, v in small.items() if k in declared}
+    defaults = archs.model_options(name)
+    small: dict = {k: 4 for k in ("base_width",) if k in defaults}
+    if "fc_width" in defaults:
+        small["fc_width"] = 64
+    if isinstance(defaults.get("decoder_channels"), (tuple, list)):
+        small["decoder_channels"] = tuple(max(8, c // 16) for c in defaults["decoder_channels"])
+    return small
 
 
 def int16_bands(count: int, nodata: float | None = -9999.0) -> Normalization:
@@ -120,6 +124,27 @@ def test_onnxruntime_matches_pytorch_for_every_architecture(name, tmp_path, reco
     assert max(errors) < TOLERANCE
     fixed = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
     assert bool(fixed[2].dim_value) == extent  # ResUNet-a: fixed to its crop; others dynamic
+
+
+def test_the_input_stage_of_card_weights_is_in_the_graph(tmp_path):
+    from archs.cards import list_cards
+
+    normalization = int16_bands(4)
+    torch.manual_seed(0)
+    options = {**tiny_options("unet_resnet18"), "input_card": list_cards()[0]}
+    model = archs.create_model("unet_resnet18", len(CLASSES), 4, **options).eval()
+    stages = [m for m in model.modules() if type(m).__name__ == "InputAffine"]
+    assert stages  # the scaling the card's weights expect, applied inside the network
+    with torch.no_grad():
+        stages[0].scale.uniform_(0.5, 2.0)
+        stages[0].shift.uniform_(-1.0, 1.0)
+    spec = {"arch": "unet_resnet18", "num_classes": 3, "in_channels": 4, "options": options}
+    manifest = {"classes": CLASSES, **normalization.records()}
+    save_exported(tmp_path / "best", model, spec, {}, manifest)
+    path = export_onnx(tmp_path / "best", tmp_path / "m.onnx")
+    bands = random_bands(np.random.default_rng(6), (2, 4, 64, 64))
+    error = np.abs(run_onnx(path, bands) - torch_probabilities(model, normalization, bands)).max()
+    assert error < TOLERANCE
 
 
 def test_labels_output_and_fixed_size(tmp_path):
