@@ -161,6 +161,14 @@ def test_labels_output_and_fixed_size(tmp_path):
     assert [d.dim_value for d in dims[1:]] == [4, 64, 64] and dims[0].dim_param == "batch"
     with pytest.raises(UserError, match="labels"):
         load_model(path, "cpu")  # prediction needs probabilities
+    fixed = export_onnx(tmp_path / "best", tmp_path / "fixed.onnx", tile=64, fixed_size=True)
+    loaded = load_model(fixed, "cpu")
+    assert loaded.tile == 64
+    with pytest.raises(UserError, match="64x64 windows only"):
+        loaded.exported.model(torch.zeros(1, 4, 32, 32))
+    dynamic = load_model(export_onnx(tmp_path / "best", tmp_path / "d.onnx"), "cpu")
+    with pytest.raises(UserError, match="size_divisor 16"):
+        dynamic.exported.model(torch.zeros(1, 4, 40, 48))
 
 
 def test_real_dubai_tile_and_sentinel2_chip_with_band_selection(tmp_path, dubai_dir):  # noqa: F811

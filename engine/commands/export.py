@@ -76,4 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
+    if not args.fixed_size:
+        print("note: height and width are dynamic; for QGIS Deepness export with --fixed-size")
+    if args.resolution is None:
+        print("note: no --resolution: Deepness will use the resolution set in its panel")
     return 0

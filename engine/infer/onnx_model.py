@@ -44,15 +44,33 @@ class OnnxModel(ProbabilityModel):
     Args:
         session: The ``onnxruntime.InferenceSession``.
         record: The file's metadata.
+        where: The file, named in errors.
     """
 
-    def __init__(self, session: Any, record: OnnxRecord) -> None:
-        self.session, self.record = session, record
+    def __init__(self, session: Any, record: OnnxRecord, where: str = "<onnx>") -> None:
+        self.session, self.record, self.where = session, record, where
         self.input_name = session.get_inputs()[0].name
         self.providers = list(session.get_providers())
 
     def __call__(self, bands: torch.Tensor) -> torch.Tensor:
-        """Probabilities ``[B, N, H, W]`` of native float32 bands ``[B, C, H, W]``."""
+        """Probabilities ``[B, N, H, W]`` of native float32 bands ``[B, C, H, W]``.
+
+        Raises:
+            UserError: for windows the graph cannot take (not its fixed size, or sides
+                that are not multiples of the model's ``size_divisor``).
+        """
+        height, width = bands.shape[-2:]
+        fixed, divisor = self.record.fixed_size, self.record.size_divisor
+        if fixed is not None and (height, width) != (fixed, fixed):
+            raise UserError(
+                f"{self.where}: the graph takes {fixed}x{fixed} windows only, not "
+                f"{height}x{width} (leave --tile out, or export without --fixed-size)"
+            )
+        if height % divisor or width % divisor:
+            raise UserError(
+                f"{self.where}: window {height}x{width} is not a multiple of the model's "
+                f"size_divisor {divisor}; choose a --tile that is"
+            )
         array = np.ascontiguousarray(bands.detach().cpu().numpy(), dtype=np.float32)
         (probs,) = self.session.run(None, {self.input_name: array})
         return torch.from_numpy(probs)
@@ -152,5 +170,5 @@ def load_onnx_model(path: str | Path, device: str = "auto") -> OnnxExport:
         names, palette = class_info(record.manifest)
     except (KeyError, TypeError, ValueError) as error:
         raise OnnxMetadataError(f"{where}: bad classes in metadata ({error})") from error
-    runner = OnnxModel(session, record)
+    runner = OnnxModel(session, record, where)
     return OnnxExport(runner, record.spec, record.manifest, path, names, palette)
