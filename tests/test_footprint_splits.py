@@ -103,7 +103,9 @@ def test_overlapping_acquisitions_share_a_split_whatever_their_folders(acquisiti
         assert set(record["shared_area"].values()) == {0.0}
     assert ("c", "d") in apart and ("a", "e") in apart  # places that do not overlap may differ
     manifest = build(acquisitions, tmp_path / "out", seed=3)
-    assert manifest["split"]["footprints"] == {"crs": UTM, "area_unit": "metre²", "images": 7}
+    footprints_record = manifest["split"]["footprints"]
+    assert footprints_record.pop("resolution_m") == pytest.approx(10.0, rel=1e-3)
+    assert footprints_record == {"crs": UTM, "area_unit": "metre²", "images": 7}
     assert manifest["split"]["shared_area"] == {
         "train/val": 0.0,
         "train/test": 0.0,
@@ -124,6 +126,21 @@ def test_shared_area_measures_the_ground_two_splits_hold(acquisitions):
     # g (WGS 84) lands on c's ground once put in UTM: nearly the whole image is shared.
     regions = {"train": [footprints.shapes["c/scene"]], "test": [footprints.shapes["g/scene"]]}
     assert shared_areas(regions, footprints)["train/test"] == pytest.approx(640 * 640, rel=0.01)
+
+
+def test_ground_resolution_in_metres_whatever_the_crs(acquisitions):
+    """10 m UTM pixels, and the WGS 84 scene's degrees converted at its latitude (~36° N)."""
+    pairs = pair_by_glob(str(acquisitions / "*/images/*"), str(acquisitions / "*/masks/*.png"))
+    footprints = read_footprints(pairs)
+    assert footprints.resolution_m() == pytest.approx(10.0, rel=1e-3)
+    only_wgs84 = read_footprints([p for p in pairs if p.key.startswith("g/")])
+    # the scene spans 640 m of UTM ground: its degree pixels measure 10 m within the sphere's
+    # approximation and the UTM scale factor at 15° E (0.9996 at the central meridian)
+    assert only_wgs84.resolution_m() == pytest.approx(10.0, rel=0.01)
+    doubled = read_footprints([p for p in pairs if p.key.startswith("a/")])
+    grid = doubled.grids["a/scene"]
+    doubled.grids["a/scene"] = type(grid)(grid.crs, grid.transform * Affine.scale(2), 32, 32)
+    assert doubled.resolution_m() == pytest.approx(20.0)
 
 
 def test_blocks_keep_overlapping_images_whole(acquisitions, tmp_path):

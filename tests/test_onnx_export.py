@@ -67,7 +67,8 @@ def int16_bands(count: int, nodata: float | None = -9999.0) -> Normalization:
 
 
 def write_export(
-    folder: Path, name: str, normalization: Normalization, crop: int = 64, seed: int = 0
+    folder: Path, name: str, normalization: Normalization, crop: int = 64, seed: int = 0,
+    split: dict | None = None,
 ) -> torch.nn.Module:
     """Save a tiny random ``name`` model with ``normalization``'s bands as an export folder."""
     torch.manual_seed(seed)
@@ -82,6 +83,8 @@ def write_export(
     spec = {"arch": name, "num_classes": len(CLASSES),
             "in_channels": normalization.in_channels, "options": options}  # fmt: skip
     manifest = {"classes": CLASSES, "ignore_index": 255, **normalization.records()}
+    if split is not None:
+        manifest["split"] = split
     save_exported(folder, model, spec, {"data": {"crop_size": crop}}, manifest)
     return model
 
@@ -241,6 +244,23 @@ def deepness_value(props: dict[str, str], key: str):
              "standardization_std": lambda v: [float(x) for x in v]}  # fmt: skip
     value = json.loads(props[key])
     return casts[key](value) if key in casts else value
+
+
+def export_props(folder: Path, out: Path, **options) -> dict[str, str]:
+    proto = onnx.load(str(export_onnx(folder, out, **options)))
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def test_resolution_defaults_to_what_the_shards_recorded(tmp_path):
+    """Georeferenced shards record their median ground pixel (metres): the file says cm/px."""
+    footprints = {"crs": "EPSG:32633", "area_unit": "metre²", "images": 3, "resolution_m": 10.0}
+    write_export(tmp_path / "geo", "unet", int16_bands(4), split={"footprints": footprints})
+    props = export_props(tmp_path / "geo", tmp_path / "geo.onnx")
+    assert deepness_value(props, "resolution") == 1000.0
+    props = export_props(tmp_path / "geo", tmp_path / "given.onnx", resolution_cm=50.0)
+    assert deepness_value(props, "resolution") == 50.0
+    write_export(tmp_path / "plain", "unet", int16_bands(4))
+    assert "resolution" not in export_props(tmp_path / "plain", tmp_path / "plain.onnx")
 
 
 def test_metadata_reads_as_deepness_reads_it(tmp_path):

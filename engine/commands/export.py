@@ -25,7 +25,7 @@ import sys
 from engine.cli import HelpFormatter
 from engine.errors import UserError
 from engine.export.graph import OUTPUTS
-from engine.export.onnx import EXPORTERS, export_onnx
+from engine.export.onnx import EXPORTERS, export_onnx, written_metadata
 
 
 def band_names(text: str) -> list[str]:
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fixed-size", action="store_true", help="fix height and width to --tile (Deepness)"
     )
-    parser.add_argument("--resolution", type=float, help="ground resolution in cm per pixel")
+    parser.add_argument("--resolution", type=float, help="ground resolution in cm per pixel "
+                        "(default: the training images' median, when georeferenced)")  # fmt: skip
     parser.add_argument("--exporter", default="torchscript", choices=EXPORTERS,
                         help="PyTorch's ONNX exporter")  # fmt: skip
     return parser
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {path}")
     if not args.fixed_size:
         print("note: height and width are dynamic; for QGIS Deepness export with --fixed-size")
-    if args.resolution is None:
-        print("note: no --resolution: Deepness will use the resolution set in its panel")
+    if args.resolution is None and "resolution" not in written_metadata(path):
+        print("note: the shards record no ground resolution (not georeferenced): give "
+              "--resolution CM_PER_PX, or Deepness uses the resolution set in its panel")
     return 0

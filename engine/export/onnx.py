@@ -110,7 +110,8 @@ def export_onnx(
             the training crop for networks that need it, else 1024.
         overlap: Window overlap fraction recorded, in ``[0, 1)``.
         fixed_size: Fix height and width to ``tile`` (for Deepness).
-        resolution_cm: Ground resolution in cm/px to record, when known.
+        resolution_cm: Ground resolution in cm/px to record; default: the training images'
+            median, when the shard builder recorded it (georeferenced images).
         exporter: ``"torchscript"`` or ``"dynamo"``.
 
     Returns:
@@ -138,6 +139,8 @@ def export_onnx(
             f"tile {tile} is not a multiple of the model's size_divisor {divisor}"
         )
     fixed_size = fixed_size or getattr(network, "input_extent_matters", False)
+    if resolution_cm is None:
+        resolution_cm = recorded_resolution_cm(exported.manifest)
     settings = ExportSettings(tile, overlap, output, divisor, fixed_size, resolution_cm,
                               _crs(exported.manifest))  # fmt: skip
     graph = NativeBandsModel(network, normalization, gather, output).eval()
@@ -168,9 +171,29 @@ def export_onnx(
     return out
 
 
-def _crs(manifest: dict) -> str | None:
-    """The CRS name the shard builder recorded for georeferenced images, if any."""
+def _footprints(manifest: dict) -> dict:
+    """What the shard builder recorded of the georeferenced images (``{}`` if nothing)."""
     split = manifest.get("split")
     footprints = split.get("footprints") if isinstance(split, dict) else None
-    crs = footprints.get("crs") if isinstance(footprints, dict) else None
+    return footprints if isinstance(footprints, dict) else {}
+
+
+def _crs(manifest: dict) -> str | None:
+    """The CRS name the shard builder recorded for georeferenced images, if any."""
+    crs = _footprints(manifest).get("crs")
     return crs if isinstance(crs, str) and len(crs) < 4096 else None
+
+
+def recorded_resolution_cm(manifest: dict) -> float | None:
+    """The training images' median ground resolution in cm/px, when the builder recorded it."""
+    metres = _footprints(manifest).get("resolution_m")
+    if isinstance(metres, (int, float)) and not isinstance(metres, bool) and 0 < metres < 1e7:
+        return float(metres) * 100.0
+    return None
+
+
+def written_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file terraseg wrote, as a plain mapping."""
+    onnx = optional_module("onnx")
+    proto = onnx.load(str(path), load_external_data=False)
+    return {prop.key: prop.value for prop in proto.metadata_props}

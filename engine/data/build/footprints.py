@@ -12,6 +12,7 @@ images in one split; :func:`shared_areas` measures what the splits share in the 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from engine.data.sources.pairing import Pair
 from engine.data.sources.pictures import ImageReadError
 
 OVERLAP_TOLERANCE = 1e-6  # share of the smaller footprint under which an overlap is rounding
+EARTH_RADIUS_M = 6378137.0  # WGS84 equatorial radius
 EDGE_POINTS = 32  # points along each edge of a footprint reprojected to another CRS
 
 
@@ -62,6 +64,31 @@ class Footprints:
         if self.crs.is_geographic:
             return "degree²"
         return f"{self.crs.linear_units or 'unit'}²"
+
+    def resolution_m(self) -> float | None:
+        """The median ground size of a pixel, in metres, over the images (None if unknown).
+
+        A pixel's size is the mean of its two sides. Geographic CRSs are converted at each
+        image's centre latitude on a sphere of the WGS84 equatorial radius (good to about
+        0.5 %, enough for the ground resolution a GIS tool asks for); projected CRSs by their
+        linear unit's factor to metres.
+        """
+        sizes = []
+        for grid in self.grids.values():
+            a, b, _, d, e, _ = tuple(grid.transform)[:6]
+            dx, dy = math.hypot(a, d), math.hypot(b, e)
+            if grid.crs.is_geographic:
+                centre = grid.transform * (grid.width / 2, grid.height / 2)
+                metres = math.pi * EARTH_RADIUS_M / 180.0
+                dx *= metres * math.cos(math.radians(centre[1]))
+                dy *= metres
+            else:
+                factor = grid.crs.linear_units_factor[1] if grid.crs.is_projected else None
+                if not factor:
+                    continue
+                dx, dy = dx * factor, dy * factor
+            sizes.append((dx + dy) / 2.0)
+        return float(np.median(sizes)) if sizes else None
 
     def window(self, key: str, rows: tuple[int, int], cols: tuple[int, int]) -> shapely.Polygon:
         """The footprint of the pixel window ``rows`` × ``cols`` (half-open) of image ``key``."""

@@ -348,6 +348,7 @@ def plan_splits(
             "crs": footprints.crs_name(),
             "area_unit": footprints.area_unit(),
             "images": len(footprints.shapes),
+            "resolution_m": footprints.resolution_m(),
         }
         record["shared_area"] = shared_areas(_regions(plan, sizes, tile, footprints), footprints)
     return plan, record
