@@ -3,7 +3,8 @@
 ``data`` → ``render`` → ``evaluate`` → ``train`` → ``export`` → ``infer`` → ``api`` →
 ``commands``: a stage imports only from stages before it in this order (and from
 :mod:`archs` and the shared leaf modules: :mod:`engine.errors`, the ``UserError`` base every
-stage raises, :mod:`engine.jsonfile`, :mod:`engine.cli` and :mod:`engine.configs`), never
+stage raises, :mod:`engine.jsonfile`, :mod:`engine.settings`, :mod:`engine.cli` and
+:mod:`engine.configs`), never
 from ``launch/``.
 
 - :mod:`engine.data`: source images and masks, classes, shards, the loader.

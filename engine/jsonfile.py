@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.settings import env_number
 
 DEFAULT_LIMIT = 16 << 20
 
@@ -25,14 +26,12 @@ class MetadataError(UserError):
 
 def metadata_limit() -> int:
     """The byte limit for one metadata file (``TERRASEG_MAX_METADATA_BYTES``)."""
-    text = os.environ.get("TERRASEG_MAX_METADATA_BYTES", "")
-    try:
-        value = int(text) if text else DEFAULT_LIMIT
-    except ValueError as error:
-        raise MetadataError(f"TERRASEG_MAX_METADATA_BYTES={text!r} is not an integer") from error
-    if value <= 0:
-        raise MetadataError(f"TERRASEG_MAX_METADATA_BYTES={text!r} must be positive")
-    return value
+    return int(
+        env_number(
+            "TERRASEG_MAX_METADATA_BYTES", DEFAULT_LIMIT, error=MetadataError, integer=True,
+            positive=True,
+        )
+    )  # fmt: skip
 
 
 def _refuse_constant(name: str) -> float:

@@ -12,7 +12,7 @@ import engine
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 450
 #: Modules every stage may import (they import nothing from engine but one another).
-SHARED = ("engine.errors", "engine.cli", "engine.jsonfile", "engine.configs")
+SHARED = ("engine.errors", "engine.cli", "engine.jsonfile", "engine.configs", "engine.settings")
 
 
 def _modules(package: str) -> dict[str, Path]:

@@ -110,8 +110,7 @@ def export_onnx(
             the training crop for networks that need it, else 1024.
         overlap: Window overlap fraction recorded, in ``[0, 1)``.
         fixed_size: Fix height and width to ``tile`` (for Deepness).
-        resolution_cm: Ground resolution in cm/px to record; default: the training images'
-            median, when the shard builder recorded it (georeferenced images).
+        resolution_cm: Ground resolution in cm/px; default: what the shards recorded, if any.
         exporter: ``"torchscript"`` or ``"dynamo"``.
 
     Returns:
@@ -139,10 +138,8 @@ def export_onnx(
             f"tile {tile} is not a multiple of the model's size_divisor {divisor}"
         )
     fixed_size = fixed_size or getattr(network, "input_extent_matters", False)
-    if resolution_cm is None:
-        resolution_cm = recorded_resolution_cm(exported.manifest)
-    settings = ExportSettings(tile, overlap, output, divisor, fixed_size, resolution_cm,
-                              _crs(exported.manifest))  # fmt: skip
+    settings = ExportSettings(tile, overlap, output, divisor, fixed_size,
+                              *_ground(exported.manifest, resolution_cm))  # fmt: skip
     graph = NativeBandsModel(network, normalization, gather, output).eval()
     channels = len(input_bands) if input_bands is not None else normalization.in_channels
     side = tile if fixed_size else 2 * divisor
@@ -182,6 +179,13 @@ def _crs(manifest: dict) -> str | None:
     """The CRS name the shard builder recorded for georeferenced images, if any."""
     crs = _footprints(manifest).get("crs")
     return crs if isinstance(crs, str) and len(crs) < 4096 else None
+
+
+def _ground(manifest: dict, resolution_cm: float | None) -> tuple[float | None, str | None]:
+    """The resolution (the given one, else the recorded one) and the CRS the file records."""
+    if resolution_cm is None:
+        resolution_cm = recorded_resolution_cm(manifest)
+    return resolution_cm, _crs(manifest)
 
 
 def recorded_resolution_cm(manifest: dict) -> float | None:

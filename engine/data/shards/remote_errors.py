@@ -7,10 +7,10 @@ is read from there: 404 "not found" and 403 "forbidden" at once, 5xx and 429 ret
 
 from __future__ import annotations
 
-import os
 import time
 
 from engine.errors import UserError
+from engine.settings import env_number
 
 CHUNK = 8 << 20  # bytes that must arrive within one deadline (and s3fs's block size)
 
@@ -25,14 +25,7 @@ class ShardStoreError(UserError):
 
 def setting(name: str, default: float, *, positive: bool = False) -> float:
     """A number from the environment variable ``name`` (``default`` when unset or empty)."""
-    value = os.environ.get(name, "")
-    try:
-        number = float(value) if value else default
-    except ValueError as error:
-        raise ShardStoreError(f"{name}={value!r} is not a number") from error
-    if not (number > 0 if positive else number >= 0):  # NaN fails both
-        raise ShardStoreError(f"{name}={value!r} must be {'>' if positive else '>='} 0")
-    return number
+    return env_number(name, default, error=ShardStoreError, positive=positive)
 
 
 def _chain(error: BaseException | None):

@@ -35,6 +35,7 @@ from urllib.parse import urljoin, urlsplit
 
 from engine.errors import UserError
 from engine.jsonfile import MetadataError, metadata_limit, parse_json, read_json
+from engine.settings import env_number
 
 DEFAULT_MAX_ITEMS = 10_000
 DEFAULT_MAX_DOCUMENTS = 10_000
@@ -48,14 +49,7 @@ class StacError(UserError):
 
 def _limit(name: str, default: int) -> int:
     """A positive integer from the environment variable ``name`` (``default`` when unset)."""
-    text = os.environ.get(name, "")
-    try:
-        value = int(text) if text else default
-    except ValueError as error:
-        raise StacError(f"{name}={text!r} is not an integer") from error
-    if value <= 0:
-        raise StacError(f"{name}={text!r} must be positive")
-    return value
+    return int(env_number(name, default, error=StacError, integer=True, positive=True))
 
 
 def max_items() -> int:
@@ -128,14 +122,7 @@ def read_document(href: str) -> dict:
 
 def shard_setting(name: str, default: float) -> float:
     """A number >= 0 from the shard store's environment variable ``name`` (``default``)."""
-    text = os.environ.get(name, "")
-    try:
-        value = float(text) if text else default
-    except ValueError as error:
-        raise StacError(f"{name}={text!r} is not a number") from error
-    if not value >= 0:
-        raise StacError(f"{name}={text!r} must be >= 0")
-    return value
+    return env_number(name, default, error=StacError)
 
 
 def _fetch_once(url: str, limit: int) -> bytes:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 import warnings
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import UserError
 from engine.jsonfile import metadata_limit
+from engine.settings import env_number
 
 if TYPE_CHECKING:
     import pystac
@@ -60,14 +60,7 @@ class _Refused(Exception):
 
 
 def _seconds(name: str, default: float) -> float:
-    text = os.environ.get(name, "")
-    try:
-        value = float(text) if text else default
-    except ValueError as error:
-        raise StacSearchError(f"{name}={text!r} is not a number of seconds") from error
-    if not (value > 0 and math.isfinite(value)):
-        raise StacSearchError(f"{name}={text!r} must be a positive number of seconds")
-    return value
+    return env_number(name, default, error=StacSearchError, positive=True)
 
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
