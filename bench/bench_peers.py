@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,10 +45,9 @@ import peers_torchgeo as theirs
 import torch
 import torch.nn.functional as F
 from common import base_parser, environment, print_table, setup, write_results
+from peers_train import throughput, torchgeo_run
 
 NAME = "bench_peers"
-HERE = Path(__file__).resolve().parent
-SEEDS_QUICK, SEEDS_FULL = "0,1,2", "0,1,2"
 
 
 def sizes(args) -> dict[str, Any]:
@@ -66,7 +64,7 @@ def sizes(args) -> dict[str, Any]:
         "learn_steps": args.learn_steps or (24 if quick else 300),
         "learn_crop": 64 if quick else 192,
         "lr": 1e-3,
-        "seeds": [int(s) for s in (args.seeds or (SEEDS_QUICK if quick else SEEDS_FULL)).split(",")],
+        "seeds": [int(s) for s in (args.seeds or "0,1,2").split(",")],
         "predict_size": args.predict_size or (768 if quick else 8192),
         "predict_tile": 256 if quick else 512,
         "overlap": 0.25,
@@ -76,136 +74,6 @@ def sizes(args) -> dict[str, Any]:
         "dubai_limit": 2 if quick else None,
         "val_window": 256 if quick else None,
     }  # fmt: skip
-
-
-def plain_train(model, stream, steps: int, lr: float, log_every: int) -> list[float]:
-    """TorchGeo's side of the protocol's loop; returns the seconds of each window of steps."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / steps) ** 0.9)
-    model.train()
-    windows, start = [], time.perf_counter()
-    for step in range(steps):
-        x, y = next(stream)
-        loss = F.cross_entropy(model(x), y, ignore_index=data.IGNORE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        loss.item()
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            windows.append(time.perf_counter() - start)
-            start = time.perf_counter()
-    return windows
-
-
-def steady_rate(seconds: list[float], steps: list[int], batch: int) -> float:
-    """Samples/s over every window but the first (start-up), or all when there is one."""
-    kept = slice(1, None) if len(seconds) > 1 else slice(None)
-    return sum(steps[kept]) * batch / sum(seconds[kept])
-
-
-def torchgeo_run(folder: Path, stats: dict, setting: dict, cfg: dict, seed: int):
-    """One TorchGeo training run of ``cfg['steps']``; returns measures and the model."""
-    start, cpu = time.perf_counter(), ours.process_cpu_seconds()
-    dataset = theirs.datasets(folder)
-    length = cfg["steps"] * cfg["batch"]
-    loader = theirs.loader(dataset, crop=cfg["crop"], batch=cfg["batch"], length=length,
-                           workers=setting["workers"], sampler=setting["sampler"], seed=seed)
-    stream = theirs.batches(loader, theirs.augmenter(stats["mean"], stats["std"]), cfg["device"])
-    model = theirs.network(cfg["in_channels"], cfg["num_classes"], seed).to(cfg["device"])
-    windows = plain_train(model, stream, cfg["steps"], cfg["lr"], cfg["log_every"])
-    del stream, loader
-    wall, cpu = time.perf_counter() - start, ours.process_cpu_seconds() - cpu
-    counts = [cfg["log_every"]] * len(windows)
-    counts[-1] = cfg["steps"] - cfg["log_every"] * (len(windows) - 1)
-    return {"samples_per_s": steady_rate(windows, counts, cfg["batch"]), "wall_s": wall,
-            "cpu_s": cpu, "cpu_s_per_sample": cpu / length}, model  # fmt: skip
-
-
-def terraseg_run(shards: Path, cfg: dict, seed: int, run_dir: Path):
-    """One terraseg training run; returns measures and the trained model."""
-    run = ours.train(shards, seed, cfg, run_dir)
-    windows = run["windows"]
-    samples = cfg["steps"] * cfg["batch"]
-    rate = steady_rate([w["time_s"] for w in windows], [w["steps"] for w in windows],
-                       cfg["batch"])  # fmt: skip
-    return {"samples_per_s": rate, "wall_s": run["wall_s"], "cpu_s": run["cpu_s"],
-            "cpu_s_per_sample": run["cpu_s"] / samples}, run  # fmt: skip
-
-
-def torchgeo_loader_only(folder: Path, stats: dict, setting: dict, cfg: dict) -> dict:
-    """TorchGeo's loader and augmentation alone for ``loader_batches`` batches."""
-    start, cpu = time.perf_counter(), ours.process_cpu_seconds()
-    length = cfg["loader_batches"] * cfg["batch"]
-    loader = theirs.loader(theirs.datasets(folder), crop=cfg["crop"], batch=cfg["batch"],
-                           length=length, workers=setting["workers"],
-                           sampler=setting["sampler"], seed=0)  # fmt: skip
-    seen = sum(x.shape[0] for x, _ in theirs.batches(
-        loader, theirs.augmenter(stats["mean"], stats["std"]), cfg["device"]))  # fmt: skip
-    del loader
-    return {"seconds": time.perf_counter() - start, "cpu_s": ours.process_cpu_seconds() - cpu,
-            "samples": seen}  # fmt: skip
-
-
-def tune_loaders(folder: Path, shards: Path, stats: dict, cfg: dict) -> dict[str, Any]:
-    """Loader-only samples/s and CPU/sample per setting of each side; the fastest of each."""
-    rows: dict[str, list[dict]] = {"torchgeo": [], "terraseg": []}
-    for workers in cfg["workers"]:
-        for sampler in ("patch", "batch"):
-            setting = {"sampler": sampler, "workers": workers}
-            m = torchgeo_loader_only(folder, stats, setting, cfg)
-            rows["torchgeo"].append(setting | _rates(m))
-        m = ours.loader_only(shards, cfg | {"workers": workers}, cfg["loader_batches"])
-        rows["terraseg"].append({"workers": workers} | _rates(m))
-    best = {side: max(r, key=lambda s: s["samples_per_s"]) for side, r in rows.items()}
-    print_table(
-        f"Loaders alone ({cfg['loader_batches']} batches of {cfg['batch']} x {cfg['crop']}²)",
-        ["side", "setting", "samples/s", "CPU ms/sample"],
-        [[side, {k: v for k, v in r.items() if k in ("sampler", "workers")},
-          r["samples_per_s"], 1e3 * r["cpu_s_per_sample"]] for side in rows for r in rows[side]],
-    )  # fmt: skip
-    return {"settings": rows, "best": best}
-
-
-def _rates(m: dict) -> dict[str, float]:
-    return {"samples_per_s": m["samples"] / m["seconds"], "cpu_s_per_sample": m["cpu_s"] / m["samples"]}
-
-
-def throughput(name: str, folder: Path, classes: Path, work: Path, cfg: dict) -> dict:
-    """Part 1 on one scene set: build, loader tuning, then interleaved training rounds."""
-    images, masks = data.read_split(folder)
-    stats = data.band_statistics(images, masks)
-    cfg = cfg | {"in_channels": images[0].shape[0], "num_classes": cfg["num_classes"]}
-    del images, masks
-    build = ours.build(folder, classes, work / f"shards-{name}", cfg["tile"])
-    loaders = tune_loaders(folder, Path(build["shards"]), stats, cfg)
-    best_tg, best_ts = loaders["best"]["torchgeo"], loaders["best"]["terraseg"]
-    runs: dict[str, list[dict]] = {"terraseg": [], "torchgeo": []}
-    last_run_dir = None
-    for r in range(cfg["rounds"]):
-        order = ["terraseg", "torchgeo"][:: 1 if r % 2 == 0 else -1]
-        for side in order:
-            if side == "torchgeo":
-                runs[side].append(torchgeo_run(folder, stats, best_tg, cfg, r)[0])
-                continue
-            last_run_dir = work / f"run-{name}-{r}"
-            shutil.rmtree(last_run_dir, ignore_errors=True)
-            measured, _ = terraseg_run(Path(build["shards"]), cfg | {"workers": best_ts["workers"]},
-                                       r, last_run_dir)  # fmt: skip
-            runs[side].append(measured)
-    result = {side: {k: statistics.median(m[k] for m in ms) for k in ms[0]} | {"rounds": ms}
-              for side, ms in runs.items()}  # fmt: skip
-    samples = cfg["steps"] * cfg["batch"]
-    result["terraseg"]["build"] = build
-    result["terraseg"]["cpu_s_per_sample_with_build"] = (
-        result["terraseg"]["cpu_s_per_sample"] + build["build_cpu_s"] / samples)
-    result["terraseg"]["workers"] = best_ts["workers"]
-    result["torchgeo"]["setting"] = best_tg
-    result["loaders"] = loaders
-    result["run_dir"] = str(last_run_dir)
-    result["in_channels"], result["stats"] = cfg["in_channels"], stats
-    return result
 
 
 def evaluate(model, images, masks, normalize, num_classes: int, device) -> dict[str, Any]:
@@ -228,8 +96,13 @@ def learning(name: str, train_dir: Path, val: tuple, classes: Path, work: Path, 
     """Part 2 on one set: per seed, both sides trained at equal steps and scored alike."""
     images, masks = data.read_split(train_dir)
     stats = data.band_statistics(images, masks)
-    cfg = cfg | {"in_channels": images[0].shape[0], "steps": cfg["learn_steps"],
-                 "crop": cfg["learn_crop"], "log_every": cfg["learn_steps"], "workers": 0}
+    cfg = cfg | {
+        "in_channels": images[0].shape[0],
+        "steps": cfg["learn_steps"],
+        "crop": cfg["learn_crop"],
+        "log_every": cfg["learn_steps"],
+        "workers": 0,
+    }
     build = ours.build(train_dir, classes, work / f"learn-shards-{name}", cfg["tile"])
     mean = torch.tensor(stats["mean"], dtype=torch.float32)[:, None, None]
     std = torch.tensor(stats["std"], dtype=torch.float32)[:, None, None]
@@ -276,8 +149,12 @@ def multispectral_sets(work: Path) -> tuple[Path, tuple, Path]:
     from engine.data.sources.paths import multispectral_dataset_dir
 
     root = multispectral_dataset_dir() / "sen1floods11"
-    folders = data.split_chip(root / "S2" / "Spain_7370579_S2Hand.tif",
-                              root / "Labels" / "Spain_7370579_LabelHand.tif", work / "ms", 128)
+    folders = data.split_chip(
+        root / "S2" / "Spain_7370579_S2Hand.tif",
+        root / "Labels" / "Spain_7370579_LabelHand.tif",
+        work / "ms",
+        128,
+    )
     classes = data.write_classes(work / "ms-classes.yaml", ["not-water", "water"])
     return folders["train"], data.read_split(folders["val"]), classes
 
@@ -285,9 +162,9 @@ def multispectral_sets(work: Path) -> tuple[Path, tuple, Path]:
 def prediction(run_dir: Path, work: Path, cfg: dict) -> dict[str, Any]:
     """Part 3: each side predicts the same large scene in its own subprocess."""
     import rasterio
+    from peers_predict import effective_mean_std, run_side
 
     from engine.infer.model import load_model
-    from peers_predict import effective_mean_std, run_side
 
     scene_dir = work / "predict"
     data.make_scenes(scene_dir, 1, cfg["predict_size"], seed=1000)
@@ -299,13 +176,26 @@ def prediction(run_dir: Path, work: Path, cfg: dict) -> dict[str, Any]:
            "threads": cfg["threads"], "mean": mean, "std": std,
            "num_classes": loaded.num_classes, "in_channels": len(mean)}  # fmt: skip
     del loaded
-    results = {}
-    for side in (["terraseg", "torchgeo"] if cfg["rounds"] % 2 else ["torchgeo", "terraseg"]):
-        results[side] = run_side(job | {"side": side, "out": str(work / f"pred-{side}")}, work)
-        results[side]["pixels_per_s"] = results[side]["pixels"] / results[side]["seconds"]
-        results[side]["working_mb"] = results[side]["peak_rss_mb"] - results[side]["rss_before_mb"]
-        print(f"predict {side}: {results[side]['pixels_per_s']:,.0f} px/s, peak RSS "
-              f"{results[side]['peak_rss_mb']:.0f} MB", flush=True)
+    rounds: dict[str, list[dict]] = {"terraseg": [], "torchgeo": []}
+    for r in range(cfg["rounds"]):
+        for side in ["terraseg", "torchgeo"][:: 1 if r % 2 == 0 else -1]:
+            m = run_side(job | {"side": side, "out": str(work / f"pred-{side}-{r}")}, work)
+            m["pixels_per_s"] = m["pixels"] / m["seconds"]
+            m["working_mb"] = m["peak_rss_mb"] - m["rss_before_mb"]
+            rounds[side].append(m)
+            print(
+                f"predict {side}: {m['pixels_per_s']:,.0f} px/s, peak RSS "
+                f"{m['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
+    results: dict[str, Any] = {}
+    for side, ms in rounds.items():
+        results[side] = {
+            k: statistics.median(m[k] for m in ms)
+            for k in ("pixels_per_s", "seconds", "peak_rss_mb", "working_mb", "rss_before_mb")
+        }
+        results[side] |= {"labels": ms[-1]["labels"], "rounds": ms}  # fmt: skip
+    results["weights_max_abs_diff"] = rounds["torchgeo"][-1]["weights_max_abs_diff"]
     maps = []
     for side in ("terraseg", "torchgeo"):
         with rasterio.open(results[side]["labels"]) as src:
@@ -316,7 +206,9 @@ def prediction(run_dir: Path, work: Path, cfg: dict) -> dict[str, Any]:
     results["accuracy"] = {side: data.label_agreement(m, truth)
                            for side, m in zip(("terraseg", "torchgeo"), maps)}  # fmt: skip
     results["settings"] = {k: job[k] for k in ("tile", "overlap", "batch", "threads")} | {
-        "scene": f"{cfg['predict_size']}² x 13 uint16", "blending": "uniform (mean)"}
+        "scene": f"{cfg['predict_size']}² x 13 uint16",
+        "blending": "uniform (mean)",
+    }
     return results
 
 
@@ -338,14 +230,44 @@ def report(result: dict[str, Any]) -> None:
     for name, part in result["train"].items():
         for side in ("terraseg", "torchgeo"):
             m = part[side]
-            rows.append([name, side, m["samples_per_s"], 1e3 * m["cpu_s_per_sample"], m["wall_s"]])
-    print_table("Training throughput (median of rounds)",
-                ["scenes", "side", "samples/s", "CPU ms/sample", "run wall s"], rows)
-    rows = [[name, side, part[side]["miou_mean"], part[side]["miou_min"], part[side]["miou_max"]]
-            for name, part in result["learn"].items() for side in ("terraseg", "torchgeo")]
-    print_table("Learning at equal steps (val mIoU over seeds)",
-                ["set", "side", "mean", "min", "max"], rows)
+            rows.append(
+                [
+                    name,
+                    side,
+                    m["samples_per_s"],
+                    1e3 * m["cpu_s_per_sample"],
+                    1e3 * m["run_cpu_s_per_sample"],
+                    m["wall_s"],
+                    m["fixed_s"],
+                ]
+            )
+    print_table(
+        "Training throughput (steady windows; run = the whole call; median of rounds)",
+        [
+            "scenes",
+            "side",
+            "samples/s",
+            "CPU ms/sample",
+            "run CPU ms/sample",
+            "run wall s",
+            "fixed s",
+        ],
+        rows,
+    )
+    rows = [
+        [name, side, part[side]["miou_mean"], part[side]["miou_min"], part[side]["miou_max"]]
+        for name, part in result["learn"].items()
+        for side in ("terraseg", "torchgeo")
+    ]
+    if rows:
+        print_table(
+            "Learning at equal steps (val mIoU over seeds)",
+            ["set", "side", "mean", "min", "max"],
+            rows,
+        )
     p = result["predict"]
+    if not p:
+        return
     print_table("Prediction", ["side", "pixels/s", "peak RSS MB", "working MB"],
                 [[s, p[s]["pixels_per_s"], p[s]["peak_rss_mb"], p[s]["working_mb"]]
                  for s in ("terraseg", "torchgeo")])  # fmt: skip
@@ -387,16 +309,22 @@ def headline(result: dict[str, Any]) -> dict[str, float]:
     ms = result["train"].get("multispectral")
     if ms:
         values["train_samples_per_s_ratio_multispectral"] = (
-            ms["terraseg"]["samples_per_s"] / ms["torchgeo"]["samples_per_s"])
+            ms["terraseg"]["samples_per_s"] / ms["torchgeo"]["samples_per_s"]
+        )
         values["host_cpu_per_sample_ratio_multispectral"] = (
-            ms["terraseg"]["cpu_s_per_sample"] / ms["torchgeo"]["cpu_s_per_sample"])
+            ms["terraseg"]["cpu_s_per_sample"] / ms["torchgeo"]["cpu_s_per_sample"]
+        )
     best = result["train"]["generated"]["loaders"]["best"]
     values["loader_samples_per_s_ratio"] = (
-        best["terraseg"]["samples_per_s"] / best["torchgeo"]["samples_per_s"])
+        best["terraseg"]["samples_per_s"] / best["torchgeo"]["samples_per_s"]
+    )
     values["loader_cpu_per_sample_ratio"] = (
-        best["terraseg"]["cpu_s_per_sample"] / best["torchgeo"]["cpu_s_per_sample"])
+        best["terraseg"]["cpu_s_per_sample"] / best["torchgeo"]["cpu_s_per_sample"]
+    )
     p = result["predict"]
-    values["predict_working_memory_ratio"] = p["terraseg"]["working_mb"] / p["torchgeo"]["working_mb"]
+    values["predict_working_memory_ratio"] = (
+        p["terraseg"]["working_mb"] / p["torchgeo"]["working_mb"]
+    )
     for name, part in result["learn"].items():
         for side in ("terraseg", "torchgeo"):
             values[f"miou_{side}_{name}"] = part[side]["miou_mean"]
@@ -411,14 +339,15 @@ def main() -> int:
     args = parse_args()
     device = setup(args)
     cfg = sizes(args) | {"device": str(device), "threads": torch.get_num_threads(),
-                         "rounds": args.rounds or (1 if args.quick else 2)}  # fmt: skip
+                         "rounds": args.rounds or 2}  # fmt: skip
     env = environment(device) | {"torchgeo": version}
     work = args.data_dir or Path(tempfile.mkdtemp(prefix="terraseg-bench-peers-"))
     start = time.perf_counter()
     try:
         result = run_parts(args, cfg, work)
-        values = headline(result) if set(args.parts.split(",")) >= {"train", "learn",
-                                                                    "predict"} else {}
+        values = (
+            headline(result) if set(args.parts.split(",")) >= {"train", "learn", "predict"} else {}
+        )
         report(result)
         payload = {"name": NAME, "env": env, "settings": cfg | {"quick": args.quick,
                    "command": " ".join([Path(sys.executable).name, *sys.argv])},

@@ -142,8 +142,12 @@ def write_pairs(folder: Path, images: Sequence[np.ndarray], masks: Sequence[np.n
         x += image.shape[1] + 64
         write_raster(folder / "masks" / f"part_{i:03d}.tif", mask.astype(np.uint8), transform,
                      "EPSG:3857")  # fmt: skip
-        write_raster(folder / "images" / f"part_{i:03d}.tif",
-                     np.ascontiguousarray(image.transpose(2, 0, 1)), transform, "EPSG:3857")
+        write_raster(
+            folder / "images" / f"part_{i:03d}.tif",
+            np.ascontiguousarray(image.transpose(2, 0, 1)),
+            transform,
+            "EPSG:3857",
+        )
     return folder
 
 

@@ -99,9 +99,17 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         del loaded
         mean, std = job["mean"], job["std"]
         rss = _status_mb("VmRSS")
-        result = predict_scene(network, Path(job["scene"]), tile=job["tile"],
-                               overlap=job["overlap"], batch=job["batch"], mean=mean, std=std,
-                               num_classes=job["num_classes"], out=out / "torchgeo.tif")
+        result = predict_scene(
+            network,
+            Path(job["scene"]),
+            tile=job["tile"],
+            overlap=job["overlap"],
+            batch=job["batch"],
+            mean=mean,
+            std=std,
+            num_classes=job["num_classes"],
+            out=out / "torchgeo.tif",
+        )
         result["weights_max_abs_diff"] = gap
     return result | {"rss_before_mb": rss, "peak_rss_mb": _status_mb("VmHWM")}
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,11 +39,14 @@ def build(folder: Path, classes: Path, out: Path, tile: int, workers: int = 1) -
     from engine import api
 
     start, cpu = time.perf_counter(), process_cpu_seconds()
-    api.build(str(folder / "images" / "*.tif"), str(folder / "masks" / "*.tif"),
-                         classes, out, api.BuildOptions(tile=tile, val=0.0, test=0.0,
-                                                        workers=workers))  # fmt: skip
-    return {"shards": str(out), "build_s": time.perf_counter() - start,
-            "build_cpu_s": process_cpu_seconds() - cpu}
+    options = api.BuildOptions(tile=tile, val=0.0, test=0.0, workers=workers, overwrite=True)
+    api.build(str(folder / "images" / "*.tif"), str(folder / "masks" / "*.tif"), classes, out,
+              options)  # fmt: skip
+    return {
+        "shards": str(out),
+        "build_s": time.perf_counter() - start,
+        "build_cpu_s": process_cpu_seconds() - cpu,
+    }
 
 
 def config(shards: Path, seed: int, cfg: dict[str, Any]):
@@ -50,6 +55,33 @@ def config(shards: Path, seed: int, cfg: dict[str, Any]):
     result.data.num_workers = cfg["workers"]
     result.train.log_every = cfg["log_every"]
     return result
+
+
+@contextmanager
+def cpu_marks() -> Iterator[list[float]]:
+    """CPU seconds (this process and its live loader workers) at each train history row.
+
+    Measurement only: ``History.write`` is wrapped for the duration, so that the CPU of
+    the steady windows can be told from the run's fixed costs (start-up, checkpoint,
+    export, plots), as the TorchGeo loop's windows are.
+    """
+    from common import cpu_seconds
+
+    from engine.train.history import History
+
+    marks: list[float] = []
+    original = History.write
+
+    def write(self, row):
+        original(self, row)
+        if row.get("split") == "train":
+            marks.append(cpu_seconds())
+
+    History.write = write  # type: ignore[method-assign]
+    try:
+        yield marks
+    finally:
+        History.write = original  # type: ignore[method-assign]
 
 
 def _reset_accelerate() -> None:
@@ -73,15 +105,17 @@ def train(shards: Path, seed: int, cfg: dict[str, Any], run_dir: Path) -> dict[s
     run_config = config(shards, seed, cfg)
     start, cpu = time.perf_counter(), process_cpu_seconds()
     try:
-        result = train_loop(run_config, run_dir)
+        with cpu_marks() as marks:
+            result = train_loop(run_config, run_dir)
     finally:
         _reset_accelerate()
     wall, cpu = time.perf_counter() - start, process_cpu_seconds() - cpu
     with open(run_dir / "history.csv", newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row["split"] == "train"]
     windows, previous = [], 0
-    for row in rows:
-        windows.append({"steps": int(row["step"]) - previous, "time_s": float(row["time_s"])})
+    for row, mark in zip(rows, marks, strict=True):
+        windows.append({"steps": int(row["step"]) - previous, "time_s": float(row["time_s"]),
+                        "cpu_mark": mark})  # fmt: skip
         previous = int(row["step"])
     return {"windows": windows, "wall_s": wall, "cpu_s": cpu, "model": result.model,
             "normalization": load_manifest(shards).normalization}  # fmt: skip
@@ -93,9 +127,13 @@ def loader_only(shards: Path, cfg: dict[str, Any], batches: int) -> dict[str, fl
     from engine.train.setup import stream_from_here
 
     run_config = config(shards, 0, cfg)
-    run = SimpleNamespace(config=run_config, manifest=load_manifest(shards),
-                          accelerator=SimpleNamespace(process_index=0),
-                          state=SimpleNamespace(step=0), device=torch.device(cfg["device"]))
+    run = SimpleNamespace(
+        config=run_config,
+        manifest=load_manifest(shards),
+        accelerator=SimpleNamespace(process_index=0),
+        state=SimpleNamespace(step=0),
+        device=torch.device(cfg["device"]),
+    )
     start, cpu = time.perf_counter(), process_cpu_seconds()
     stream, augment = stream_from_here(run, batches)
     seen = 0
@@ -115,5 +153,8 @@ def predict(model: Any, scene: Path, out: Path, options: dict[str, Any]) -> dict
     result = api.predict_file(model, scene, out, api.PredictOptions(
         tile=options["tile"], overlap=options["overlap"], batch=options["batch"],
         device=options["device"], weighting="uniform", format="tif"))  # fmt: skip
-    return {"seconds": time.perf_counter() - start, "labels": str(result.paths["mask"]),
-            "pixels": result.height * result.width}
+    return {
+        "seconds": time.perf_counter() - start,
+        "labels": str(result.paths["mask"]),
+        "pixels": result.height * result.width,
+    }
