@@ -60,9 +60,9 @@ def sizes(args) -> dict[str, Any]:
         "crop": args.crop or (128 if quick else 256),
         "batch": args.batch or (4 if quick else 8),
         "steps": args.steps or (8 if quick else 60),
-        "log_every": 2 if quick else 10,
+        "log_every": args.log_every or (2 if quick else 10),
         "learn_steps": args.learn_steps or (24 if quick else 300),
-        "learn_crop": 64 if quick else 192,
+        "learn_crop": args.learn_crop or (64 if quick else 192),
         "lr": 1e-3,
         "seeds": [int(s) for s in (args.seeds or "0,1,2").split(",")],
         "predict_size": args.predict_size or (768 if quick else 8192),
@@ -203,6 +203,10 @@ def prediction(run_dir: Path, work: Path, cfg: dict) -> dict[str, Any]:
     with rasterio.open(scene_dir / "masks" / "scene_000.tif") as src:
         truth = src.read(1)
     results["label_agreement"] = data.label_agreement(*maps)
+    edge = cfg["predict_tile"]  # windows within a tile of the border see padding: reflect
+    if min(maps[0].shape) > 2 * edge:  # (terraseg) or zeros (TorchGeo's out-of-bounds reads)
+        inner = (slice(edge, -edge),) * 2
+        results["label_agreement_interior"] = data.label_agreement(maps[0][inner], maps[1][inner])
     results["accuracy"] = {side: data.label_agreement(m, truth)
                            for side, m in zip(("terraseg", "torchgeo"), maps)}  # fmt: skip
     results["settings"] = {k: job[k] for k in ("tile", "overlap", "batch", "threads")} | {
@@ -215,9 +219,14 @@ def prediction(run_dir: Path, work: Path, cfg: dict) -> dict[str, Any]:
 def parse_args():
     """The command line (``base_parser``'s options and the sizes of :func:`sizes`)."""
     parser = base_parser(__doc__)
-    for flag in ("scenes", "scene-size", "crop", "batch", "steps", "learn-steps",
-                 "predict-size"):  # fmt: skip
+    for flag in ("scenes", "scene-size", "crop", "batch", "steps", "log-every", "learn-steps",
+                 "learn-crop", "predict-size"):  # fmt: skip
         parser.add_argument(f"--{flag}", type=int)
+    parser.add_argument(
+        "--predict-model",
+        type=Path,
+        help="a terraseg run folder to predict with (default: part 1's run)",
+    )
     parser.add_argument("--seeds", help="comma-separated seeds for part 2 (default 0,1,2)")
     parser.add_argument("--data-dir", type=Path, help="keep/reuse generated data here")
     parser.add_argument("--parts", default="train,learn,predict", help="parts to run")
@@ -282,7 +291,7 @@ def run_parts(args, cfg: dict, work: Path) -> dict[str, Any]:
     data.make_scenes(scenes, cfg["scenes"], cfg["scene_size"])
     scene_classes = data.write_classes(work / "scene-classes.yaml", [f"c{i}" for i in range(4)])
     ms_train, ms_val, ms_classes = multispectral_sets(work)
-    if "train" in parts or "predict" in parts:
+    if "train" in parts or ("predict" in parts and not args.predict_model):
         result["train"]["generated"] = throughput("generated", scenes, scene_classes, work,
                                                   cfg | {"num_classes": 4})  # fmt: skip
     if "train" in parts:
@@ -295,7 +304,7 @@ def run_parts(args, cfg: dict, work: Path) -> dict[str, Any]:
         result["learn"]["multispectral"] = learning("ms", ms_train, ms_val, ms_classes, work,
                                                     cfg | {"num_classes": 2})  # fmt: skip
     if "predict" in parts:
-        run_dir = Path(result["train"]["generated"]["run_dir"])
+        run_dir = args.predict_model or Path(result["train"]["generated"]["run_dir"])
         result["predict"] = prediction(run_dir, work, cfg)
     return result
 
