@@ -318,3 +318,26 @@ def test_an_unlabelled_tile_is_cropped_anywhere():
     aug = TrainAugment(16, NORM, hflip=False, vflip=False, rot90=False, seed=0)
     _, out_masks, raw = aug(images, torch.full_like(masks, IGNORE), return_raw=True)
     assert {_offsets_of(raw[b], out_masks[b])[0] for b in range(200)} == set(range(15))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_crop_first_gives_the_bits_of_the_whole_tile_on_the_unit_scale(channels_last):
+    """A tile larger than the crop is cut before its conversion to the unit scale: the crop's
+    values (nodata included) are bit for bit those of converting the whole tile first."""
+    generator = torch.Generator().manual_seed(5)
+    batch, size, crop = 3, 48, 20
+    position = torch.arange(size * size).view(1, size, size).expand(batch, -1, -1)
+    noise = torch.randint(1, 60000, (batch, size, size), generator=generator)
+    holes = torch.randint(0, 3, (batch, size, size), generator=generator) * 7000  # nodata 0
+    native = torch.stack([position + 1000, noise, holes], 1).to(torch.uint16)
+    if channels_last:
+        native = native.contiguous(memory_format=torch.channels_last)
+    norm = _bands("uint16", 3, nodata=0, display=(900.0, 9000.0))
+    masks = torch.zeros(batch, size, size, dtype=torch.uint8)
+    _, _, raw = TrainAugment(crop, norm, rot90=True, seed=1)(native, masks, return_raw=True)
+    lo, span = norm.unit_scale()
+    source = torch.round(raw[:, 0].double() * span[0] + lo[0]).long() - 1000  # [B, c, c]
+    whole = norm.to_unit(native).flatten(2)  # the former order: the whole tile converted
+    expected = whole.gather(2, source.flatten(1)[:, None].expand(-1, 3, -1)).view_as(raw)
+    assert torch.equal(raw, expected)
+    assert (raw[:, 2] == (norm.bands[2].mean - lo[2]) / span[2]).any()  # nodata seen

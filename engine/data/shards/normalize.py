@@ -186,21 +186,24 @@ class Normalization:
 
         Pixels equal to a band's nodata value take the band's mean (0 once standardised).
         """
+        import torch
+
         self._check(images)
         lo, span = self.unit_scale()
         mean, _ = self.unit_mean_std()
         nodata = self.nodata_mask(images)
-        unit = (images.float() - self._column(lo, images)) / self._column(span, images)
+        # In place on a fresh float32 copy: the same operations in the same order (the same
+        # bits) without two more full-size temporaries.
+        unit = images.float() if images.dtype != torch.float32 else images.clone()
+        unit.sub_(self._column(lo, images)).div_(self._column(span, images))
         if nodata is not None:
-            import torch
-
             unit = torch.where(nodata, self._column(mean, images).expand_as(unit), unit)
         return unit
 
     def standardize_unit(self, unit: torch.Tensor) -> torch.Tensor:
         """Unit-scale float images to the model's input (``(unit - mean_u) / std_u``)."""
         mean, std = self.unit_mean_std()
-        return (unit - self._column(mean, unit)) / self._column(std, unit)
+        return (unit - self._column(mean, unit)).div_(self._column(std, unit))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Native images ``[B, C, H, W]`` to the model's float32 input (evaluation path).
