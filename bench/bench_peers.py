@@ -48,6 +48,7 @@ from common import base_parser, environment, print_table, setup, write_results
 from peers_train import throughput, torchgeo_run
 
 NAME = "bench_peers"
+ONNX = "terraseg-onnx"  # terraseg's ONNX export on onnxruntime (`predict --model model.onnx`)
 
 
 def sizes(args) -> dict[str, Any]:
@@ -73,6 +74,7 @@ def sizes(args) -> dict[str, Any]:
         "loader_batches": 6 if quick else 30,
         "dubai_limit": 2 if quick else None,
         "val_window": 256 if quick else None,
+        "predict_sides": [] if args.no_onnx else [ONNX],
     }  # fmt: skip
 
 
@@ -176,9 +178,14 @@ def prediction(run_dir: Path, work: Path, cfg: dict) -> dict[str, Any]:
            "threads": cfg["threads"], "mean": mean, "std": std,
            "num_classes": loaded.num_classes, "in_channels": len(mean)}  # fmt: skip
     del loaded
-    rounds: dict[str, list[dict]] = {"terraseg": [], "torchgeo": []}
+    if ONNX in cfg["predict_sides"]:  # terraseg's own export, run by `predict --model x.onnx`
+        from engine.export.onnx import export_onnx
+
+        job["onnx"] = str(export_onnx(run_dir, work / "model.onnx", tile=cfg["predict_tile"]))
+    sides = ["terraseg", "torchgeo", *(s for s in cfg["predict_sides"] if s == ONNX)]
+    rounds: dict[str, list[dict]] = {side: [] for side in sides}
     for r in range(cfg["rounds"]):
-        for side in ["terraseg", "torchgeo"][:: 1 if r % 2 == 0 else -1]:
+        for side in sides[r % len(sides) :] + sides[: r % len(sides)]:
             m = run_side(job | {"side": side, "out": str(work / f"pred-{side}-{r}")}, work)
             m["pixels_per_s"] = m["pixels"] / m["seconds"]
             m["working_mb"] = m["peak_rss_mb"] - m["rss_before_mb"]
@@ -197,18 +204,20 @@ def prediction(run_dir: Path, work: Path, cfg: dict) -> dict[str, Any]:
         results[side] |= {"labels": ms[-1]["labels"], "rounds": ms}  # fmt: skip
     results["weights_max_abs_diff"] = rounds["torchgeo"][-1]["weights_max_abs_diff"]
     maps = []
-    for side in ("terraseg", "torchgeo"):
+    for side in sides:
         with rasterio.open(results[side]["labels"]) as src:
             maps.append(src.read(1))
     with rasterio.open(scene_dir / "masks" / "scene_000.tif") as src:
         truth = src.read(1)
-    results["label_agreement"] = data.label_agreement(*maps)
+    results["label_agreement"] = data.label_agreement(maps[0], maps[1])
+    if ONNX in rounds:  # terraseg on onnxruntime against terraseg on PyTorch
+        results["label_agreement_onnx"] = data.label_agreement(maps[0], maps[2])
     edge = cfg["predict_tile"]  # windows within a tile of the border see padding: reflect
     if min(maps[0].shape) > 2 * edge:  # (terraseg) or zeros (TorchGeo's out-of-bounds reads)
         inner = (slice(edge, -edge),) * 2
         results["label_agreement_interior"] = data.label_agreement(maps[0][inner], maps[1][inner])
     results["accuracy"] = {side: data.label_agreement(m, truth)
-                           for side, m in zip(("terraseg", "torchgeo"), maps)}  # fmt: skip
+                           for side, m in zip(sides, maps)}  # fmt: skip
     results["settings"] = {k: job[k] for k in ("tile", "overlap", "batch", "threads")} | {
         "scene": f"{cfg['predict_size']}² x 13 uint16",
         "blending": "uniform (mean)",
@@ -230,6 +239,9 @@ def parse_args():
     parser.add_argument("--seeds", help="comma-separated seeds for part 2 (default 0,1,2)")
     parser.add_argument("--data-dir", type=Path, help="keep/reuse generated data here")
     parser.add_argument("--parts", default="train,learn,predict", help="parts to run")
+    parser.add_argument(
+        "--no-onnx", action="store_true", help="predict without terraseg's ONNX export as a side"
+    )
     return parser.parse_args()
 
 
@@ -279,7 +291,7 @@ def report(result: dict[str, Any]) -> None:
         return
     print_table("Prediction", ["side", "pixels/s", "peak RSS MB", "working MB"],
                 [[s, p[s]["pixels_per_s"], p[s]["peak_rss_mb"], p[s]["working_mb"]]
-                 for s in ("terraseg", "torchgeo")])  # fmt: skip
+                 for s in ("terraseg", "torchgeo", ONNX) if s in p])  # fmt: skip
     print(f"label agreement {p['label_agreement']:.4f}", flush=True)
 
 
@@ -334,6 +346,14 @@ def headline(result: dict[str, Any]) -> dict[str, float]:
     values["predict_working_memory_ratio"] = (
         p["terraseg"]["working_mb"] / p["torchgeo"]["working_mb"]
     )
+    if ONNX in p:  # the same figures for terraseg's ONNX export on onnxruntime
+        values["predict_pixels_per_s_ratio_onnx"] = (
+            p[ONNX]["pixels_per_s"] / p["torchgeo"]["pixels_per_s"]
+        )
+        values["predict_peak_memory_ratio_onnx"] = (
+            p[ONNX]["peak_rss_mb"] / p["torchgeo"]["peak_rss_mb"]
+        )
+        values["label_agreement_onnx"] = p["label_agreement_onnx"]
     for name, part in result["learn"].items():
         for side in ("terraseg", "torchgeo"):
             values[f"miou_{side}_{name}"] = part[side]["miou_mean"]

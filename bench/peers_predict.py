@@ -83,10 +83,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(job["threads"])
     from engine.infer.model import load_model
 
-    loaded = load_model(job["run_dir"], "cpu")
+    onnx = job["side"] == "terraseg-onnx"  # the run's ONNX export, on onnxruntime
+    loaded = load_model(job["onnx"] if onnx else job["run_dir"], "cpu")
     out = Path(job["out"])
     out.mkdir(parents=True, exist_ok=True)
-    if job["side"] == "terraseg":
+    if job["side"] in ("terraseg", "terraseg-onnx"):
         from peers_terraseg import predict
 
         rss = _status_mb("VmRSS")
