@@ -174,7 +174,7 @@ def prediction(run_dir: Path, work: Path, cfg: dict) -> dict[str, Any]:
     loaded = load_model(run_dir, "cpu")
     mean, std = effective_mean_std(loaded.normalization)
     job = {"run_dir": str(run_dir), "scene": str(scene), "tile": cfg["predict_tile"],
-           "overlap": cfg["overlap"], "batch": cfg["predict_batch"], "device": "cpu",
+           "overlap": cfg["overlap"], "batch": cfg["predict_batch"], "device": cfg["device"],
            "threads": cfg["threads"], "mean": mean, "std": std,
            "num_classes": loaded.num_classes, "in_channels": len(mean)}  # fmt: skip
     del loaded

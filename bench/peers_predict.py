@@ -84,7 +84,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     from engine.infer.model import load_model
 
     onnx = job["side"] == "terraseg-onnx"  # the run's ONNX export, on onnxruntime
-    loaded = load_model(job["onnx"] if onnx else job["run_dir"], "cpu")
+    device = job["device"] if job["side"] == "terraseg" else "cpu"  # smp moves its own copy
+    loaded = load_model(job["onnx"] if onnx else job["run_dir"], device)
     out = Path(job["out"])
     out.mkdir(parents=True, exist_ok=True)
     if job["side"] in ("terraseg", "terraseg-onnx"):
@@ -110,6 +111,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             std=std,
             num_classes=job["num_classes"],
             out=out / "torchgeo.tif",
+            device=job["device"],
         )
         result["weights_max_abs_diff"] = gap
     return result | {"rss_before_mb": rss, "peak_rss_mb": _status_mb("VmHWM")}

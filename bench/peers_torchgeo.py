@@ -128,7 +128,7 @@ def _paste(grid: dict, chip: torch.Tensor, xmin: float, ymax: float) -> None:
 
 def predict_scene(model: torch.nn.Module, scene: Path, *, tile: int, overlap: float,
                   batch: int, mean: list[float], std: list[float], num_classes: int,
-                  out: Path, workers: int = 0) -> dict[str, Any]:  # fmt: skip
+                  out: Path, workers: int = 0, device: str = "cpu") -> dict[str, Any]:  # fmt: skip
     """Predict one GeoTIFF: GriddedPatchSampler chips, averaged probabilities, arg-max, write.
 
     Returns:
@@ -154,13 +154,14 @@ def predict_scene(model: torch.nn.Module, scene: Path, *, tile: int, overlap: fl
     grid = {"left": left, "top": top, "res": res, "height": height, "width": width,
             "sum": np.zeros((num_classes, height, width), np.float32),
             "count": np.zeros((height, width), np.float32)}  # fmt: skip
-    mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    model.eval()
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32, device=device)[:, None, None]
+    model.to(device).eval()
     chips = 0
     with torch.inference_mode():
         for sample in data:
-            probabilities = model((sample["image"] - mean_t) / std_t).softmax(1)
+            image = sample["image"].to(device)
+            probabilities = model((image - mean_t) / std_t).softmax(1).cpu()
             for chip, bounds in zip(probabilities, sample["bounds"]):
                 _paste(grid, chip, float(bounds[0]), float(bounds[4]))  # xmin, ymax
                 chips += 1
