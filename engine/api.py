@@ -1,4 +1,4 @@
-"""terraseg from Python: build, train, evaluate and predict, a few lines each.
+"""terraseg from Python: build, train, evaluate, predict and export, a few lines each.
 
 The functions a notebook or a pipeline calls; each is the library path the matching
 ``terraseg`` subcommand takes (without its argument parsing and printing)::
@@ -10,9 +10,10 @@ The functions a notebook or a pipeline calls; each is the library path the match
     result = api.train("tiny-cpu", "runs/mine", overrides=["data.shards=shards/mine"])
     metrics = api.evaluate("runs/mine", "shards/mine", "test")
     written = api.predict_file("runs/mine", "scene.tif", "preds", api.PredictOptions(tile=512))
+    onnx_file = api.export_onnx("runs/mine", "mine.onnx")  # the `onnx` extra
 
 Everything else (the registries, the loader, the sliding window) stays importable from its
-stage; this module only names the four jobs. Errors are the stages' own
+stage; this module only names the five jobs. Errors are the stages' own
 :class:`~engine.errors.UserError` subclasses, one line each.
 """
 
@@ -29,6 +30,7 @@ from engine.data.sources.classes import load_classes
 from engine.data.sources.pairing import pair_by_glob
 from engine.evaluate.metrics import metrics_from_confusion
 from engine.evaluate.shard_eval import check_class_count, evaluate_split
+from engine.export.onnx import export_onnx
 from engine.infer.run import PredictOptions, predict_file
 from engine.train.config import load_config
 from engine.train.config_types import Config
@@ -41,6 +43,7 @@ __all__ = [
     "PredictOptions",
     "build",
     "evaluate",
+    "export_onnx",
     "predict_file",
     "train",
 ]

@@ -3,7 +3,9 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
@@ -12,9 +14,15 @@ def _blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
 
 
-def test_the_doc_has_the_four_jobs():
+def test_the_doc_has_the_five_jobs():
     code = "\n".join(_blocks())
-    for call in ("api.build(", "api.train(", "api.evaluate(", "api.predict_file("):
+    for call in (
+        "api.build(",
+        "api.train(",
+        "api.evaluate(",
+        "api.predict_file(",
+        "api.export_onnx(",
+    ):
         assert call in code, call
 
 
@@ -29,3 +37,7 @@ def test_the_api_doc_runs_as_written(tmp_path, monkeypatch, capsys):
     assert 0.0 <= metrics["miou"] <= 1.0 and len(metrics["per_class"]) == manifest.num_classes
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     assert (tmp_path / "preds" / "scene_part_001_mask.png").is_file()
+    # the ONNX file's prediction is the PyTorch one (the same sliding window on onnxruntime)
+    torch_mask = np.asarray(Image.open(tmp_path / "preds" / "scene_part_001_mask.png"))
+    onnx_mask = np.asarray(Image.open(tmp_path / "preds-onnx" / "scene_part_001_mask.png"))
+    assert torch_mask.shape == onnx_mask.shape and (torch_mask == onnx_mask).mean() > 0.999
