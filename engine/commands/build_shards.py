@@ -283,6 +283,14 @@ def _build_options(args: argparse.Namespace) -> BuildOptions:
     )  # fmt: skip
 
 
+def _vector_labels(args: argparse.Namespace, classes) -> VectorLabels:
+    """The ``--vector`` labels with the burn options of the command line."""
+    return VectorLabels(
+        args.vector, args.attribute, _background(args.background), args.all_touched,
+        burn=args.burn, classes=classes, layer=args.layer, unknown=args.unknown,
+    )  # fmt: skip
+
+
 def _pairs_and_options(
     parser: argparse.ArgumentParser, args: argparse.Namespace, classes, options: BuildOptions
 ) -> tuple[list, BuildOptions]:
@@ -292,10 +300,7 @@ def _pairs_and_options(
         UserError: a source that cannot be read or paired.
     """
     if args.vector:
-        labels = VectorLabels(
-            args.vector, args.attribute, _background(args.background), args.all_touched,
-            burn=args.burn, classes=classes, layer=args.layer, unknown=args.unknown,
-        )  # fmt: skip
+        labels = _vector_labels(args, classes)
         options = replace(options, vector_labels=labels)
         pairs = pairs_from_vector(args.images, args.vector, args.group, args.image_key)
         note = off_images_note(labels, [pair.image for pair in pairs])
@@ -330,12 +335,8 @@ def _build_from_stac(args: argparse.Namespace, classes, options: BuildOptions) -
         burn=args.burn, background=_background(args.background), classes=classes,
         unknown=args.unknown,
     )  # fmt: skip
-    vector = None
-    if args.vector:
-        vector = VectorLabels(
-            args.vector, args.attribute, _background(args.background), args.all_touched,
-            burn=args.burn, classes=classes, layer=args.layer, unknown=args.unknown,
-        )  # fmt: skip
+    vector = _vector_labels(args, classes) if args.vector else None
+    if vector is not None:
         options = replace(options, vector_labels=vector)
     with tempfile.TemporaryDirectory(prefix="terraseg-stac-") as folder, remote_reads():
         pairs, rasters = stac_pairs(
