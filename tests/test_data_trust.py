@@ -169,6 +169,9 @@ def test_killed_build_takes_its_workers_and_leftovers_are_cleaned(tmp_path):
         assert build.wait(30) == 128 + signal.SIGTERM
     finally:
         build.kill()
+    deadline = time.monotonic() + 10  # the death signal reaches orphaned workers a moment later
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert not any(map(_alive, workers))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
     assert load_manifest(tmp_path / "out").tile_size == 256
